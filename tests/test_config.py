@@ -1,0 +1,77 @@
+"""The configuration carrier: presets, overrides and rejection of invalid keys and values."""
+
+import pytest
+
+from vo_node.config import (
+    ConfigError,
+    EngineConfig,
+    apply_overrides,
+    load_engine_config,
+    parse_override,
+)
+
+
+@pytest.mark.parametrize("name", ["small", "full"])
+def test_presets_load_and_validate(name):
+    config = load_engine_config(name)
+    assert config.name == name
+    assert config.network.patch_size == 3
+
+
+def test_full_preset_matches_defaults():
+    full = load_engine_config("full")
+    defaults = EngineConfig()
+    assert full.network == defaults.network
+    assert full.frontend == defaults.frontend
+
+
+def test_small_preset_is_smaller():
+    small = load_engine_config("small")
+    full = load_engine_config("full")
+    assert small.network.context_dim < full.network.context_dim
+    assert small.frontend.patches_per_frame < full.frontend.patches_per_frame
+
+
+def test_override_changes_one_field():
+    config = apply_overrides(EngineConfig(), {"frontend.patches_per_frame": 32})
+    assert config.frontend.patches_per_frame == 32
+    assert config.frontend.patch_lifetime == EngineConfig().frontend.patch_lifetime
+
+
+def test_unknown_key_names_the_key():
+    with pytest.raises(ConfigError, match="frontend.bogus"):
+        apply_overrides(EngineConfig(), {"frontend.bogus": 1})
+
+
+def test_unknown_yaml_key_rejected(tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text("network:\n  matching_dims: 64\n")
+    with pytest.raises(ConfigError, match="network.matching_dims"):
+        load_engine_config(path)
+
+
+@pytest.mark.parametrize(
+    "key, value, message",
+    [
+        ("device", "tpu", "device must be one of"),
+        ("frontend.patches_per_frame", 0, "must be positive"),
+        ("network.patch_size", 4, "must be odd"),
+        ("frontend.patches_per_frame", "many", "must be an integer"),
+        ("frontend.removal_window", 3, "removal_window"),
+    ],
+)
+def test_invalid_values_rejected(key, value, message):
+    with pytest.raises(ConfigError, match=message):
+        apply_overrides(EngineConfig(), {key: value})
+
+
+def test_missing_preset_lists_available():
+    with pytest.raises(ConfigError, match="available presets: .*small"):
+        load_engine_config("nonexistent")
+
+
+def test_parse_override_reads_yaml_values():
+    assert parse_override("ba.iterations=4") == ("ba.iterations", 4)
+    assert parse_override("device=cpu") == ("device", "cpu")
+    with pytest.raises(ConfigError, match="key=value"):
+        parse_override("ba.iterations")

@@ -1,0 +1,281 @@
+"""The engine's one configuration carrier: typed dataclasses with named presets in YAML.
+
+Presets live in ``config/<name>.yaml`` at the repository root (installed to
+``share/vo_node/config`` by ``setup.py``). A preset file may set any subset of fields; fields it
+leaves out keep the dataclass defaults, which are the reference DPVO sizes (the ``full`` preset).
+Command-line flags and ROS parameters override fields through :func:`apply_overrides`, never by
+redefining defaults. Unknown keys raise :class:`ConfigError` naming the key and the valid ones.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+import yaml
+
+logger = logging.getLogger(__name__)
+
+CONFIG_DIR = Path(__file__).resolve().parent.parent / "config"
+"""Preset folder in a source checkout; :func:`find_preset` also looks in the installed share."""
+
+CENTROID_SELECTIONS = ("random", "gradient_bias")
+MOTION_MODELS = ("damped_linear", "constant")
+DEVICES = ("auto", "cpu", "cuda")
+
+
+class ConfigError(ValueError):
+    """A configuration file, key or value is invalid; the message names it and the fix."""
+
+
+@dataclass
+class NetworkConfig:
+    """Sizes of the patch network (encoders, correlation, update operator)."""
+
+    matching_dim: int = 128
+    """Channels of the matching-feature map (``fnet``) at 1/4 resolution."""
+    context_dim: int = 384
+    """Channels of the context vectors and of the per-edge hidden state."""
+    encoder_dim: int = 32
+    """Channels of the first encoder stage; the second stage has twice as many."""
+    patch_size: int = 3
+    """Side of the square patch, in 1/4-resolution pixels."""
+    correlation_radius: int = 3
+    """Half-width of the correlation window; the window is ``2r+1`` pixels wide."""
+    correlation_levels: int = 2
+    """Pyramid levels of the matching map (full, then 4x4 average-pooled)."""
+
+
+@dataclass
+class FrontendConfig:
+    """Patch graph and keyframe policy of the incremental frontend."""
+
+    patches_per_frame: int = 96
+    patch_lifetime: int = 13
+    """A patch gains edges to frames within this many keyframes of its source frame."""
+    removal_window: int = 22
+    """Edges whose source frame is older than this many keyframes are retired."""
+    optimization_window: int = 10
+    """Only the newest this-many keyframe poses are optimised by the BA."""
+    keyframe_index: int = 4
+    """The keyframe candidate for removal is the ``keyframe_index``-th newest frame."""
+    keyframe_threshold: float = 15.0
+    """Mean flow (1/4-resolution pixels) below which a keyframe candidate is removed."""
+    motion_model: str = "damped_linear"
+    motion_damping: float = 0.5
+    init_frames: int = 8
+    """Accepted frames collected before the first joint optimisation."""
+    init_iterations: int = 12
+    final_iterations: int = 12
+    motion_probe_threshold: float = 2.0
+    """Median flow (1/4-resolution pixels) below which a frame is too static to initialise on."""
+    centroid_selection: str = "random"
+    frame_memory: int = 36
+    """Frames whose dense matching maps stay in the ring buffer."""
+    max_keyframes: int = 4096
+    """Capacity of the keyframe store; older keyframes are folded into the trajectory."""
+
+
+@dataclass
+class BAConfig:
+    """Gauss-Newton bundle adjustment over poses and patch inverse depths."""
+
+    iterations: int = 2
+    pose_damping: float = 1.0
+    """Constant added to the diagonal of the reduced pose system (training uses 10)."""
+    pose_damping_relative: float = 1e-4
+    """Multiple of the reduced system's own diagonal added to it."""
+    depth_damping: float = 1e-4
+    min_depth: float = 0.2
+    """Transformed depth (scene units) below which a residual is masked out."""
+    max_residual: float = 128.0
+    """Residual norm (1/4-resolution pixels) above which a residual is masked out."""
+    image_margin: float = 64.0
+    """Projections farther than this outside the image (1/4-resolution pixels) are masked."""
+    min_inverse_depth: float = 1e-4
+    max_inverse_depth: float = 20.0
+
+
+@dataclass
+class EngineConfig:
+    """Everything the engine needs: network sizes, frontend policy, BA and runtime settings."""
+
+    name: str = "full"
+    network: NetworkConfig = field(default_factory=NetworkConfig)
+    frontend: FrontendConfig = field(default_factory=FrontendConfig)
+    ba: BAConfig = field(default_factory=BAConfig)
+    device: str = "auto"
+    """``auto`` picks CUDA when available and the CPU otherwise."""
+    max_image_width: int = 0
+    """Input frames wider than this (pixels) are downscaled before tracking; 0 keeps them."""
+    mixed_precision: bool = False
+    """Run the network under fp16 autocast on CUDA; the BA always runs in fp32."""
+    seed: int = 0
+    """Seed of the patch-centre draws, so a run is repeatable."""
+
+    def validate(self) -> "EngineConfig":
+        """Check value ranges and choices; raise :class:`ConfigError` on the first invalid one."""
+        _check_choice("device", self.device, DEVICES)
+        _check_choice("frontend.motion_model", self.frontend.motion_model, MOTION_MODELS)
+        _check_choice(
+            "frontend.centroid_selection", self.frontend.centroid_selection, CENTROID_SELECTIONS
+        )
+        positive = {
+            "network.matching_dim": self.network.matching_dim,
+            "network.context_dim": self.network.context_dim,
+            "network.encoder_dim": self.network.encoder_dim,
+            "frontend.patches_per_frame": self.frontend.patches_per_frame,
+            "frontend.patch_lifetime": self.frontend.patch_lifetime,
+            "frontend.optimization_window": self.frontend.optimization_window,
+            "frontend.init_frames": self.frontend.init_frames,
+            "ba.iterations": self.ba.iterations,
+        }
+        for key, value in positive.items():
+            if value <= 0:
+                raise ConfigError(f"{key} must be positive, got {value}")
+        if self.network.patch_size % 2 != 1:
+            raise ConfigError(f"network.patch_size must be odd, got {self.network.patch_size}")
+        if self.frontend.removal_window < self.frontend.patch_lifetime:
+            raise ConfigError(
+                f"frontend.removal_window ({self.frontend.removal_window}) must be at least "
+                f"frontend.patch_lifetime ({self.frontend.patch_lifetime})"
+            )
+        if self.frontend.keyframe_index >= self.frontend.optimization_window:
+            raise ConfigError(
+                f"frontend.keyframe_index ({self.frontend.keyframe_index}) must be smaller than "
+                f"frontend.optimization_window ({self.frontend.optimization_window})"
+            )
+        return self
+
+
+def _check_choice(key: str, value: str, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise ConfigError(f"{key} must be one of {', '.join(choices)}; got {value!r}")
+
+
+def from_dict(cls: type, values: Mapping[str, Any], prefix: str = "") -> Any:
+    """Build dataclass ``cls`` from a nested mapping, rejecting unknown keys by name."""
+    if not isinstance(values, Mapping):
+        raise ConfigError(f"{prefix or 'configuration'} must be a mapping, got {values!r}")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    kwargs: dict[str, Any] = {}
+    for key, value in values.items():
+        if key not in fields:
+            raise ConfigError(
+                f"unknown configuration key {prefix + key!r}; valid keys here: "
+                f"{', '.join(sorted(fields))}"
+            )
+        default = getattr(cls(), key)
+        if dataclasses.is_dataclass(default):
+            kwargs[key] = from_dict(type(default), value, prefix=f"{prefix}{key}.")
+        else:
+            kwargs[key] = _coerce(prefix + key, value, default)
+    return cls(**kwargs)
+
+
+def _coerce(key: str, value: Any, default: Any) -> Any:
+    """Convert ``value`` to the type of ``default`` (int, float, bool, str) or raise."""
+    target = type(default)
+    if target is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "false"):
+            return value.lower() == "true"
+        raise ConfigError(f"{key} must be true or false, got {value!r}")
+    if target in (int, float):
+        if isinstance(value, bool):
+            raise ConfigError(f"{key} must be a number, got {value!r}")
+        try:
+            number = target(value)
+        except (TypeError, ValueError):
+            kind = "an integer" if target is int else "a number"
+            raise ConfigError(f"{key} must be {kind}, got {value!r}") from None
+        if target is int and isinstance(value, float) and not value.is_integer():
+            raise ConfigError(f"{key} must be a whole number, got {value!r}")
+        return number
+    if target is str:
+        return str(value)
+    return value
+
+
+def to_dict(config: Any) -> dict[str, Any]:
+    """Return a dataclass configuration as nested plain dicts (for YAML and checkpoints)."""
+    return dataclasses.asdict(config)
+
+
+def find_preset(name: str) -> Path:
+    """Return the YAML file of preset ``name`` from the checkout or the installed share folder."""
+    candidates = [CONFIG_DIR / f"{name}.yaml"]
+    # Installed with colcon, the presets sit in the package's share folder. The ament index
+    # raises OSError when no ROS prefix is set up, which just means there is no share folder.
+    try:
+        from ament_index_python.packages import get_package_share_directory
+
+        candidates.append(Path(get_package_share_directory("vo_node")) / "config" / f"{name}.yaml")
+    except (ImportError, LookupError, ValueError, OSError):
+        pass
+    for path in candidates:
+        if path.is_file():
+            return path
+    available = sorted(p.stem for p in CONFIG_DIR.glob("*.yaml")) if CONFIG_DIR.is_dir() else []
+    raise ConfigError(
+        f"configuration preset {name!r} not found (looked in {', '.join(map(str, candidates))}); "
+        f"available presets: {', '.join(available) or 'none'}"
+    )
+
+
+def load_engine_config(name_or_path: str | Path) -> EngineConfig:
+    """Load an engine configuration from a preset name (``small``, ``full``) or a YAML path."""
+    path = Path(name_or_path)
+    if path.suffix not in (".yaml", ".yml"):
+        path = find_preset(str(name_or_path))
+    if not path.is_file():
+        raise ConfigError(f"configuration file {path} not found; pass a preset name or a YAML path")
+    try:
+        values = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as error:
+        raise ConfigError(f"configuration file {path} is not valid YAML: {error}") from None
+    values.setdefault("name", path.stem)
+    return from_dict(EngineConfig, values).validate()
+
+
+def apply_overrides(config: Any, overrides: Mapping[str, Any]) -> Any:
+    """Return a copy of ``config`` with dotted-key overrides (``frontend.patches_per_frame``)."""
+    nested = to_dict(config)
+    for dotted, value in overrides.items():
+        node = nested
+        parts = dotted.split(".")
+        for part in parts[:-1]:
+            if part not in node or not isinstance(node[part], dict):
+                raise ConfigError(f"unknown configuration key {dotted!r}")
+            node = node[part]
+        if parts[-1] not in node:
+            raise ConfigError(
+                f"unknown configuration key {dotted!r}; valid keys here: {', '.join(sorted(node))}"
+            )
+        node[parts[-1]] = value
+    result = from_dict(type(config), nested)
+    return result.validate() if hasattr(result, "validate") else result
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """Parse one ``key=value`` command-line override; the value is read as YAML."""
+    if "=" not in text:
+        raise ConfigError(f"override {text!r} must look like key=value, e.g. ba.iterations=4")
+    key, raw = text.split("=", 1)
+    return key.strip(), yaml.safe_load(raw)
+
+
+def resolve_device(device: str) -> str:
+    """Map ``auto`` to ``cuda`` when a GPU is visible, else ``cpu``; reject unknown names."""
+    import torch
+
+    _check_choice("device", device, DEVICES)
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("device 'cuda' requested but no CUDA device is visible; use 'cpu' or 'auto'")
+    return device
