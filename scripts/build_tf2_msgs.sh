@@ -67,7 +67,7 @@ if ! "$venv/bin/pip" install --disable-pip-version-check -q "${build_wheels[@]}"
 fi
 
 # The exported CMake targets name the Python and numpy include folders of the machine that built
-# the wheels (/opt/python/cpXY-cpXY/...); point them at this venv's interpreter and numpy.
+# the wheels (/opt/python/cpXY-cpXY/...). Rewrite them to this venv's interpreter and numpy.
 python_include=$("$python" -c "import sysconfig; print(sysconfig.get_paths()['include'])")
 numpy_include=$("$python" -c "import numpy; print(numpy.get_include())")
 shopt -s nullglob
