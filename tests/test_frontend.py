@@ -1,0 +1,344 @@
+"""Frontend pieces without a network: patch-graph bookkeeping, image preparation, motion model
+and the rebuilding of dropped frames' poses."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from vo_node.config import ConfigError, EngineConfig, FrontendConfig, NetworkConfig
+from vo_node.geometry import se3
+from vo_node.odometry.graph import PatchGraph
+from vo_node.odometry.image import prepare_image
+
+M = 4
+P = 3
+
+
+def make_graph(**frontend_overrides) -> PatchGraph:
+    values = dict(
+        patches_per_frame=M,
+        patch_lifetime=3,
+        removal_window=5,
+        optimization_window=4,
+        keyframe_index=2,
+        frame_memory=8,
+        max_keyframes=4096,
+    )
+    values.update(frontend_overrides)
+    return PatchGraph(FrontendConfig(**values), NetworkConfig(patch_size=P), initial_capacity=4)
+
+
+def translation_pose(x: float) -> torch.Tensor:
+    pose = se3.identity()
+    pose[0] = x
+    return pose
+
+
+def add_frame(graph: PatchGraph, frame_id: int, pose=None, with_maps: bool = True) -> int:
+    """Add keyframe ``frame_id`` whose patch depths, features and map all equal its frame id."""
+    patches = torch.full((M, 3, P, P), float(frame_id))
+    features = dict(
+        gmap=torch.full((M, 2, P, P), float(frame_id)),
+        context=torch.full((M, 5), float(frame_id)),
+        fmap_pyramid=[torch.full((2, 4, 4), float(frame_id)), torch.full((2, 1, 1), float(frame_id))],
+    )
+    index = graph.add_keyframe(
+        translation_pose(float(frame_id)) if pose is None else pose,
+        patches,
+        timestamp_ns=1000 * (frame_id + 1),
+        frame_id=frame_id,
+        **(features if with_maps else {}),
+    )
+    ii, jj, kk = graph.new_frame_edges(graph.frontend.patch_lifetime)
+    graph.add_edges(ii, jj, kk, hidden_dim=5)
+    return index
+
+
+def edge_frame_ids(graph: PatchGraph) -> set[tuple[int, int, int]]:
+    """Edges as (source frame id, target frame id, patch number) triples, free of local indices."""
+    ids = graph.frame_ids
+    return {
+        (int(ids[i]), int(ids[j]), int(k) % M)
+        for i, j, k in zip(graph.ii.tolist(), graph.jj.tolist(), graph.kk.tolist())
+    }
+
+
+def assert_edges_consistent(graph: PatchGraph) -> None:
+    assert torch.equal(graph.kk // M, graph.ii)
+    assert int(graph.ii.max()) < graph.n
+    assert int(graph.jj.max()) < graph.n
+    assert int(graph.ii.min()) >= 0
+    assert int(graph.jj.min()) >= 0
+    # Patch depths were set to the frame id, so kk must still point at its source frame's data.
+    depths = graph.active_patches[graph.kk, 2, 0, 0]
+    assert torch.equal(depths, torch.as_tensor(graph.frame_ids[graph.ii.numpy()], dtype=depths.dtype))
+    assert graph.hidden is not None
+    assert graph.hidden.shape == (graph.num_edges, 5)
+
+
+# ---------------------------------------------------------------------------------------------
+# Edge formula
+
+
+@pytest.mark.parametrize("lifetime", [1, 3, 13])
+def test_new_frame_edges_match_formula(lifetime):
+    graph = make_graph(patch_lifetime=lifetime, removal_window=lifetime + 2, frame_memory=40)
+    for frame in range(lifetime + 3):
+        before = graph.num_edges
+        add_frame(graph, frame)
+        newest = graph.n - 1
+        previous = min(newest, lifetime - 1)
+        expected = previous * M + (previous + 1) * M
+        assert graph.num_edges - before == expected
+
+        new = slice(before, None)
+        ii, jj = graph.ii[new], graph.jj[new]
+        forward = jj == newest
+        backward = ii == newest
+        assert torch.all(forward | backward)
+        # Forward: patches of the previous lifetime-1 frames; backward: to the last lifetime frames.
+        assert set(ii[forward & ~backward].tolist()) == set(range(newest - previous, newest))
+        assert set(jj[backward].tolist()) == set(range(newest - previous, newest + 1))
+        assert int((ii == jj).sum()) == M
+
+
+def test_full_defaults_give_2400_edges_per_frame():
+    frontend = FrontendConfig()
+    graph = PatchGraph(frontend, NetworkConfig())
+    patches = torch.zeros(frontend.patches_per_frame, 3, 3, 3)
+    for frame in range(frontend.patch_lifetime + 1):
+        graph.add_keyframe(se3.identity(), patches, timestamp_ns=frame + 1, frame_id=frame)
+    ii, _, _ = graph.new_frame_edges(frontend.patch_lifetime)
+    assert len(ii) == 2400
+
+
+def test_new_edges_start_with_zero_hidden_state():
+    graph = make_graph()
+    add_frame(graph, 0)
+    graph.hidden.fill_(7.0)
+    add_frame(graph, 1)
+    new = graph.hidden[graph.ii == 1]
+    assert torch.all(new == 0)
+    assert torch.all(graph.hidden[(graph.ii == 0) & (graph.jj == 0)] == 7.0)
+
+
+# ---------------------------------------------------------------------------------------------
+# Keyframe removal and retirement
+
+
+def test_remove_keyframe_shifts_indices_and_edges():
+    graph = make_graph(removal_window=50, frame_memory=60)
+    for frame in range(7):
+        add_frame(graph, frame)
+    expected = {edge for edge in edge_frame_ids(graph) if 3 not in edge[:2]}
+    ring_before = {g: graph.fmaps[0][g % 60, 0, 0, 0].item() for g in range(7)}
+
+    graph.remove_keyframe(3)
+
+    assert graph.n == 6
+    assert graph.frame_ids[: graph.n].tolist() == [0, 1, 2, 4, 5, 6]
+    assert graph.timestamps_ns[: graph.n].tolist() == [1000, 2000, 3000, 5000, 6000, 7000]
+    assert edge_frame_ids(graph) == expected
+    assert_edges_consistent(graph)
+    # Later frames' poses, features and dense maps moved down with them.
+    assert graph.active_poses[:, 0].tolist() == [0, 1, 2, 4, 5, 6]
+    assert graph.gmap[3, 0, 0, 0, 0].item() == 4.0
+    assert graph.context[5, 0, 0].item() == 6.0
+    slots = graph.fmap_slots(torch.arange(graph.n))
+    assert graph.fmaps[0][slots, 0, 0, 0].tolist() == [ring_before[g] for g in (0, 1, 2, 4, 5, 6)]
+    assert graph.fmaps[1][slots[3], 0, 0, 0].item() == 4.0
+
+
+def test_remove_keyframe_records_relative_pose():
+    graph = make_graph()
+    rotation = se3.exp(torch.tensor([0.1, -0.2, 0.3, 0.05, 0.1, -0.2]))
+    for frame in range(3):
+        pose = se3.compose(rotation, translation_pose(float(frame))) if frame == 1 else None
+        add_frame(graph, frame, pose=pose)
+    graph.remove_keyframe(1)
+    dropped = graph.dropped[1]
+    assert dropped.anchor_frame_id == 0
+    assert dropped.timestamp_ns == 2000
+    rebuilt = se3.compose(torch.from_numpy(dropped.relative_pose).float(), translation_pose(0.0))
+    torch.testing.assert_close(rebuilt, se3.compose(rotation, translation_pose(1.0)), atol=1e-6, rtol=0)
+
+
+def test_remove_first_keyframe_is_rejected():
+    graph = make_graph()
+    add_frame(graph, 0)
+    add_frame(graph, 1)
+    with pytest.raises(ValueError, match="keyframe index"):
+        graph.remove_keyframe(0)
+
+
+def test_retire_edges_drops_old_sources():
+    graph = make_graph(removal_window=3, patch_lifetime=3)
+    for frame in range(8):
+        add_frame(graph, frame)
+    graph.retire_edges(3)
+    assert int(graph.ii.min()) == graph.n - 3
+    assert_edges_consistent(graph)
+    # Edges with recent sources survive untouched, including backward edges to older targets.
+    assert int(graph.jj.min()) == graph.n - 5
+
+
+# ---------------------------------------------------------------------------------------------
+# Capacity: growth and folding
+
+
+def test_store_grows_beyond_initial_capacity():
+    graph = make_graph(removal_window=40, patch_lifetime=3, frame_memory=50)
+    assert graph.capacity == 4
+    for frame in range(30):
+        add_frame(graph, frame)
+    assert graph.n == 30
+    assert graph.capacity >= 30
+    assert graph.num_folded == 0
+    assert_edges_consistent(graph)
+    assert graph.active_poses[:, 0].tolist() == [float(f) for f in range(30)]
+
+
+def test_old_keyframes_fold_out_and_memory_stays_bounded():
+    graph = make_graph()
+    capacities = []
+    for frame in range(200):
+        add_frame(graph, frame)
+        graph.retire_edges(graph.frontend.removal_window)
+        capacities.append(graph.capacity)
+    assert graph.num_folded > 150
+    assert max(capacities) <= 32
+    assert_edges_consistent(graph)
+    # The ring buffer holds the dense maps of the newest frame_memory keyframes.
+    recent = torch.arange(graph.n - graph.frontend.frame_memory, graph.n)
+    maps = graph.fmaps[0][graph.fmap_slots(recent), 0, 0, 0]
+    assert maps.tolist() == graph.frame_ids[recent.numpy()].astype(float).tolist()
+
+    frame_ids, stamps, poses = graph.trajectory()
+    assert frame_ids.tolist() == list(range(200))
+    assert stamps.tolist() == [1000 * (f + 1) for f in range(200)]
+    np.testing.assert_allclose(poses[:, 0], np.arange(200.0))
+
+
+def test_full_store_raises_with_fix():
+    graph = make_graph(removal_window=5, patch_lifetime=3, max_keyframes=9)
+    with pytest.raises(RuntimeError, match="max_keyframes"):
+        for frame in range(20):
+            add_frame(graph, frame)  # no retirement, so every keyframe stays referenced
+
+
+def test_frame_memory_must_cover_edge_reach():
+    with pytest.raises(ConfigError, match="frame_memory"):
+        make_graph(removal_window=10, patch_lifetime=3, frame_memory=12)
+
+
+# ---------------------------------------------------------------------------------------------
+# Trajectory rebuilding (interpolation of non-keyframes)
+
+
+def test_trajectory_rebuilds_chained_dropped_frames():
+    graph = make_graph(removal_window=50, frame_memory=60)
+    step = se3.exp(torch.tensor([0.2, 0.0, 0.1, 0.0, 0.05, 0.0]))
+    truth = [se3.identity()]
+    for _ in range(7):
+        truth.append(se3.compose(step, truth[-1]))
+    for frame in range(7):
+        add_frame(graph, frame, pose=truth[frame])
+    graph.remove_keyframe(3)  # anchored to frame 2
+    graph.remove_keyframe(2)  # anchored to frame 1, so frame 3 resolves through frame 2
+    graph.record_dropped(7, 8000, anchor_frame_id=6, relative_pose=se3.identity().numpy())
+
+    frame_ids, stamps, poses = graph.trajectory()
+    assert frame_ids.tolist() == list(range(8))
+    assert stamps.tolist() == [1000 * (f + 1) for f in range(8)]
+    expected = torch.stack(truth[:7] + [truth[6]]).double().numpy()
+    np.testing.assert_allclose(poses, expected, atol=1e-6)
+
+
+def test_trajectory_survives_folding_of_anchor():
+    graph = make_graph()
+    for frame in range(3):
+        add_frame(graph, frame)
+    graph.remove_keyframe(1)
+    for frame in range(3, 60):
+        add_frame(graph, frame)
+        graph.retire_edges(graph.frontend.removal_window)
+    assert graph.num_folded > 0
+    frame_ids, _, poses = graph.trajectory()
+    assert frame_ids.tolist() == list(range(60))
+    np.testing.assert_allclose(poses[:, 0], np.arange(60.0), atol=1e-6)
+
+
+# ---------------------------------------------------------------------------------------------
+# Image preparation
+
+
+def test_prepare_image_replicates_grey_and_crops():
+    image = np.arange(50 * 70, dtype=np.int64).reshape(50, 70).astype(np.uint8)
+    tensor, camera = prepare_image(image, [100.0, 90.0, 35.0, 25.0], max_width=0)
+    assert tensor.shape == (3, 48, 64)
+    assert tensor.dtype == torch.float32
+    assert torch.equal(tensor[0], tensor[2])
+    # Centre crop removes 1 row on top and 3 columns on the left.
+    assert tensor[0, 0, 0].item() == float(image[1, 3])
+    np.testing.assert_allclose(camera, [100.0, 90.0, 32.0, 24.0])
+
+
+def test_prepare_image_keeps_colour_channels():
+    image = np.zeros((32, 48, 3), dtype=np.uint8)
+    image[..., 0] = 10
+    image[..., 1] = 20
+    image[..., 2] = 30
+    tensor, _ = prepare_image(image, [50.0, 50.0, 24.0, 16.0])
+    assert tensor[:, 5, 5].tolist() == [10.0, 20.0, 30.0]
+
+
+def test_prepare_image_downscales_wide_frames():
+    image = np.full((480, 752), 128, dtype=np.uint8)
+    tensor, camera = prepare_image(image, [458.0, 457.0, 367.0, 248.0], max_width=376)
+    assert tensor.shape == (3, 240, 368)
+    scale = 0.5
+    expected = [458.0 * scale, 457.0 * scale, (367.5 * scale - 0.5) - 4, 248.5 * scale - 0.5]
+    np.testing.assert_allclose(camera, expected)
+    assert torch.all(tensor == 128.0)
+
+
+def test_prepare_image_projection_follows_crop():
+    """A bright dot at the projection of a 3-D point stays at the new projection after prepare."""
+    intrinsics = np.array([300.0, 300.0, 330.0, 245.0])
+    point = np.array([0.4, -0.2, 2.0])
+    x = intrinsics[0] * point[0] / point[2] + intrinsics[2]
+    y = intrinsics[1] * point[1] / point[2] + intrinsics[3]
+    image = np.zeros((490, 660), dtype=np.uint8)
+    image[int(round(y)) - 4 : int(round(y)) + 5, int(round(x)) - 4 : int(round(x)) + 5] = 255
+    tensor, camera = prepare_image(image, intrinsics, max_width=330)
+    u = camera[0] * point[0] / point[2] + camera[2]
+    v = camera[1] * point[1] / point[2] + camera[3]
+    ys, xs = np.nonzero(tensor[0].numpy() > 100)
+    assert abs(xs.mean() - u) < 0.6
+    assert abs(ys.mean() - v) < 0.6
+
+
+@pytest.mark.parametrize(
+    "image, message",
+    [
+        (np.zeros((64, 64), dtype=np.float32), "uint8"),
+        (np.zeros((64, 64, 4), dtype=np.uint8), "channels"),
+        (np.zeros((2, 64, 64, 3), dtype=np.uint8), "shape"),
+        (np.zeros((20, 64), dtype=np.uint8), "too small"),
+    ],
+)
+def test_prepare_image_rejects_bad_input(image, message):
+    with pytest.raises(ValueError, match=message):
+        prepare_image(image, [50.0, 50.0, 32.0, 32.0])
+
+
+def test_prepare_image_rejects_bad_intrinsics():
+    image = np.zeros((64, 64), dtype=np.uint8)
+    with pytest.raises(ValueError, match="intrinsics"):
+        prepare_image(image, [50.0, 50.0, 32.0])
+    with pytest.raises(ValueError, match="focal"):
+        prepare_image(image, [0.0, 50.0, 32.0, 32.0])

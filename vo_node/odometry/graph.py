@@ -1,0 +1,414 @@
+"""Patch graph state of the incremental frontend: keyframes, patches, edges and ring buffers.
+
+Indices. Active keyframes have *local* indices ``0 .. n-1`` (oldest first); edges store local
+frame indices ``ii`` (source) and ``jj`` (target) and the local patch index ``kk = ii * M + m``.
+Every input frame also has a *frame id*, its 0-based position in the input stream, which the
+trajectory uses.
+
+Memory. Only recent keyframes take part in the optimisation: edges retire once their source
+frame is older than the removal window, and every edge's target lies within the patch lifetime of
+its source. Older keyframes are *folded out*: their poses are final and move to a small archive,
+and their patches and features are released. The active store therefore grows in chunks until it
+covers the working window and then stays at that size, so long sequences need no buffer tuning.
+
+Dropped frames (removed keyframes, frames skipped as static) keep their pose relative to a
+predecessor keyframe, ``T_cam_anchor``; :meth:`PatchGraph.trajectory` rebuilds their poses from
+it at the end.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from vo_node.config import ConfigError, FrontendConfig, NetworkConfig
+from vo_node.geometry import se3
+
+logger = logging.getLogger(__name__)
+
+GROWTH_CHUNK = 16
+"""Keyframes added to the store's capacity when it is full and too little can be folded out."""
+MIN_FOLD = 8
+"""Fold out old keyframes only when at least this many can go, so copies happen rarely."""
+DEPTH_INIT_FRAMES = 3
+"""New patch depths start at the median inverse depth of this many newest keyframes."""
+
+
+@dataclass
+class DroppedFrame:
+    """An input frame that is not an active keyframe, stored relative to an anchor frame."""
+
+    timestamp_ns: int
+    anchor_frame_id: int
+    relative_pose: np.ndarray
+    """``(7,)`` float64 ``T_cam_anchor``: the frame's pose is ``relative_pose * T_anchor_world``."""
+
+
+class PatchGraph:
+    """Keyframe poses, patches, per-patch features, the dense-map ring buffer and the edges.
+
+    Attributes (``C`` capacity, ``M`` patches per frame, ``P`` patch size, ``E`` edges):
+        poses: ``(C, 7)`` float32 ``T_cam_world`` of the active keyframes (rows ``< n`` valid).
+        patches: ``(C, M, 3, P, P)`` float32 ``(u, v, inverse depth)``, 1/4-resolution pixels.
+        gmap: ``(C, M, F, P, P)`` matching-feature crops, or None without a network.
+        context: ``(C, M, D)`` context vectors, or None without a network.
+        timestamps_ns, frame_ids: ``(C,)`` int64 numpy arrays.
+        fmaps: dense matching maps per pyramid level, ``(frame_memory, F, h_l, w_l)`` each, or
+            None without a network; keyframe ``g`` (global index) sits in slot ``g % frame_memory``.
+        ii, jj, kk: ``(E,)`` int64 edge indices; hidden: ``(E, D)`` per-edge state or None.
+    """
+
+    def __init__(
+        self,
+        frontend: FrontendConfig,
+        network: NetworkConfig,
+        device: torch.device | str = "cpu",
+        initial_capacity: int = GROWTH_CHUNK * 2,
+    ) -> None:
+        self.frontend = frontend
+        self.patches_per_frame = frontend.patches_per_frame
+        self.patch_size = network.patch_size
+        self.device = torch.device(device)
+        needed = frontend.removal_window + frontend.patch_lifetime
+        if frontend.frame_memory < needed:
+            raise ConfigError(
+                f"frontend.frame_memory ({frontend.frame_memory}) must be at least "
+                f"removal_window + patch_lifetime ({needed}): edges reach that far back"
+            )
+        if frontend.max_keyframes < needed + 1:
+            raise ConfigError(
+                f"frontend.max_keyframes ({frontend.max_keyframes}) must exceed "
+                f"removal_window + patch_lifetime ({needed})"
+            )
+        self.keep_recent = max(
+            frontend.optimization_window + 1, frontend.keyframe_index + 2, DEPTH_INIT_FRAMES
+        )
+        self._initial_capacity = min(max(initial_capacity, 2), frontend.max_keyframes)
+        self.clear()
+
+    # -----------------------------------------------------------------------------------------
+    # State
+
+    def clear(self) -> None:
+        """Forget every keyframe, edge, archived pose and dropped frame."""
+        self._allocate(self._initial_capacity)
+        self.archive_frame_ids: list[int] = []
+        self.archive_timestamps_ns: list[int] = []
+        self.archive_poses: list[np.ndarray] = []
+        self.dropped: dict[int, DroppedFrame] = {}
+        self.num_folded = 0
+
+    def _allocate(self, capacity: int) -> None:
+        M, P = self.patches_per_frame, self.patch_size
+        self.n = 0
+        self.capacity = capacity
+        self.poses = se3.identity((capacity,), device=self.device)
+        self.patches = torch.zeros(capacity, M, 3, P, P, device=self.device)
+        self.gmap: torch.Tensor | None = None
+        self.context: torch.Tensor | None = None
+        self.fmaps: list[torch.Tensor] | None = None
+        self.timestamps_ns = np.zeros(capacity, dtype=np.int64)
+        self.frame_ids = np.zeros(capacity, dtype=np.int64)
+        self.ii = torch.zeros(0, dtype=torch.long, device=self.device)
+        self.jj = torch.zeros_like(self.ii)
+        self.kk = torch.zeros_like(self.ii)
+        self.hidden: torch.Tensor | None = None
+
+    @property
+    def num_edges(self) -> int:
+        return int(self.ii.numel())
+
+    @property
+    def num_frames(self) -> int:
+        """Keyframes ever added and not removed: folded-out ones plus the active ``n``."""
+        return self.num_folded + self.n
+
+    @property
+    def active_poses(self) -> torch.Tensor:
+        """``(n, 7)`` view of the active ``T_cam_world`` poses."""
+        return self.poses[: self.n]
+
+    @property
+    def active_patches(self) -> torch.Tensor:
+        """``(n * M, 3, P, P)`` view of the active patches, indexed by ``kk``."""
+        return self.patches[: self.n].flatten(0, 1)
+
+    def fmap_slots(self, frames: torch.Tensor) -> torch.Tensor:
+        """Ring-buffer slots ``(E,)`` of local keyframe indices ``frames`` ``(E,)``."""
+        return (frames + self.num_folded) % self.frontend.frame_memory
+
+    def last_frame_id(self) -> int | None:
+        """Frame id of the newest keyframe (active or archived), None when there is none."""
+        if self.n > 0:
+            return int(self.frame_ids[self.n - 1])
+        if self.archive_frame_ids:
+            return self.archive_frame_ids[-1]
+        return None
+
+    # -----------------------------------------------------------------------------------------
+    # Keyframes
+
+    def add_keyframe(
+        self,
+        pose_cw: torch.Tensor,
+        patches: torch.Tensor,
+        timestamp_ns: int,
+        frame_id: int,
+        gmap: torch.Tensor | None = None,
+        context: torch.Tensor | None = None,
+        fmap_pyramid: list[torch.Tensor] | None = None,
+    ) -> int:
+        """Append a keyframe and return its local index.
+
+        Args:
+            pose_cw: ``(7,)`` initial ``T_cam_world``.
+            patches: ``(M, 3, P, P)`` patches with their initial inverse depths.
+            timestamp_ns, frame_id: input timestamp and 0-based input position.
+            gmap: ``(M, F, P, P)`` matching crops; context: ``(M, D)`` context vectors.
+            fmap_pyramid: dense matching maps, one ``(F, h_l, w_l)`` tensor per pyramid level.
+        """
+        self._reserve_one()
+        index = self.n
+        self.poses[index] = pose_cw
+        self.patches[index] = patches
+        self.timestamps_ns[index] = timestamp_ns
+        self.frame_ids[index] = frame_id
+        if gmap is not None and context is not None:
+            self._store_features(index, gmap, context)
+        if fmap_pyramid is not None:
+            self._store_fmaps(self.num_folded + index, fmap_pyramid)
+        self.n += 1
+        return index
+
+    def _store_features(self, index: int, gmap: torch.Tensor, context: torch.Tensor) -> None:
+        if self.gmap is None or self.context is None:
+            self.gmap = gmap.new_zeros(self.capacity, *gmap.shape)
+            self.context = context.new_zeros(self.capacity, *context.shape)
+        self.gmap[index] = gmap
+        self.context[index] = context
+
+    def _store_fmaps(self, global_index: int, pyramid: list[torch.Tensor]) -> None:
+        if self.fmaps is None:
+            memory = self.frontend.frame_memory
+            self.fmaps = [level.new_zeros(memory, *level.shape) for level in pyramid]
+        slot = global_index % self.frontend.frame_memory
+        for store, level in zip(self.fmaps, pyramid):
+            store[slot] = level
+
+    def _reserve_one(self) -> None:
+        """Make room for one more keyframe: fold out old keyframes or grow the store."""
+        if self.n < self.capacity:
+            return
+        foldable = self.foldable_count()
+        if foldable >= MIN_FOLD or (foldable > 0 and self.capacity >= self.frontend.max_keyframes):
+            self.fold(foldable)
+            return
+        if self.capacity >= self.frontend.max_keyframes:
+            raise RuntimeError(
+                f"patch graph full: {self.n} active keyframes are all still referenced; "
+                f"raise frontend.max_keyframes (now {self.frontend.max_keyframes})"
+            )
+        self._grow(min(self.capacity + GROWTH_CHUNK, self.frontend.max_keyframes))
+
+    def _grow(self, capacity: int) -> None:
+        extra = capacity - self.capacity
+        logger.debug("growing patch graph from %d to %d keyframes", self.capacity, capacity)
+        self.poses = torch.cat([self.poses, se3.identity((extra,), device=self.device)])
+        self.patches = torch.cat([self.patches, self.patches.new_zeros(extra, *self.patches.shape[1:])])
+        if self.gmap is not None and self.context is not None:
+            self.gmap = torch.cat([self.gmap, self.gmap.new_zeros(extra, *self.gmap.shape[1:])])
+            self.context = torch.cat(
+                [self.context, self.context.new_zeros(extra, *self.context.shape[1:])]
+            )
+        self.timestamps_ns = np.concatenate([self.timestamps_ns, np.zeros(extra, np.int64)])
+        self.frame_ids = np.concatenate([self.frame_ids, np.zeros(extra, np.int64)])
+        self.capacity = capacity
+
+    def foldable_count(self) -> int:
+        """Number of oldest keyframes that no edge and no frontend window refers to."""
+        lowest = self.n - self.keep_recent
+        if self.num_edges:
+            lowest = min(lowest, int(torch.minimum(self.ii.min(), self.jj.min())))
+        return max(0, lowest)
+
+    def fold(self, count: int) -> None:
+        """Move the ``count`` oldest active keyframes to the archive; their poses become final."""
+        if count <= 0:
+            return
+        if count > self.n:
+            raise ValueError(f"cannot fold {count} keyframes, only {self.n} are active")
+        poses = self.poses[:count].detach().double().cpu().numpy()
+        self.archive_frame_ids.extend(int(f) for f in self.frame_ids[:count])
+        self.archive_timestamps_ns.extend(int(t) for t in self.timestamps_ns[:count])
+        self.archive_poses.extend(poses)
+        self._shift_down(count, 0)
+        self.num_folded += count
+
+    def fold_all(self) -> None:
+        """Archive every active keyframe and drop all edges (used to restart after a loss)."""
+        self.remove_edges(torch.ones_like(self.ii, dtype=torch.bool))
+        # Folding shifts the ring buffer's global index; the maps of the archived frames are no
+        # longer needed, so no ring slots have to move.
+        self.fold(self.n)
+
+    def _shift_down(self, count: int, start: int) -> None:
+        """Delete local keyframes ``start .. start+count-1`` and shift the later ones down.
+
+        Edges must not refer to the deleted keyframes; later edge indices move down with them.
+        """
+        stop = self.n
+        keep = slice(start + count, stop)
+        target = slice(start, stop - count)
+        self.poses[target] = self.poses[keep].clone()
+        self.patches[target] = self.patches[keep].clone()
+        if self.gmap is not None and self.context is not None:
+            self.gmap[target] = self.gmap[keep].clone()
+            self.context[target] = self.context[keep].clone()
+        self.timestamps_ns[target] = self.timestamps_ns[keep].copy()
+        self.frame_ids[target] = self.frame_ids[keep].copy()
+        self.n -= count
+
+        later = self.ii >= start + count
+        self.ii = torch.where(later, self.ii - count, self.ii)
+        self.kk = torch.where(later, self.kk - count * self.patches_per_frame, self.kk)
+        self.jj = torch.where(self.jj >= start + count, self.jj - count, self.jj)
+
+    def remove_keyframe(self, index: int) -> None:
+        """Remove active keyframe ``index`` (not the first), keeping its pose relative to its
+        predecessor so the trajectory can be rebuilt; its edges go, later keyframes shift down.
+        """
+        if not 0 < index < self.n:
+            raise ValueError(f"keyframe index must be in 1..{self.n - 1}, got {index}")
+        relative = se3.compose(
+            self.poses[index].double(), se3.invert(self.poses[index - 1].double())
+        )
+        frame_id = int(self.frame_ids[index])
+        self.dropped[frame_id] = DroppedFrame(
+            timestamp_ns=int(self.timestamps_ns[index]),
+            anchor_frame_id=int(self.frame_ids[index - 1]),
+            relative_pose=relative.cpu().numpy(),
+        )
+        self.remove_edges((self.ii == index) | (self.jj == index))
+        if self.fmaps is not None:
+            self._shift_fmaps(self.num_folded + index, self.num_folded + self.n)
+        self._shift_down(1, index)
+
+    def _shift_fmaps(self, start: int, stop: int) -> None:
+        """Move ring-buffer maps of global keyframes ``start+1 .. stop-1`` down one slot."""
+        memory = self.frontend.frame_memory
+        for global_index in range(start, stop - 1):
+            for store in self.fmaps or []:
+                store[global_index % memory] = store[(global_index + 1) % memory]
+
+    def record_dropped(
+        self, frame_id: int, timestamp_ns: int, anchor_frame_id: int, relative_pose: np.ndarray
+    ) -> None:
+        """Keep an input frame that never became a keyframe as a pose relative to an anchor."""
+        self.dropped[frame_id] = DroppedFrame(
+            int(timestamp_ns), int(anchor_frame_id), np.asarray(relative_pose, dtype=np.float64)
+        )
+
+    # -----------------------------------------------------------------------------------------
+    # Edges
+
+    def new_frame_edges(self, lifetime: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Edges of the newest keyframe ``t = n - 1`` as ``(ii, jj, kk)``, each ``(E_new,)``.
+
+        Forward: every patch of keyframes ``max(0, t - lifetime + 1) .. t - 1`` into ``t``.
+        Backward: every patch of ``t`` into keyframes ``max(0, t - lifetime + 1) .. t``.
+        Without truncation that is ``(2 * lifetime - 1) * M`` edges.
+        """
+        M = self.patches_per_frame
+        newest = self.n - 1
+        first = max(0, newest - lifetime + 1)
+        device = self.device
+
+        forward_kk = torch.arange(first * M, newest * M, device=device)
+        forward_jj = torch.full_like(forward_kk, newest)
+
+        new_kk = torch.arange(newest * M, (newest + 1) * M, device=device)
+        targets = torch.arange(first, newest + 1, device=device)
+        backward_kk = new_kk.repeat_interleave(len(targets))
+        backward_jj = targets.repeat(M)
+
+        kk = torch.cat([forward_kk, backward_kk])
+        jj = torch.cat([forward_jj, backward_jj])
+        return kk // M, jj, kk
+
+    def add_edges(
+        self, ii: torch.Tensor, jj: torch.Tensor, kk: torch.Tensor, hidden_dim: int | None
+    ) -> None:
+        """Append edges with a zero hidden state (``hidden_dim`` channels; None: no state)."""
+        self.ii = torch.cat([self.ii, ii.to(self.device)])
+        self.jj = torch.cat([self.jj, jj.to(self.device)])
+        self.kk = torch.cat([self.kk, kk.to(self.device)])
+        if hidden_dim is not None:
+            zeros = torch.zeros(len(ii), hidden_dim, device=self.device)
+            if self.hidden is not None:
+                zeros = zeros.to(self.hidden.dtype)
+                self.hidden = torch.cat([self.hidden, zeros])
+            else:
+                self.hidden = zeros
+
+    def remove_edges(self, mask: torch.Tensor) -> None:
+        """Drop the edges where ``mask`` ``(E,)`` is True."""
+        keep = ~mask
+        self.ii = self.ii[keep]
+        self.jj = self.jj[keep]
+        self.kk = self.kk[keep]
+        if self.hidden is not None:
+            self.hidden = self.hidden[keep]
+
+    def retire_edges(self, removal_window: int) -> None:
+        """Drop edges whose source keyframe is older than ``n - removal_window``."""
+        self.remove_edges(self.ii < self.n - removal_window)
+
+    # -----------------------------------------------------------------------------------------
+    # Trajectory
+
+    def trajectory(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Return frame ids ``(N,)``, timestamps ``(N,)`` ns and ``T_cam_world`` ``(N, 7)`` float64
+        of every input frame seen: archived and active keyframes, then dropped frames rebuilt
+        from their anchors; sorted by frame id.
+        """
+        known: dict[int, np.ndarray] = {}
+        stamps: dict[int, int] = {}
+        for frame_id, stamp, pose in zip(
+            self.archive_frame_ids, self.archive_timestamps_ns, self.archive_poses
+        ):
+            known[frame_id] = pose
+            stamps[frame_id] = stamp
+        active = self.active_poses.detach().double().cpu().numpy()
+        for index in range(self.n):
+            known[int(self.frame_ids[index])] = active[index]
+            stamps[int(self.frame_ids[index])] = int(self.timestamps_ns[index])
+
+        for frame_id in self.dropped:
+            self._resolve(frame_id, known)
+            stamps[frame_id] = self.dropped[frame_id].timestamp_ns
+
+        order = sorted(known)
+        return (
+            np.array(order, dtype=np.int64),
+            np.array([stamps[f] for f in order], dtype=np.int64),
+            np.stack([known[f] for f in order]) if order else np.zeros((0, 7)),
+        )
+
+    def _resolve(self, frame_id: int, known: dict[int, np.ndarray]) -> np.ndarray:
+        """Compute a dropped frame's pose through its chain of anchors (iteratively)."""
+        chain = []
+        current = frame_id
+        while current not in known:
+            if current not in self.dropped:
+                raise RuntimeError(f"frame {frame_id} has no pose: anchor {current} is unknown")
+            chain.append(current)
+            current = self.dropped[current].anchor_frame_id
+        pose = torch.from_numpy(known[current])
+        for link in reversed(chain):
+            relative = torch.from_numpy(self.dropped[link].relative_pose)
+            pose = se3.compose(relative, pose)
+            known[link] = pose.numpy()
+        return known[frame_id]
