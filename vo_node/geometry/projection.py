@@ -5,7 +5,8 @@ A patch pixel ``(u, v)`` with inverse depth ``d`` becomes the homogeneous point
 point ``(x_n, y_n, 1) / d``. A pose acts on it homogeneously, ``X' = (R X_xyz + t d, d)``, which
 scales the 3-D point by ``d`` and so leaves its projection unchanged. The third coordinate ``Z'`` of
 the transformed point is the depth in the target frame times the inverse depth in the source
-frame. This ratio of the two depths does not depend on the monocular scale. Residuals are masked on it.
+frame. This ratio of the two depths does not depend on the monocular scale. Residuals are masked
+on it.
 
 Jacobians are taken with respect to left updates ``T <- exp(xi) * T`` of the world-to-camera poses,
 with tangent ordering ``[v, w]`` (see :mod:`vo_node.geometry.se3`).
