@@ -90,7 +90,8 @@ class BAConfig:
     """Multiple of the reduced system's own diagonal added to it."""
     depth_damping: float = 1e-4
     min_depth: float = 0.2
-    """Transformed depth (scene units) below which a residual is masked out."""
+    """Depth ratio below which a residual is masked out: the target-frame depth of a patch
+    divided by its source-frame depth, so the test does not depend on the monocular scale."""
     max_residual: float = 128.0
     """Residual norm (1/4-resolution pixels) above which a residual is masked out."""
     image_margin: float = 64.0
