@@ -27,6 +27,7 @@ from vo_node.io.atomic import atomic_write
 logger = logging.getLogger(__name__)
 
 CHECKPOINT_FORMAT = 1
+CHECKPOINT_DIR = "checkpoints"
 LATEST_NAME = "latest.pt"
 BEST_NAME = "best.pt"
 REPOSITORY_ROOT = Path(__file__).resolve().parents[2]
@@ -62,14 +63,16 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     return state
 
 
-def resolve_resume_path(resume: str | Path, output: str | Path) -> Path:
-    """Map a ``--resume`` argument to a checkpoint file.
+def resolve_resume_path(resume: str | Path) -> Path:
+    """Map a ``--resume`` argument (a checkpoint file or a run folder) to a checkpoint file.
 
-    An empty argument means ``<output>/latest.pt``; a folder means ``<folder>/latest.pt``.
+    A folder resolves to ``<folder>/checkpoints/latest.pt`` or, failing that,
+    ``<folder>/latest.pt``.
     """
-    path = Path(resume) if resume else Path(output) / LATEST_NAME
+    path = Path(resume)
     if path.is_dir():
-        path = path / LATEST_NAME
+        candidates = [path / CHECKPOINT_DIR / LATEST_NAME, path / LATEST_NAME]
+        path = next((c for c in candidates if c.is_file()), candidates[0])
     if not path.is_file():
         raise FileNotFoundError(
             f"cannot resume: checkpoint {path} not found; pass --resume PATH/TO/latest.pt"

@@ -15,7 +15,15 @@ from typing import Any, Mapping
 
 import yaml
 
-from vo_node.config import BAConfig, ConfigError, apply_overrides, from_dict, to_dict
+from vo_node.config import (
+    BAConfig,
+    ConfigError,
+    EngineConfig,
+    apply_overrides,
+    from_dict,
+    load_engine_config,
+    to_dict,
+)
 
 DATA_SOURCES = ("synthetic", "tartanair", "tum")
 FLOW_WEIGHTINGS = ("sigma", "none")
@@ -116,7 +124,7 @@ class BalanceConfig:
     clip_factor: float = 10.0
     """A new sample is clipped to [beta / clip_factor, beta * clip_factor]."""
     norm_floor: float = 1e-6
-    probe_parameter: str = "update.transition.0.residual.0.weight"
+    probe_parameter: str = "update_operator.transition.1.residual.0.weight"
     """Name (as in ``network.named_parameters()``) of the parameter the gradient norms are taken
     on: the first linear layer of the residual branch of the update operator's first gated
     residual unit."""
@@ -175,6 +183,8 @@ class TrainConfig:
 
     engine: str = "full"
     """Engine preset name (``small``, ``full``) or YAML path giving the network sizes."""
+    engine_overrides: dict = field(default_factory=dict)
+    """Dotted engine-configuration overrides applied to the preset (``network.context_dim: 32``)."""
     output: str = "outputs/train"
     device: str = "auto"
     seed: int = 0
@@ -202,6 +212,10 @@ class TrainConfig:
             raise ConfigError(
                 f"data.source is {self.data.source!r} but data.roots is empty; "
                 "set data.roots=[/path/to/dataset] or use data.source=synthetic"
+            )
+        if not isinstance(self.engine_overrides, dict):
+            raise ConfigError(
+                f"engine_overrides must be a mapping of dotted keys, got {self.engine_overrides!r}"
             )
         if not all(isinstance(root, str) for root in self.data.roots):
             raise ConfigError(f"data.roots must be a list of folder paths, got {self.data.roots!r}")
@@ -290,6 +304,12 @@ def load_train_config(
     if overrides:
         config = apply_overrides(config, overrides)
     return config.validate()
+
+
+def resolve_engine_config(config: TrainConfig) -> EngineConfig:
+    """Return the engine configuration of ``config.engine`` with ``config.engine_overrides``."""
+    engine = load_engine_config(config.engine)
+    return apply_overrides(engine, config.engine_overrides) if config.engine_overrides else engine
 
 
 def train_config_to_yaml(config: TrainConfig) -> str:

@@ -1,0 +1,604 @@
+"""The training loop: optimisation, beta/rho balancing, validation, checkpoints, logging and DDP.
+
+Run through ``python -m vo_node.train`` (one process) or ``torchrun --nproc_per_node=N -m
+vo_node.train`` (DistributedDataParallel: gloo on CPU, NCCL on CUDA). Only rank 0 writes files
+and shows the progress bar. Every rank draws its own clips (the rank is part of each sample's
+seed); beta and rho are updated on every rank from probe norms averaged over the ranks, so they
+stay identical everywhere.
+
+Output folder::
+
+    config.yaml       resolved training configuration (loadable with --config)
+    engine.yaml       resolved engine configuration of the trained network
+    version.txt       code version (git describe, else the package version)
+    metrics.csv       one row per logged training window and per validation
+    tensorboard/      TensorBoard event files
+    checkpoints/      latest.pt, best.pt, step_<N>.pt (periodic copies)
+    model.pt          exported weights + engine configuration (at the end of the run)
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+import math
+import os
+import signal
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel
+
+from vo_node.config import EngineConfig, from_dict, resolve_device, to_dict
+from vo_node.io.atomic import atomic_write
+from vo_node.model.network import VONetwork, save_model
+from vo_node.train import checkpoint as ckpt
+from vo_node.train.balance import LossBalancer, ProbeNorms, find_parameter, probe_gradient_norms
+from vo_node.train.config import (
+    LossConfig,
+    TrainConfig,
+    resolve_engine_config,
+    train_config_to_yaml,
+)
+from vo_node.train.data import ClipDataset, make_loader, validation_clips
+from vo_node.train.unroll import UnrolledModel
+
+logger = logging.getLogger(__name__)
+
+METRICS_COLUMNS = (
+    "step", "split", "loss", "flow", "translation", "rotation", "flow_epe", "pose_translation",
+    "pose_rotation", "beta", "rho", "lr", "grad_norm", "steps_per_s", "skipped", "ate",
+)
+SIGNAL_EXIT_BASE = 128
+"""A run stopped by signal ``s`` exits with ``128 + s`` (130 for SIGINT, 143 for SIGTERM)."""
+SEED_MODULUS = 2**63 - 1
+MAX_CPU_THREADS_PER_RANK_FLOOR = 1
+VALIDATION_STREAM = 7
+
+
+class TrainingError(RuntimeError):
+    """The run cannot continue (e.g. too many non-finite losses in a row)."""
+
+
+@dataclass
+class DistributedContext:
+    """Rank layout of this process."""
+
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
+
+def setup_distributed(device: str) -> DistributedContext:
+    """Join the process group torchrun describes in the environment (no-op for one process)."""
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    if world_size <= 1:
+        return DistributedContext()
+    if not dist.is_initialized():
+        backend = "nccl" if device == "cuda" else "gloo"
+        dist.init_process_group(backend=backend)
+    local_rank = int(os.environ.get("LOCAL_RANK", dist.get_rank()))
+    return DistributedContext(dist.get_rank(), dist.get_world_size(), local_rank)
+
+
+def derive_seed(*parts: int) -> int:
+    """Return a 63-bit seed that is a pure function of ``parts``."""
+    state = np.random.SeedSequence(list(parts)).generate_state(1, np.uint64)
+    return int(state[0] % SEED_MODULUS)
+
+
+def seed_everything(seed: int) -> None:
+    """Seed python's, numpy's and torch's global generators."""
+    import random
+
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def configure_determinism(enabled: bool, device: str) -> None:
+    """Switch torch to deterministic kernels (error on an op without one) when ``enabled``."""
+    if not enabled:
+        return
+    if device == "cuda":
+        # cuBLAS needs a fixed workspace for reproducible matrix products.
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.backends.cudnn.benchmark = False
+    torch.use_deterministic_algorithms(True, warn_only=False)
+
+
+class MetricsLog:
+    """Rank 0's metrics.csv and TensorBoard writer (other ranks get a no-op log)."""
+
+    def __init__(self, output: Path, enabled: bool, resume_step: int | None):
+        self.enabled = enabled
+        self.path = output / "metrics.csv"
+        self.writer = None
+        if not enabled:
+            return
+        if resume_step is not None and self.path.is_file():
+            self._truncate_after(resume_step)
+        if not self.path.is_file():
+            with atomic_write(self.path) as handle:
+                csv.writer(handle).writerow(METRICS_COLUMNS)
+        from torch.utils.tensorboard import SummaryWriter
+
+        self.writer = SummaryWriter(str(output / "tensorboard"), purge_step=resume_step)
+
+    def _truncate_after(self, step: int) -> None:
+        """Drop rows logged after ``step`` (a crash may have logged past the last checkpoint)."""
+        with open(self.path, newline="") as handle:
+            rows = list(csv.reader(handle))
+        kept = [rows[0]] + [row for row in rows[1:] if row and int(row[0]) <= step]
+        with atomic_write(self.path) as handle:
+            csv.writer(handle).writerows(kept)
+
+    def log(self, step: int, split: str, values: dict[str, float]) -> None:
+        if not self.enabled:
+            return
+        row = [step, split] + [_format(values.get(name)) for name in METRICS_COLUMNS[2:]]
+        with open(self.path, "a", newline="") as handle:
+            csv.writer(handle).writerow(row)
+        for name, value in values.items():
+            if value is not None and math.isfinite(value):
+                self.writer.add_scalar(f"{split}/{name}", value, step)
+        self.writer.flush()
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+
+
+def _format(value: float | None) -> str:
+    return "" if value is None else f"{value:.6g}"
+
+
+class _SignalFlag:
+    """Records SIGINT/SIGTERM so the loop can save a checkpoint and stop between steps."""
+
+    def __init__(self) -> None:
+        self.signum = 0
+        self.previous: dict[int, Any] = {}
+
+    def install(self) -> None:
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            self.previous[signum] = signal.signal(signum, self._handle)
+
+    def restore(self) -> None:
+        for signum, handler in self.previous.items():
+            signal.signal(signum, handler)
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.signum:
+            logger.warning("second signal %d: stopping without waiting for the step", signum)
+            raise KeyboardInterrupt
+        logger.warning("signal %d received: saving a checkpoint after this step", signum)
+        self.signum = signum
+
+
+class Trainer:
+    """One training run (one rank of it under DDP)."""
+
+    def __init__(
+        self,
+        config: TrainConfig,
+        output: str | Path,
+        resume: str | Path | None = None,
+        context: DistributedContext | None = None,
+    ):
+        self.config = config
+        self.output = Path(output)
+        self.device = resolve_device(config.device)
+        self.context = context or setup_distributed(self.device)
+        if self.device == "cuda":
+            torch.cuda.set_device(self.context.local_rank)
+            self.device = f"cuda:{self.context.local_rank}"
+        configure_determinism(config.deterministic, self.device.split(":")[0])
+        seed_everything(derive_seed(config.seed, self.context.rank))
+        if self.device == "cpu" and self.context.distributed:
+            cores = os.cpu_count() or 1
+            torch.set_num_threads(max(MAX_CPU_THREADS_PER_RANK_FLOOR, cores // self.context.world_size))
+
+        self.engine = resolve_engine_config(config)
+        self.network = VONetwork(self.engine.network).to(self.device)
+        self.core = UnrolledModel(
+            self.network, config.unroll, config.ba, config.loss, self.engine.frontend.centroid_selection
+        )
+        self.model: torch.nn.Module = self.core
+        if self.context.distributed:
+            device_ids = [self.context.local_rank] if self.device.startswith("cuda") else None
+            self.model = DistributedDataParallel(self.core, device_ids=device_ids)
+        self.probe = find_parameter(self.network, config.balance.probe_parameter)
+        self.optimizer = torch.optim.AdamW(
+            self.network.parameters(), lr=config.optim.lr, weight_decay=config.optim.weight_decay
+        )
+        self.scheduler = torch.optim.lr_scheduler.OneCycleLR(
+            self.optimizer,
+            max_lr=config.optim.lr,
+            total_steps=config.optim.steps,
+            pct_start=config.optim.pct_start,
+            anneal_strategy="linear",
+            cycle_momentum=False,
+        )
+        balance = config.balance
+        self.balancer = LossBalancer(
+            balance.interval, balance.window, balance.clip_factor, balance.norm_floor,
+            enabled=balance.enabled,
+        )
+        self.step = 0
+        self.nonfinite = 0
+        self.best: float | None = None
+        self.last_checkpoint_time = time.monotonic()
+        self.resume_path = Path(resume) if resume else None
+        if self.resume_path is not None:
+            self.load_state(ckpt.load_checkpoint(self.resume_path, map_location="cpu"))
+        self.metrics = MetricsLog(
+            self.output, self.context.is_main, self.step if self.resume_path else None
+        )
+        self._validation_set: list[dict[str, torch.Tensor]] | None = None
+
+    # ---------------------------------------------------------------------------------------
+    # State
+    # ---------------------------------------------------------------------------------------
+
+    def state_dict(self) -> dict[str, Any]:
+        """Everything a resumed run needs to continue the same curve."""
+        return {
+            "step": self.step,
+            "model": self.network.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "balance": self.balancer.state_dict(),
+            "rng": ckpt.capture_rng_state(),
+            "config": to_dict(self.config),
+            "engine": to_dict(self.engine),
+            "best": self.best,
+            "nonfinite": self.nonfinite,
+            "world_size": self.context.world_size,
+            "code_version": ckpt.code_version(),
+        }
+
+    def load_state(self, state: dict[str, Any]) -> None:
+        """Restore a state written by :meth:`state_dict`."""
+        self.network.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.balancer.load_state_dict(state["balance"])
+        self.step = int(state["step"])
+        self.best = state["best"]
+        self.nonfinite = int(state["nonfinite"])
+        if state.get("world_size", 1) == self.context.world_size:
+            ckpt.restore_rng_state(state["rng"])
+        else:
+            logger.warning(
+                "checkpoint was written by %s ranks, this run has %d: global RNG states not "
+                "restored (data and patch draws depend only on the step and stay exact)",
+                state.get("world_size"), self.context.world_size,
+            )
+        logger.info("resumed from step %d", self.step)
+
+    def save(self, name: str) -> Path | None:
+        """Write a checkpoint ``checkpoints/<name>`` on rank 0; return its path there."""
+        if not self.context.is_main:
+            return None
+        path = ckpt.save_checkpoint(self.output / ckpt.CHECKPOINT_DIR / name, self.state_dict())
+        self.last_checkpoint_time = time.monotonic()
+        return path
+
+    def write_run_files(self) -> None:
+        """Write the resolved configurations and the code version (rank 0)."""
+        if not self.context.is_main:
+            return
+        import yaml
+
+        with atomic_write(self.output / "config.yaml") as handle:
+            handle.write(train_config_to_yaml(self.config))
+        with atomic_write(self.output / "engine.yaml") as handle:
+            handle.write(yaml.safe_dump(to_dict(self.engine), sort_keys=False))
+        with atomic_write(self.output / "version.txt") as handle:
+            handle.write(ckpt.code_version() + "\n")
+
+    # ---------------------------------------------------------------------------------------
+    # One step
+    # ---------------------------------------------------------------------------------------
+
+    def _to_device(self, sample: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        return {key: value.to(self.device) for key, value in sample.items()}
+
+    def _step_generator(self, step: int) -> torch.Generator:
+        return torch.Generator().manual_seed(derive_seed(self.config.seed, self.context.rank, step))
+
+    def _all_reduce_mean(self, values: torch.Tensor) -> torch.Tensor:
+        if not self.context.distributed:
+            return values
+        values = values.to(self.device)
+        dist.all_reduce(values)
+        return (values / self.context.world_size).cpu()
+
+    def _balance(self, parts: dict[str, torch.Tensor]) -> None:
+        """Measure the probe gradient norms and update beta and rho (same value on all ranks)."""
+        norms = probe_gradient_norms(parts, self.probe)
+        measured = ProbeNorms(norms["flow"], norms["pose"], norms["translation"], norms["rotation"])
+        averaged = ProbeNorms.from_tensor(self._all_reduce_mean(measured.as_tensor()))
+        beta, rho = self.balancer.update(averaged)
+        logger.debug("step %d: beta %.4g, rho %.4g from %s", self.step, beta, rho, averaged)
+
+    def train_step(self, sample: dict[str, torch.Tensor]) -> dict[str, float]:
+        """Run forward, balance, backward and optimiser step for one clip; return its metrics."""
+        config = self.config
+        self.model.train()
+        sample = self._to_device(sample)
+        out = self.model(
+            sample["images"], sample["depths"], sample["poses_cw"], sample["intrinsics"],
+            self._step_generator(self.step),
+        )
+        flow = config.loss.flow_weight * out["flow"]
+        translation = config.loss.pose_weight * out["translation"]
+        rotation = config.loss.pose_weight * out["rotation"]
+        if self.balancer.is_due(self.step):
+            pose = translation + self.balancer.rho * rotation
+            self._balance({"flow": flow, "pose": pose, "translation": translation,
+                           "rotation": rotation})
+        loss = self.balancer.beta * flow + translation + self.balancer.rho * rotation
+
+        finite = torch.tensor([float(torch.isfinite(loss))], dtype=torch.float64)
+        finite = bool(self._all_reduce_mean(finite).item() == 1.0)
+        grad_norm = float("nan")
+        if finite:
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            grad_norm = float(
+                torch.nn.utils.clip_grad_norm_(self.network.parameters(), config.optim.grad_clip)
+            )
+            finite = math.isfinite(grad_norm)
+            if finite:
+                self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scheduler.step()
+        self._count_nonfinite(finite, float(loss.detach()))
+        return {
+            "loss": float(loss.detach()),
+            "flow": float(out["flow"].detach()),
+            "translation": float(out["translation"].detach()),
+            "rotation": float(out["rotation"].detach()),
+            "flow_epe": float(out["flow_epe"]),
+            "pose_translation": float(out["pose_translation"]),
+            "pose_rotation": float(out["pose_rotation"]),
+            "beta": self.balancer.beta,
+            "rho": self.balancer.rho,
+            "lr": self.scheduler.get_last_lr()[0],
+            "grad_norm": grad_norm,
+            "skipped": 0.0 if finite else 1.0,
+        }
+
+    def _count_nonfinite(self, finite: bool, loss: float) -> None:
+        if finite:
+            self.nonfinite = 0
+            return
+        self.nonfinite += 1
+        logger.warning(
+            "step %d: non-finite loss or gradient (loss %s), step skipped (%d in a row)",
+            self.step, loss, self.nonfinite,
+        )
+        if self.nonfinite > self.config.optim.max_nonfinite:
+            raise TrainingError(
+                f"{self.nonfinite} consecutive steps had a non-finite loss or gradient (limit "
+                f"optim.max_nonfinite={self.config.optim.max_nonfinite}); lower optim.lr or check "
+                "the data, then resume from the last checkpoint"
+            )
+
+    # ---------------------------------------------------------------------------------------
+    # Validation
+    # ---------------------------------------------------------------------------------------
+
+    def validation_set(self) -> list[dict[str, torch.Tensor]]:
+        if self._validation_set is None:
+            validation = self.config.validation
+            self._validation_set = validation_clips(
+                self.config.data, validation.seed, validation.clips
+            )
+        return self._validation_set
+
+    @torch.no_grad()
+    def validate(self) -> dict[str, float]:
+        """Return mean validation metrics over the held-out synthetic clips (rank 0 only).
+
+        ``loss`` is the unweighted objective (no Sigma weighting, adjacent flow edges, beta and
+        rho at 1), so runs with different recipes are comparable.
+        """
+        plain = LossConfig(**{**to_dict(self.config.loss), "flow_weighting": "none",
+                              "flow_edges": "adjacent"})
+        evaluator = UnrolledModel(self.network, self.config.unroll, self.config.ba, plain,
+                                  self.core.selection)
+        evaluator.eval()
+        totals: dict[str, list[float]] = {}
+        for index, clip in enumerate(self.validation_set()):
+            clip = self._to_device(clip)
+            generator = torch.Generator().manual_seed(
+                derive_seed(self.config.validation.seed, VALIDATION_STREAM, index)
+            )
+            out = evaluator(clip["images"], clip["depths"], clip["poses_cw"], clip["intrinsics"],
+                            generator)
+            loss = plain.flow_weight * out["flow"] + plain.pose_weight * (
+                out["translation"] + out["rotation"]
+            )
+            values = {"loss": loss, **{key: out[key] for key in
+                                        ("flow", "translation", "rotation", "flow_epe",
+                                         "pose_translation", "pose_rotation")}}
+            for key, value in values.items():
+                totals.setdefault(key, []).append(float(value))
+        metrics = {key: float(np.nanmean(values)) for key, values in totals.items()}
+        metrics.update(self._real_sequence_metrics())
+        return metrics
+
+    def _real_sequence_metrics(self) -> dict[str, float]:
+        """ATE on the configured real sequences through the engine's runner, if it is available."""
+        sequences = self.config.validation.sequences
+        if not sequences:
+            return {}
+        try:
+            from vo_node.evaluation.metrics import evaluate_trajectory
+            from vo_node.io import open_sequence
+            from vo_node.run import run_sequence
+        except ImportError as error:
+            logger.warning("ATE validation skipped: the engine runner is not available (%s)", error)
+            return {}
+        errors = []
+        for path in sequences:
+            try:
+                sequence = open_sequence(path)
+                # TODO: check these calls against vo_node.run.run_sequence once it is merged.
+                estimate = run_sequence(sequence, self.engine, network=self.network)
+                metrics = evaluate_trajectory(estimate, sequence.ground_truth)
+                errors.append(float(metrics.ate_rmse))
+            except Exception as error:  # noqa: BLE001 - a failed evaluation must not stop training
+                logger.warning("ATE validation on %s failed: %s", path, error)
+        return {"ate": float(np.mean(errors))} if errors else {}
+
+    def _is_better(self, value: float) -> bool:
+        if not math.isfinite(value):
+            return False
+        if self.best is None:
+            return True
+        return value < self.best if self.config.validation.best_mode == "min" else value > self.best
+
+    def run_validation(self) -> None:
+        """Validate on rank 0, log, and keep ``best.pt`` by the configured metric."""
+        if not self.context.is_main:
+            return
+        started = time.monotonic()
+        metrics = self.validate()
+        self.metrics.log(self.step, "val", metrics)
+        name = self.config.validation.best_metric.removeprefix("val/")
+        value = metrics.get(name, float("nan"))
+        logger.info(
+            "validation at step %d (%.1f s): %s", self.step, time.monotonic() - started,
+            ", ".join(f"{key} {value:.4g}" for key, value in sorted(metrics.items())),
+        )
+        if self._is_better(value):
+            self.best = value
+            self.save(ckpt.BEST_NAME)
+
+    # ---------------------------------------------------------------------------------------
+    # The loop
+    # ---------------------------------------------------------------------------------------
+
+    def _checkpoint_due(self) -> bool:
+        every = self.config.checkpoint
+        elapsed_min = (time.monotonic() - self.last_checkpoint_time) / 60.0
+        return self.step % every.every_steps == 0 or elapsed_min >= every.every_minutes
+
+    def _stop_requested(self, flag: _SignalFlag) -> int:
+        signum = torch.tensor([float(flag.signum)], dtype=torch.float64)
+        if self.context.distributed:
+            dist.all_reduce(signum, op=dist.ReduceOp.MAX)
+        return int(signum.item())
+
+    def train(self, max_steps: int | None = None) -> int:
+        """Train until ``optim.steps`` (or ``max_steps`` more steps); return the exit code.
+
+        Returns 0 when finished, ``128 + signal`` after SIGINT/SIGTERM (a checkpoint is saved).
+        Raises :class:`TrainingError` after too many non-finite steps (a checkpoint is saved).
+        """
+        config = self.config
+        self.output.mkdir(parents=True, exist_ok=True)
+        self.write_run_files()
+        stop = config.optim.steps if max_steps is None else min(config.optim.steps,
+                                                                self.step + max_steps)
+        dataset = ClipDataset(config.data, config.seed, self.context.rank,
+                              validation_seed=config.validation.seed)
+        loader = make_loader(dataset, self.step, stop, config.data.num_workers,
+                             config.data.prefetch_factor,
+                             derive_seed(config.seed, self.context.rank, self.step))
+        flag = _SignalFlag()
+        flag.install()
+        progress = self._progress_bar(stop)
+        window: list[dict[str, float]] = []
+        window_start = time.monotonic()
+        try:
+            for sample in loader:
+                metrics = self.train_step(sample)
+                self.step += 1
+                window.append(metrics)
+                if self.step % config.log_every == 0 or self.step == stop:
+                    window_start = self._log_window(window, window_start, progress)
+                    window = []
+                if progress is not None:
+                    progress.update(1)
+                if self.step % config.validation.every == 0:
+                    self.run_validation()
+                if self._checkpoint_due():
+                    self._save_periodic()
+                signum = self._stop_requested(flag)
+                if signum:
+                    self.save(ckpt.LATEST_NAME)
+                    logger.warning("stopped by signal %d at step %d", signum, self.step)
+                    return SIGNAL_EXIT_BASE + signum
+        except TrainingError:
+            self.save(ckpt.LATEST_NAME)
+            raise
+        finally:
+            flag.restore()
+            if progress is not None:
+                progress.close()
+            self.metrics.close()
+        self.save(ckpt.LATEST_NAME)
+        if self.step >= config.optim.steps:
+            self.export(self.output / "model.pt")
+        return 0
+
+    def _save_periodic(self) -> None:
+        self.save(ckpt.LATEST_NAME)
+        keep = self.config.checkpoint.keep_every_steps
+        if keep and self.step % keep == 0:
+            self.save(f"step_{self.step:08d}.pt")
+
+    def _progress_bar(self, stop: int):
+        if not self.context.is_main:
+            return None
+        from tqdm import tqdm
+
+        return tqdm(total=stop, initial=self.step, unit="step", dynamic_ncols=True)
+
+    def _log_window(self, window: list[dict[str, float]], started: float, progress) -> float:
+        now = time.monotonic()
+        means = {key: float(np.nanmean([m[key] for m in window])) for key in window[0]}
+        means["skipped"] = float(sum(m["skipped"] for m in window))
+        means["steps_per_s"] = len(window) / max(now - started, 1e-9)
+        self.metrics.log(self.step, "train", means)
+        if progress is not None:
+            progress.set_postfix(loss=f"{means['loss']:.4g}", beta=f"{means['beta']:.3g}",
+                                 steps_per_s=f"{means['steps_per_s']:.3g}")
+        return now
+
+    def export(self, path: str | Path) -> None:
+        """Write the compact model file (weights + engine configuration) on rank 0."""
+        if self.context.is_main:
+            metadata = {"step": self.step, "code_version": ckpt.code_version(),
+                        "train_config": to_dict(self.config)}
+            save_model(path, self.network, self.engine, metadata)
+
+
+def export_checkpoint(checkpoint_path: str | Path, model_path: str | Path) -> Path:
+    """Write a compact model file (``save_model``) from a training checkpoint; return its path."""
+    state = ckpt.load_checkpoint(checkpoint_path)
+    engine = from_dict(EngineConfig, state["engine"]).validate()
+    network = VONetwork(engine.network)
+    network.load_state_dict(state["model"])
+    metadata = {"step": state["step"], "code_version": state.get("code_version", "unknown"),
+                "train_config": state["config"], "source_checkpoint": str(checkpoint_path)}
+    save_model(model_path, network, engine, metadata)
+    return Path(model_path)
