@@ -1,0 +1,121 @@
+"""A folder of images sorted by name with a ROS ``camera_info`` YAML.
+
+Timestamps come from, in this order: ``times.txt`` (one line of seconds per image, in name
+order); the file names, when every name is a timestamp (``1403638538.5778.png`` is read as
+seconds, an 18- or 19-digit integer name like ``1403638538577829376.png`` as nanoseconds, the
+EuRoC and ROS convention); else ``index / fps`` with ``fps`` defaulting to 20 Hz.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+
+from vo_node.io.camera import CalibrationError, PinholeCamera, load_camera
+from vo_node.io.sequence import (
+    IMAGE_EXTENSIONS,
+    NANOSECONDS_PER_SECOND,
+    Sequence,
+    SequenceError,
+    list_images,
+    read_image,
+    seconds_to_ns,
+)
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_FPS = 20.0
+CAMERA_FILE = "camera.yaml"
+TIMES_FILE = "times.txt"
+SECONDS_NAME = re.compile(r"^\d+\.\d+$")
+NANOSECONDS_NAME = re.compile(r"^\d{18,19}$")
+
+
+class ImageFolderSequence(Sequence):
+    """Images in one folder, sorted by file name."""
+
+    layout = "images"
+    DESCRIPTION = "image folder: *.png/*.jpg sorted by name, camera.yaml (or --camera), optional times.txt"
+    OPTIONS = ("camera_path", "fps")
+
+    def __init__(
+        self, root: str | Path, camera_path: str | Path | None = None, fps: float | None = None,
+        stride: int = 1, max_frames: int | None = None,
+    ) -> None:
+        root = Path(root)
+        if not root.is_dir():
+            raise SequenceError(f"image folder {root} not found")
+        self.files = list_images(root)
+        if not self.files:
+            raise SequenceError(f"image folder {root} contains no images ({', '.join(IMAGE_EXTENSIONS)})")
+        camera = find_camera(root, camera_path)
+        timestamps = self._timestamps(root, fps)
+        super().__init__(root, root.name, camera, timestamps, stride, max_frames)
+
+    @classmethod
+    def detect(cls, path: Path) -> bool:
+        return path.is_dir() and bool(list_images(path))
+
+    @classmethod
+    def open(
+        cls, path: Path, stride: int = 1, max_frames: int | None = None,
+        camera_path: str | Path | None = None, fps: float | None = None,
+    ) -> "ImageFolderSequence":
+        return cls(path, camera_path=camera_path, fps=fps, stride=stride, max_frames=max_frames)
+
+    def describe_frame(self, index: int) -> str:
+        return f"image {self.files[index]}"
+
+    def _read_images(self, indices: list[int]) -> Iterator[tuple[int, np.ndarray]]:
+        for index in indices:
+            yield index, read_image(self.files[index])
+
+    def _timestamps(self, root: Path, fps: float | None) -> np.ndarray:
+        times = root / TIMES_FILE
+        if times.is_file() and fps is None:
+            return _read_times(times, len(self.files))
+        stems = [path.stem for path in self.files]
+        if fps is None and all(SECONDS_NAME.match(stem) for stem in stems):
+            return np.array([seconds_to_ns(stem) for stem in stems], dtype=np.int64)
+        if fps is None and all(NANOSECONDS_NAME.match(stem) for stem in stems):
+            return np.array([int(stem) for stem in stems], dtype=np.int64)
+        return frame_times(len(self.files), fps or DEFAULT_FPS)
+
+
+def frame_times(count: int, fps: float) -> np.ndarray:
+    """Return ``(count,)`` int64 timestamps ``i / fps`` in nanoseconds."""
+    if not fps > 0:
+        raise SequenceError(f"fps must be positive, got {fps}")
+    return np.round(np.arange(count) * (NANOSECONDS_PER_SECOND / fps)).astype(np.int64)
+
+
+def find_camera(folder: Path, camera_path: str | Path | None, video: Path | None = None) -> PinholeCamera:
+    """Load ``camera_path``, else ``<video>.yaml``, else ``camera.yaml`` in ``folder``."""
+    if camera_path is not None:
+        return load_camera(camera_path)
+    candidates = ([video.with_suffix(".yaml")] if video is not None else []) + [folder / CAMERA_FILE]
+    for candidate in candidates:
+        if candidate.is_file():
+            return load_camera(candidate)
+    raise CalibrationError(
+        f"missing calibration for {video or folder}: none of {', '.join(map(str, candidates))} "
+        "exists; write the camera as a ROS camera_info YAML there or pass its path "
+        "(camera_path, --camera)"
+    )
+
+
+def _read_times(path: Path, count: int) -> np.ndarray:
+    lines = [line for line in path.read_text().splitlines() if line.strip() and not line.startswith("#")]
+    if len(lines) != count:
+        raise SequenceError(
+            f"{path} has {len(lines)} timestamps for {count} images; give one line of seconds per "
+            "image (in file name order) or delete it to use --fps"
+        )
+    try:
+        return np.array([seconds_to_ns(line.split()[0]) for line in lines], dtype=np.int64)
+    except ValueError as error:
+        raise SequenceError(f"{path}: {error}") from None

@@ -1,0 +1,92 @@
+"""Pose helpers shared by the readers: 4x4 matrices, ``[t, q_xyzw]`` rows and interpolation.
+
+Poses follow the project convention: ``(N, 7)`` float64 ``[tx, ty, tz, qx, qy, qz, qw]``
+(Hamilton, scalar last) and ``(N, 4, 4)`` homogeneous matrices ``T_a_b`` mapping frame ``b`` to
+frame ``a``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from scipy.spatial.transform import Rotation
+
+POSE_SIZE = 7
+
+
+def matrices_to_poses(matrices: np.ndarray) -> np.ndarray:
+    """Convert ``(N, 4, 4)`` (or ``(N, 3, 4)``) transforms to ``(N, 7)`` pose rows."""
+    matrices = np.asarray(matrices, dtype=np.float64)
+    rotations = Rotation.from_matrix(matrices[:, :3, :3])
+    quaternions = rotations.as_quat()
+    # One sign per rotation: keep qw >= 0 so equal rotations give equal rows.
+    quaternions *= np.where(quaternions[:, 3:4] < 0.0, -1.0, 1.0)
+    return np.concatenate([matrices[:, :3, 3], quaternions], axis=1)
+
+
+def poses_to_matrices(poses: np.ndarray) -> np.ndarray:
+    """Convert ``(N, 7)`` pose rows to ``(N, 4, 4)`` transforms (quaternions are normalised)."""
+    poses = np.asarray(poses, dtype=np.float64).reshape(-1, POSE_SIZE)
+    matrices = np.tile(np.eye(4), (len(poses), 1, 1))
+    matrices[:, :3, :3] = Rotation.from_quat(poses[:, 3:]).as_matrix()
+    matrices[:, :3, 3] = poses[:, :3]
+    return matrices
+
+
+EDGE_TOLERANCE_NS = 1_000_000
+"""Queries this close (ns) outside the sampled range take the first or last sample."""
+
+
+def interpolate_poses(
+    source_ns: np.ndarray,
+    source_poses: np.ndarray,
+    query_ns: np.ndarray,
+    max_gap_ns: int,
+    edge_tolerance_ns: int = EDGE_TOLERANCE_NS,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Interpolate poses at query times: linear in translation, slerp in rotation.
+
+    Args:
+        source_ns: ``(M,)`` increasing int64 sample times in nanoseconds.
+        source_poses: ``(M, 7)`` poses at those times.
+        query_ns: ``(N,)`` int64 query times in nanoseconds.
+        max_gap_ns: a query is answered only when both neighbouring samples lie within this
+            many nanoseconds of it, so gaps in the source are never bridged.
+        edge_tolerance_ns: a query at most this far before the first or after the last sample
+            takes that sample (images and ground truth from different clocks rarely line up to
+            the nanosecond at the ends).
+
+    Returns:
+        ``valid`` ``(N,)`` bool and ``poses`` ``(valid.sum(), 7)`` for the valid queries.
+    """
+    source_ns = np.asarray(source_ns, dtype=np.int64)
+    source_poses = np.asarray(source_poses, dtype=np.float64)
+    query_ns = np.asarray(query_ns, dtype=np.int64)
+    if len(source_ns) == 0 or len(query_ns) == 0:
+        return np.zeros(len(query_ns), dtype=bool), np.zeros((0, POSE_SIZE))
+    near_start = (query_ns < source_ns[0]) & (source_ns[0] - query_ns <= edge_tolerance_ns)
+    near_end = (query_ns > source_ns[-1]) & (query_ns - source_ns[-1] <= edge_tolerance_ns)
+    query_ns = np.where(near_start, source_ns[0], np.where(near_end, source_ns[-1], query_ns))
+    upper = np.clip(np.searchsorted(source_ns, query_ns, side="left"), 0, len(source_ns) - 1)
+    exact = source_ns[upper] == query_ns
+    lower = np.where(exact, upper, np.clip(upper - 1, 0, len(source_ns) - 1))
+    inside = (source_ns[lower] <= query_ns) & (query_ns <= source_ns[upper])
+    close = (query_ns - source_ns[lower] <= max_gap_ns) & (source_ns[upper] - query_ns <= max_gap_ns)
+    valid = inside & close
+    if not valid.any():
+        return valid, np.zeros((0, POSE_SIZE))
+    lower, upper, query = lower[valid], upper[valid], query_ns[valid]
+
+    span = (source_ns[upper] - source_ns[lower]).astype(np.float64)
+    fraction = np.divide(
+        (query - source_ns[lower]).astype(np.float64), span, out=np.zeros_like(span), where=span > 0
+    )
+    translation = source_poses[lower, :3] + fraction[:, None] * (
+        source_poses[upper, :3] - source_poses[lower, :3]
+    )
+    start = Rotation.from_quat(source_poses[lower, 3:])
+    end = Rotation.from_quat(source_poses[upper, 3:])
+    step = (start.inv() * end).as_rotvec()
+    rotation = start * Rotation.from_rotvec(step * fraction[:, None])
+    quaternions = rotation.as_quat()
+    quaternions *= np.where(quaternions[:, 3:4] < 0.0, -1.0, 1.0)
+    return valid, np.concatenate([translation, quaternions], axis=1)

@@ -1,0 +1,127 @@
+"""TartanAir: ``image_left/NNNNNN_left.png``, ``pose_left.txt`` (NED) and the left camera.
+
+``pose_left.txt`` has one line ``tx ty tz qx qy qz qw`` per frame: the camera body pose in a
+north-east-down world, where the body axes are x forward, y right, z down. The optical camera
+axes (x right, y down, z forward) relate to the body axes by the permutation ``M`` with
+``p_body = M @ p_optical``::
+
+    M = [[0, 0, 1],    body x (forward) = optical z
+         [1, 0, 0],    body y (right)   = optical x
+         [0, 1, 0]]    body z (down)    = optical y
+
+The reader returns ``T_world_cam = M^T @ T_ned_body @ M``: the right factor turns the body frame
+into the optical camera frame, and the left factor re-expresses the world in the same permuted
+axes (x east, y down, z north), so the first camera looks along world +z with gravity along +y.
+This equals the ``[ty, tz, tx, qy, qz, qx, qw]`` reordering DPVO applies to these files.
+
+TartanAir has no timestamps; frames are 10 Hz, so frame ``i`` gets ``i * 100 ms``.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+
+from vo_node.io.camera import PinholeCamera, load_camera
+from vo_node.io.readers.poses import POSE_SIZE, matrices_to_poses, poses_to_matrices
+from vo_node.io.sequence import Sequence, SequenceError, list_images, read_image
+from vo_node.io.trajectory import Trajectory
+
+logger = logging.getLogger(__name__)
+
+FRAME_PERIOD_NS = 100_000_000
+"""TartanAir frames are rendered at a nominal 10 Hz."""
+DEFAULT_CAMERA = PinholeCamera(width=640, height=480, fx=320.0, fy=320.0, cx=320.0, cy=240.0)
+"""The fixed TartanAir v1 intrinsics (640x480, 90 degree horizontal field of view)."""
+NED_BODY_FROM_OPTICAL = np.array([[0.0, 0.0, 1.0], [1.0, 0.0, 0.0], [0.0, 1.0, 0.0]])
+"""``M`` above: maps optical camera coordinates to NED body coordinates."""
+
+
+class TartanAirSequence(Sequence):
+    """The left (or right) camera of one TartanAir trajectory folder."""
+
+    layout = "tartanair"
+    DESCRIPTION = "TartanAir: image_left/*_left.png, pose_left.txt (NED), camera_info_left.yaml"
+    OPTIONS: tuple[str, ...] = ()
+
+    def __init__(
+        self, root: str | Path, side: str = "left", stride: int = 1, max_frames: int | None = None
+    ) -> None:
+        root = Path(root)
+        self.image_folder = root / f"image_{side}"
+        if not self.image_folder.is_dir():
+            raise SequenceError(f"TartanAir image folder {self.image_folder} not found")
+        self.files = list_images(self.image_folder)
+        if not self.files:
+            raise SequenceError(f"TartanAir image folder {self.image_folder} contains no images")
+        self.rows = np.array([_frame_number(path) for path in self.files], dtype=np.int64)
+        calibration = root / f"camera_info_{side}.yaml"
+        if calibration.is_file():
+            camera = load_camera(calibration)
+        else:
+            logger.info("no %s; using the TartanAir intrinsics fx=fy=320, cx=320, cy=240", calibration)
+            camera = DEFAULT_CAMERA
+        self.poses_path = root / f"pose_{side}.txt"
+        super().__init__(root, root.name, camera, self.rows * FRAME_PERIOD_NS, stride, max_frames)
+
+    @classmethod
+    def detect(cls, path: Path) -> bool:
+        return (path / "image_left").is_dir() and (path / "pose_left.txt").is_file()
+
+    @classmethod
+    def open(cls, path: Path, stride: int = 1, max_frames: int | None = None) -> "TartanAirSequence":
+        return cls(path, stride=stride, max_frames=max_frames)
+
+    def describe_frame(self, index: int) -> str:
+        return f"image {self.files[index]}"
+
+    def _read_images(self, indices: list[int]) -> Iterator[tuple[int, np.ndarray]]:
+        for index in indices:
+            yield index, read_image(self.files[index])
+
+    def _load_ground_truth(self, timestamps_ns: np.ndarray) -> Trajectory | None:
+        if not self.poses_path.is_file():
+            return None
+        ned_poses = read_tartanair_poses(self.poses_path)
+        rows = self.rows[self.indices]
+        keep = rows < len(ned_poses)
+        if not keep.all():
+            logger.warning(
+                "%s has %d poses, so %d selected frames have no ground truth",
+                self.poses_path, len(ned_poses), int((~keep).sum()),
+            )
+        return Trajectory(timestamps_ns[keep], ned_to_optical(ned_poses[rows[keep]]))
+
+
+def _frame_number(path: Path) -> int:
+    prefix = path.stem.split("_")[0]
+    if not prefix.isdigit():
+        raise SequenceError(
+            f"TartanAir image {path} does not start with a frame number (NNNNNN_left.png)"
+        )
+    return int(prefix)
+
+
+def read_tartanair_poses(path: Path) -> np.ndarray:
+    """Read ``pose_left.txt`` into ``(N, 7)`` NED body poses ``[t, q_xyzw]``."""
+    try:
+        poses = np.loadtxt(path, dtype=np.float64, ndmin=2)
+    except ValueError as error:
+        raise SequenceError(f"TartanAir pose file {path} is malformed: {error}") from None
+    if poses.shape[1] != POSE_SIZE:
+        raise SequenceError(
+            f"TartanAir pose file {path} has {poses.shape[1]} values per line; "
+            "expected 7 (tx ty tz qx qy qz qw)"
+        )
+    return poses
+
+
+def ned_to_optical(ned_poses: np.ndarray) -> np.ndarray:
+    """Convert ``(N, 7)`` NED body poses to optical ``T_world_cam`` poses (see module docstring)."""
+    permutation = np.eye(4)
+    permutation[:3, :3] = NED_BODY_FROM_OPTICAL
+    matrices = permutation.T @ poses_to_matrices(ned_poses) @ permutation
+    return matrices_to_poses(matrices)
