@@ -1,0 +1,508 @@
+"""The ``vo_node`` ROS 2 node: camera images in, REP-103 odometry, path and TF out.
+
+Run it with ``vo_node --ros-args ...`` or ``python -m vo_node.ros.node --ros-args ...``; see
+docs/ros2.md for topics, parameters, frames and the handling of bad input.
+
+Threads: the executor runs the subscriptions, the reset service and the diagnostics timer. The
+image callback only decodes the message and hands it to a one-frame slot. A worker thread loads
+the model, takes the newest frame from the slot, tracks it and publishes the results, so
+inference never blocks the executor. Frames replaced in the slot before the worker took them are
+counted as dropped.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import sys
+import threading
+import time
+from collections import deque
+from typing import Any
+
+import cv2
+import numpy as np
+import rclpy
+from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
+from nav_msgs.msg import Odometry, Path
+from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
+from rclpy.node import Node
+from rclpy.qos import QoSProfile, qos_profile_sensor_data, qos_profile_system_default
+from rclpy.qos import ReliabilityPolicy
+from sensor_msgs.msg import CameraInfo, CompressedImage, Image, PointCloud2
+from std_srvs.srv import Trigger
+
+from vo_node.io.trajectory import Trajectory, write_tum
+from vo_node.ros.messages import (
+    CameraInfoError,
+    ImageConversionError,
+    array_to_image,
+    camera_from_info,
+    compressed_to_tracking_array,
+    image_to_tracking_array,
+    make_odometry,
+    make_path,
+    make_point_cloud,
+    make_pose_stamped,
+    make_transform,
+    ns_to_stamp,
+    stamp_to_ns,
+)
+from vo_node.ros.parameters import ParameterError, declare_parameters, validate_update
+from vo_node.ros.pipeline import (
+    FrameSlot,
+    InputFrame,
+    LatencyWindow,
+    OdometryEstimate,
+    Outcome,
+    ProblemReporter,
+    RateMeter,
+    TrackingPipeline,
+)
+from vo_node.ros.tf import (
+    OdometryFrame,
+    StaticTransformPublisher,
+    TransformPublisher,
+    check_transform,
+    matrix_to_pose,
+    pose_to_matrix,
+)
+
+NODE_NAME = "vo_node"
+DEFAULT_CAMERA_FRAME = "camera_optical_frame"
+"""Camera frame id used when neither camera_frame nor the image header names one."""
+DEFAULT_POSE_VARIANCES = (1e-2, 1e-2, 1e-2, 1e-3, 1e-3, 1e-3)
+"""Pose variances (m^2, rad^2) used when the engine gives no covariance and no override is set.
+They are placeholders of the right order for short-range VO, not calibrated values."""
+DEFAULT_TWIST_VARIANCES = (1e-2, 1e-2, 1e-2, 1e-2, 1e-2, 1e-2)
+"""Twist variances ((m/s)^2, (rad/s)^2) used when no override is set; placeholders as above."""
+DIAGNOSTICS_PERIOD_S = 1.0
+DROP_LOG_INTERVAL_S = 10.0
+WORKER_POLL_S = 0.1
+ODOM_QOS_DEPTH = 10
+DEBUG_QOS_DEPTH = 1
+WORKER_JOIN_TIMEOUT_S = 10.0
+MODEL_STATES = ("loading", "ready", "failed")
+
+
+class VONode(Node):
+    """Monocular visual odometry node; see the module docstring and docs/ros2.md."""
+
+    def __init__(self, **node_kwargs: Any) -> None:
+        """Create the node; ``node_kwargs`` go to ``rclpy.node.Node`` (context, cli_args, ...).
+
+        Raises:
+            ParameterError: when a parameter value is invalid.
+        """
+        super().__init__(NODE_NAME, **node_kwargs)
+        self.params = declare_parameters(self)
+        self.add_on_set_parameters_callback(validate_update)
+        self.add_post_set_parameters_callback(self._apply_parameters)
+
+        self.base_from_camera = pose_to_matrix(
+            check_transform(self.params.camera_to_base, "camera_to_base")
+        )
+        self.problems = ProblemReporter(self.get_logger().warning)
+        self.model_state = "loading"
+        self.fatal_error: str | None = None
+        self.tracking_state = "waiting for images"
+        self.input_rate = RateMeter()
+        self.processing_rate = RateMeter()
+        self.latency = LatencyWindow()
+        self.outcomes = {name: 0 for name in (Outcome.PUBLISHED, Outcome.SKIPPED,
+                                              Outcome.LOST, Outcome.FAILED)}
+        self.frames_dropped = 0
+        self.frames_rejected = 0
+        self._completed = 0
+        self._completed_condition = threading.Condition()
+        self._last_drop_log = 0.0
+        self._camera = None
+        self._camera_frame: str | None = None
+        self._path: deque = deque(maxlen=max(1, self.params.path_max_length))
+        self._trajectory: list[tuple[int, np.ndarray]] = []
+        self._reset_requested = threading.Event()
+        self._ready = threading.Event()
+        self._stop = threading.Event()
+        self._slot = FrameSlot()
+
+        self._create_publishers()
+        self._create_subscriptions()
+        self.create_service(Trigger, "~/reset", self._on_reset)
+        self.create_timer(DIAGNOSTICS_PERIOD_S, self._publish_diagnostics)
+        if self.params.camera_frame:
+            self._publish_camera_transform(self.params.camera_frame)
+
+        self._worker = threading.Thread(target=self._run_worker, name="vo_node_worker", daemon=True)
+        self._worker.start()
+
+    # ----------------------------------------------------------------------------------------
+    # Set-up
+
+    def _create_publishers(self) -> None:
+        self.odom_publisher = self.create_publisher(Odometry, "odom", ODOM_QOS_DEPTH)
+        self.path_publisher = self.create_publisher(Path, "path", ODOM_QOS_DEPTH)
+        self.points_publisher = self.create_publisher(PointCloud2, "debug/points", DEBUG_QOS_DEPTH)
+        self.debug_image_publisher = self.create_publisher(Image, "debug/image", DEBUG_QOS_DEPTH)
+        self.diagnostics_publisher = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
+        self.tf_publisher = TransformPublisher(self)
+        self.tf_static_publisher = StaticTransformPublisher(self)
+
+    def _image_qos(self) -> QoSProfile:
+        if self.params.image_qos == "sensor_data":
+            profile = QoSProfile(**_qos_fields(qos_profile_sensor_data))
+        elif self.params.image_qos == "reliable":
+            profile = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE)
+        else:
+            profile = QoSProfile(**_qos_fields(qos_profile_system_default))
+        profile.depth = self.params.queue_depth
+        return profile
+
+    def _create_subscriptions(self) -> None:
+        qos = self._image_qos()
+        if self.params.image_transport == "compressed":
+            topic = "image/compressed"
+            self.create_subscription(CompressedImage, topic, self._on_compressed_image, qos)
+        else:
+            topic = "image"
+            self.create_subscription(Image, topic, self._on_image, qos)
+        self.image_topic = self.resolve_topic_name(topic)
+        self.camera_info_topic = self.resolve_topic_name("camera_info")
+        self.create_subscription(CameraInfo, "camera_info", self._on_camera_info, qos)
+
+    # ----------------------------------------------------------------------------------------
+    # Callbacks (executor thread)
+
+    def _on_image(self, msg: Image) -> None:
+        self._receive(msg.header, lambda: image_to_tracking_array(msg), msg.encoding)
+
+    def _on_compressed_image(self, msg: CompressedImage) -> None:
+        self._receive(msg.header, lambda: compressed_to_tracking_array(msg), msg.format)
+
+    def _receive(self, header, decode, encoding: str) -> None:
+        received_s = time.monotonic()
+        self.input_rate.tick(received_s)
+        try:
+            pixels = decode()
+        except ImageConversionError as error:
+            self.frames_rejected += 1
+            self.problems.report(
+                "bad_image", f"image on {self.image_topic} (encoding {encoding!r}) skipped: {error}"
+            )
+            self._mark_completed()
+            return
+        frame_id = self.params.camera_frame or header.frame_id or DEFAULT_CAMERA_FRAME
+        if frame_id != self._camera_frame:
+            self._publish_camera_transform(frame_id)
+        frame = InputFrame(pixels, stamp_to_ns(header.stamp), frame_id, self._camera, received_s)
+        if self._slot.put(frame) is not None:
+            self.frames_dropped += 1
+            self._mark_completed()
+            self._log_drops()
+
+    def _on_camera_info(self, msg: CameraInfo) -> None:
+        try:
+            camera = camera_from_info(msg)
+        except CameraInfoError as error:
+            self.problems.report(
+                "bad_camera_info",
+                f"camera_info on {self.camera_info_topic} ignored: {error}",
+            )
+            return
+        if camera != self._camera:
+            self.get_logger().info(
+                f"camera from {self.camera_info_topic}: {camera.width}x{camera.height}, "
+                f"fx={camera.fx:.2f} fy={camera.fy:.2f} cx={camera.cx:.2f} cy={camera.cy:.2f}, "
+                f"distortion {camera.distortion_model}"
+            )
+            self._camera = camera
+
+    def _on_reset(self, request: Trigger.Request, response: Trigger.Response):
+        if self.model_state != "ready":
+            response.success = False
+            response.message = f"model is {self.model_state}; nothing to reset"
+            return response
+        self._reset_requested.set()
+        response.success = True
+        response.message = (
+            "tracker reset requested; tracking restarts with the next frame and odom continues "
+            "from the last published pose"
+        )
+        self.get_logger().info("reset requested through ~/reset")
+        return response
+
+    def _apply_parameters(self, parameters) -> None:
+        for parameter in parameters:
+            if parameter.name in ("publish_tf", "path_max_length", "pose_covariance_diagonal",
+                                  "twist_covariance_diagonal"):
+                self.params.update(parameter.name, parameter.value)
+                self.get_logger().info(f"parameter {parameter.name} set to {parameter.value}")
+            if parameter.name == "path_max_length":
+                self._path = deque(self._path, maxlen=max(1, self.params.path_max_length))
+
+    def _log_drops(self) -> None:
+        now = time.monotonic()
+        if now - self._last_drop_log < DROP_LOG_INTERVAL_S:
+            return
+        self._last_drop_log = now
+        self.get_logger().warning(
+            f"dropped {self.frames_dropped} frames so far because tracking is slower than the "
+            f"input ({self.input_rate.rate_hz():.1f} Hz in, {self.processing_rate.rate_hz():.1f} Hz "
+            "processed); only the newest frame is tracked"
+        )
+
+    # ----------------------------------------------------------------------------------------
+    # Worker thread
+
+    def _run_worker(self) -> None:
+        try:
+            engine = self._load_engine()
+        except Exception as error:  # report any load failure and let main() exit non-zero
+            self.fatal_error = f"loading the model failed: {type(error).__name__}: {error}"
+            self.model_state = "failed"
+            self.get_logger().error(self.fatal_error)
+            self._ready.set()
+            return
+        odometry_frame = OdometryFrame(self.base_from_camera, self.params.scale)
+        pipeline = TrackingPipeline(
+            engine,
+            odometry_frame,
+            self.params.intrinsics,
+            self.problems,
+            self.image_topic,
+            self.camera_info_topic,
+        )
+        self.model_state = "ready"
+        self._ready.set()
+        self.get_logger().info(f"tracking images from {self.image_topic}")
+        while not self._stop.is_set():
+            frame = self._slot.take(WORKER_POLL_S)
+            if frame is None:
+                continue
+            if self._reset_requested.is_set():
+                self._reset_requested.clear()
+                pipeline.reset()
+            self._process(pipeline, frame)
+
+    def _process(self, pipeline: TrackingPipeline, frame: InputFrame) -> None:
+        outcome, estimate = pipeline.process(frame)
+        self.outcomes[outcome] += 1
+        self.tracking_state = pipeline.state
+        if estimate is not None:
+            try:
+                self._publish_estimate(estimate, frame)
+            except Exception as error:  # publishing fails once the context shuts down
+                if self.context.ok():
+                    self.get_logger().error(f"publishing odometry failed: {error}")
+            self.processing_rate.tick()
+            self.latency.add(time.monotonic() - frame.received_s)
+        self._mark_completed()
+
+    def _load_engine(self):
+        from vo_node.config import load_engine_config, resolve_device
+        from vo_node.model.network import default_model_path, load_model
+        from vo_node.odometry import VisualOdometry
+
+        device = resolve_device(self.params.model_device)
+        weights = self.params.model_weights or str(default_model_path())
+        self.get_logger().info(f"loading model {weights} on {device}")
+        network, config = load_model(weights, device)
+        if self.params.model_config:
+            chosen = load_engine_config(self.params.model_config)
+            config = dataclasses.replace(chosen, network=config.network)
+        return VisualOdometry(config, network, device)
+
+    def _mark_completed(self) -> None:
+        with self._completed_condition:
+            self._completed += 1
+            self._completed_condition.notify_all()
+
+    # ----------------------------------------------------------------------------------------
+    # Publishing (worker thread)
+
+    def _publish_estimate(self, estimate: OdometryEstimate, frame: InputFrame) -> None:
+        stamp = ns_to_stamp(estimate.stamp_ns)
+        params = self.params
+        odometry = make_odometry(
+            estimate.odom_from_base,
+            estimate.twist,
+            self._pose_covariance(estimate),
+            np.diag(params.twist_covariance_diagonal or DEFAULT_TWIST_VARIANCES),
+            stamp,
+            params.odom_frame,
+            params.base_frame,
+        )
+        self.odom_publisher.publish(odometry)
+        if params.publish_tf and self.tf_publisher.enabled:
+            self.tf_publisher.publish(
+                [make_transform(estimate.odom_from_base, stamp, params.odom_frame,
+                                params.base_frame)]
+            )
+        if params.path_max_length > 0:
+            self._path.append(make_pose_stamped(estimate.odom_from_base, stamp, params.odom_frame))
+            self.path_publisher.publish(make_path(list(self._path), stamp, params.odom_frame))
+        self._record(estimate)
+        self._publish_debug(estimate, frame, stamp)
+
+    def _pose_covariance(self, estimate: OdometryEstimate) -> np.ndarray:
+        if self.params.pose_covariance_diagonal:
+            return np.diag(self.params.pose_covariance_diagonal)
+        if estimate.pose_covariance is not None:
+            return estimate.pose_covariance
+        return np.diag(DEFAULT_POSE_VARIANCES)
+
+    def _record(self, estimate: OdometryEstimate) -> None:
+        # A TUM file needs increasing stamps: after a stamp jump back (bag loop) the frames are
+        # published but not recorded until the stamps pass the last recorded one.
+        if not self._trajectory or estimate.stamp_ns > self._trajectory[-1][0]:
+            self._trajectory.append((estimate.stamp_ns, matrix_to_pose(estimate.world_from_camera)))
+
+    def _publish_debug(self, estimate: OdometryEstimate, frame: InputFrame, stamp) -> None:
+        if estimate.points is not None and self.points_publisher.get_subscription_count() > 0:
+            self.points_publisher.publish(
+                make_point_cloud(estimate.points, stamp, self.params.odom_frame)
+            )
+        if self.debug_image_publisher.get_subscription_count() > 0:
+            image = frame.image if frame.image.ndim == 3 else cv2.cvtColor(
+                frame.image, cv2.COLOR_GRAY2RGB
+            )
+            image = np.ascontiguousarray(image)
+            text = f"{estimate.state}{' keyframe' if estimate.is_keyframe else ''}"
+            cv2.putText(image, text, (10, 25), cv2.FONT_HERSHEY_SIMPLEX, 0.7, (0, 255, 0), 2)
+            self.debug_image_publisher.publish(array_to_image(image, "rgb8", stamp, frame.frame_id))
+
+    def _publish_camera_transform(self, camera_frame: str) -> None:
+        self._camera_frame = camera_frame
+        if not self.params.publish_camera_tf or not self.tf_static_publisher.enabled:
+            return
+        stamp = self.get_clock().now().to_msg()
+        self.tf_static_publisher.publish(
+            [make_transform(self.base_from_camera, stamp, self.params.base_frame, camera_frame)]
+        )
+
+    # ----------------------------------------------------------------------------------------
+    # Diagnostics
+
+    def _publish_diagnostics(self) -> None:
+        median_ms, p95_ms = self.latency.percentiles_ms()
+        values = {
+            "model": self.model_state,
+            "tracking state": self.tracking_state,
+            "frames received": self.input_rate.count,
+            "frames processed": self.outcomes[Outcome.PUBLISHED],
+            "frames dropped (newer frame arrived first)": self.frames_dropped,
+            "frames rejected (undecodable image)": self.frames_rejected,
+            "frames skipped (bad stamp or intrinsics)": self.outcomes[Outcome.SKIPPED],
+            "frames lost": self.outcomes[Outcome.LOST],
+            "frames failed": self.outcomes[Outcome.FAILED],
+            "input rate [Hz]": f"{self.input_rate.rate_hz():.2f}",
+            "processing rate [Hz]": f"{self.processing_rate.rate_hz():.2f}",
+            "latency median [ms]": f"{median_ms:.1f}",
+            "latency p95 [ms]": f"{p95_ms:.1f}",
+        }
+        for kind, count in sorted(self.problems.counts.items()):
+            values[f"problem {kind}"] = count
+        level, message = self._diagnostic_level()
+        status = DiagnosticStatus(
+            level=level,
+            name=f"{self.get_fully_qualified_name()}: visual odometry",
+            message=message,
+            hardware_id=self.get_fully_qualified_name(),
+            values=[KeyValue(key=key, value=str(value)) for key, value in values.items()],
+        )
+        array = DiagnosticArray(status=[status])
+        array.header.stamp = self.get_clock().now().to_msg()
+        self.diagnostics_publisher.publish(array)
+
+    def _diagnostic_level(self) -> tuple[bytes, str]:
+        if self.model_state == "failed":
+            return DiagnosticStatus.ERROR, self.fatal_error or "model failed to load"
+        if self.model_state == "loading":
+            return DiagnosticStatus.WARN, "loading the model"
+        if self.tracking_state == "tracking":
+            return DiagnosticStatus.OK, "tracking"
+        return DiagnosticStatus.WARN, self.tracking_state
+
+    # ----------------------------------------------------------------------------------------
+    # Public helpers
+
+    @property
+    def frames_completed(self) -> int:
+        """Input frames whose fate is decided: rejected, dropped, or taken by the worker."""
+        return self._completed
+
+    def wait_until_ready(self, timeout_s: float) -> bool:
+        """Wait for the model to load (or fail); return whether it is ready."""
+        self._ready.wait(timeout_s)
+        return self.model_state == "ready"
+
+    def wait_for_completed(self, count: int, timeout_s: float) -> bool:
+        """Wait until ``count`` input frames are completed; return False on timeout."""
+        deadline = time.monotonic() + timeout_s
+        with self._completed_condition:
+            while self._completed < count:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return False
+                self._completed_condition.wait(remaining)
+        return True
+
+    def trajectory(self) -> Trajectory:
+        """Return the published poses as ``T_world_cam`` in optical axes (see OdometryFrame)."""
+        if not self._trajectory:
+            return Trajectory(np.zeros(0, dtype=np.int64), np.zeros((0, 7)))
+        stamps, poses = zip(*self._trajectory)
+        return Trajectory(np.array(stamps, dtype=np.int64), np.array(poses))
+
+    def shutdown(self) -> None:
+        """Stop the worker and write the trajectory file if one is configured."""
+        self._stop.set()
+        self._slot.close()
+        if self._worker.is_alive():
+            self._worker.join(WORKER_JOIN_TIMEOUT_S)
+        path = self.params.trajectory_file
+        if not path:
+            return
+        trajectory = self.trajectory()
+        if len(trajectory) == 0:
+            self.get_logger().warning(f"no pose was published, so {path} was not written")
+            return
+        write_tum(path, trajectory)
+        self.get_logger().info(f"wrote {len(trajectory)} poses to {path}")
+
+
+def _qos_fields(profile: QoSProfile) -> dict[str, Any]:
+    return {
+        "history": profile.history,
+        "depth": profile.depth,
+        "reliability": profile.reliability,
+        "durability": profile.durability,
+    }
+
+
+def main(args: list[str] | None = None) -> int:
+    """Run the node until SIGINT or SIGTERM; return the process exit status."""
+    logging.basicConfig(level=logging.INFO, format="[%(levelname)s] [%(name)s]: %(message)s")
+    rclpy.init(args=args)
+    try:
+        node = VONode()
+    except ParameterError as error:
+        rclpy.logging.get_logger(NODE_NAME).fatal(str(error))
+        rclpy.try_shutdown()
+        return 2
+    executor = SingleThreadedExecutor()
+    executor.add_node(node)
+    try:
+        while rclpy.ok() and node.fatal_error is None:
+            executor.spin_once(timeout_sec=0.2)
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass
+    finally:
+        node.shutdown()
+        executor.shutdown()
+        node.destroy_node()
+        rclpy.try_shutdown()
+    return 1 if node.fatal_error else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

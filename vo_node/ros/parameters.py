@@ -1,0 +1,356 @@
+"""ROS parameters of the vo_node node: one table with types, defaults, units and checks.
+
+Every parameter is declared once with a ``ParameterDescriptor`` carrying its description and unit.
+Values given at start-up (``--params-file``, ``-p``) are checked by :func:`declare_parameters`,
+which raises :class:`ParameterError` naming each invalid value. Later ``set_parameters`` requests
+pass through :func:`validate_update` (registered with ``add_on_set_parameters_callback``). Only
+the parameters marked dynamic can change while the node runs; the others are read-only.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Callable, Sequence
+
+from rcl_interfaces.msg import ParameterDescriptor, SetParametersResult
+from rclpy.exceptions import ParameterException, ParameterUninitializedException
+from rclpy.parameter import Parameter
+
+from vo_node.ros.tf import DEFAULT_CAMERA_TO_BASE, check_transform
+
+IMAGE_TRANSPORTS = ("raw", "compressed")
+IMAGE_QOS_CHOICES = ("sensor_data", "reliable", "system_default")
+MODEL_DEVICES = ("auto", "cpu", "cuda")
+COVARIANCE_SIZE = 6
+INTRINSICS_SIZE = 4
+
+
+class ParameterError(ValueError):
+    """One or more parameter values are invalid; the message names each value and the fix."""
+
+
+@dataclass(frozen=True)
+class ParameterSpec:
+    """Declaration of one parameter: default (or type when unset), description, unit, check."""
+
+    name: str
+    default: Any
+    """The default value, or a ``Parameter.Type`` for parameters that are unset by default."""
+    description: str
+    unit: str = ""
+    dynamic: bool = False
+    """Whether the value may change while the node runs."""
+    check: Callable[[Any], str | None] | None = None
+    """Return a message naming the problem, or None when the value is valid."""
+
+    def descriptor(self) -> ParameterDescriptor:
+        unit = f" [{self.unit}]" if self.unit else ""
+        return ParameterDescriptor(
+            name=self.name,
+            description=self.description + unit,
+            read_only=not self.dynamic,
+        )
+
+
+# --------------------------------------------------------------------------------------------
+# Checks
+
+
+def _one_of(choices: Sequence[str]) -> Callable[[Any], str | None]:
+    def check(value: Any) -> str | None:
+        if value not in choices:
+            return f"must be one of {', '.join(choices)}; got {value!r}"
+        return None
+
+    return check
+
+
+def _at_least(minimum: int) -> Callable[[Any], str | None]:
+    def check(value: Any) -> str | None:
+        if value < minimum:
+            return f"must be at least {minimum}; got {value}"
+        return None
+
+    return check
+
+
+def _frame_name(value: Any) -> str | None:
+    if not value or value.startswith("/") or any(c.isspace() for c in value):
+        return f"must be a non-empty frame id without a leading '/' or spaces; got {value!r}"
+    return None
+
+
+def _optional_frame_name(value: Any) -> str | None:
+    return None if value == "" else _frame_name(value)
+
+
+def _positive_finite(value: Any) -> str | None:
+    if not (math.isfinite(value) and value > 0):
+        return f"must be a positive finite number; got {value}"
+    return None
+
+
+def _transform(value: Any) -> str | None:
+    try:
+        check_transform(value, "camera_to_base")
+    except ValueError as error:
+        return str(error)
+    return None
+
+
+def _covariance_diagonal(value: Any) -> str | None:
+    if value is None:
+        return None
+    if len(value) != COVARIANCE_SIZE:
+        return f"must have {COVARIANCE_SIZE} variances (x, y, z, roll, pitch, yaw); got {len(value)}"
+    if not all(math.isfinite(v) and v >= 0 for v in value):
+        return f"must contain finite non-negative variances; got {list(value)}"
+    return None
+
+
+def _intrinsics(value: Any) -> str | None:
+    if value is None:
+        return None
+    if len(value) != INTRINSICS_SIZE:
+        return f"must be [fx, fy, cx, cy] (4 values, pixels); got {len(value)} values"
+    fx, fy, cx, cy = value
+    if not all(math.isfinite(v) for v in value) or fx <= 0 or fy <= 0:
+        return f"needs positive finite focal lengths and a finite principal point; got {list(value)}"
+    return None
+
+
+# --------------------------------------------------------------------------------------------
+# The table
+
+
+PARAMETERS: tuple[ParameterSpec, ...] = (
+    ParameterSpec(
+        "image_transport",
+        "raw",
+        "Input form: 'raw' subscribes to sensor_msgs/Image on 'image'; 'compressed' subscribes "
+        "to sensor_msgs/CompressedImage on 'image/compressed' (JPEG or PNG)",
+        check=_one_of(IMAGE_TRANSPORTS),
+    ),
+    ParameterSpec(
+        "image_qos",
+        "sensor_data",
+        "QoS of the image and camera_info subscriptions: 'sensor_data' (best effort, matches "
+        "any publisher), 'reliable' (lossless with reliable publishers, for evaluation) or "
+        "'system_default'",
+        check=_one_of(IMAGE_QOS_CHOICES),
+    ),
+    ParameterSpec(
+        "queue_depth",
+        1,
+        "Depth of the image subscription queue; 1 keeps only the newest frame, so a slow model "
+        "never processes stale frames",
+        unit="messages",
+        check=_at_least(1),
+    ),
+    ParameterSpec("odom_frame", "odom", "Frame id of the odometry pose (REP-105 odom)",
+                  check=_frame_name),
+    ParameterSpec("base_frame", "base_link", "Frame id of the robot body (child of odom)",
+                  check=_frame_name),
+    ParameterSpec(
+        "camera_frame",
+        "",
+        "Frame id of the optical camera frame; empty uses the frame_id of the image messages",
+        check=_optional_frame_name,
+    ),
+    ParameterSpec(
+        "publish_tf",
+        True,
+        "Broadcast odom -> base_frame on /tf; turn off when another node (for example "
+        "robot_localization) publishes that transform",
+        dynamic=True,
+    ),
+    ParameterSpec(
+        "publish_camera_tf",
+        True,
+        "Publish base_frame -> camera frame from camera_to_base on /tf_static; turn off when "
+        "robot_state_publisher provides it",
+    ),
+    ParameterSpec(
+        "camera_to_base",
+        list(DEFAULT_CAMERA_TO_BASE),
+        "Pose of the optical camera frame in base_frame, T_base_camera as [x, y, z, qx, qy, qz, "
+        "qw]; the default places the camera at the body origin looking along body x",
+        unit="m, unit quaternion",
+        check=_transform,
+    ),
+    ParameterSpec(
+        "path_max_length",
+        1000,
+        "Number of newest poses kept in the published path; 0 disables the path topic",
+        unit="poses",
+        dynamic=True,
+        check=_at_least(0),
+    ),
+    ParameterSpec(
+        "pose_covariance_diagonal",
+        Parameter.Type.DOUBLE_ARRAY,
+        "Fixed pose variances (x, y, z, roll, pitch, yaw) that replace the estimated "
+        "covariance; unset uses the bundle adjustment covariance when the engine provides one",
+        unit="m^2, rad^2",
+        dynamic=True,
+        check=_covariance_diagonal,
+    ),
+    ParameterSpec(
+        "twist_covariance_diagonal",
+        Parameter.Type.DOUBLE_ARRAY,
+        "Fixed twist variances (vx, vy, vz, wx, wy, wz); unset uses built-in defaults",
+        unit="(m/s)^2, (rad/s)^2",
+        dynamic=True,
+        check=_covariance_diagonal,
+    ),
+    ParameterSpec(
+        "model.weights",
+        "",
+        "Model file (.pt) with network weights and engine configuration; empty uses the model "
+        "shipped with the package",
+        unit="path",
+    ),
+    ParameterSpec(
+        "model.config",
+        "",
+        "Engine configuration preset name (small, full) or YAML path whose frontend and bundle "
+        "adjustment settings replace the model file's; empty keeps the model file's",
+    ),
+    ParameterSpec(
+        "model.device",
+        "auto",
+        "Inference device: auto (CUDA when visible, else CPU), cpu or cuda",
+        check=_one_of(MODEL_DEVICES),
+    ),
+    ParameterSpec(
+        "intrinsics",
+        Parameter.Type.DOUBLE_ARRAY,
+        "Pinhole intrinsics [fx, fy, cx, cy] of undistorted images, used until a valid "
+        "camera_info arrives or when its size does not match the images; unset waits for "
+        "camera_info",
+        unit="pixels",
+        check=_intrinsics,
+    ),
+    ParameterSpec(
+        "scale",
+        1.0,
+        "Factor applied to every translation: monocular odometry has no metric scale, so set "
+        "the ratio of metres to scene units if it is known",
+        unit="m per scene unit",
+        check=_positive_finite,
+    ),
+    ParameterSpec(
+        "trajectory_file",
+        "",
+        "TUM file (timestamp tx ty tz qx qy qz qw, camera optical axes) written atomically on "
+        "shutdown, SIGINT or SIGTERM; empty writes none",
+        unit="path",
+    ),
+)
+
+PARAMETERS_BY_NAME = {spec.name: spec for spec in PARAMETERS}
+
+
+@dataclass
+class NodeParameters:
+    """Values of the node's parameters after validation."""
+
+    image_transport: str
+    image_qos: str
+    queue_depth: int
+    odom_frame: str
+    base_frame: str
+    camera_frame: str
+    publish_tf: bool
+    publish_camera_tf: bool
+    camera_to_base: list[float]
+    path_max_length: int
+    pose_covariance_diagonal: list[float] | None
+    twist_covariance_diagonal: list[float] | None
+    model_weights: str
+    model_config: str
+    model_device: str
+    intrinsics: list[float] | None
+    scale: float
+    trajectory_file: str
+
+    def update(self, name: str, value: Any) -> None:
+        """Set the field of parameter ``name`` (dots become underscores)."""
+        setattr(self, name.replace(".", "_"), _plain(value))
+
+
+def declare_parameters(node) -> NodeParameters:
+    """Declare every parameter on ``node``, read the values and check them.
+
+    Raises:
+        ParameterError: listing every invalid value with the problem and the expected form.
+    """
+    values: dict[str, Any] = {}
+    problems: list[str] = []
+    for spec in PARAMETERS:
+        try:
+            node.declare_parameter(spec.name, spec.default, spec.descriptor())
+        except (ParameterException, TypeError, ValueError) as error:
+            # A value of the wrong type given with -p or in a parameter file.
+            problems.append(f"{spec.name}: {error} (expected {_type_name(spec)})")
+            values[spec.name] = None if isinstance(spec.default, Parameter.Type) else spec.default
+            continue
+        values[spec.name] = _read(node, spec.name)
+    for name, value in values.items():
+        message = check_value(name, value)
+        if message:
+            problems.append(f"{name} {message}")
+    if problems:
+        raise ParameterError("invalid parameter values:\n  " + "\n  ".join(problems))
+    return NodeParameters(**{name.replace(".", "_"): value for name, value in values.items()})
+
+
+def check_value(name: str, value: Any) -> str | None:
+    """Return the problem with ``value`` for parameter ``name``, or None when it is valid."""
+    spec = PARAMETERS_BY_NAME[name]
+    if spec.check is None:
+        return None
+    return spec.check(_plain(value))
+
+
+def validate_update(parameters: list[Parameter]) -> SetParametersResult:
+    """Accept or reject a ``set_parameters`` request; the reason names each invalid value."""
+    problems = []
+    for parameter in parameters:
+        if parameter.name not in PARAMETERS_BY_NAME:
+            continue
+        message = check_value(parameter.name, parameter.value)
+        if message:
+            problems.append(f"{parameter.name} {message}")
+    if problems:
+        return SetParametersResult(successful=False, reason="; ".join(problems))
+    return SetParametersResult(successful=True)
+
+
+def _type_name(spec: ParameterSpec) -> str:
+    if isinstance(spec.default, Parameter.Type):
+        return "a list of numbers such as [1.0, 2.0]"
+    if isinstance(spec.default, bool):
+        return "true or false"
+    if isinstance(spec.default, int):
+        return "an integer"
+    if isinstance(spec.default, float):
+        return "a floating-point number written with a decimal point, such as 2.0"
+    if isinstance(spec.default, list):
+        return "a list of floating-point numbers such as [0.0, 1.0]"
+    return "a string"
+
+
+def _read(node, name: str) -> Any:
+    try:
+        return _plain(node.get_parameter(name).value)
+    except ParameterUninitializedException:
+        return None
+
+
+def _plain(value: Any) -> Any:
+    """Convert array parameter values (``array.array``) to lists."""
+    if value is None or isinstance(value, (str, bool, int, float)):
+        return value
+    return list(value)

@@ -1,0 +1,401 @@
+"""The node's frame pipeline without rclpy: the depth-1 frame slot, input checks, the engine call,
+the odometry frame, and the counters behind the diagnostics.
+
+The image callback converts a message to an :class:`InputFrame` and puts it in a
+:class:`FrameSlot`; a frame still waiting when a newer one arrives is replaced and counted as
+dropped. The worker thread takes frames from the slot and runs :meth:`TrackingPipeline.process`,
+which decides each frame's fate (see :class:`Outcome`) and returns the odometry to publish.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import numpy as np
+
+from vo_node.io.camera import CalibrationError, PinholeCamera, Undistorter
+from vo_node.ros.tf import OdometryFrame, covariance_to_ros, pose_to_matrix, twist_in_body
+
+logger = logging.getLogger(__name__)
+
+PROBLEM_LOG_INTERVAL_S = 10.0
+"""A repeated input problem of one kind is logged at most once per this many seconds."""
+RATE_WINDOW_S = 5.0
+"""Input and processing rates are averaged over this many seconds."""
+LATENCY_WINDOW = 200
+"""Latency percentiles are taken over this many newest frames."""
+NANOSECONDS_PER_SECOND = 1_000_000_000
+
+
+class Outcome:
+    """Fate of a frame taken from the slot."""
+
+    PUBLISHED = "published"
+    """Tracked; odometry was produced."""
+    SKIPPED = "skipped"
+    """Rejected before tracking (bad stamp, no intrinsics); the tracker state is kept."""
+    LOST = "lost"
+    """Tracking was lost on this frame; the tracker was reset and nothing was published."""
+    FAILED = "failed"
+    """The engine raised or returned a non-finite pose; the tracker was reset."""
+
+
+@dataclass
+class InputFrame:
+    """One camera frame ready for tracking.
+
+    Attributes:
+        image: ``(H, W)`` uint8 grey or ``(H, W, 3)`` uint8 RGB, as received (distorted).
+        stamp_ns: acquisition stamp of the image header, nanoseconds.
+        frame_id: optical frame of the image.
+        camera: camera from the latest valid camera_info, or None.
+        received_s: ``time.monotonic()`` when the message arrived, seconds.
+    """
+
+    image: np.ndarray
+    stamp_ns: int
+    frame_id: str
+    camera: PinholeCamera | None
+    received_s: float
+
+
+@dataclass
+class OdometryEstimate:
+    """Odometry of one tracked frame.
+
+    Attributes:
+        stamp_ns: image stamp, nanoseconds.
+        odom_from_base: ``(4, 4)`` ``T_odom_base`` in REP-103 body axes.
+        world_from_camera: ``(4, 4)`` camera pose in optical axes in the anchored world frame
+            (the frame the trajectory file and the evaluation use).
+        twist: ``(6,)`` ``[vx, vy, vz, wx, wy, wz]`` in the body frame, m/s and rad/s.
+        pose_covariance: ``(6, 6)`` ROS-order covariance from the engine, or None.
+        state: engine tracking state.
+        is_keyframe: whether the engine kept the frame as a keyframe.
+        timings: per-stage timings reported by the engine.
+        points: ``(N, 3)`` patch points in the odom frame for the debug cloud, or None.
+    """
+
+    stamp_ns: int
+    odom_from_base: np.ndarray
+    world_from_camera: np.ndarray
+    twist: np.ndarray
+    pose_covariance: np.ndarray | None
+    state: str
+    is_keyframe: bool
+    timings: dict[str, float] = field(default_factory=dict)
+    points: np.ndarray | None = None
+
+
+# --------------------------------------------------------------------------------------------
+# Frame slot and counters
+
+
+class FrameSlot:
+    """A one-frame mailbox between the image callback and the worker thread."""
+
+    def __init__(self) -> None:
+        self._condition = threading.Condition()
+        self._frame: InputFrame | None = None
+        self._closed = False
+
+    def put(self, frame: InputFrame) -> InputFrame | None:
+        """Store ``frame`` and return the unprocessed frame it replaced, if any."""
+        with self._condition:
+            replaced, self._frame = self._frame, frame
+            self._condition.notify()
+        return replaced
+
+    def take(self, timeout_s: float) -> InputFrame | None:
+        """Remove and return the stored frame, waiting up to ``timeout_s``; None on timeout."""
+        with self._condition:
+            if self._frame is None and not self._closed:
+                self._condition.wait(timeout_s)
+            frame, self._frame = self._frame, None
+        return frame
+
+    def close(self) -> None:
+        """Wake a waiting :meth:`take` so the worker can stop."""
+        with self._condition:
+            self._closed = True
+            self._condition.notify_all()
+
+
+class ProblemReporter:
+    """Counts input problems by kind and logs each kind at most once per interval.
+
+    The first occurrence of a kind is logged at once; later ones are logged with the number
+    suppressed since the previous line, at most once per ``interval_s``.
+    """
+
+    def __init__(self, warn: Callable[[str], Any], interval_s: float = PROBLEM_LOG_INTERVAL_S):
+        self._warn = warn
+        self._interval_s = interval_s
+        self._lock = threading.Lock()
+        self.counts: dict[str, int] = {}
+        self._last_logged: dict[str, float] = {}
+        self._suppressed: dict[str, int] = {}
+
+    def report(self, kind: str, message: str) -> None:
+        """Count one problem of ``kind`` and log ``message`` unless throttled."""
+        now = time.monotonic()
+        with self._lock:
+            self.counts[kind] = self.counts.get(kind, 0) + 1
+            last = self._last_logged.get(kind)
+            if last is not None and now - last < self._interval_s:
+                self._suppressed[kind] = self._suppressed.get(kind, 0) + 1
+                return
+            suppressed = self._suppressed.pop(kind, 0)
+            self._last_logged[kind] = now
+        suffix = f" ({suppressed} more since the last report)" if suppressed else ""
+        self._warn(f"[{kind}] {message}{suffix}")
+
+
+class RateMeter:
+    """Event rate over a sliding window of :data:`RATE_WINDOW_S` seconds (thread-safe)."""
+
+    def __init__(self, window_s: float = RATE_WINDOW_S) -> None:
+        self._window_s = window_s
+        self._times: deque[float] = deque()
+        self._lock = threading.Lock()
+        self.count = 0
+
+    def tick(self, now: float | None = None) -> None:
+        """Record one event at ``now`` (``time.monotonic()`` seconds by default)."""
+        now = time.monotonic() if now is None else now
+        with self._lock:
+            self.count += 1
+            self._times.append(now)
+            self._trim(now)
+
+    def rate_hz(self, now: float | None = None) -> float:
+        """Return events per second over the window (0 with fewer than two events)."""
+        now = time.monotonic() if now is None else now
+        with self._lock:
+            self._trim(now)
+            if len(self._times) < 2:
+                return 0.0
+            span = self._times[-1] - self._times[0]
+            return (len(self._times) - 1) / span if span > 0 else 0.0
+
+    def _trim(self, now: float) -> None:
+        while self._times and now - self._times[0] > self._window_s:
+            self._times.popleft()
+
+
+class LatencyWindow:
+    """Median and 95th percentile of the newest :data:`LATENCY_WINDOW` latencies (seconds)."""
+
+    def __init__(self, size: int = LATENCY_WINDOW) -> None:
+        self._values: deque[float] = deque(maxlen=size)
+        self._lock = threading.Lock()
+
+    def add(self, seconds: float) -> None:
+        with self._lock:
+            self._values.append(seconds)
+
+    def percentiles_ms(self) -> tuple[float, float]:
+        """Return ``(median, p95)`` in milliseconds; NaN before the first value."""
+        with self._lock:
+            values = np.array(self._values)
+        if values.size == 0:
+            return float("nan"), float("nan")
+        return float(np.median(values) * 1e3), float(np.percentile(values, 95) * 1e3)
+
+
+# --------------------------------------------------------------------------------------------
+# Tracking
+
+
+class TrackingPipeline:
+    """Checks frames, runs the engine and converts its poses to REP-103 odometry.
+
+    Bad input is handled per kind (each reported through ``problems``):
+
+    * ``duplicate_stamp``: a stamp equal to the previous frame's; the frame is skipped.
+    * ``stamp_backwards``: a stamp older than the previous frame's (a bag restarted or looped);
+      the tracker is reset and the frame starts a new segment.
+    * ``image_size_change``: a frame of another size than the segment's; the tracker is reset.
+    * ``camera_info_size``: camera_info for another image size; the ``intrinsics`` fallback is
+      used, or the frame is skipped without one.
+    * ``no_intrinsics``: no valid camera_info yet and no fallback; the frame is skipped.
+    * ``tracking_lost``: the engine reports ``lost``; it is reset and nothing is published.
+    * ``non_finite_pose`` and ``engine_error``: the tracker is reset and the frame dropped.
+
+    Every reset starts a new segment of :class:`OdometryFrame`, so odometry continues from the
+    last published pose.
+    """
+
+    def __init__(
+        self,
+        engine: Any,
+        odometry_frame: OdometryFrame,
+        fallback_intrinsics: list[float] | None,
+        problems: ProblemReporter,
+        image_topic: str = "image",
+        camera_info_topic: str = "camera_info",
+    ) -> None:
+        self.engine = engine
+        self.frame = odometry_frame
+        self.fallback_intrinsics = fallback_intrinsics
+        self.problems = problems
+        self.image_topic = image_topic
+        self.camera_info_topic = camera_info_topic
+        self.state = "initializing"
+        self._last_stamp_ns: int | None = None
+        self._segment_size: tuple[int, int] | None = None
+        self._previous: tuple[int, np.ndarray] | None = None
+        self._undistorter: Undistorter | None = None
+        self.frame.start_segment()
+
+    def reset(self) -> None:
+        """Reset the engine and start a new odometry segment at the last published pose."""
+        self.engine.reset()
+        self.frame.start_segment()
+        self.state = "initializing"
+        self._segment_size = None
+        self._previous = None
+
+    def process(self, frame: InputFrame) -> tuple[str, OdometryEstimate | None]:
+        """Track one frame; return its :class:`Outcome` and the odometry when published."""
+        if not self._check_stamp(frame):
+            return Outcome.SKIPPED, None
+        camera = self._select_camera(frame)
+        if camera is None:
+            return Outcome.SKIPPED, None
+        height, width = frame.image.shape[:2]
+        if self._segment_size is not None and self._segment_size != (width, height):
+            old_width, old_height = self._segment_size
+            self.problems.report(
+                "image_size_change",
+                f"images on {self.image_topic} changed size from {old_width}x{old_height} to "
+                f"{width}x{height}; the tracker was reset",
+            )
+            self.reset()
+        self._last_stamp_ns = frame.stamp_ns
+
+        image, intrinsics = self._undistort(frame.image, camera)
+        try:
+            result = self.engine.track(image, frame.stamp_ns, intrinsics)
+        except Exception as error:  # the node must survive any engine failure on one frame
+            logger.debug("engine failure", exc_info=True)
+            self.problems.report(
+                "engine_error",
+                f"tracking the frame stamped {frame.stamp_ns} ns failed with "
+                f"{type(error).__name__}: {error}; the tracker was reset",
+            )
+            self.reset()
+            return Outcome.FAILED, None
+        return self._convert(frame, result, (width, height))
+
+    # ----------------------------------------------------------------------------------------
+
+    def _check_stamp(self, frame: InputFrame) -> bool:
+        last = self._last_stamp_ns
+        if last is None or frame.stamp_ns > last:
+            return True
+        if frame.stamp_ns == last:
+            self.problems.report(
+                "duplicate_stamp",
+                f"image on {self.image_topic} repeats stamp {frame.stamp_ns} ns; frame skipped",
+            )
+            return False
+        self.problems.report(
+            "stamp_backwards",
+            f"image stamp on {self.image_topic} went back from {last} ns to {frame.stamp_ns} ns "
+            "(bag restarted or looped?); the tracker was reset",
+        )
+        self.reset()
+        return True
+
+    def _select_camera(self, frame: InputFrame) -> PinholeCamera | None:
+        height, width = frame.image.shape[:2]
+        camera = frame.camera
+        if camera is not None and camera.size == (width, height):
+            return camera
+        if camera is not None:
+            self.problems.report(
+                "camera_info_size",
+                f"camera_info on {self.camera_info_topic} describes {camera.width}x"
+                f"{camera.height} images but images on {self.image_topic} are {width}x{height}; "
+                + ("using the intrinsics parameter" if self.fallback_intrinsics else "frame skipped"),
+            )
+        if self.fallback_intrinsics:
+            fx, fy, cx, cy = self.fallback_intrinsics
+            try:
+                return PinholeCamera(width=width, height=height, fx=fx, fy=fy, cx=cx, cy=cy)
+            except CalibrationError as error:
+                self.problems.report("no_intrinsics", f"intrinsics parameter unusable: {error}")
+                return None
+        if camera is None:
+            self.problems.report(
+                "no_intrinsics",
+                f"no valid camera_info received on {self.camera_info_topic} and the intrinsics "
+                "parameter is unset; frame skipped",
+            )
+        return None
+
+    def _undistort(self, image: np.ndarray, camera: PinholeCamera) -> tuple[np.ndarray, list]:
+        if self._undistorter is None or self._undistorter.source != camera:
+            self._undistorter = Undistorter(camera)
+        undistorted = self._undistorter(np.ascontiguousarray(image))
+        return undistorted, self._undistorter.camera.intrinsics.tolist()
+
+    def _convert(
+        self, frame: InputFrame, result: Any, size: tuple[int, int]
+    ) -> tuple[str, OdometryEstimate | None]:
+        state = str(getattr(result, "state", "tracking"))
+        if state == "lost":
+            self.problems.report(
+                "tracking_lost",
+                f"tracking lost at stamp {frame.stamp_ns} ns; the tracker was reset and odometry "
+                "continues from the last published pose",
+            )
+            self.reset()
+            self.state = "lost"
+            return Outcome.LOST, None
+        pose = np.asarray(getattr(result, "pose", None), dtype=np.float64)
+        if pose.shape != (7,) or not np.all(np.isfinite(pose)):
+            self.problems.report(
+                "non_finite_pose",
+                f"the engine returned the invalid pose {pose.tolist()} at stamp "
+                f"{frame.stamp_ns} ns; the tracker was reset",
+            )
+            self.reset()
+            return Outcome.FAILED, None
+
+        self.state = state
+        self._segment_size = size
+        odom_from_base = self.frame.odom_from_base(pose_to_matrix(pose))
+        twist = np.zeros(6)
+        if self._previous is not None:
+            previous_stamp, previous_pose = self._previous
+            dt_s = (frame.stamp_ns - previous_stamp) / NANOSECONDS_PER_SECOND
+            twist = twist_in_body(previous_pose, odom_from_base, dt_s)
+        self._previous = (frame.stamp_ns, odom_from_base)
+        return Outcome.PUBLISHED, OdometryEstimate(
+            stamp_ns=frame.stamp_ns,
+            odom_from_base=odom_from_base,
+            world_from_camera=self.frame.camera_pose(odom_from_base),
+            twist=twist,
+            pose_covariance=self._covariance(result, odom_from_base),
+            state=state,
+            is_keyframe=bool(getattr(result, "is_keyframe", False)),
+            timings=dict(getattr(result, "timings", None) or {}),
+        )
+
+    def _covariance(self, result: Any, odom_from_base: np.ndarray) -> np.ndarray | None:
+        covariance = getattr(result, "covariance", None)
+        if covariance is None:
+            return None
+        covariance = np.asarray(covariance, dtype=np.float64)
+        if covariance.shape != (6, 6) or not np.all(np.isfinite(covariance)):
+            return None
+        scale = np.diag([self.frame.scale] * 3 + [1.0] * 3)
+        return covariance_to_ros(scale @ covariance @ scale, self.frame.base_from_camera,
+                                 odom_from_base)

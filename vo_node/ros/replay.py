@@ -1,0 +1,623 @@
+"""Play a ROS 2 bag over DDS, like ``ros2 bag play``, and evaluate the node on a bag.
+
+Playback (``python -m vo_node.ros.replay BAG``): the bag is read with rosbags (ROS 2 sqlite3 or
+MCAP, or ROS 1), every message is published as its raw CDR bytes, so header stamps stay as
+recorded, and publishing is paced by the bag's receive times divided by ``--rate``. ``--clock``
+also publishes /clock with the bag time, for nodes run with ``use_sim_time:=true``.
+
+Evaluation (``--evaluate``): the node runs in this process with reliable image QoS; the bag's
+camera_info and image topics are played in lockstep (each image waits until the node finished the
+previous one), the node's odometry is recorded from its ``odom`` topic, converted back to camera
+poses ``T_world_cam`` and compared with the ground truth (a pose topic in the bag or a TUM file).
+Run both modes inside a private network namespace (``bash scripts/netns_run.sh ...``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import shlex
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterable, Iterator, Sequence
+
+import numpy as np
+
+logger = logging.getLogger(__name__)
+
+CLOCK_PERIOD_S = 0.025
+"""While waiting between messages, /clock is published at this wall-clock period (40 Hz)."""
+PLAYBACK_QOS_DEPTH = 100
+NANOSECONDS_PER_SECOND = 1_000_000_000
+STATIC_TF_TOPIC = "/tf_static"
+POSE_TYPES = (
+    "geometry_msgs/msg/PoseStamped",
+    "geometry_msgs/msg/PoseWithCovarianceStamped",
+    "geometry_msgs/msg/TransformStamped",
+    "nav_msgs/msg/Odometry",
+)
+"""Message types accepted as a ground-truth topic."""
+
+
+class ReplayError(RuntimeError):
+    """The bag cannot be played or evaluated; the message names the bag, topic and fix."""
+
+
+@dataclass
+class BagMessage:
+    """One serialized message of a bag."""
+
+    topic: str
+    msgtype: str
+    """ROS 2 type name, e.g. ``sensor_msgs/msg/Image``."""
+    timestamp_ns: int
+    """Receive time recorded in the bag, nanoseconds."""
+    data: bytes
+    """CDR serialization of the message."""
+
+
+# --------------------------------------------------------------------------------------------
+# Reading
+
+
+def bag_topics(path: str | Path) -> dict[str, str]:
+    """Return ``{topic: type}`` of the bag at ``path``."""
+    from rosbags.highlevel import AnyReader
+
+    with AnyReader([Path(path)]) as reader:
+        return {connection.topic: connection.msgtype for connection in reader.connections}
+
+
+def read_bag(path: str | Path, topics: Sequence[str] | None = None) -> Iterator[BagMessage]:
+    """Yield the messages of a bag in time order as CDR bytes.
+
+    ROS 1 bags are converted to CDR on the fly. ``topics`` restricts the topics (default all).
+
+    Raises:
+        ReplayError: when the bag is missing or a requested topic is not in it.
+    """
+    from rosbags.highlevel import AnyReader
+
+    path = Path(path)
+    if not path.exists():
+        raise ReplayError(f"bag {path} not found; pass a bag folder (ROS 2) or .bag file (ROS 1)")
+    with AnyReader([path]) as reader:
+        connections = reader.connections
+        if topics:
+            available = {connection.topic for connection in connections}
+            missing = sorted(set(topics) - available)
+            if missing:
+                raise ReplayError(
+                    f"topics {missing} are not in bag {path}; it contains {sorted(available)}"
+                )
+            connections = [c for c in connections if c.topic in topics]
+        typestore = reader.typestore
+        for connection, timestamp, raw in reader.messages(connections=connections):
+            data = raw if reader.is2 else typestore.ros1_to_cdr(raw, connection.msgtype)
+            yield BagMessage(connection.topic, connection.msgtype, int(timestamp), bytes(data))
+
+
+def images_after_other_topics(
+    messages: Iterable[BagMessage], image_topics: set[str]
+) -> Iterator[BagMessage]:
+    """Reorder messages with equal timestamps so that image topics come last.
+
+    Bags often store an image before its camera_info at the same time; publishing camera_info
+    first lets a node have the intrinsics when the image arrives.
+    """
+    group: list[BagMessage] = []
+    for message in messages:
+        if group and message.timestamp_ns != group[0].timestamp_ns:
+            yield from sorted(group, key=lambda m: m.topic in image_topics)
+            group = []
+        group.append(message)
+    yield from sorted(group, key=lambda m: m.topic in image_topics)
+
+
+def message_class(type_name: str) -> type:
+    """Return the rclpy message class of ``pkg/msg/Name``.
+
+    Raises:
+        ReplayError: when the interface package is not installed.
+    """
+    package, _, name = type_name.replace("/msg/", "/").partition("/")
+    try:
+        return getattr(importlib.import_module(f"{package}.msg"), name)
+    except (ImportError, AttributeError):
+        raise ReplayError(
+            f"message type {type_name} is not installed; install ros-jazzy-"
+            f"{package.replace('_', '-')} or skip the topic with --topics"
+        ) from None
+
+
+# --------------------------------------------------------------------------------------------
+# Playback
+
+
+@dataclass
+class PlaybackResult:
+    """Messages published per topic and the wall time taken."""
+
+    counts: dict[str, int] = field(default_factory=dict)
+    wall_time_s: float = 0.0
+
+
+class BagPlayer:
+    """Publisher of bag messages on their topics, paced by bag time.
+
+    Args:
+        node: rclpy node that owns the publishers.
+        bag: bag path.
+        topics: topics to play; None plays all.
+        rate: playback speed factor (2.0 plays twice as fast).
+        publish_clock: publish /clock (``rosgraph_msgs/Clock``) with the bag time.
+        reliable: reliable publishers (default) or best effort. /tf_static is always reliable
+            and transient local.
+    """
+
+    def __init__(
+        self,
+        node,
+        bag: str | Path,
+        topics: Sequence[str] | None = None,
+        rate: float = 1.0,
+        publish_clock: bool = False,
+        reliable: bool = True,
+    ) -> None:
+        from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
+        from rosgraph_msgs.msg import Clock
+
+        if not rate > 0:
+            raise ReplayError(f"rate must be positive, got {rate}")
+        self.node = node
+        self.bag = Path(bag)
+        self.rate = rate
+        available = bag_topics(self.bag)
+        self.topics = list(topics) if topics else sorted(available)
+        missing = sorted(set(self.topics) - set(available))
+        if missing:
+            raise ReplayError(f"topics {missing} are not in bag {self.bag}; it has {sorted(available)}")
+        reliability = ReliabilityPolicy.RELIABLE if reliable else ReliabilityPolicy.BEST_EFFORT
+        self.publishers = {}
+        for topic in self.topics:
+            qos = QoSProfile(depth=PLAYBACK_QOS_DEPTH, reliability=reliability)
+            if topic == STATIC_TF_TOPIC:
+                qos = QoSProfile(
+                    depth=1,
+                    reliability=ReliabilityPolicy.RELIABLE,
+                    durability=DurabilityPolicy.TRANSIENT_LOCAL,
+                )
+            self.publishers[topic] = node.create_publisher(
+                message_class(available[topic]), topic, qos
+            )
+        self._clock_type = Clock
+        self.clock_publisher = node.create_publisher(Clock, "/clock", 10) if publish_clock else None
+
+    def wait_for_subscribers(self, topics: Sequence[str], timeout_s: float) -> bool:
+        """Wait until each of ``topics`` has a matched subscriber; return False on timeout."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if all(self.publishers[t].get_subscription_count() > 0 for t in topics):
+                return True
+            time.sleep(0.02)
+        return False
+
+    def play(
+        self,
+        loop: bool = False,
+        start_delay_s: float = 0.0,
+        before_publish: Callable[[BagMessage], None] | None = None,
+        after_publish: Callable[[BagMessage], None] | None = None,
+        paced: bool = True,
+        image_topics: Sequence[str] = (),
+        stop: threading.Event | None = None,
+    ) -> PlaybackResult:
+        """Publish the bag once (or until ``stop`` with ``loop``).
+
+        Args:
+            loop: start again at the end.
+            start_delay_s: wall-clock wait before the first message.
+            before_publish, after_publish: hooks called around each publish (lockstep control).
+            paced: wait for each message's bag time / rate; False publishes as fast as the
+                hooks allow.
+            image_topics: topics published last among messages with equal timestamps.
+            stop: event that ends playback early.
+        """
+        stop = stop or threading.Event()
+        result = PlaybackResult(counts={topic: 0 for topic in self.topics})
+        started = time.monotonic()
+        if start_delay_s > 0:
+            stop.wait(start_delay_s)
+        while not stop.is_set():
+            self._play_once(result, before_publish, after_publish, paced, set(image_topics), stop)
+            if not loop:
+                break
+        result.wall_time_s = time.monotonic() - started
+        return result
+
+    def _play_once(self, result, before_publish, after_publish, paced, image_topics, stop) -> None:
+        messages = images_after_other_topics(read_bag(self.bag, self.topics), image_topics)
+        wall_start: float | None = None
+        bag_start = 0
+        for message in messages:
+            if stop.is_set():
+                return
+            if wall_start is None:
+                wall_start, bag_start = time.monotonic(), message.timestamp_ns
+            if paced:
+                self._wait_until(message.timestamp_ns, bag_start, wall_start, stop)
+            self._publish_clock(message.timestamp_ns)
+            if before_publish is not None:
+                before_publish(message)
+            self.publishers[message.topic].publish(message.data)
+            result.counts[message.topic] += 1
+            if after_publish is not None:
+                after_publish(message)
+
+    def _wait_until(self, bag_time_ns: int, bag_start_ns: int, wall_start: float, stop) -> None:
+        target = wall_start + (bag_time_ns - bag_start_ns) / NANOSECONDS_PER_SECOND / self.rate
+        while not stop.is_set():
+            remaining = target - time.monotonic()
+            if remaining <= 0:
+                return
+            if self.clock_publisher is not None:
+                elapsed_ns = (time.monotonic() - wall_start) * self.rate * NANOSECONDS_PER_SECOND
+                self._publish_clock(bag_start_ns + int(elapsed_ns))
+            time.sleep(min(remaining, CLOCK_PERIOD_S))
+
+    def _publish_clock(self, bag_time_ns: int) -> None:
+        if self.clock_publisher is None:
+            return
+        from vo_node.ros.messages import ns_to_stamp
+
+        self.clock_publisher.publish(self._clock_type(clock=ns_to_stamp(bag_time_ns)))
+
+
+# --------------------------------------------------------------------------------------------
+# Evaluation
+
+
+@dataclass
+class EvaluationReport:
+    """Result of :func:`evaluate_bag`."""
+
+    frames_in_bag: int
+    frames_received: int
+    frames_processed: int
+    frames_dropped: int
+    frames_skipped: int
+    frames_lost: int
+    odometry_messages: int
+    latency_median_ms: float
+    latency_p95_ms: float
+    wall_time_s: float
+    odometry_stamps_ns: list[int]
+    image_stamps_ns: list[int]
+    frame_ids: tuple[str, str] | None
+    """``(header.frame_id, child_frame_id)`` of the odometry messages."""
+    trajectory: object
+    """``vo_node.io.trajectory.Trajectory`` of the recorded camera poses."""
+    ate: dict | None = None
+    """Metrics from ``vo_node.evaluation.metrics.evaluate_trajectory``, or None."""
+    ate_error: str | None = None
+    """Why no ATE was computed, if so."""
+    path_lengths: list[int] = field(default_factory=list)
+    """Number of poses in each received ``path`` message."""
+
+    def summary(self) -> str:
+        lines = [
+            f"frames in bag:      {self.frames_in_bag}",
+            f"frames received:    {self.frames_received}",
+            f"frames processed:   {self.frames_processed}",
+            f"frames dropped:     {self.frames_dropped}",
+            f"frames skipped:     {self.frames_skipped}",
+            f"frames lost:        {self.frames_lost}",
+            f"odometry messages:  {self.odometry_messages}",
+            f"latency median/p95: {self.latency_median_ms:.1f} / {self.latency_p95_ms:.1f} ms",
+            f"wall time:          {self.wall_time_s:.1f} s",
+        ]
+        if self.ate is not None:
+            lines.extend(f"{key}: {value}" for key, value in self.ate.items())
+        else:
+            lines.append(f"ATE: not computed ({self.ate_error})")
+        return "\n".join(lines)
+
+
+def evaluate_bag(
+    bag: str | Path,
+    image_topic: str,
+    camera_info_topic: str | None,
+    groundtruth: str | None,
+    node_arguments: Sequence[str] = (),
+    frame_timeout_s: float = 120.0,
+    ready_timeout_s: float = 300.0,
+) -> EvaluationReport:
+    """Run the node in this process on a bag, in lockstep, and evaluate its odometry.
+
+    Args:
+        bag: bag path.
+        image_topic: sensor_msgs/Image topic in the bag.
+        camera_info_topic: CameraInfo topic in the bag, or None (then give ``-p intrinsics:=``
+            in ``node_arguments``).
+        groundtruth: a pose topic in the bag (one of :data:`POSE_TYPES`), a TUM file, or None.
+        node_arguments: extra ROS arguments for the node, e.g. ``["-p", "model.device:=cpu"]``.
+        frame_timeout_s: longest wait for the node to finish one frame, seconds.
+        ready_timeout_s: longest wait for the model to load, seconds.
+
+    Raises:
+        ReplayError: when the model does not load, a frame times out, or a topic is missing.
+    """
+    import rclpy
+    from nav_msgs.msg import Odometry, Path as PathMessage
+    from rclpy.executors import SingleThreadedExecutor
+    from rclpy.node import Node
+
+    from vo_node.ros.messages import pose_msg_to_matrix, stamp_to_ns
+    from vo_node.ros.node import VONode
+
+    topics = [image_topic] + ([camera_info_topic] if camera_info_topic else [])
+    arguments = ["--ros-args", "-r", f"image:={image_topic}", "-p", "image_qos:=reliable"]
+    if camera_info_topic:
+        arguments += ["-r", f"camera_info:={camera_info_topic}"]
+    context = rclpy.Context()
+    rclpy.init(args=arguments + list(node_arguments), context=context)
+    executor = SingleThreadedExecutor(context=context)
+    node = recorder = None
+    try:
+        node = VONode(context=context)
+        recorder = Node("vo_evaluation", context=context)
+        executor.add_node(node)
+        executor.add_node(recorder)
+        spinner = threading.Thread(target=executor.spin, daemon=True)
+        spinner.start()
+
+        odometry: list[Odometry] = []
+        paths: list[int] = []
+        recorder.create_subscription(Odometry, node.resolve_topic_name("odom"),
+                                     odometry.append, PLAYBACK_QOS_DEPTH)
+        recorder.create_subscription(PathMessage, node.resolve_topic_name("path"),
+                                     lambda msg: paths.append(len(msg.poses)), PLAYBACK_QOS_DEPTH)
+        if not node.wait_until_ready(ready_timeout_s):
+            raise ReplayError(f"the node did not start: {node.fatal_error or 'model load timed out'}")
+        player = BagPlayer(recorder, bag, topics=topics)
+        if not player.wait_for_subscribers(topics, timeout_s=10.0):
+            raise ReplayError(f"the node did not subscribe to {topics} within 10 s")
+        _wait_for_publisher_match(recorder, node.resolve_topic_name("odom"), timeout_s=10.0)
+
+        image_stamps: list[int] = []
+        hooks = _LockstepHooks(node, image_topic, camera_info_topic, frame_timeout_s, image_stamps)
+        result = player.play(paced=False, before_publish=hooks.before, after_publish=hooks.after,
+                             image_topics=[image_topic])
+        _wait_for(lambda: len(odometry) >= node.outcomes["published"], timeout_s=10.0)
+
+        stamps = [stamp_to_ns(message.header.stamp) for message in odometry]
+        trajectory = _camera_trajectory(node, odometry, pose_msg_to_matrix)
+        median_ms, p95_ms = node.latency.percentiles_ms()
+        report = EvaluationReport(
+            frames_in_bag=result.counts[image_topic],
+            frames_received=node.input_rate.count,
+            frames_processed=node.outcomes["published"],
+            frames_dropped=node.frames_dropped,
+            frames_skipped=node.outcomes["skipped"] + node.frames_rejected,
+            frames_lost=node.outcomes["lost"] + node.outcomes["failed"],
+            odometry_messages=len(odometry),
+            latency_median_ms=median_ms,
+            latency_p95_ms=p95_ms,
+            wall_time_s=result.wall_time_s,
+            odometry_stamps_ns=stamps,
+            image_stamps_ns=image_stamps,
+            frame_ids=(odometry[0].header.frame_id, odometry[0].child_frame_id) if odometry else None,
+            trajectory=trajectory,
+            path_lengths=paths,
+        )
+        _add_ate(report, bag, groundtruth)
+        return report
+    finally:
+        if node is not None:
+            node.shutdown()
+        executor.shutdown()
+        for owned in (node, recorder):
+            if owned is not None:
+                owned.destroy_node()
+        rclpy.try_shutdown(context=context)
+
+
+class _LockstepHooks:
+    """Publish hooks that hold each image until the node finished the previous one."""
+
+    def __init__(self, node, image_topic, camera_info_topic, timeout_s, image_stamps) -> None:
+        self.node = node
+        self.image_topic = image_topic
+        self.camera_info_topic = camera_info_topic
+        self.timeout_s = timeout_s
+        self.image_stamps = image_stamps
+        self.images = 0
+
+    def before(self, message: BagMessage) -> None:
+        if message.topic != self.image_topic:
+            return
+        if self.camera_info_topic:
+            # The first camera_info must reach the node before the first image.
+            _wait_for(lambda: self.node._camera is not None, timeout_s=5.0)
+
+    def after(self, message: BagMessage) -> None:
+        if message.topic != self.image_topic:
+            return
+        from rclpy.serialization import deserialize_message
+        from sensor_msgs.msg import Image
+
+        from vo_node.ros.messages import stamp_to_ns
+
+        header = deserialize_message(message.data, Image).header
+        self.image_stamps.append(stamp_to_ns(header.stamp))
+        self.images += 1
+        if not self.node.wait_for_completed(self.images, self.timeout_s):
+            raise ReplayError(
+                f"the node did not finish image {self.images} within {self.timeout_s} s; raise "
+                "--frame-timeout or check the node's log"
+            )
+
+
+def _camera_trajectory(node, odometry, pose_msg_to_matrix):
+    from vo_node.io.trajectory import Trajectory
+    from vo_node.ros.messages import stamp_to_ns
+    from vo_node.ros.tf import OdometryFrame, matrix_to_pose
+
+    frame = OdometryFrame(node.base_from_camera)
+    stamps, poses = [], []
+    for message in odometry:
+        stamp = stamp_to_ns(message.header.stamp)
+        if stamps and stamp <= stamps[-1]:
+            continue
+        stamps.append(stamp)
+        poses.append(matrix_to_pose(frame.camera_pose(pose_msg_to_matrix(message.pose.pose))))
+    return Trajectory(np.array(stamps, dtype=np.int64), np.array(poses).reshape(-1, 7))
+
+
+def read_groundtruth(bag: str | Path, groundtruth: str):
+    """Return the ground truth ``Trajectory`` from a TUM file or a pose topic of the bag."""
+    from vo_node.io.trajectory import Trajectory, read_tum
+
+    if not groundtruth.startswith("/") or Path(groundtruth).is_file():
+        return read_tum(groundtruth)
+    from rclpy.serialization import deserialize_message
+
+    from vo_node.ros.messages import pose_msg_to_matrix, stamp_to_ns
+    from vo_node.ros.tf import matrix_to_pose
+
+    msgtype = bag_topics(bag).get(groundtruth)
+    if msgtype not in POSE_TYPES:
+        raise ReplayError(
+            f"ground-truth topic {groundtruth} has type {msgtype}; use one of {', '.join(POSE_TYPES)}"
+        )
+    stamps, poses = [], []
+    for message in read_bag(bag, [groundtruth]):
+        msg = deserialize_message(message.data, message_class(msgtype))
+        stamp = stamp_to_ns(msg.header.stamp)
+        if stamps and stamp <= stamps[-1]:
+            continue
+        stamps.append(stamp)
+        poses.append(matrix_to_pose(pose_msg_to_matrix(_pose_of(msg))))
+    return Trajectory(np.array(stamps, dtype=np.int64), np.array(poses).reshape(-1, 7))
+
+
+def _pose_of(msg):
+    if hasattr(msg, "transform"):
+        from geometry_msgs.msg import Pose
+
+        t, r = msg.transform.translation, msg.transform.rotation
+        pose = Pose()
+        pose.position.x, pose.position.y, pose.position.z = t.x, t.y, t.z
+        pose.orientation = r
+        return pose
+    pose = msg.pose
+    return pose.pose if hasattr(pose, "pose") else pose
+
+
+def _add_ate(report: EvaluationReport, bag, groundtruth: str | None) -> None:
+    if groundtruth is None:
+        report.ate_error = "no ground truth given"
+        return
+    if len(report.trajectory) < 3:
+        report.ate_error = f"only {len(report.trajectory)} poses were recorded"
+        return
+    from vo_node.evaluation.metrics import EvaluationError, evaluate_trajectory
+
+    reference = read_groundtruth(bag, groundtruth)
+    try:
+        report.ate = evaluate_trajectory(report.trajectory, reference).to_dict()
+    except EvaluationError as error:
+        report.ate_error = str(error)
+
+
+def _wait_for(condition: Callable[[], bool], timeout_s: float) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.01)
+    return condition()
+
+
+def _wait_for_publisher_match(node, topic: str, timeout_s: float) -> None:
+    _wait_for(lambda: node.count_publishers(topic) > 0, timeout_s)
+
+
+# --------------------------------------------------------------------------------------------
+# Command line
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="vo_replay",
+        description="Play a ROS 2 (or ROS 1) bag over DDS like 'ros2 bag play', or evaluate "
+        "vo_node on it. Run inside scripts/netns_run.sh.",
+    )
+    parser.add_argument("bag", type=Path, help="bag folder (sqlite3 or mcap) or ROS 1 .bag file")
+    parser.add_argument("--rate", type=float, default=1.0, help="playback speed factor")
+    parser.add_argument("--loop", action="store_true", help="play again from the start at the end")
+    parser.add_argument("--topics", nargs="+", help="topics to play (default: all)")
+    parser.add_argument("--clock", action="store_true", help="publish /clock with the bag time")
+    parser.add_argument("--start-delay", type=float, default=0.0, metavar="SECONDS",
+                        help="wait this long before the first message, seconds")
+    parser.add_argument("--best-effort", action="store_true",
+                        help="publish best effort instead of reliable")
+    evaluation = parser.add_argument_group("evaluation")
+    evaluation.add_argument("--evaluate", action="store_true",
+                            help="run vo_node in this process on the bag in lockstep and report")
+    evaluation.add_argument("--image-topic", default="/cam0/image_raw",
+                            help="image topic in the bag (sensor_msgs/Image)")
+    evaluation.add_argument("--camera-info-topic", default="/cam0/camera_info",
+                            help="CameraInfo topic in the bag; 'none' to use -p intrinsics:=...")
+    evaluation.add_argument("--groundtruth", help="ground-truth pose topic in the bag or TUM file")
+    evaluation.add_argument("--node-args", default="",
+                            help="extra ROS arguments for the node, e.g. \"-p model.device:=cpu\"")
+    evaluation.add_argument("--frame-timeout", type=float, default=120.0, metavar="SECONDS",
+                            help="longest wait for the node to finish one frame, seconds")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Play or evaluate a bag; return the process exit status."""
+    logging.basicConfig(level=logging.INFO, format="[%(levelname)s] [%(name)s]: %(message)s")
+    args = build_parser().parse_args(argv)
+    try:
+        if args.evaluate:
+            camera_info = None if args.camera_info_topic == "none" else args.camera_info_topic
+            report = evaluate_bag(args.bag, args.image_topic, camera_info, args.groundtruth,
+                                  shlex.split(args.node_args), frame_timeout_s=args.frame_timeout)
+            print(report.summary())
+            return 0
+        return _play(args)
+    except ReplayError as error:
+        logger.error("%s", error)
+        return 1
+
+
+def _play(args: argparse.Namespace) -> int:
+    import rclpy
+    from rclpy.executors import ExternalShutdownException
+    from rclpy.node import Node
+
+    rclpy.init(args=["--ros-args"])
+    node = Node("vo_replay")
+    try:
+        player = BagPlayer(node, args.bag, args.topics, args.rate, args.clock,
+                           reliable=not args.best_effort)
+        logger.info("playing %s: %s", args.bag, ", ".join(player.topics))
+        result = player.play(loop=args.loop, start_delay_s=args.start_delay)
+        logger.info("published %s in %.1f s", result.counts, result.wall_time_s)
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass
+    finally:
+        node.destroy_node()
+        rclpy.try_shutdown()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
