@@ -43,8 +43,9 @@ class DroppedFrame:
 
     timestamp_ns: int
     anchor_frame_id: int
-    relative_pose: np.ndarray
-    """``(7,)`` float64 ``T_cam_anchor``: the frame's pose is ``relative_pose * T_anchor_world``."""
+    relative_pose: np.ndarray | None
+    """``(7,)`` float64 ``T_cam_anchor``: the frame's pose is ``relative_pose * T_anchor_world``.
+    None: interpolate the pose by timestamp between the neighbouring frames."""
 
 
 class PatchGraph:
@@ -183,6 +184,15 @@ class PatchGraph:
         self.n += 1
         return index
 
+    def pop_newest(self) -> None:
+        """Remove the newest keyframe, which must not have edges yet (a rejected new frame)."""
+        if self.n == 0:
+            raise ValueError("no keyframe to remove: the patch graph is empty")
+        newest = self.n - 1
+        if self.num_edges and bool(((self.ii == newest) | (self.jj == newest)).any()):
+            raise ValueError(f"newest keyframe {newest} still has edges; remove them first")
+        self.n -= 1
+
     def _store_features(self, index: int, gmap: torch.Tensor, context: torch.Tensor) -> None:
         if self.gmap is None or self.context is None:
             self.gmap = gmap.new_zeros(self.capacity, *gmap.shape)
@@ -304,12 +314,17 @@ class PatchGraph:
                 store[global_index % memory] = store[(global_index + 1) % memory]
 
     def record_dropped(
-        self, frame_id: int, timestamp_ns: int, anchor_frame_id: int, relative_pose: np.ndarray
+        self,
+        frame_id: int,
+        timestamp_ns: int,
+        anchor_frame_id: int,
+        relative_pose: np.ndarray | None = None,
     ) -> None:
-        """Keep an input frame that never became a keyframe as a pose relative to an anchor."""
-        self.dropped[frame_id] = DroppedFrame(
-            int(timestamp_ns), int(anchor_frame_id), np.asarray(relative_pose, dtype=np.float64)
-        )
+        """Keep an input frame that is not a keyframe, as a pose ``T_cam_anchor`` relative to
+        an anchor frame, or (None) to be interpolated between its neighbours by timestamp."""
+        if relative_pose is not None:
+            relative_pose = np.asarray(relative_pose, dtype=np.float64)
+        self.dropped[frame_id] = DroppedFrame(int(timestamp_ns), int(anchor_frame_id), relative_pose)
 
     # -----------------------------------------------------------------------------------------
     # Edges
@@ -371,8 +386,12 @@ class PatchGraph:
 
     def trajectory(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Return frame ids ``(N,)``, timestamps ``(N,)`` ns and ``T_cam_world`` ``(N, 7)`` float64
-        of every input frame seen: archived and active keyframes, then dropped frames rebuilt
-        from their anchors; sorted by frame id.
+        of every input frame seen, sorted by frame id.
+
+        Keyframes (archived and active) keep their poses. Removed keyframes are rebuilt from
+        their relative pose to their anchor. Frames dropped without a relative pose (static
+        frames) are interpolated by timestamp between the nearest rebuilt frames before and after
+        them, or take the pose of the frame before when none follows.
         """
         known: dict[int, np.ndarray] = {}
         stamps: dict[int, int] = {}
@@ -386,9 +405,11 @@ class PatchGraph:
             known[int(self.frame_ids[index])] = active[index]
             stamps[int(self.frame_ids[index])] = int(self.timestamps_ns[index])
 
-        for frame_id in self.dropped:
-            self._resolve(frame_id, known)
-            stamps[frame_id] = self.dropped[frame_id].timestamp_ns
+        for frame_id, dropped in self.dropped.items():
+            stamps[frame_id] = dropped.timestamp_ns
+            if dropped.relative_pose is not None:
+                self._resolve(frame_id, known)
+        self._interpolate_static(known, stamps)
 
         order = sorted(known)
         return (
@@ -402,13 +423,41 @@ class PatchGraph:
         chain = []
         current = frame_id
         while current not in known:
-            if current not in self.dropped:
+            dropped = self.dropped.get(current)
+            if dropped is None or dropped.relative_pose is None:
                 raise RuntimeError(f"frame {frame_id} has no pose: anchor {current} is unknown")
             chain.append(current)
-            current = self.dropped[current].anchor_frame_id
+            current = dropped.anchor_frame_id
         pose = torch.from_numpy(known[current])
         for link in reversed(chain):
             relative = torch.from_numpy(self.dropped[link].relative_pose)
             pose = se3.compose(relative, pose)
             known[link] = pose.numpy()
         return known[frame_id]
+
+    def _interpolate_static(self, known: dict[int, np.ndarray], stamps: dict[int, int]) -> None:
+        """Fill in frames dropped without a relative pose; see :meth:`trajectory`."""
+        static = sorted(f for f, d in self.dropped.items() if d.relative_pose is None)
+        if not static:
+            return
+        resolved = np.array(sorted(known), dtype=np.int64)
+        if len(resolved) == 0:
+            raise RuntimeError("static frames were dropped but no keyframe pose exists")
+        frames = np.array(static, dtype=np.int64)
+        after = np.searchsorted(resolved, frames)
+        before = np.clip(after - 1, 0, len(resolved) - 1)
+        has_next = after < len(resolved)
+        after = np.clip(after, 0, len(resolved) - 1)
+
+        stamp_of = np.vectorize(lambda frame: stamps[int(frame)], otypes=[np.int64])
+        start_ns = stamp_of(resolved[before])
+        end_ns = stamp_of(resolved[after])
+        span = np.maximum(end_ns - start_ns, 1)
+        alpha = np.where(has_next, (stamp_of(frames) - start_ns) / span, 0.0)
+
+        # Interpolate camera-to-world poses so camera centres move on straight lines.
+        start = se3.invert(torch.from_numpy(np.stack([known[int(f)] for f in resolved[before]])))
+        end = se3.invert(torch.from_numpy(np.stack([known[int(f)] for f in resolved[after]])))
+        blended = se3.invert(se3.interpolate(start, end, torch.from_numpy(alpha)))
+        for frame, pose in zip(static, blended.numpy()):
+            known[frame] = pose

@@ -1,0 +1,690 @@
+"""Incremental DPVO-style visual odometry: one call per frame, a trajectory at the end.
+
+Per frame: prepare the image, cut patches (seeded), predict the pose with the motion model,
+initialise the patch depths, add the frame as a keyframe with its edges, then run the update
+operator and the bundle adjustment (BA) over the optimisation window, remove a redundant keyframe
+and retire old edges. Before initialisation a motion probe drops frames that barely move.
+
+Tracking loss. After each optimisation the frontend checks the BA result: non-finite poses or
+depths, a BA that reports failure, or a jump of the newest pose that is both far larger than the
+recent steps and larger than the median scene depth (or a rotation above 90 degrees) mark the
+frame as lost. The optimisation is then undone, the frame gets the last good pose, every keyframe
+is frozen into the trajectory, and tracking restarts from scratch on the next frames (motion
+probe, ``init_frames``, ``init_iterations``). The first pose of the new segment is the last good
+pose, so the trajectory stays continuous in position and orientation. Its scale is new, because
+monocular scale is set afresh by each initialisation. The state reads "lost" until the new
+segment is initialised.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Iterator, Protocol, Sequence
+
+import numpy as np
+import torch
+
+from vo_node.config import EngineConfig, resolve_device
+from vo_node.geometry import se3
+from vo_node.geometry.projection import reproject
+from vo_node.io.trajectory import Trajectory
+from vo_node.model.patchifier import image_gradient_score
+from vo_node.odometry.graph import DEPTH_INIT_FRAMES, PatchGraph
+from vo_node.odometry.image import prepare_image
+
+logger = logging.getLogger(__name__)
+
+FEATURE_STRIDE = 4
+"""The patch graph works at 1/4 of the prepared image resolution."""
+FLOW_BETA = 0.5
+"""Keyframe flow mixes full flow and translation-only flow with this weight (DPVO)."""
+GRADIENT_CANDIDATE_FACTOR = 3
+"""``gradient_bias`` selection keeps the best of this many random candidates per patch."""
+MAX_TIMESTAMP_RATIO = 10.0
+"""The damped-linear motion model extrapolates at most this multiple of the last step."""
+JUMP_STEP_FACTOR = 20.0
+"""A newest-pose step this many times the median recent step may be a tracking failure."""
+JUMP_DEPTH_FACTOR = 1.0
+"""... if it is also longer than this multiple of the median scene depth."""
+MAX_ROTATION_STEP = math.pi / 2
+"""Rotation between consecutive keyframes (radians) above which tracking counts as lost."""
+MIN_STEPS_FOR_JUMP_TEST = 3
+
+STATE_INITIALIZING = "initializing"
+STATE_TRACKING = "tracking"
+STATE_LOST = "lost"
+
+
+class Oracle(Protocol):
+    """Anything that returns true patch-centre positions, like :class:`CorrespondenceOracle`."""
+
+    def correspondences(
+        self,
+        source_frames: torch.Tensor,
+        target_frames: torch.Tensor,
+        centres: torch.Tensor,
+        intrinsics: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor]: ...
+
+
+@dataclass
+class StageTimes:
+    """Wall-clock seconds spent per stage while tracking one frame."""
+
+    encoders: float = 0.0
+    correlation: float = 0.0
+    update: float = 0.0
+    ba: float = 0.0
+    bookkeeping: float = 0.0
+
+    @property
+    def total(self) -> float:
+        return self.encoders + self.correlation + self.update + self.ba + self.bookkeeping
+
+
+@dataclass
+class TrackResult:
+    """Outcome of :meth:`VisualOdometry.track` for one frame."""
+
+    timestamp_ns: int
+    pose: np.ndarray
+    """``(7,)`` float64 ``T_world_cam`` of this frame right after its optimisation."""
+    is_keyframe: bool
+    """Whether the frame entered the patch graph (it may still be removed later)."""
+    state: str
+    """``initializing``, ``tracking`` or ``lost``."""
+    num_edges: int
+    pose_covariance: np.ndarray | None = None
+    """``(6, 6)`` covariance of this frame's pose from the BA (tangent ``[v, w]``), if any."""
+    times: StageTimes = field(default_factory=StageTimes)
+
+
+class _LostTracking(Exception):
+    """Raised inside an update when the optimisation result is implausible."""
+
+
+class VisualOdometry:
+    """DPVO-style incremental frontend over a :class:`PatchGraph`.
+
+    Args:
+        config: engine configuration (network sizes, frontend policy, BA, runtime).
+        network: the patch network, or None when ``oracle`` supplies the correspondences.
+        device: ``auto``, ``cpu`` or ``cuda``.
+        oracle: optional correspondence oracle that replaces the network's ``(delta, weight)``.
+    """
+
+    def __init__(
+        self,
+        config: EngineConfig,
+        network: torch.nn.Module | None,
+        device: str = "auto",
+        oracle: Oracle | None = None,
+    ) -> None:
+        config.validate()
+        if network is None and oracle is None:
+            raise ValueError("VisualOdometry needs a network, or an oracle for network-free tests")
+        self.config = config
+        self.device = torch.device(resolve_device(device))
+        self.network = network.to(self.device).eval() if network is not None else None
+        self.oracle = oracle
+        self.use_autocast = config.mixed_precision and self.device.type == "cuda"
+        self.graph = PatchGraph(config.frontend, config.network, self.device)
+        self.reset()
+
+    # -----------------------------------------------------------------------------------------
+    # Public API
+
+    def reset(self) -> None:
+        """Forget all frames and start a new trajectory with the configured seed."""
+        self.graph.clear()
+        self.generator = torch.Generator().manual_seed(self.config.seed)
+        self.frame_count = 0
+        self.is_initialized = False
+        self._state = STATE_INITIALIZING
+        self._image_shape: tuple[int, int] | None = None
+        self._intrinsics: torch.Tensor | None = None
+        self._last_timestamp_ns: int | None = None
+        self._last_good_pose_cw: torch.Tensor | None = None
+
+    @property
+    def state(self) -> str:
+        return self._state
+
+    @property
+    def num_keyframes(self) -> int:
+        """Active keyframes in the patch graph."""
+        return self.graph.n
+
+    @property
+    def intrinsics(self) -> torch.Tensor | None:
+        """``(4,)`` intrinsics of the 1/4-resolution patch graph, None before the first frame."""
+        return self._intrinsics
+
+    @property
+    def keyframe_poses(self) -> np.ndarray:
+        """``(n, 7)`` float64 ``T_world_cam`` of the active keyframes, oldest first."""
+        poses = se3.invert(self.graph.active_poses.double())
+        return poses.cpu().numpy()
+
+    @property
+    def points(self) -> np.ndarray:
+        """``(K, 3)`` float32 world points: the centres of the active keyframes' patches.
+
+        Patches whose inverse depth is at or below the BA's floor are left out.
+        """
+        graph = self.graph
+        if graph.n == 0 or self._intrinsics is None:
+            return np.zeros((0, 3), dtype=np.float32)
+        centre = graph.patch_size // 2
+        patches = graph.patches[: graph.n, :, :, centre, centre].double()  # (n, M, 3)
+        fx, fy, cx, cy = self._intrinsics.double()
+        inverse_depth = patches[..., 2]
+        keep = inverse_depth > self.config.ba.min_inverse_depth
+        depth = 1.0 / inverse_depth.clamp(min=self.config.ba.min_inverse_depth)
+        camera_points = torch.stack(
+            [(patches[..., 0] - cx) / fx * depth, (patches[..., 1] - cy) / fy * depth, depth],
+            dim=-1,
+        )
+        poses_wc = se3.invert(graph.active_poses.double())[:, None, :]
+        world = se3.transform_points(poses_wc, camera_points)
+        return world[keep].float().cpu().numpy()
+
+    def track(
+        self, image: np.ndarray, timestamp_ns: int, intrinsics: Sequence[float] | np.ndarray
+    ) -> TrackResult:
+        """Track one frame.
+
+        Args:
+            image: ``(H, W)`` or ``(H, W, 3)`` uint8 frame; every frame must have the same size.
+            timestamp_ns: capture time in nanoseconds, strictly increasing.
+            intrinsics: ``[fx, fy, cx, cy]`` in pixels of ``image``; constant within a run.
+
+        Returns:
+            The frame's pose and state; see :class:`TrackResult`.
+        """
+        start = time.perf_counter()
+        timestamp_ns = self._check_timestamp(timestamp_ns)
+        times = StageTimes()
+        with torch.no_grad():
+            tensor = self._prepare(image, intrinsics)
+            frame_id = self.frame_count
+            self.frame_count += 1
+            self._last_timestamp_ns = timestamp_ns
+            result = self._track_prepared(tensor, timestamp_ns, frame_id, times)
+        times.bookkeeping = max(
+            0.0,
+            time.perf_counter() - start
+            - (times.encoders + times.correlation + times.update + times.ba),
+        )
+        return result
+
+    def finish(self) -> Trajectory:
+        """Run the final iterations and return the poses of every input frame.
+
+        Keyframes removed during tracking and frames dropped as static get their poses from the
+        stored relative pose to their anchor keyframe. Timestamps are the input timestamps.
+        """
+        if self.frame_count == 0:
+            raise RuntimeError("finish() called before any frame was tracked; call track() first")
+        times = StageTimes()
+        with torch.no_grad():
+            if self.graph.num_edges and self.graph.n >= 2:
+                iterations = self.config.frontend.final_iterations
+                if not self.is_initialized:
+                    logger.info(
+                        "finishing before initialisation: optimising %d keyframes", self.graph.n
+                    )
+                    iterations = self.config.frontend.init_iterations
+                self._optimize(iterations, times, guard=True)
+            _, stamps, poses_cw = self.graph.trajectory()
+        if len(stamps) != self.frame_count:
+            raise RuntimeError(
+                f"trajectory has {len(stamps)} poses for {self.frame_count} input frames"
+            )
+        poses_wc = se3.invert(torch.from_numpy(poses_cw)).numpy()
+        return Trajectory(stamps, poses_wc)
+
+    # -----------------------------------------------------------------------------------------
+    # Per-frame steps
+
+    def _check_timestamp(self, timestamp_ns: int) -> int:
+        stamp = int(timestamp_ns)
+        if self._last_timestamp_ns is not None and stamp <= self._last_timestamp_ns:
+            raise ValueError(
+                f"timestamp {stamp} ns does not follow the previous frame's "
+                f"{self._last_timestamp_ns} ns; timestamps must increase strictly (call reset() "
+                "to start a new sequence)"
+            )
+        return stamp
+
+    def _prepare(self, image: np.ndarray, intrinsics: Sequence[float] | np.ndarray) -> torch.Tensor:
+        tensor, camera = prepare_image(image, intrinsics, self.config.max_image_width)
+        quarter = torch.as_tensor(camera / FEATURE_STRIDE, dtype=torch.float32, device=self.device)
+        shape = (int(tensor.shape[1]), int(tensor.shape[2]))
+        if self._image_shape is None or self._intrinsics is None:
+            self._image_shape = shape
+            self._intrinsics = quarter
+        elif shape != self._image_shape:
+            raise ValueError(
+                f"frame of prepared size {shape} differs from the first frame's "
+                f"{self._image_shape}; call reset() before changing the image size"
+            )
+        elif not torch.allclose(quarter, self._intrinsics, rtol=1e-5, atol=1e-4):
+            raise ValueError(
+                f"intrinsics {list(np.asarray(intrinsics, dtype=float))} differ from the first "
+                "frame's; call reset() before changing the camera"
+            )
+        return tensor.to(self.device)
+
+    def _track_prepared(
+        self, image: torch.Tensor, timestamp_ns: int, frame_id: int, times: StageTimes
+    ) -> TrackResult:
+        graph = self.graph
+        with self._timer(times, "encoders"):
+            patches, gmap, context, pyramid = self._patchify(image)
+
+        pose = self._predict_pose(timestamp_ns)
+        patches[:, 2] = self._initial_depths(patches.shape[0]).to(patches)[:, None, None]
+        graph.add_keyframe(pose, patches, timestamp_ns, frame_id, gmap, context, pyramid)
+
+        if graph.n > 1 and not self.is_initialized and self._is_static(times):
+            graph.pop_newest()
+            graph.record_dropped(frame_id, timestamp_ns, graph.last_frame_id())
+            return self._result(timestamp_ns, is_keyframe=False, times=times)
+
+        ii, jj, kk = graph.new_frame_edges(self.config.frontend.patch_lifetime)
+        hidden_dim = self.config.network.context_dim if self.network is not None else None
+        graph.add_edges(ii, jj, kk, hidden_dim)
+
+        covariance = None
+        try:
+            if not self.is_initialized and graph.n >= self.config.frontend.init_frames:
+                self._optimize(self.config.frontend.init_iterations, times, guard=True)
+                self.is_initialized = True
+                self._state = STATE_TRACKING
+                logger.info("initialised on %d keyframes at frame %d", graph.n, frame_id)
+            elif self.is_initialized:
+                covariance = self._optimize(1, times, guard=True, covariance=True)
+                self._remove_redundant_keyframe()
+        except _LostTracking as reason:
+            self._handle_loss(frame_id, timestamp_ns, str(reason))
+            return self._result(timestamp_ns, is_keyframe=False, times=times)
+
+        graph.retire_edges(self.config.frontend.removal_window)
+        if self.is_initialized:
+            self._last_good_pose_cw = graph.active_poses[-1].clone()
+        return self._result(timestamp_ns, is_keyframe=True, times=times, covariance=covariance)
+
+    def _result(
+        self,
+        timestamp_ns: int,
+        is_keyframe: bool,
+        times: StageTimes,
+        covariance: torch.Tensor | None = None,
+    ) -> TrackResult:
+        pose_cw = self._current_pose_cw()
+        pose = se3.invert(pose_cw.double()).cpu().numpy()
+        return TrackResult(
+            timestamp_ns=timestamp_ns,
+            pose=pose,
+            is_keyframe=is_keyframe,
+            state=self._state,
+            num_edges=self.graph.num_edges,
+            pose_covariance=None if covariance is None else covariance.double().cpu().numpy(),
+            times=times,
+        )
+
+    def _current_pose_cw(self) -> torch.Tensor:
+        """``T_cam_world`` of the newest keyframe, or the last good / archived pose."""
+        if self.graph.n > 0:
+            return self.graph.active_poses[-1]
+        if self._last_good_pose_cw is not None:
+            return self._last_good_pose_cw
+        return se3.identity(device=self.device)
+
+    # -----------------------------------------------------------------------------------------
+    # Patches, motion model, depth initialisation
+
+    def _patchify(
+        self, image: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None, list[torch.Tensor] | None]:
+        """Cut ``M`` patches ``(M, 3, P, P)``; with a network also return gmap ``(M, F, P, P)``,
+        context ``(M, D)`` and the matching-map pyramid levels of this frame."""
+        frontend = self.config.frontend
+        if self.network is None:
+            return self._select_patches(image), None, None, None
+        with self._autocast():
+            batch = self.network.patchify(
+                image[None],
+                frontend.patches_per_frame,
+                generator=self.generator,
+                selection=frontend.centroid_selection,
+            )
+            levels = self.network.pyramid(batch.fmap).levels
+        pyramid = [level[0] for level in levels]
+        return batch.patches.float(), batch.gmap, batch.context, pyramid
+
+    def _select_patches(self, image: torch.Tensor) -> torch.Tensor:
+        """Pick patch centres without a network, by the same random or gradient rule."""
+        count = self.config.frontend.patches_per_frame
+        size = self.config.network.patch_size
+        height, width = image.shape[1] // FEATURE_STRIDE, image.shape[2] // FEATURE_STRIDE
+        border = size // 2
+        candidates = count
+        if self.config.frontend.centroid_selection == "gradient_bias":
+            candidates = GRADIENT_CANDIDATE_FACTOR * count
+        x = torch.randint(border, width - border, (candidates,), generator=self.generator)
+        y = torch.randint(border, height - border, (candidates,), generator=self.generator)
+        if candidates > count:
+            scores = image_gradient_score(image[None].cpu())[0, y, x]
+            best = scores.topk(count).indices
+            x, y = x[best], y[best]
+
+        offsets = torch.arange(-border, border + 1)
+        u = (x[:, None, None] + offsets[None, None, :]).expand(-1, size, -1)
+        v = (y[:, None, None] + offsets[None, :, None]).expand(-1, -1, size)
+        patches = torch.stack([u, v, torch.ones_like(u)], dim=1).float()
+        return patches.to(self.device)
+
+    def _predict_pose(self, timestamp_ns: int) -> torch.Tensor:
+        graph = self.graph
+        if graph.n == 0:
+            return self._current_pose_cw().clone()
+        if graph.n == 1:
+            return graph.active_poses[-1].clone()
+        return predict_pose(
+            graph.active_poses[-2:],
+            [int(graph.timestamps_ns[graph.n - 2]), int(graph.timestamps_ns[graph.n - 1]), timestamp_ns],
+            self.config.frontend.motion_model,
+            self.config.frontend.motion_damping,
+        )
+
+    def _initial_depths(self, count: int) -> torch.Tensor:
+        """Inverse depths ``(M,)``: uniform in (0, 1) before initialisation, afterwards the
+        median inverse depth of the newest keyframes' patches."""
+        graph = self.graph
+        if not self.is_initialized or graph.n == 0:
+            return torch.rand(count, generator=self.generator)
+        recent = graph.patches[max(0, graph.n - DEPTH_INIT_FRAMES) : graph.n, :, 2]
+        return torch.full((count,), float(recent.median()))
+
+    def _is_static(self, times: StageTimes) -> bool:
+        """Motion probe: the median correction of the previous keyframe's patches projected into
+        the new frame, with a zero hidden state, is below ``motion_probe_threshold``."""
+        graph = self.graph
+        M = graph.patches_per_frame
+        newest = graph.n - 1
+        kk = torch.arange((newest - 1) * M, newest * M, device=self.device)
+        ii = kk // M
+        jj = torch.full_like(kk, newest)
+        coords = reproject(graph.active_poses, graph.active_patches, self._intrinsics, ii, jj, kk).coords
+        hidden = None
+        if self.network is not None:
+            hidden = torch.zeros(len(kk), self.config.network.context_dim, device=self.device)
+        delta, _, _ = self._predict_corrections(coords, ii, jj, kk, hidden, times)
+        flow = float(delta.float().norm(dim=-1).median())
+        return flow < self.config.frontend.motion_probe_threshold
+
+    # -----------------------------------------------------------------------------------------
+    # Optimisation
+
+    def _optimize(
+        self, iterations: int, times: StageTimes, guard: bool, covariance: bool = False
+    ) -> torch.Tensor | None:
+        """Run ``iterations`` update + BA iterations; return the newest pose's covariance."""
+        result_covariance = None
+        for iteration in range(iterations):
+            last = iteration == iterations - 1
+            result_covariance = self._update_iteration(times, guard, covariance and last)
+        return result_covariance
+
+    def _first_free_pose(self) -> int:
+        if not self.is_initialized:
+            return 1
+        return max(1, self.graph.n - self.config.frontend.optimization_window)
+
+    def _update_iteration(
+        self, times: StageTimes, guard: bool, covariance: bool
+    ) -> torch.Tensor | None:
+        """Reproject, correlate, update, then bundle-adjust the optimisation window."""
+        from vo_node.ba.solver import bundle_adjust
+
+        graph = self.graph
+        ii, jj, kk = graph.ii, graph.jj, graph.kk
+        coords = reproject(graph.active_poses, graph.active_patches, self._intrinsics, ii, jj, kk).coords
+        delta, weight, hidden = self._predict_corrections(coords, ii, jj, kk, graph.hidden, times)
+        if hidden is not None:
+            graph.hidden = hidden
+
+        centre = graph.patch_size // 2
+        target = coords[:, :, centre, centre] + delta.float()
+        snapshot = (graph.active_poses.clone(), graph.patches[: graph.n].clone())
+        with self._timer(times, "ba"):
+            result = bundle_adjust(
+                graph.active_poses,
+                graph.active_patches,
+                self._intrinsics,
+                target,
+                weight.float(),
+                ii,
+                jj,
+                kk,
+                first_free_pose=self._first_free_pose(),
+                config=self.config.ba,
+                image_size=self._graph_image_size(),
+                compute_covariance=covariance,
+            )
+        graph.poses[: graph.n] = result.poses_cw
+        graph.patches[: graph.n] = result.patches.view_as(graph.patches[: graph.n])
+        if guard:
+            reason = self._implausible(result)
+            if reason is not None:
+                graph.poses[: graph.n] = snapshot[0]
+                graph.patches[: graph.n] = snapshot[1]
+                raise _LostTracking(reason)
+        return _newest_covariance(getattr(result, "pose_covariance", None)) if covariance else None
+
+    def _graph_image_size(self) -> tuple[int, int]:
+        assert self._image_shape is not None
+        return (self._image_shape[0] // FEATURE_STRIDE, self._image_shape[1] // FEATURE_STRIDE)
+
+    def _predict_corrections(
+        self,
+        coords: torch.Tensor,
+        ii: torch.Tensor,
+        jj: torch.Tensor,
+        kk: torch.Tensor,
+        hidden: torch.Tensor | None,
+        times: StageTimes,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """Return ``delta (E, 2)``, ``weight (E, 2)`` and the new hidden state (None: oracle)."""
+        graph = self.graph
+        centre = graph.patch_size // 2
+        if self.oracle is not None:
+            with self._timer(times, "update"):
+                frame_ids = torch.as_tensor(graph.frame_ids[: graph.n])
+                true, weight = self.oracle.correspondences(
+                    frame_ids[ii.cpu()],
+                    frame_ids[jj.cpu()],
+                    graph.active_patches[kk, :2, centre, centre],
+                    self._intrinsics,
+                )
+                current = coords[:, :, centre, centre]
+                return true.to(current) - current, weight.to(current), hidden
+
+        assert self.network is not None and graph.gmap is not None and graph.context is not None
+        from vo_node.model.correlation import CorrelationPyramid
+
+        with self._autocast():
+            with self._timer(times, "correlation"):
+                pyramid = CorrelationPyramid(
+                    graph.fmaps or [], self._pyramid_borders(), self.config.network.correlation_radius
+                )
+                corr = self.network.correlate(
+                    graph.gmap[: graph.n].flatten(0, 1), pyramid, coords, kk, graph.fmap_slots(jj)
+                )
+            with self._timer(times, "update"):
+                hidden, delta, weight = self.network.update(
+                    hidden, graph.context[: graph.n].flatten(0, 1), corr, ii, jj, kk
+                )
+        return delta, weight, hidden
+
+    def _pyramid_borders(self) -> list[int]:
+        from vo_node.model.correlation import PYRAMID_POOL, shared_window_size
+
+        radius = self.config.network.correlation_radius
+        return [
+            shared_window_size(radius, PYRAMID_POOL**level)
+            for level in range(self.config.network.correlation_levels)
+        ]
+
+    def _implausible(self, result: object) -> str | None:
+        """Describe why a BA result cannot be trusted, or return None."""
+        graph = self.graph
+        if getattr(result, "cholesky_failed", False):
+            return "bundle adjustment reported a failed Cholesky factorisation"
+        if not torch.isfinite(graph.active_poses).all():
+            return "non-finite pose"
+        if not torch.isfinite(graph.patches[: graph.n]).all():
+            return "non-finite patch depth"
+        if graph.n < 2:
+            return None
+        poses_wc = se3.invert(graph.active_poses.double())
+        steps = (poses_wc[1:, :3] - poses_wc[:-1, :3]).norm(dim=-1)
+        relative = se3.compose(graph.active_poses[-1].double(), poses_wc[-2])
+        angle = 2 * torch.atan2(relative[3:6].norm(), relative[6].abs())
+        if float(angle) > MAX_ROTATION_STEP:
+            return f"rotation step of {math.degrees(float(angle)):.0f} degrees"
+        if len(steps) <= MIN_STEPS_FOR_JUMP_TEST:
+            return None
+        recent = float(steps[:-1].median())
+        depth = 1.0 / max(float(graph.patches[: graph.n, :, 2].median()), 1e-12)
+        step = float(steps[-1])
+        if step > JUMP_STEP_FACTOR * recent and step > JUMP_DEPTH_FACTOR * depth:
+            return f"position jump of {step:.3g} (recent steps {recent:.3g}, scene depth {depth:.3g})"
+        return None
+
+    def _handle_loss(self, frame_id: int, timestamp_ns: int, reason: str) -> None:
+        """Freeze the good part of the trajectory and restart tracking from the last good pose."""
+        graph = self.graph
+        logger.warning("tracking lost at frame %d (%s); re-initialising", frame_id, reason)
+        graph.remove_edges(graph.ii >= 0)
+        if graph.n > 1:
+            # The lost frame takes the pose of its predecessor, the last good pose.
+            graph.pop_newest()
+            anchor = int(graph.frame_ids[graph.n - 1])
+            graph.record_dropped(frame_id, timestamp_ns, anchor, se3.identity().double().numpy())
+        self._last_good_pose_cw = graph.active_poses[-1].clone()
+        graph.fold_all()
+        self.is_initialized = False
+        self._state = STATE_LOST
+
+    def _remove_redundant_keyframe(self) -> None:
+        """Remove keyframe ``k = n - keyframe_index`` when its neighbours barely differ."""
+        graph = self.graph
+        candidate = graph.n - self.config.frontend.keyframe_index
+        if candidate < 1 or candidate + 1 >= graph.n:
+            return
+        flow = 0.5 * (
+            self._mean_flow(candidate - 1, candidate + 1)
+            + self._mean_flow(candidate + 1, candidate - 1)
+        )
+        if flow < self.config.frontend.keyframe_threshold:
+            graph.remove_keyframe(candidate)
+
+    def _mean_flow(self, source: int, target: int) -> float:
+        """Mean optical flow (1/4-resolution pixels) of ``source``'s patches into ``target``,
+        averaging full and translation-only motion."""
+        graph = self.graph
+        return mean_patch_flow(
+            graph.poses[source],
+            graph.poses[target],
+            graph.patches[source],
+            self._intrinsics,
+            FLOW_BETA,
+        )
+
+    # -----------------------------------------------------------------------------------------
+    # Helpers
+
+    def _autocast(self) -> contextlib.AbstractContextManager:
+        if not self.use_autocast:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=self.device.type, dtype=torch.float16)
+
+    @contextlib.contextmanager
+    def _timer(self, times: StageTimes, stage: str) -> Iterator[None]:
+        """Add the wall-clock time of the block to ``times.<stage>`` (synchronising CUDA)."""
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            if self.device.type == "cuda":
+                torch.cuda.synchronize(self.device)
+            if hasattr(times, stage):
+                setattr(times, stage, getattr(times, stage) + time.perf_counter() - start)
+
+
+def predict_pose(
+    previous_cw: torch.Tensor, timestamps_ns: Sequence[int], model: str, damping: float
+) -> torch.Tensor:
+    """Predict the next ``T_cam_world`` ``(7,)`` from the two newest keyframe poses.
+
+    Args:
+        previous_cw: ``(2, 7)`` poses of keyframes ``n-2`` and ``n-1``.
+        timestamps_ns: the times of those keyframes and of the new frame, nanoseconds.
+        model: ``constant`` copies pose ``n-1``; ``damped_linear`` applies the last relative
+            motion again, scaled by the ratio of the time gaps (at most
+            ``MAX_TIMESTAMP_RATIO``) and by ``damping``.
+        damping: factor on the extrapolated motion (0 copies the last pose).
+    """
+    older, newer = previous_cw[0], previous_cw[1]
+    if model == "constant":
+        return newer.clone()
+    if model != "damped_linear":
+        raise ValueError(f"motion model must be 'damped_linear' or 'constant', got {model!r}")
+    first, second, third = (int(t) for t in timestamps_ns)
+    previous_gap = second - first
+    ratio = (third - second) / previous_gap if previous_gap > 0 else 1.0
+    ratio = min(max(ratio, 0.0), MAX_TIMESTAMP_RATIO)
+    motion = se3.log(se3.compose(newer, se3.invert(older)))
+    return se3.compose(se3.exp(damping * ratio * motion), newer)
+
+
+def mean_patch_flow(
+    source_cw: torch.Tensor,
+    target_cw: torch.Tensor,
+    patches: torch.Tensor,
+    intrinsics: torch.Tensor,
+    beta: float = FLOW_BETA,
+) -> float:
+    """Mean flow of patches ``(M, 3, P, P)`` from a source to a target camera, in pixels.
+
+    The flow mixes ``beta`` times the full reprojection flow with ``1 - beta`` times the flow of
+    the translation alone (rotation removed), so pure rotation counts less.
+    """
+    relative = se3.compose(target_cw, se3.invert(source_cw))
+    translation_only = relative.clone()
+    translation_only[3:] = se3.identity(dtype=relative.dtype, device=relative.device)[3:]
+    poses = torch.stack([se3.identity(dtype=relative.dtype, device=relative.device), relative, translation_only])
+    count = patches.shape[0]
+    kk = torch.arange(count, device=patches.device).repeat(2)
+    ii = torch.zeros_like(kk)
+    jj = torch.cat([torch.ones(count, dtype=torch.long), torch.full((count,), 2)]).to(patches.device)
+    coords = reproject(poses, patches, intrinsics, ii, jj, kk).coords
+    flow = (coords - patches[kk, :2]).norm(dim=1)  # (2M, P, P)
+    full, translation = flow[:count].mean(), flow[count:].mean()
+    return float(beta * full + (1 - beta) * translation)
+
+
+def _newest_covariance(covariance: torch.Tensor | None) -> torch.Tensor | None:
+    """Pick the newest pose's ``(6, 6)`` block from a BA covariance of ``(6, 6)`` or ``(N, 6, 6)``."""
+    if covariance is None:
+        return None
+    if covariance.dim() == 3:
+        return covariance[-1]
+    return covariance
