@@ -1,0 +1,405 @@
+"""The patch network: encoders, patch selection, correlation, update operator and model files."""
+
+import numpy as np
+import pytest
+import torch
+
+from vo_node.config import EngineConfig, NetworkConfig, load_engine_config, to_dict
+from vo_node.model import (
+    CorrelationPyramid,
+    ModelFileError,
+    VONetwork,
+    correlate,
+    load_model,
+    save_model,
+)
+from vo_node.model.encoder import count_parameters
+from vo_node.model.patchifier import image_gradient_score
+from vo_node.model.update import GradientClamp, SoftAggregation, scatter_softmax, temporal_neighbors
+
+HEIGHT, WIDTH = 64, 96
+DPVO_PARAMETERS = 3_384_324
+"""Parameter count of DPVO's network (fnet 181,440 + inet 198,080 + update 3,004,804)."""
+
+
+def make_images(count: int, seed: int = 0) -> torch.Tensor:
+    generator = torch.Generator().manual_seed(seed)
+    return torch.rand(count, 3, HEIGHT, WIDTH, generator=generator) * 255
+
+
+@pytest.fixture(scope="module")
+def small_network():
+    torch.manual_seed(0)
+    return VONetwork(load_engine_config("small").network).eval()
+
+
+# --- shapes and parameters -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("preset", ["small", "full"])
+def test_network_output_shapes(preset):
+    config = load_engine_config(preset).network
+    network = VONetwork(config).eval()
+    patches_per_frame, frames = 8, 2
+    with torch.no_grad():
+        batch = network.patchify(make_images(frames), patches_per_frame)
+        num_patches = frames * patches_per_frame
+        assert batch.fmap.shape == (frames, config.matching_dim, HEIGHT // 4, WIDTH // 4)
+        assert batch.gmap.shape == (num_patches, config.matching_dim, 3, 3)
+        assert batch.context.shape == (num_patches, config.context_dim)
+        assert batch.patches.shape == (num_patches, 3, 3, 3)
+        assert batch.frame_index.tolist() == [0] * 8 + [1] * 8
+        assert torch.all(batch.patches[:, 2] == 1.0)
+
+        kk = torch.arange(num_patches).repeat(2)
+        jj = torch.tensor([0, 1]).repeat_interleave(num_patches)
+        ii = batch.frame_index[kk]
+        coords = batch.patches[kk, :2] + 0.3
+        corr = network.correlate(batch.gmap, batch.fmap, coords, kk, jj)
+        assert corr.shape == (2 * num_patches, 882)
+        hidden = torch.zeros(2 * num_patches, config.context_dim)
+        hidden, delta, weight = network.update(hidden, batch.context, corr, ii, jj, kk)
+    assert hidden.shape == (2 * num_patches, config.context_dim)
+    assert delta.shape == (2 * num_patches, 2)
+    assert weight.shape == (2 * num_patches, 2)
+    assert torch.all((weight > 0) & (weight < 1))
+
+
+def test_full_preset_parameter_count_matches_dpvo():
+    network = VONetwork(EngineConfig().network)
+    assert count_parameters(network) == DPVO_PARAMETERS
+
+
+def test_small_preset_is_lighter():
+    small = count_parameters(VONetwork(load_engine_config("small").network))
+    assert small < DPVO_PARAMETERS / 2
+
+
+@pytest.mark.parametrize("shape", [(1, 3, 60, 96), (1, 3, 64, 90), (1, 1, 64, 96), (3, 64, 96)])
+def test_patchify_rejects_bad_image_shapes(small_network, shape):
+    with pytest.raises(ValueError, match="multiple of 16|shape"):
+        small_network.patchify(torch.zeros(shape), 4)
+
+
+def test_patchify_rejects_unknown_selection(small_network):
+    with pytest.raises(ValueError, match="selection"):
+        small_network.patchify(make_images(1), 4, selection="sift")
+
+
+# --- patch selection -------------------------------------------------------------------------
+
+
+def centres_of(network, images, seed, selection="random", count=32):
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        batch = network.patchify(images, count, generator, selection)
+    return batch.patches[:, :2, 1, 1]
+
+
+@pytest.mark.parametrize("selection", ["random", "gradient_bias"])
+def test_patch_centres_inside_border(small_network, selection):
+    centres = centres_of(small_network, make_images(2), seed=3, selection=selection, count=200)
+    u, v = centres[:, 0], centres[:, 1]
+    assert torch.all(u >= 1) and torch.all(u <= WIDTH // 4 - 2)
+    assert torch.all(v >= 1) and torch.all(v <= HEIGHT // 4 - 2)
+    assert torch.all(centres == centres.round())
+
+
+def test_patch_grid_and_features_follow_centre(small_network):
+    generator = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        batch = small_network.patchify(make_images(2), 5, generator)
+    for index in range(10):
+        u, v = batch.patches[index, :2, 1, 1].long().tolist()
+        frame = int(batch.frame_index[index])
+        assert batch.patches[index, 0, 0, 0] == u - 1
+        assert batch.patches[index, 1, 0, 0] == v - 1
+        expected = batch.fmap[frame, :, v - 1 : v + 2, u - 1 : u + 2]
+        assert torch.equal(batch.gmap[index], expected)
+
+
+def test_patch_centres_repeat_with_same_seed(small_network):
+    images = make_images(1)
+    first = centres_of(small_network, images, seed=7)
+    second = centres_of(small_network, images, seed=7)
+    other = centres_of(small_network, images, seed=8)
+    assert torch.equal(first, second)
+    assert not torch.equal(first, other)
+
+
+def test_gradient_bias_prefers_texture(small_network):
+    generator = torch.Generator().manual_seed(0)
+    images = torch.full((1, 3, HEIGHT, WIDTH), 128.0)
+    texture = torch.rand(1, 1, HEIGHT, WIDTH // 2, generator=generator) * 255
+    images[..., WIDTH // 2 :] = texture
+    score = image_gradient_score(images)[0]
+    random = centres_of(small_network, images, seed=5, count=24).long()
+    biased = centres_of(small_network, images, seed=5, selection="gradient_bias", count=24).long()
+    random_score = score[random[:, 1], random[:, 0]].mean()
+    biased_score = score[biased[:, 1], biased[:, 0]].mean()
+    assert biased_score > 1.5 * random_score
+    assert (biased[:, 0] >= WIDTH // 8 - 1).float().mean() > 0.9
+
+
+# --- correlation ------------------------------------------------------------------------------
+
+
+def brute_force_correlation(gmap, fmap, coords, kk, jj, radius, levels):
+    """Explicit bilinear sampling with zeros outside the image, then dot products (numpy)."""
+    gmap, fmap, coords = gmap.numpy(), fmap.numpy(), coords.numpy()
+    maps = [fmap]
+    for _ in range(1, levels):
+        frames, channels, height, width = maps[-1].shape
+        pooled = maps[-1].reshape(frames, channels, height // 4, 4, width // 4, 4).mean(axis=(3, 5))
+        maps.append(pooled)
+
+    def sample(image, x, y):
+        value = np.zeros(image.shape[0])
+        x0, y0 = int(np.floor(x)), int(np.floor(y))
+        for xi, yi in ((x0, y0), (x0 + 1, y0), (x0, y0 + 1), (x0 + 1, y0 + 1)):
+            if 0 <= xi < image.shape[2] and 0 <= yi < image.shape[1]:
+                value += (1 - abs(x - xi)) * (1 - abs(y - yi)) * image[:, yi, xi]
+        return value
+
+    size = gmap.shape[-1]
+    window = 2 * radius + 1
+    out = np.zeros((len(kk), levels, size, size, window, window))
+    for e, (k, j) in enumerate(zip(kk.tolist(), jj.tolist())):
+        for level, level_map in enumerate(maps):
+            for a in range(size):
+                for b in range(size):
+                    x = coords[e, 0, a, b] / 4**level
+                    y = coords[e, 1, a, b] / 4**level
+                    for wy in range(window):
+                        for wx in range(window):
+                            feature = sample(level_map[j], x - radius + wx, y - radius + wy)
+                            out[e, level, a, b, wy, wx] = feature @ gmap[k, :, a, b]
+    return torch.from_numpy(out.reshape(len(kk), -1))
+
+
+def correlation_case(num_edges=10, seed=0, fractional=True, spread=1.0):
+    generator = torch.Generator().manual_seed(seed)
+    fmap = torch.randn(3, 4, 16, 24, generator=generator, dtype=torch.float64)
+    gmap = torch.randn(6, 4, 3, 3, generator=generator, dtype=torch.float64)
+    kk = torch.randint(0, 6, (num_edges,), generator=generator)
+    jj = torch.randint(0, 3, (num_edges,), generator=generator)
+    centre = torch.rand(num_edges, 2, 1, 1, generator=generator, dtype=torch.float64)
+    centre = centre * torch.tensor([30.0, 22.0]).view(1, 2, 1, 1) - 3.0  # some near the border
+    if not fractional:
+        centre = centre.round()
+    steps = torch.arange(-1.0, 2.0, dtype=torch.float64)
+    grid = torch.stack([steps.view(1, 3).expand(3, 3), steps.view(3, 1).expand(3, 3)])
+    coords = centre + spread * grid
+    return gmap, fmap, coords, kk, jj
+
+
+@pytest.mark.parametrize("fractional", [False, True])
+def test_correlation_matches_brute_force(fractional):
+    gmap, fmap, coords, kk, jj = correlation_case(fractional=fractional)
+    pyramid = CorrelationPyramid.from_fmap(fmap, 2, 3)
+    result = correlate(gmap, pyramid, coords, kk, jj)
+    expected = brute_force_correlation(gmap, fmap, coords, kk, jj, radius=3, levels=2)
+    assert result.shape == (10, 882)
+    assert torch.allclose(result, expected, atol=1e-10)
+    assert expected.abs().max() > 1.0
+
+
+def test_correlation_wide_patches_match_brute_force():
+    # Pixels 2.5 apart do not fit one shared window, so they take the per-pixel path.
+    gmap, fmap, coords, kk, jj = correlation_case(num_edges=4, seed=1, spread=2.5)
+    pyramid = CorrelationPyramid.from_fmap(fmap, 2, 3)
+    coords[0] = coords[1] / 2.5  # a mix of narrow and wide edges in one call
+    result = correlate(gmap, pyramid, coords, kk, jj)
+    expected = brute_force_correlation(gmap, fmap, coords, kk, jj, radius=3, levels=2)
+    assert torch.allclose(result, expected, atol=1e-10)
+
+
+def test_correlation_zero_far_outside():
+    gmap, fmap, coords, kk, jj = correlation_case(num_edges=4)
+    pyramid = CorrelationPyramid.from_fmap(fmap, 2, 3)
+    far = coords.clone()
+    far[0] += 200.0
+    far[1] -= 200.0
+    far[2, 0] = 1e12
+    far[3, 1] = float("nan")
+    result = correlate(gmap, pyramid, far, kk, jj)
+    assert torch.all(result == 0)
+
+
+def test_correlation_chunked_equals_unchunked():
+    gmap, fmap, coords, kk, jj = correlation_case(num_edges=23, seed=2, spread=1.6)
+    pyramid = CorrelationPyramid.from_fmap(fmap, 2, 3)
+    whole = correlate(gmap, pyramid, coords, kk, jj, chunk_size=1000)
+    for chunk_size in (1, 4, 7):
+        assert torch.allclose(correlate(gmap, pyramid, coords, kk, jj, chunk_size), whole)
+
+
+def test_correlation_gradients_match_finite_differences():
+    generator = torch.Generator().manual_seed(4)
+    fmap = torch.randn(2, 2, 8, 8, generator=generator, dtype=torch.float64, requires_grad=True)
+    gmap = torch.randn(3, 2, 3, 3, generator=generator, dtype=torch.float64, requires_grad=True)
+    kk, jj = torch.tensor([0, 1, 2]), torch.tensor([1, 0, 1])
+    steps = torch.arange(-1.0, 2.0, dtype=torch.float64)
+    grid = torch.stack([steps.view(1, 3).expand(3, 3), steps.view(3, 1).expand(3, 3)])
+    centre = torch.tensor([[3.3, 4.6], [0.2, 6.9], [5.5, 2.25]], dtype=torch.float64)
+    coords = (centre[:, :, None, None] + grid * torch.tensor([1.0, 1.0, 2.2]).view(3, 1, 1, 1))
+
+    def function(fmap, gmap):
+        pyramid = CorrelationPyramid.from_fmap(fmap, 2, 1)
+        return correlate(gmap, pyramid, coords, kk, jj, chunk_size=2)
+
+    assert torch.autograd.gradcheck(function, (fmap, gmap), fast_mode=True)
+
+
+def test_correlation_bfloat16_maps_close_to_float32():
+    gmap, fmap, coords, kk, jj = correlation_case(num_edges=8)
+    gmap, fmap, coords = gmap.float(), fmap.float(), coords.float()
+    exact = correlate(gmap, CorrelationPyramid.from_fmap(fmap, 2, 3), coords, kk, jj)
+    pyramid = CorrelationPyramid.from_fmap(fmap, 2, 3, dtype=torch.bfloat16)
+    approximate = correlate(gmap, pyramid, coords, kk, jj)
+    assert approximate.dtype == torch.float32
+    assert torch.allclose(approximate, exact, atol=0.05 * exact.abs().max())
+
+
+def test_pyramid_write_matches_build():
+    gmap, fmap, coords, kk, jj = correlation_case()
+    built = CorrelationPyramid.from_fmap(fmap, 2, 3)
+    filled = CorrelationPyramid.from_fmap(torch.zeros_like(fmap), 2, 3)
+    for slot in range(fmap.shape[0]):
+        filled.write(slot, fmap[slot])
+    for target, source in zip(filled.levels, built.levels):
+        assert torch.equal(target, source)
+
+
+# --- update operator --------------------------------------------------------------------------
+
+
+def test_temporal_neighbors_on_hand_made_edges():
+    #            e: 0  1  2  3  4  5  6
+    kk = torch.tensor([0, 0, 0, 1, 1, 2, 0])
+    jj = torch.tensor([3, 1, 2, 2, 4, 0, 5])
+    previous, following = temporal_neighbors(kk, jj)
+    assert previous.tolist() == [2, -1, 1, -1, -1, -1, -1]
+    assert following.tolist() == [-1, 2, 0, -1, -1, -1, -1]
+
+
+def test_temporal_neighbors_empty():
+    empty = torch.zeros(0, dtype=torch.long)
+    previous, following = temporal_neighbors(empty, empty)
+    assert previous.numel() == 0 and following.numel() == 0
+
+
+def test_soft_aggregation_matches_group_loop():
+    torch.manual_seed(0)
+    dim = 5
+    module = SoftAggregation(dim).double()
+    x = torch.randn(12, dim, dtype=torch.float64)
+    keys = torch.tensor([7, 3, 7, 7, 9, 3, 100, 9, 9, 7, 3, 42])
+    result = module(x, keys)
+    for key in keys.unique():
+        members = keys == key
+        weights = torch.softmax(module.g(x[members]), dim=0)
+        pooled = (weights * module.f(x[members])).sum(dim=0)
+        expected = module.h(pooled).expand(int(members.sum()), -1)
+        assert torch.allclose(result[members], expected, atol=1e-12)
+
+
+def test_scatter_softmax_gradient():
+    x = torch.randn(9, 3, dtype=torch.float64, requires_grad=True)
+    groups = torch.tensor([0, 1, 0, 2, 1, 0, 2, 2, 1])
+    assert torch.autograd.gradcheck(lambda value: scatter_softmax(value, groups, 3), (x,))
+
+
+def test_gradient_clamp_clips_and_zeroes_nan():
+    x = torch.zeros(4, requires_grad=True)
+    GradientClamp()(x).backward(torch.tensor([5.0, -5.0, 0.003, float("nan")]))
+    assert x.grad.tolist() == pytest.approx([0.01, -0.01, 0.003, 0.0])
+
+
+def test_update_gradients_reach_hidden_and_correlation(small_network):
+    config = small_network.config
+    hidden = torch.randn(6, config.context_dim, requires_grad=True)
+    corr = torch.randn(6, 882, requires_grad=True)
+    context = torch.randn(4, config.context_dim)
+    ii = torch.tensor([0, 0, 1, 1, 0, 1])
+    jj = torch.tensor([1, 2, 0, 2, 3, 3])
+    kk = torch.tensor([0, 0, 2, 2, 1, 3])
+    _, delta, weight = small_network.update(hidden, context, corr, ii, jj, kk)
+    (delta.sum() + weight.sum()).backward()
+    assert hidden.grad.abs().sum() > 0
+    assert corr.grad.abs().sum() > 0
+
+
+def test_update_rejects_short_context(small_network):
+    dim = small_network.config.context_dim
+    edges = torch.tensor([0, 5])
+    with pytest.raises(IndexError, match="context"):
+        small_network.update(
+            torch.zeros(2, dim), torch.zeros(3, dim), torch.zeros(2, 882), edges, edges, edges
+        )
+
+
+# --- model files ------------------------------------------------------------------------------
+
+
+def run_network(network):
+    generator = torch.Generator().manual_seed(2)
+    with torch.no_grad():
+        batch = network.patchify(make_images(2), 6, generator)
+        kk = torch.arange(12)
+        jj = 1 - batch.frame_index
+        coords = batch.patches[kk, :2] + 0.5
+        corr = network.correlate(batch.gmap, batch.fmap, coords, kk, jj)
+        hidden = torch.zeros(12, network.config.context_dim)
+        return network.update(hidden, batch.context, corr, batch.frame_index, jj, kk)
+
+
+def test_model_round_trip(tmp_path, small_network):
+    config = load_engine_config("small")
+    path = tmp_path / "models" / "vo_small.pt"
+    save_model(path, small_network, config, {"steps": 10})
+    loaded, loaded_config = load_model(path)
+    assert loaded_config == config
+    assert not loaded.training
+    for before, after in zip(run_network(small_network), run_network(loaded)):
+        assert torch.equal(before, after)
+    payload = torch.load(path, weights_only=True)
+    assert payload["metadata"] == {"steps": 10}
+    assert payload["format_version"] == 1
+
+
+def test_load_rejects_mismatched_config(tmp_path, small_network):
+    path = tmp_path / "model.pt"
+    save_model(path, small_network, load_engine_config("small"), {})
+    payload = torch.load(path, weights_only=True)
+    payload["config"]["network"]["context_dim"] = 96
+    torch.save(payload, path)
+    message = r"context_encoder\.projection\.weight.*\(128, 32, 1, 1\).*save the model again"
+    with pytest.raises(ModelFileError, match=message):
+        load_model(path)
+
+
+def test_save_rejects_config_of_other_network(tmp_path, small_network):
+    with pytest.raises(ValueError, match="network"):
+        save_model(tmp_path / "model.pt", small_network, EngineConfig(), {})
+
+
+def test_load_rejects_missing_and_foreign_files(tmp_path):
+    with pytest.raises(FileNotFoundError, match="not found"):
+        load_model(tmp_path / "absent.pt")
+    text_file = tmp_path / "notes.pt"
+    text_file.write_text("not a model")
+    with pytest.raises(ModelFileError, match="not a vo_node model"):
+        load_model(text_file)
+    other = tmp_path / "weights.pt"
+    torch.save({"model": {}}, other)
+    with pytest.raises(ModelFileError, match="missing format_version"):
+        load_model(other)
+
+
+def test_saved_config_is_plain_dict(tmp_path, small_network):
+    config = load_engine_config("small")
+    path = tmp_path / "model.pt"
+    save_model(path, small_network, config, {})
+    assert torch.load(path, weights_only=True)["config"] == to_dict(config)
+    assert isinstance(config.network, NetworkConfig)

@@ -1,0 +1,296 @@
+"""Correlation features between patches and the matching maps of their target frames.
+
+For each edge (patch ``kk[e]``, target frame ``jj[e]``) and each of the ``P * P`` patch pixels,
+the matching map of frame ``jj[e]`` is sampled bilinearly on a ``(2r+1) x (2r+1)`` window
+centred on the reprojected pixel, and each sample is dotted with the patch's matching feature at
+that pixel. This is done at every pyramid level (the 1/4-resolution map, then that map average-
+pooled by 4), with coordinates divided by the level's scale. Samples outside the image are zero,
+as with ``grid_sample(..., padding_mode="zeros", align_corners=True)``.
+
+Implementation: bilinear sampling is linear, so each window is a bilinear blend of dot products
+on the ``G x G`` integer grid around it (``G = 2r + 2``). The ``P x P`` pixels of an edge usually
+land close together, so the dot products of all its pixels come from one shared ``U x U`` window
+(one gather and one batched matrix product per chunk of edges). Edges whose pixels spread wider
+than that take a per-pixel path. Maps are stored channels-last with a zero border of ``U`` pixels,
+so every gather stays in bounds and a window beyond the image reads only zeros. Chunks are kept
+small: on the CPU, large temporary buffers cost more in page faults than the copy itself.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from torch.utils.checkpoint import checkpoint
+
+PYRAMID_POOL = 4
+"""Each pyramid level is the previous one average-pooled by this factor."""
+SPREAD_PIXELS = 3
+"""Spread (finest-level pixels) of a patch's integer grid positions that still fits the shared
+window: 3 holds a 3x3 patch scaled by up to about 1.5. Wider edges take the per-pixel path."""
+CHUNK_ELEMENTS = 1 << 20
+"""Default gathered feature values per chunk (4 MiB in float32)."""
+COORDINATE_LIMIT = 1.0e6
+"""Coordinates are clamped to this magnitude (1/4-resolution pixels) before rounding; NaN maps
+to the negative limit, so it reads zeros."""
+
+
+def correlation_dim(radius: int, levels: int, patch_size: int) -> int:
+    """Return the length of one edge's correlation vector: ``levels * (2r+1)^2 * P^2``."""
+    return levels * (2 * radius + 1) ** 2 * patch_size**2
+
+
+def shared_window_size(radius: int, scale: int) -> int:
+    """Return the side ``U`` of an edge's shared window at a level of the given scale."""
+    return 2 * radius + 2 + max(1, math.ceil(SPREAD_PIXELS / scale))
+
+
+@dataclass
+class CorrelationPyramid:
+    """Matching maps prepared for correlation: one tensor per pyramid level.
+
+    Attributes:
+        levels: ``(F, h_l + 2 U_l, w_l + 2 U_l, C)`` channels-last maps with a zero border of
+            ``U_l`` pixels; level ``l`` is ``h / 4^l x w / 4^l``.
+        windows: shared window side ``U_l`` of each level, also its border width.
+        radius: correlation radius ``r``.
+    """
+
+    levels: list[Tensor]
+    windows: list[int]
+    radius: int
+
+    @classmethod
+    def from_fmap(
+        cls, fmap: Tensor, num_levels: int, radius: int, dtype: torch.dtype | None = None
+    ) -> "CorrelationPyramid":
+        """Build the pyramid of matching maps ``(F, C, h, w)``; differentiable w.r.t. ``fmap``.
+
+        ``dtype`` stores the maps in another precision (``torch.bfloat16`` halves the memory
+        traffic); the products are then computed in that precision and returned as float32.
+        """
+        levels: list[Tensor] = []
+        windows: list[int] = []
+        current = fmap
+        for level in range(num_levels):
+            if level > 0:
+                current = F.avg_pool2d(current, PYRAMID_POOL, PYRAMID_POOL)
+            size = shared_window_size(radius, PYRAMID_POOL**level)
+            padded = F.pad(current, (size, size, size, size)).permute(0, 2, 3, 1)
+            levels.append(padded.to(dtype or padded.dtype).contiguous())
+            windows.append(size)
+        return cls(levels, windows, radius)
+
+    @property
+    def num_frames(self) -> int:
+        return self.levels[0].shape[0]
+
+    def level_size(self, level: int) -> tuple[int, int]:
+        """Return ``(height, width)`` of level ``level`` without its border."""
+        border = self.windows[level]
+        return self.levels[level].shape[1] - 2 * border, self.levels[level].shape[2] - 2 * border
+
+    def write(self, slot: int, fmap: Tensor) -> None:
+        """Overwrite frame ``slot`` with the pyramid of one matching map ``(C, h, w)``, in place."""
+        single = CorrelationPyramid.from_fmap(
+            fmap[None], len(self.levels), self.radius, self.levels[0].dtype
+        )
+        with torch.no_grad():
+            for target, source in zip(self.levels, single.levels):
+                target[slot] = source[0]
+
+
+def correlate(
+    gmap: Tensor,
+    pyramid: CorrelationPyramid,
+    coords: Tensor,
+    kk: Tensor,
+    jj: Tensor,
+    chunk_size: int | None = None,
+) -> Tensor:
+    """Compute the correlation features of edges ``(kk, jj)``.
+
+    Args:
+        gmap: ``(K, C, P, P)`` matching features of the patches.
+        pyramid: matching maps of the target frames (``F`` frames).
+        coords: ``(E, 2, P, P)`` reprojected ``(u, v)`` of each edge's patch pixels in its target
+            frame, 1/4-resolution pixels.
+        kk: ``(E,)`` patch of each edge, an index into ``gmap``.
+        jj: ``(E,)`` target frame of each edge, an index into ``pyramid``.
+        chunk_size: edges per chunk; ``None`` sizes chunks to about 1 M gathered values.
+
+    Returns:
+        ``(E, levels * P * P * (2r+1)^2)`` correlations ordered as ``(level, patch row, patch
+        column, window row, window column)``; window row ``a`` samples ``v / 4^level - r + a``.
+
+    Differentiable with respect to ``gmap``, the pyramid (so the matching maps) and ``coords``
+    (through the bilinear weights). When gradients are recorded, each chunk is recomputed in the
+    backward pass, so memory stays bounded for large ``E``.
+    """
+    _check_inputs(gmap, pyramid, coords, kk, jj)
+    num_edges, patch_size = kk.shape[0], gmap.shape[-1]
+    if num_edges == 0:
+        return gmap.new_zeros((0, correlation_dim(pyramid.radius, len(pyramid.levels), patch_size)))
+    if chunk_size is None:
+        largest = max(pyramid.windows) ** 2 * gmap.shape[1]
+        chunk_size = max(1, CHUNK_ELEMENTS // largest)
+
+    coords = coords.clamp(-COORDINATE_LIMIT, COORDINATE_LIMIT).nan_to_num(-COORDINATE_LIMIT)
+    pixel_coords = coords.flatten(2).transpose(1, 2)  # (E, P*P, 2) as (u, v)
+    features = gmap[kk].flatten(2).transpose(1, 2).to(pyramid.levels[0].dtype)  # (E, P*P, C)
+    record = torch.is_grad_enabled() and (
+        gmap.requires_grad or any(level.requires_grad for level in pyramid.levels)
+    )
+    results = []
+    for index in range(len(pyramid.levels)):
+        level_coords = pixel_coords / PYRAMID_POOL**index
+        products = _level_products(features, pyramid, index, level_coords, jj, chunk_size, record)
+        results.append(_bilinear_blend(products.to(coords.dtype), level_coords))
+    return torch.cat(results, dim=1).flatten(1)
+
+
+def _check_inputs(
+    gmap: Tensor, pyramid: CorrelationPyramid, coords: Tensor, kk: Tensor, jj: Tensor
+) -> None:
+    patch_size = gmap.shape[-1]
+    if gmap.dim() != 4 or gmap.shape[-2] != patch_size:
+        raise ValueError(f"gmap must have shape (K, C, P, P), got {tuple(gmap.shape)}")
+    if kk.dim() != 1 or kk.shape != jj.shape:
+        raise ValueError(
+            f"kk and jj must be 1-D and of equal length, got {tuple(kk.shape)}, {tuple(jj.shape)}"
+        )
+    if tuple(coords.shape) != (kk.shape[0], 2, patch_size, patch_size):
+        raise ValueError(
+            f"coords must have shape (E, 2, P, P) = ({kk.shape[0]}, 2, {patch_size}, "
+            f"{patch_size}), got {tuple(coords.shape)}"
+        )
+    if pyramid.levels[0].shape[-1] != gmap.shape[1]:
+        raise ValueError(
+            f"gmap has {gmap.shape[1]} channels but the matching maps have "
+            f"{pyramid.levels[0].shape[-1]}; build both with the same network"
+        )
+    if kk.numel() and (int(kk.min()) < 0 or int(kk.max()) >= gmap.shape[0]):
+        raise IndexError(f"kk must lie in [0, {gmap.shape[0]}), the patches of gmap")
+    if jj.numel() and (int(jj.min()) < 0 or int(jj.max()) >= pyramid.num_frames):
+        raise IndexError(f"jj must lie in [0, {pyramid.num_frames}), the frames of the pyramid")
+
+
+def _level_products(
+    features: Tensor,
+    pyramid: CorrelationPyramid,
+    index: int,
+    coords: Tensor,
+    jj: Tensor,
+    chunk_size: int,
+    record: bool,
+) -> Tensor:
+    """Return the integer-grid dot products ``(E, P*P, G, G)`` at one pyramid level.
+
+    Grid row ``a`` of pixel ``p`` is map row ``floor(v_p) - r + a`` (columns alike).
+    """
+    grid_size = 2 * pyramid.radius + 2
+    window = pyramid.windows[index]
+    level = pyramid.levels[index]
+    height, width = pyramid.level_size(index)
+    corner = torch.floor(coords).long() - pyramid.radius  # (E, P*P, 2) top-left grid position
+    anchor = corner.amin(dim=1)  # (E, 2) top-left corner of the shared window
+    offset = corner - anchor[:, None]
+    fits = (offset <= window - grid_size).flatten(1).all(dim=1)
+
+    def run(function, *args):
+        if record:
+            return checkpoint(function, *args, use_reentrant=False)
+        return function(*args)
+
+    shared = fits.nonzero().squeeze(1)
+    parts, order = [], []
+    for start in range(0, shared.numel(), chunk_size):
+        edges = shared[start : start + chunk_size]
+        geometry = (jj[edges], anchor[edges], offset[edges], window, grid_size, height, width)
+        parts.append(run(_shared_products, features[edges], level, *geometry))
+        order.append(edges)
+    single = (~fits).nonzero().squeeze(1)
+    single_chunk = max(1, chunk_size * window**2 // (features.shape[1] * grid_size**2))
+    for start in range(0, single.numel(), single_chunk):
+        edges = single[start : start + single_chunk]
+        geometry = (jj[edges], corner[edges], grid_size, height, width)
+        parts.append(run(_pixel_products, features[edges], level, *geometry))
+        order.append(edges)
+
+    products = torch.cat(parts)
+    if single.numel():
+        inverse = torch.empty_like(fits, dtype=torch.long)
+        inverse[torch.cat(order)] = torch.arange(fits.numel(), device=fits.device)
+        products = products[inverse]
+    return products
+
+
+def _shared_products(
+    features: Tensor,
+    level: Tensor,
+    frames: Tensor,
+    anchor: Tensor,
+    offset: Tensor,
+    window: int,
+    grid_size: int,
+    height: int,
+    width: int,
+) -> Tensor:
+    """Dot products ``(n, P*P, G, G)`` from one ``U x U`` window per edge."""
+    values = _gather_windows(level, window, frames, anchor, window, height, width)
+    dense = torch.bmm(values.flatten(1, 2), features.transpose(1, 2))  # (n, U*U, P*P)
+    steps = torch.arange(grid_size, device=level.device)
+    rows = offset[..., 1:2] + steps  # (n, P*P, G)
+    cols = offset[..., 0:1] + steps
+    index = (rows[..., :, None] * window + cols[..., None, :]).flatten(2)  # (n, P*P, G*G)
+    cropped = torch.gather(dense, 1, index.transpose(1, 2))  # (n, G*G, P*P)
+    return cropped.transpose(1, 2).reshape(features.shape[:2] + (grid_size, grid_size))
+
+
+def _pixel_products(
+    features: Tensor,
+    level: Tensor,
+    frames: Tensor,
+    corner: Tensor,
+    grid_size: int,
+    height: int,
+    width: int,
+) -> Tensor:
+    """Dot products ``(n, P*P, G, G)`` from one ``G x G`` window per pixel."""
+    num_edges, num_pixels = corner.shape[:2]
+    border = (level.shape[1] - height) // 2
+    frames = frames.repeat_interleave(num_pixels)
+    values = _gather_windows(level, border, frames, corner.flatten(0, 1), grid_size, height, width)
+    values = values.view(num_edges, num_pixels, grid_size * grid_size, -1)
+    dots = torch.matmul(values, features[..., None]).squeeze(-1)
+    return dots.view(num_edges, num_pixels, grid_size, grid_size)
+
+
+def _gather_windows(
+    level: Tensor, border: int, frames: Tensor, corner: Tensor, size: int, height: int, width: int
+) -> Tensor:
+    """Gather ``(n, size, size, C)`` windows with top-left ``corner`` ``(n, 2)`` as ``(u, v)``.
+
+    Corners are clamped so that a window that misses the image reads only the zero border.
+    """
+    x = corner[:, 0].clamp(-border, width + border - size) + border
+    y = corner[:, 1].clamp(-border, height + border - size) + border
+    padded_height, padded_width = level.shape[1], level.shape[2]
+    steps = torch.arange(size, device=level.device)
+    rows = (frames * padded_height + y)[:, None] + steps  # (n, size)
+    flat = (rows[:, :, None] * padded_width + (x[:, None, None] + steps)).flatten()
+    values = level.reshape(-1, level.shape[-1]).index_select(0, flat)
+    return values.view(corner.shape[0], size, size, -1)
+
+
+def _bilinear_blend(products: Tensor, coords: Tensor) -> Tensor:
+    """Blend integer-grid products ``(E, P*P, G, G)`` into ``(E, P*P, G-1, G-1)`` samples."""
+    fraction = coords - torch.floor(coords)
+    fx = fraction[..., 0, None, None]
+    fy = fraction[..., 1, None, None]
+    top = products[..., :-1, :-1] * (1 - fx) + products[..., :-1, 1:] * fx
+    bottom = products[..., 1:, :-1] * (1 - fx) + products[..., 1:, 1:] * fx
+    return top * (1 - fy) + bottom * fy

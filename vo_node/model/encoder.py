@@ -1,0 +1,114 @@
+"""Residual CNN encoders that map images to feature maps at 1/4 of the input resolution.
+
+The layout follows the DPVO ``BasicEncoder4``: a 7x7 stride-2 convolution, two residual stages
+(the second one strided and twice as wide) and a 1x1 projection. The matching encoder uses
+instance normalisation without affine parameters, the context encoder uses no normalisation.
+"""
+
+from __future__ import annotations
+
+from torch import Tensor, nn
+
+FEATURE_STRIDE = 4
+"""Input pixels per feature-map pixel along each axis."""
+IMAGE_MULTIPLE = 16
+"""Image height and width must be multiples of this: the 1/4-resolution map is pooled by 4 again
+for the coarse correlation level."""
+OUTPUT_SCALE = 0.25
+"""Both encoder outputs are multiplied by this, as in DPVO."""
+PIXEL_MAX = 255.0
+BLOCKS_PER_STAGE = 2
+STEM_KERNEL = 7
+
+
+def normalize_images(images: Tensor) -> Tensor:
+    """Map byte-valued images ``(N, 3, H, W)`` in [0, 255] to [-0.5, 1.5] by ``2 x / 255 - 0.5``."""
+    return 2.0 * images / PIXEL_MAX - 0.5
+
+
+def check_images(images: Tensor) -> None:
+    """Raise ``ValueError`` unless ``images`` is float ``(N, 3, H, W)`` with H, W multiples of 16."""
+    if images.dim() != 4 or images.shape[1] != 3:
+        raise ValueError(
+            f"images must have shape (N, 3, H, W), got {tuple(images.shape)}; "
+            "add a batch dimension or convert grey images to 3 channels"
+        )
+    if not images.is_floating_point():
+        raise ValueError(
+            f"images must be a floating-point tensor with values 0..255, got dtype {images.dtype}; "
+            "convert with images.float()"
+        )
+    height, width = images.shape[-2:]
+    if height % IMAGE_MULTIPLE or width % IMAGE_MULTIPLE:
+        raise ValueError(
+            f"image size {height}x{width} (height x width) is not a multiple of {IMAGE_MULTIPLE}; "
+            f"crop or pad the images to {height // IMAGE_MULTIPLE * IMAGE_MULTIPLE}x"
+            f"{width // IMAGE_MULTIPLE * IMAGE_MULTIPLE} or a larger multiple"
+        )
+
+
+def _norm_layer(channels: int, normalize: bool) -> nn.Module:
+    return nn.InstanceNorm2d(channels, affine=False) if normalize else nn.Identity()
+
+
+class ResidualBlock(nn.Module):
+    """Two 3x3 convolutions with a skip connection; a 1x1 projection when the shape changes."""
+
+    def __init__(self, in_channels: int, out_channels: int, stride: int, normalize: bool):
+        super().__init__()
+        self.conv1 = nn.Conv2d(in_channels, out_channels, 3, stride=stride, padding=1)
+        self.conv2 = nn.Conv2d(out_channels, out_channels, 3, padding=1)
+        self.norm1 = _norm_layer(out_channels, normalize)
+        self.norm2 = _norm_layer(out_channels, normalize)
+        self.relu = nn.ReLU(inplace=True)
+        self.downsample: nn.Module = nn.Identity()
+        if stride != 1 or in_channels != out_channels:
+            self.downsample = nn.Sequential(
+                nn.Conv2d(in_channels, out_channels, 1, stride=stride),
+                _norm_layer(out_channels, normalize),
+            )
+
+    def forward(self, x: Tensor) -> Tensor:
+        y = self.relu(self.norm1(self.conv1(x)))
+        y = self.relu(self.norm2(self.conv2(y)))
+        return self.relu(self.downsample(x) + y)
+
+
+def _stage(in_channels: int, out_channels: int, stride: int, normalize: bool) -> nn.Sequential:
+    """Residual blocks of which only the first changes the channel count and the stride."""
+    blocks = [ResidualBlock(in_channels, out_channels, stride, normalize)]
+    for _ in range(BLOCKS_PER_STAGE - 1):
+        blocks.append(ResidualBlock(out_channels, out_channels, 1, normalize))
+    return nn.Sequential(*blocks)
+
+
+class Encoder(nn.Module):
+    """Residual encoder from normalised images ``(N, 3, H, W)`` to ``(N, output_dim, H/4, W/4)``.
+
+    Args:
+        output_dim: channels of the output map.
+        encoder_dim: channels of the first stage; the second stage has ``2 * encoder_dim``.
+        normalize: apply instance normalisation (no affine parameters) after each convolution.
+    """
+
+    def __init__(self, output_dim: int, encoder_dim: int, normalize: bool):
+        super().__init__()
+        wide_dim = 2 * encoder_dim
+        self.stem = nn.Sequential(
+            nn.Conv2d(3, encoder_dim, STEM_KERNEL, stride=2, padding=STEM_KERNEL // 2),
+            _norm_layer(encoder_dim, normalize),
+            nn.ReLU(inplace=True),
+        )
+        self.stage1 = _stage(encoder_dim, encoder_dim, 1, normalize)
+        self.stage2 = _stage(encoder_dim, wide_dim, 2, normalize)
+        self.projection = nn.Conv2d(wide_dim, output_dim, 1)
+
+    def forward(self, images: Tensor) -> Tensor:
+        """Encode normalised images ``(N, 3, H, W)`` to ``(N, output_dim, H/4, W/4)``."""
+        x = self.stage2(self.stage1(self.stem(images)))
+        return self.projection(x) * OUTPUT_SCALE
+
+
+def count_parameters(module: nn.Module) -> int:
+    """Return the number of trainable parameters of ``module``."""
+    return sum(p.numel() for p in module.parameters() if p.requires_grad)
