@@ -1,0 +1,212 @@
+"""Node parameters (start-up and runtime checks), namespaces, remaps, the YAML and launch files."""
+
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+
+import pytest
+import yaml
+from rclpy.executors import SingleThreadedExecutor
+from rclpy.node import Node
+from rclpy.parameter import Parameter
+from test_ros_support import NETWORK_ISOLATED, NOT_ISOLATED_REASON, REPO, ros_context, spin_until
+
+from vo_node.ros.parameters import PARAMETERS_BY_NAME, ParameterError
+
+pytestmark = pytest.mark.skipif(not NETWORK_ISOLATED, reason=NOT_ISOLATED_REASON)
+
+NO_MODEL = "model.weights:=/nonexistent/vo_test_model.pt"
+"""Makes the node's model load fail at once: these tests need no engine."""
+
+
+def make_node(context):
+    from vo_node.ros.node import VONode
+
+    return VONode(context=context)
+
+
+@pytest.mark.parametrize(
+    "argument, message",
+    [
+        ("image_qos:=best", "image_qos must be one of sensor_data, reliable, system_default"),
+        ("image_transport:=theora", "image_transport must be one of raw, compressed"),
+        ("queue_depth:=0", "queue_depth must be at least 1; got 0"),
+        ("odom_frame:=/odom", "odom_frame must be a non-empty frame id without a leading '/'"),
+        ("camera_to_base:=[0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.5]", "has norm 0.500000"),
+        ("camera_to_base:=[0.0, 0.0, 1.0]", "must have 7 values"),
+        ("path_max_length:=-5", "path_max_length must be at least 0; got -5"),
+        ("pose_covariance_diagonal:=[0.1, 0.1]", "must have 6 variances"),
+        ("twist_covariance_diagonal:=[0.1, 0.1, 0.1, 0.1, 0.1, -1.0]", "non-negative variances"),
+        ("intrinsics:=[400.0, 0.0, 320.0, 240.0]", "needs positive finite focal lengths"),
+        ("intrinsics:=[400.0, 400.0]", "must be [fx, fy, cx, cy]"),
+        ("scale:=0.0", "scale must be a positive finite number; got 0.0"),
+        ("scale:=2", "expected a floating-point number written with a decimal point"),
+        ("model.device:=tpu", "model.device must be one of auto, cpu, cuda; got 'tpu'"),
+    ],
+)
+def test_invalid_start_up_value_rejected(argument, message):
+    with ros_context(["-p", NO_MODEL, "-p", argument]) as context:
+        with pytest.raises(ParameterError) as error:
+            make_node(context)
+    assert message in str(error.value)
+
+
+def test_command_line_rejects_and_exits_2():
+    command = [sys.executable, "-m", "vo_node.node", "--ros-args", "-p", "queue_depth:=0",
+               "-p", "image_qos:=fast"]
+    completed = subprocess.run(command, capture_output=True, text=True, timeout=60, cwd=REPO)
+    output = completed.stdout + completed.stderr
+    assert completed.returncode == 2, output
+    assert "queue_depth must be at least 1; got 0" in output
+    assert "image_qos must be one of sensor_data, reliable, system_default; got 'fast'" in output
+
+
+def test_runtime_updates_checked_and_applied():
+    with ros_context(["-p", NO_MODEL]) as context:
+        node = make_node(context)
+        try:
+            rejected = node.set_parameters([Parameter("path_max_length", value=-1)])[0]
+            read_only = node.set_parameters([Parameter("image_qos", value="reliable")])[0]
+            accepted = node.set_parameters(
+                [Parameter("publish_tf", value=False), Parameter("path_max_length", value=3),
+                 Parameter("pose_covariance_diagonal", value=[0.5] * 6)]
+            )
+            params = node.params
+        finally:
+            node.shutdown()
+            node.destroy_node()
+    assert not rejected.successful
+    assert "path_max_length must be at least 0; got -1" in rejected.reason
+    assert not read_only.successful
+    assert "read-only" in read_only.reason
+    assert all(result.successful for result in accepted)
+    assert params.publish_tf is False
+    assert params.path_max_length == 3
+    assert params.pose_covariance_diagonal == [0.5] * 6
+
+
+def test_parameter_service_rejects_with_reason():
+    from rclpy.parameter_client import AsyncParameterClient
+
+    with ros_context(["-p", NO_MODEL]) as context:
+        node = make_node(context)
+        client_node = Node("parameter_client", context=context)
+        executor = SingleThreadedExecutor(context=context)
+        executor.add_node(node)
+        executor.add_node(client_node)
+        client = AsyncParameterClient(client_node, "/vo_node")
+        assert spin_until(executor, lambda: client.services_are_ready(), 5.0)
+        future = client.set_parameters([Parameter("path_max_length", value=-2)])
+        assert spin_until(executor, future.done, 5.0)
+        results = future.result().results
+        node.shutdown()
+        executor.shutdown()
+        node.destroy_node()
+    assert not results[0].successful
+    assert "path_max_length must be at least 0; got -2" in results[0].reason
+
+
+def test_namespace_remaps_and_params_file(tmp_path):
+    override = tmp_path / "robot.yaml"
+    override.write_text(yaml.safe_dump({"/**": {"ros__parameters": {"odom_frame": "robot1_odom"}}}))
+    arguments = [
+        "--params-file", str(REPO / "config" / "vo_node.yaml"),
+        "--params-file", str(override),
+        "-p", NO_MODEL,
+        "-r", "__ns:=/robot1",
+        "-r", "image:=/cam0/image_raw",
+        "-r", "odom:=/vo/odom",
+    ]
+    with ros_context(arguments) as context:
+        node = make_node(context)
+        try:
+            publishers = {name for name, _ in node.get_publisher_names_and_types_by_node(
+                "vo_node", "/robot1")}
+            subscriptions = {name for name, _ in node.get_subscriber_names_and_types_by_node(
+                "vo_node", "/robot1")}
+            services = {name for name, _ in node.get_service_names_and_types_by_node(
+                "vo_node", "/robot1")}
+            odom_frame = node.params.odom_frame
+            path_max_length = node.params.path_max_length
+        finally:
+            node.shutdown()
+            node.destroy_node()
+    assert "/vo/odom" in publishers
+    assert "/robot1/path" in publishers
+    assert "/robot1/debug/points" in publishers
+    assert "/diagnostics" in publishers
+    assert "/cam0/image_raw" in subscriptions
+    assert "/robot1/camera_info" in subscriptions
+    assert "/robot1/vo_node/reset" in services
+    assert odom_frame == "robot1_odom"
+    assert path_max_length == 1000
+
+
+def test_compressed_transport_subscribes_to_compressed_topic():
+    with ros_context(["-p", NO_MODEL, "-p", "image_transport:=compressed"]) as context:
+        node = make_node(context)
+        subscriptions = dict(node.get_subscriber_names_and_types_by_node("vo_node", "/"))
+        node.shutdown()
+        node.destroy_node()
+    assert subscriptions["/image/compressed"] == ["sensor_msgs/msg/CompressedImage"]
+    assert "/image" not in subscriptions
+
+
+def test_yaml_file_sets_only_declared_parameters():
+    document = yaml.safe_load((REPO / "config" / "vo_node.yaml").read_text())
+    values = document["/**"]["ros__parameters"]
+    names = set()
+    for key, value in values.items():
+        if isinstance(value, dict):
+            names.update(f"{key}.{inner}" for inner in value)
+        else:
+            names.add(key)
+    assert names <= set(PARAMETERS_BY_NAME)
+    assert names == {spec.name for spec in PARAMETERS_BY_NAME.values()
+                     if not isinstance(spec.default, Parameter.Type)}
+
+
+def test_launch_file_matches_node():
+    path = REPO / "launch" / "vo.launch.py"
+    try:
+        import launch_ros  # noqa: F401
+    except ImportError:
+        launch_ros = None
+    if launch_ros is not None:
+        import importlib.util
+
+        spec = importlib.util.spec_from_file_location("vo_launch", path)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        description = module.generate_launch_description()
+        arguments = {a.name for a in description.get_launch_arguments()}
+        assert arguments == {"image_topic", "camera_info_topic", "params_file", "device",
+                             "model", "use_sim_time"}
+        return
+
+    tree = ast.parse(path.read_text())
+    declared = {
+        node.args[0].value
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Call) and getattr(node.func, "id", "") == "DeclareLaunchArgument"
+    }
+    assert declared == {"image_topic", "camera_info_topic", "params_file", "device", "model",
+                        "use_sim_time"}
+    parameter_names = {
+        key.value
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Dict)
+        for key in node.keys
+        if isinstance(key, ast.Constant)
+    }
+    assert parameter_names
+    assert parameter_names <= set(PARAMETERS_BY_NAME) | {"use_sim_time"}
+    remapped = {
+        element.elts[0].value
+        for node in ast.walk(tree)
+        if isinstance(node, ast.keyword) and node.arg == "remappings"
+        for element in node.value.elts
+    }
+    assert remapped == {"image", "camera_info"}
