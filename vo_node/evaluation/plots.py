@@ -1,0 +1,100 @@
+"""Trajectory figures: a top view of the aligned estimate on the ground truth, and ATE over time."""
+
+from __future__ import annotations
+
+import io
+import logging
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402  (the backend must be chosen first)
+import numpy as np  # noqa: E402
+
+from vo_node.evaluation.metrics import (  # noqa: E402
+    DEFAULT_MAX_TIME_DIFFERENCE_S,
+    EvaluationError,
+    TrajectoryMetrics,
+    align_trajectories,
+)
+from vo_node.io.atomic import atomic_write  # noqa: E402
+from vo_node.io.trajectory import Trajectory  # noqa: E402
+
+logger = logging.getLogger(__name__)
+
+AXIS_NAMES = ("x", "y", "z")
+FIGURE_SIZE_INCHES = (12.0, 5.0)
+DPI = 120
+
+
+def top_view_axes(positions: np.ndarray) -> tuple[int, int]:
+    """Return the two axes of largest extent of ``(N, 3)`` positions, in increasing order."""
+    extent = np.ptp(positions, axis=0) if len(positions) else np.zeros(3)
+    first, second = sorted(np.argsort(extent)[-2:].tolist())
+    return first, second
+
+
+def plot_trajectory(
+    estimate: Trajectory,
+    ground_truth: Trajectory | None,
+    metrics: TrajectoryMetrics | None,
+    path: str | Path,
+    max_time_difference_s: float = DEFAULT_MAX_TIME_DIFFERENCE_S,
+) -> Path:
+    """Write a PNG: the top view (plane of largest ground-truth extent) and ATE over time.
+
+    With ground truth, the estimate is Sim(3)-aligned onto it first; without it (or when the two
+    cannot be associated) the raw estimate is drawn alone and the error panel states that.
+    """
+    path = Path(path)
+    aligned_positions = estimate.positions
+    errors: tuple[np.ndarray, np.ndarray] | None = None
+    if ground_truth is not None:
+        try:
+            pair = align_trajectories(estimate, ground_truth, max_time_difference_s)
+            aligned_positions = pair.apply(estimate.positions)
+            error = np.linalg.norm(pair.estimate.positions_xyz - pair.ground_truth.positions_xyz, axis=1)
+            errors = (pair.ground_truth.timestamps - pair.ground_truth.timestamps[0], error)
+        except EvaluationError as failure:
+            logger.warning("plotting the estimate without alignment: %s", failure)
+
+    figure, (top, over_time) = plt.subplots(1, 2, figsize=FIGURE_SIZE_INCHES)
+    reference = ground_truth.positions if ground_truth is not None else aligned_positions
+    first, second = top_view_axes(reference)
+    if ground_truth is not None:
+        top.plot(ground_truth.positions[:, first], ground_truth.positions[:, second], "k--",
+                 label="ground truth")
+    label = "estimate (Sim(3) aligned)" if errors is not None else "estimate"
+    top.plot(aligned_positions[:, first], aligned_positions[:, second], "tab:blue", label=label)
+    top.set_xlabel(f"{AXIS_NAMES[first]} [m]")
+    top.set_ylabel(f"{AXIS_NAMES[second]} [m]")
+    top.set_aspect("equal", adjustable="datalim")
+    top.legend(loc="best")
+    top.set_title("top view")
+
+    if errors is not None:
+        over_time.plot(errors[0], errors[1], "tab:red")
+        over_time.set_xlabel("time [s]")
+        over_time.set_ylabel("ATE [m]")
+    else:
+        over_time.text(0.5, 0.5, "no ground truth to compare", ha="center", va="center")
+        over_time.set_axis_off()
+    over_time.set_title(_summary(metrics))
+    figure.tight_layout()
+
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=DPI)
+    plt.close(figure)
+    with atomic_write(path, "wb") as handle:
+        handle.write(buffer.getvalue())
+    return path
+
+
+def _summary(metrics: TrajectoryMetrics | None) -> str:
+    if metrics is None:
+        return "ATE over time"
+    return (
+        f"ATE RMSE {metrics.ate_rmse:.3f} m ({metrics.ate_percent:.2f} % of "
+        f"{metrics.path_length:.1f} m), scale {metrics.scale:.3f}"
+    )

@@ -1,0 +1,423 @@
+"""Run the odometry on a recorded sequence and evaluate it against ground truth.
+
+``python -m vo_node.run SEQUENCE [--config small] [--model PATH] [--device auto] [--stride N]
+[--max-frames N] [--output DIR] [--override key=value ...]``
+
+Writes ``DIR/trajectory.tum`` (one pose per input frame, at the input timestamps) and, when the
+sequence has ground truth, ``DIR/metrics.json`` and ``DIR/trajectory.png``. On SIGINT or SIGTERM
+the frames tracked so far are finished and written, and the process exits with 130 or 143.
+
+:func:`run_sequence` is the reusable part (the ROS replay evaluation and the benchmark call it);
+:func:`main` only parses arguments, configures logging and handles signals.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import resource
+import signal
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import FrameType
+from typing import Any, Callable, Sequence as TypingSequence
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from vo_node.config import (
+    ConfigError,
+    EngineConfig,
+    apply_overrides,
+    load_engine_config,
+    parse_override,
+    resolve_device,
+    to_dict,
+)
+from vo_node.evaluation.metrics import EvaluationError, TrajectoryMetrics, evaluate_trajectory
+from vo_node.io.atomic import atomic_write
+from vo_node.io.camera import CalibrationError
+from vo_node.io.sequence import Sequence, SequenceError, open_sequence
+from vo_node.io.trajectory import Trajectory, TrajectoryError, write_tum
+from vo_node.model.network import ModelFileError
+
+logger = logging.getLogger(__name__)
+
+EXIT_OK = 0
+EXIT_USAGE = 2
+"""Exit status for invalid input (arguments, paths, calibration, configuration, model file)."""
+SIGNAL_EXIT_BASE = 128
+"""A run stopped by signal ``n`` exits with ``128 + n`` (130 for SIGINT, 143 for SIGTERM)."""
+BYTES_PER_KIBIBYTE = 1024
+BYTES_PER_MEBIBYTE = 1024 * 1024
+TRAJECTORY_FILE = "trajectory.tum"
+METRICS_FILE = "metrics.json"
+PLOT_FILE = "trajectory.png"
+DEFAULT_OUTPUT_ROOT = Path("outputs")
+
+
+@dataclass
+class RunResult:
+    """Outcome of :func:`run_sequence`.
+
+    Attributes:
+        trajectory: ``T_world_cam`` of every tracked frame at its input timestamp (scene units).
+        frames: frames tracked.
+        seconds: wall time of tracking and the final optimisation, in seconds.
+        peak_memory_bytes: peak CUDA memory allocated by torch on CUDA, else the process's peak
+            resident set size.
+        memory_kind: ``cuda_allocated`` or ``cpu_rss``, naming what ``peak_memory_bytes`` is.
+        interrupted: the run stopped early because ``should_stop`` returned True.
+        input_error: message of the :class:`SequenceError` that ended the run early (an
+            unreadable frame), or None.
+    """
+
+    trajectory: Trajectory
+    frames: int
+    seconds: float
+    peak_memory_bytes: int
+    memory_kind: str
+    interrupted: bool = False
+    input_error: str | None = None
+
+    @property
+    def frames_per_second(self) -> float:
+        """Tracked frames per wall-clock second (0 when nothing ran)."""
+        return self.frames / self.seconds if self.seconds > 0 else 0.0
+
+
+@dataclass
+class RunOutputs:
+    """Files written by :func:`write_outputs` and the metrics they contain."""
+
+    trajectory_path: Path
+    metrics_path: Path | None = None
+    plot_path: Path | None = None
+    metrics: TrajectoryMetrics | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def run_sequence(
+    sequence: Sequence,
+    config: EngineConfig,
+    network: torch.nn.Module,
+    device: str,
+    *,
+    progress: bool = True,
+    should_stop: Callable[[], bool] | None = None,
+) -> RunResult:
+    """Track every frame of ``sequence`` and return the finished trajectory with run figures.
+
+    Args:
+        sequence: the input; frames are tracked with ``sequence.camera.intrinsics``.
+        config: engine configuration; its network sizes must match ``network``.
+        network: the loaded patch network, already on ``device``.
+        device: ``cpu`` or ``cuda`` (resolved, not ``auto``).
+        progress: show a tqdm progress bar on stderr.
+        should_stop: checked before each frame; returning True stops tracking, and the frames
+            tracked so far are still finished and returned (``interrupted`` is then True).
+
+    A :class:`SequenceError` while reading a frame also ends tracking early; the frames before it
+    are finished and returned, with the message in ``input_error``.
+    """
+    from vo_node.odometry import VisualOdometry
+
+    odometry = VisualOdometry(config, network, device)
+    intrinsics = sequence.camera.intrinsics
+    if device.startswith("cuda"):
+        torch.cuda.reset_peak_memory_stats(device)
+    frames = 0
+    interrupted = False
+    input_error = None
+    start = time.perf_counter()
+    with torch.no_grad():
+        bar = tqdm(total=len(sequence), desc=sequence.name, unit="frame", disable=not progress)
+        try:
+            for frame in sequence:
+                if should_stop is not None and should_stop():
+                    interrupted = True
+                    break
+                odometry.track(frame.image, frame.timestamp_ns, intrinsics)
+                frames += 1
+                bar.update(1)
+        except SequenceError as error:
+            logger.error("stopping after %d frames: %s", frames, error)
+            input_error = str(error)
+        finally:
+            bar.close()
+        trajectory = odometry.finish() if frames else empty_trajectory()
+    seconds = time.perf_counter() - start
+    peak, kind = peak_memory(device)
+    logger.info(
+        "tracked %d frames of %s in %.1f s (%.2f frames/s)", frames, sequence.name, seconds,
+        frames / seconds if seconds > 0 else 0.0,
+    )
+    return RunResult(trajectory, frames, seconds, peak, kind, interrupted, input_error)
+
+
+def empty_trajectory() -> Trajectory:
+    """Return a trajectory with no poses."""
+    return Trajectory(np.zeros(0, dtype=np.int64), np.zeros((0, 7)))
+
+
+def peak_memory(device: str) -> tuple[int, str]:
+    """Return the peak memory in bytes and what it measures (see :class:`RunResult`)."""
+    if device.startswith("cuda"):
+        return int(torch.cuda.max_memory_allocated(device)), "cuda_allocated"
+    # Linux reports ru_maxrss in kibibytes.
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * BYTES_PER_KIBIBYTE, "cpu_rss"
+
+
+def evaluate_run(result: RunResult, ground_truth: Trajectory | None) -> TrajectoryMetrics | None:
+    """Return the accuracy of ``result`` against ``ground_truth``; None when it cannot be computed.
+
+    A failed evaluation (too few associated poses, a degenerate alignment) is logged, not raised,
+    so the trajectory of a long run is never lost to it.
+    """
+    if ground_truth is None:
+        return None
+    try:
+        return evaluate_trajectory(result.trajectory, ground_truth)
+    except EvaluationError as error:
+        logger.error("evaluation skipped: %s", error)
+        return None
+
+
+def write_outputs(
+    result: RunResult,
+    output_dir: Path,
+    ground_truth: Trajectory | None,
+    extra: dict[str, Any] | None = None,
+) -> RunOutputs:
+    """Write the trajectory and, with ground truth, the metrics JSON and the figure (atomically).
+
+    Args:
+        extra: additional JSON-ready fields for ``metrics.json`` (sequence, configuration).
+    """
+    outputs = RunOutputs(trajectory_path=output_dir / TRAJECTORY_FILE, extra=dict(extra or {}))
+    if len(result.trajectory):
+        write_tum(outputs.trajectory_path, result.trajectory)
+    else:
+        logger.warning("no frames were tracked; %s is empty", outputs.trajectory_path)
+        with atomic_write(outputs.trajectory_path) as handle:
+            handle.write("")
+    if ground_truth is None:
+        return outputs
+    outputs.metrics = evaluate_run(result, ground_truth)
+    report = {
+        "frames": result.frames,
+        "seconds": result.seconds,
+        "frames_per_second": result.frames_per_second,
+        "peak_memory_bytes": result.peak_memory_bytes,
+        "memory_kind": result.memory_kind,
+        "interrupted": result.interrupted,
+        "input_error": result.input_error,
+        "metrics": outputs.metrics.to_dict() if outputs.metrics is not None else None,
+        **outputs.extra,
+    }
+    outputs.metrics_path = output_dir / METRICS_FILE
+    with atomic_write(outputs.metrics_path) as handle:
+        json.dump(report, handle, indent=2)
+        handle.write("\n")
+    if len(result.trajectory):
+        from vo_node.evaluation.plots import plot_trajectory
+
+        outputs.plot_path = plot_trajectory(
+            result.trajectory, ground_truth, outputs.metrics, output_dir / PLOT_FILE
+        )
+    return outputs
+
+
+def format_summary(result: RunResult, metrics: TrajectoryMetrics | None) -> list[str]:
+    """Return the human-readable result lines that :func:`main` prints."""
+    lines = [
+        f"frames tracked: {result.frames}{' (interrupted)' if result.interrupted else ''}",
+        f"speed: {result.frames_per_second:.2f} frames/s over {result.seconds:.1f} s",
+        f"peak memory ({result.memory_kind}): {result.peak_memory_bytes / BYTES_PER_MEBIBYTE:.0f} MiB",
+    ]
+    if metrics is not None:
+        lines += [
+            f"ATE RMSE: {metrics.ate_rmse:.4f} m ({metrics.ate_percent:.2f} % of "
+            f"{metrics.path_length:.2f} m path, {metrics.associated_poses} poses, "
+            f"Sim(3) scale {metrics.scale:.4f})",
+            f"RPE per frame: {metrics.rpe_translation_rmse:.4f} m, "
+            f"{metrics.rpe_rotation_rmse_deg:.3f} deg",
+            f"RPE per {metrics.rpe_distance_m:g} m: {metrics.rpe_distance_translation_rmse:.4f} m, "
+            f"{metrics.rpe_distance_rotation_rmse_deg:.3f} deg",
+        ]
+    return lines
+
+
+# --------------------------------------------------------------------------------------------
+# Command line
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Return the argument parser of ``python -m vo_node.run``."""
+    parser = argparse.ArgumentParser(
+        prog="python -m vo_node.run",
+        description="Run the visual odometry on a recorded sequence and evaluate it.",
+    )
+    parser.add_argument(
+        "sequence", type=Path,
+        help="sequence folder (EuRoC, KITTI, TartanAir, TUM RGB-D, image folder), video file or "
+        "ROS 2 bag folder",
+    )
+
+    parser.add_argument("--config", default="small", help="preset name or YAML path (default: small)")
+    parser.add_argument("--model", type=Path, default=None, help="model file (default: vo_small.pt)")
+    parser.add_argument(
+        "--device", default=None, choices=("auto", "cpu", "cuda"),
+        help="compute device (default: the configuration's, normally auto)",
+    )
+
+    parser.add_argument("--stride", type=_positive_int, default=1, help="keep every N-th frame")
+    parser.add_argument("--max-frames", type=_positive_int, default=None,
+                        help="track at most N frames (after --stride)")
+    parser.add_argument("--output", type=Path, default=None,
+                        help="output folder (default: outputs/<sequence name>)")
+    parser.add_argument(
+        "--override", nargs="+", action="extend", default=[], metavar="KEY=VALUE",
+        help="configuration override, e.g. frontend.patches_per_frame=64 (repeatable)",
+    )
+
+    parser.add_argument("--camera", type=Path, default=None,
+                        help="camera YAML (ROS camera_info) for image folders, videos or bags")
+    parser.add_argument("--fps", type=float, default=None,
+                        help="frame rate (Hz) for image folders or videos without timestamps")
+    parser.add_argument("--image-topic", default=None, help="image topic of a ROS 2 bag")
+
+    parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    parser.add_argument("--log-level", default="INFO",
+                        choices=("DEBUG", "INFO", "WARNING", "ERROR"), help="logging level")
+    return parser
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+    return value
+
+
+class StopRequest:
+    """Signal handler state: the first SIGINT/SIGTERM requests a stop after the current frame.
+
+    A second signal exits at once with ``128 + signal`` without writing anything.
+    """
+
+    HANDLED = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self) -> None:
+        self.signal_number: int | None = None
+        self._previous: dict[int, Any] = {}
+
+    def install(self) -> None:
+        """Register this object for SIGINT and SIGTERM, remembering the previous handlers."""
+        for number in self.HANDLED:
+            self._previous[number] = signal.signal(number, self._handle)
+
+    def restore(self) -> None:
+        """Put back the handlers that :meth:`install` replaced."""
+        for number, handler in self._previous.items():
+            signal.signal(number, handler)
+        self._previous.clear()
+
+    def _handle(self, signal_number: int, _frame: FrameType | None) -> None:
+        if self.signal_number is not None:
+            raise SystemExit(SIGNAL_EXIT_BASE + signal_number)
+        self.signal_number = signal_number
+        logger.warning(
+            "received %s: finishing the frames tracked so far and writing the trajectory "
+            "(send it again to exit at once)",
+            signal.Signals(signal_number).name,
+        )
+
+    def __call__(self) -> bool:
+        return self.signal_number is not None
+
+
+def load_engine(
+    config_name: str, overrides: TypingSequence[str], model_path: Path | None, device: str | None
+) -> tuple[EngineConfig, torch.nn.Module, str]:
+    """Load configuration, overrides and model; the model file's network sizes win.
+
+    Raises:
+        ConfigError, FileNotFoundError, ModelFileError: invalid configuration or model file.
+    """
+    from vo_node.model.network import default_model_path, load_model
+
+    config = load_engine_config(config_name)
+    if overrides:
+        config = apply_overrides(config, dict(parse_override(text) for text in overrides))
+    resolved = resolve_device(device or config.device)
+    network, model_config = load_model(model_path or default_model_path(), resolved)
+    if model_config.network != config.network:
+        logger.warning(
+            "the model was built with network sizes %s; using them instead of the configuration's",
+            model_config.network,
+        )
+    config = dataclasses.replace(config, network=model_config.network, device=resolved).validate()
+    return config, network, resolved
+
+
+def main(argv: TypingSequence[str] | None = None) -> int:
+    """Run the command; return the process exit status."""
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=getattr(logging, args.log_level), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    stop = StopRequest()
+    stop.install()
+    try:
+        return _run(args, stop)
+    finally:
+        stop.restore()
+
+
+def _run(args: argparse.Namespace, stop: StopRequest) -> int:
+    """Open, track, write and report; the body of :func:`main`."""
+    try:
+        sequence = open_sequence(
+            args.sequence, args.stride, args.max_frames, camera_path=args.camera, fps=args.fps,
+            image_topic=args.image_topic,
+        )
+        config, network, device = load_engine(args.config, args.override, args.model, args.device)
+    except (
+        SequenceError, CalibrationError, ConfigError, TrajectoryError, ModelFileError,
+        FileNotFoundError,
+    ) as error:
+        logger.error("%s", error)
+        return EXIT_USAGE
+
+    result = run_sequence(
+        sequence, config, network, device, progress=not args.no_progress, should_stop=stop
+    )
+    output_dir = args.output or DEFAULT_OUTPUT_ROOT / sequence.name
+    extra = {
+        "sequence": str(args.sequence),
+        "layout": sequence.layout,
+        "config": to_dict(config),
+        "device": device,
+        "stride": args.stride,
+        "max_frames": args.max_frames,
+    }
+    outputs = write_outputs(result, output_dir, sequence.ground_truth, extra)
+    for line in format_summary(result, outputs.metrics):
+        print(line)
+    print(f"trajectory written to {outputs.trajectory_path}")
+    if stop.signal_number is not None:
+        return SIGNAL_EXIT_BASE + stop.signal_number
+    return EXIT_USAGE if result.input_error else EXIT_OK
+
+
+if __name__ == "__main__":
+    sys.exit(main())
