@@ -1,9 +1,9 @@
 """ROS 2 bags (sqlite3 or mcap storage) read with the ``rosbags`` package, no ROS install needed.
 
 * Images: one ``sensor_msgs/msg/Image`` or ``sensor_msgs/msg/CompressedImage`` topic, selected
-  automatically when the bag has exactly one. Raw images in any encoding ``rosbags.image``
-  converts (mono, 16-bit mono, RGB/BGR with or without alpha, Bayer, YUV 4:2:2) become ``mono8``
-  or ``rgb8``; compressed images are decoded with OpenCV (JPEG, PNG).
+  automatically when the bag has exactly one. Raw images become ``mono8`` or ``rgb8`` in every
+  encoding that ``rosbags.image`` converts: mono, 16-bit mono, RGB/BGR with or without alpha,
+  Bayer and YUV 4:2:2. OpenCV decodes compressed images (JPEG, PNG).
 * Timestamps: ``header.stamp`` in nanoseconds. When every stamp is zero (drivers that leave the
   header empty), the bag's receive times are used instead, with a warning.
 * Camera: a YAML given by the caller, else the ``sensor_msgs/msg/CameraInfo`` topic next to the
@@ -154,11 +154,11 @@ class BagSequence(Sequence):
         )
 
     def _read_images(self, indices: list[int]) -> Iterator[tuple[int, np.ndarray]]:
-        wanted = set(indices)
+        selected = set(indices)
         last = max(indices)
         with self._open_reader() as reader:
             for index, (_, message) in enumerate(self._messages(reader, self.image_topic)):
-                if index in wanted:
+                if index in selected:
                     yield index, decode_image_message(message, self.describe_frame(index))
                 if index >= last:
                     return

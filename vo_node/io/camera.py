@@ -225,8 +225,8 @@ def camera_from_camera_info(
     Accepts the YAML keys (``camera_matrix: {data: [...]}``) and the message field names
     (``k``/``K``, ``d``/``D``, ``width``, ``height``). A ``plumb_bob`` model with 4 coefficients
     is read as OpenCV reads it: ``k1 k2 p1 p2`` with ``k3 = 0``. Older ROS fisheye calibrators
-    wrote equidistant ``k1..k4`` under that label; a warning says so, and ``model_override``
-    (``equidistant``) reads them as fisheye coefficients instead.
+    wrote equidistant ``k1..k4`` under that label, so a warning is logged, and
+    ``model_override="equidistant"`` reads them as fisheye coefficients instead.
     """
     width = _require(document, ("image_width", "width"), source)
     height = _require(document, ("image_height", "height"), source)

@@ -1,9 +1,12 @@
 """A folder of images sorted by name with a ROS ``camera_info`` YAML.
 
-Timestamps come from, in this order: ``times.txt`` (one line of seconds per image, in name
-order); the file names, when every name is a timestamp (``1403638538.5778.png`` is read as
-seconds, an 18- or 19-digit integer name like ``1403638538577829376.png`` as nanoseconds, the
-EuRoC and ROS convention); else ``index / fps`` with ``fps`` defaulting to 20 Hz.
+Timestamps come from the first of these that applies:
+
+1. ``times.txt``, one line of seconds per image in name order;
+2. the file names, when every name is a timestamp. ``1403638538.5778.png`` is read as seconds,
+   and an 18- or 19-digit integer name like ``1403638538577829376.png`` as nanoseconds (the
+   EuRoC and ROS convention);
+3. ``index / fps``, with ``fps`` defaulting to 20 Hz.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """KITTI odometry: ``sequences/XX/{image_0/*.png, calib.txt, times.txt}`` and ``poses/XX.txt``.
 
 Images are rectified, so the camera is ``P0`` (for ``image_0``) without distortion. ``times.txt``
-holds seconds from the start of the sequence. The poses file, found at ``../../poses/XX.txt``
+contains seconds from the start of the sequence. The poses file, found at ``../../poses/XX.txt``
 relative to the sequence folder, has one row per frame: the 3x4 ``T_world_cam0`` row-major,
 whose first pose is the identity.
 """

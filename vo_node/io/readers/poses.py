@@ -49,7 +49,7 @@ def interpolate_poses(
         source_ns: ``(M,)`` increasing int64 sample times in nanoseconds.
         source_poses: ``(M, 7)`` poses at those times.
         query_ns: ``(N,)`` int64 query times in nanoseconds.
-        max_gap_ns: a query is answered only when both neighbouring samples lie within this
+        max_gap_ns: a query gets a pose only when both neighbouring samples lie within this
             many nanoseconds of it, so gaps in the source are never bridged.
         edge_tolerance_ns: a query at most this far before the first or after the last sample
             takes that sample (images and ground truth from different clocks rarely line up to

@@ -9,9 +9,10 @@ axes (x right, y down, z forward) relate to the body axes by the permutation ``M
          [1, 0, 0],    body y (right)   = optical x
          [0, 1, 0]]    body z (down)    = optical y
 
-The reader returns ``T_world_cam = M^T @ T_ned_body @ M``: the right factor turns the body frame
-into the optical camera frame, and the left factor re-expresses the world in the same permuted
-axes (x east, y down, z north), so the first camera looks along world +z with gravity along +y.
+The reader returns ``T_world_cam = M^T @ T_ned_body @ M``. The right factor turns the body frame
+into the optical camera frame. The left factor re-expresses the world in the same permuted axes
+(x east, y down, z north), so a level camera facing north looks along world +z with gravity
+along +y.
 This equals the ``[ty, tz, tx, qy, qz, qx, qw]`` reordering DPVO applies to these files.
 
 TartanAir has no timestamps; frames are 10 Hz, so frame ``i`` gets ``i * 100 ms``.

@@ -1,8 +1,8 @@
 """TUM RGB-D: ``rgb.txt`` (``timestamp filename``), ``rgb/*.png`` and ``groundtruth.txt``.
 
-``groundtruth.txt`` lines are ``timestamp tx ty tz qx qy qz qw``: the colour camera's optical
-centre in the motion-capture world, at the capture system's rate (100 Hz); they are interpolated
-at the image timestamps. The camera comes from ``camera_path``, else ``camera.yaml`` in the
+``groundtruth.txt`` lines are ``timestamp tx ty tz qx qy qz qw``, the pose of the colour
+camera's optical centre in the motion-capture world. They come at the capture system's rate
+(100 Hz) and are interpolated at the image timestamps. The camera comes from ``camera_path``, else ``camera.yaml`` in the
 folder, else the published calibration of the Kinect named in the folder name (``freiburg1``,
 ``freiburg2``, ``freiburg3``), else ``freiburg1`` with a warning.
 """
@@ -102,7 +102,7 @@ def _tum_camera(root: Path, camera_path: str | Path | None) -> PinholeCamera:
     return FREIBURG_CAMERAS[DEFAULT_FREIBURG]
 
 
-def _read_stamped_lines(path: Path, expected_fields: int, what: str) -> list[tuple[int, list[str]]]:
+def _read_stamped_lines(path: Path, expected_fields: int, field_names: str) -> list[tuple[int, list[str]]]:
     """Return ``(timestamp_ns, other fields)`` for each non-comment line of a TUM text file."""
     if not path.is_file():
         raise SequenceError(f"TUM file {path} not found")
@@ -113,7 +113,7 @@ def _read_stamped_lines(path: Path, expected_fields: int, what: str) -> list[tup
             continue
         if len(fields) != expected_fields:
             raise SequenceError(
-                f"{path}:{number}: expected {expected_fields} fields ({what}), got {len(fields)}"
+                f"{path}:{number}: expected {expected_fields} fields ({field_names}), got {len(fields)}"
             )
         try:
             rows.append((seconds_to_ns(fields[0]), fields[1:]))

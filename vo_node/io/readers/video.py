@@ -86,14 +86,14 @@ class VideoSequence(Sequence):
         return stamps, container_fps
 
     def _read_images(self, indices: list[int]) -> Iterator[tuple[int, np.ndarray]]:
-        wanted = set(indices)
+        selected = set(indices)
         last = max(indices)
         capture = self._open_capture()
         try:
             for index in range(last + 1):
                 if not capture.grab():
                     raise SequenceError(f"{self.describe_frame(index)} could not be decoded")
-                if index not in wanted:
+                if index not in selected:
                     continue
                 ok, image = capture.retrieve()
                 if not ok or image is None:
