@@ -49,3 +49,8 @@ def test_failed_write_keeps_old_file(tmp_path):
         write_tum(path, broken)
     assert path.read_text() == before
     assert [p.name for p in tmp_path.iterdir()] == ["out.txt"]
+
+
+def test_written_file_is_world_readable(tmp_path):
+    path = write_tum(tmp_path / "out.txt", _trajectory(2))
+    assert path.stat().st_mode & 0o044 == 0o044

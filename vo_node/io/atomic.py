@@ -9,6 +9,15 @@ from pathlib import Path
 from typing import IO, Iterator
 
 
+_DEFAULT_MODE = 0o666
+
+
+def _current_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 @contextmanager
 def atomic_write(path: str | Path, mode: str = "w") -> Iterator[IO]:
     """Open a temporary file next to ``path`` and rename it onto ``path`` on success.
@@ -19,6 +28,8 @@ def atomic_write(path: str | Path, mode: str = "w") -> Iterator[IO]:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     descriptor, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    # mkstemp creates the file readable by the owner only; give it the usual permissions.
+    os.chmod(temporary, _DEFAULT_MODE & ~_current_umask())
     try:
         with os.fdopen(descriptor, mode) as handle:
             yield handle
