@@ -12,10 +12,14 @@ from typing import IO, Iterator
 _DEFAULT_MODE = 0o666
 
 
-def _current_umask() -> int:
+def _read_umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
     return mask
+
+
+# Read once at import: os.umask briefly changes process state, which is not thread-safe.
+_UMASK = _read_umask()
 
 
 @contextmanager
@@ -29,7 +33,7 @@ def atomic_write(path: str | Path, mode: str = "w") -> Iterator[IO]:
     path.parent.mkdir(parents=True, exist_ok=True)
     descriptor, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     # mkstemp creates the file readable by the owner only; give it the usual permissions.
-    os.chmod(temporary, _DEFAULT_MODE & ~_current_umask())
+    os.chmod(temporary, _DEFAULT_MODE & ~_UMASK)
     try:
         with os.fdopen(descriptor, mode) as handle:
             yield handle
