@@ -284,7 +284,8 @@ class VONode(Node):
             self._process(pipeline, frame)
 
     def _process(self, pipeline: TrackingPipeline, frame: InputFrame) -> None:
-        outcome, estimate = pipeline.process(frame)
+        with_points = self.points_publisher.get_subscription_count() > 0
+        outcome, estimate = pipeline.process(frame, with_points)
         self.outcomes[outcome] += 1
         self.tracking_state = pipeline.state
         if estimate is not None:
@@ -300,7 +301,7 @@ class VONode(Node):
     def _load_engine(self):
         from vo_node.config import load_engine_config, resolve_device
         from vo_node.model.network import default_model_path, load_model
-        from vo_node.odometry import VisualOdometry
+        from vo_node.odometry.frontend import VisualOdometry
 
         device = resolve_device(self.params.model_device)
         weights = self.params.model_weights or str(default_model_path())

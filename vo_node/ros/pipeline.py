@@ -40,7 +40,7 @@ class Outcome:
     SKIPPED = "skipped"
     """Rejected before tracking (bad stamp, no intrinsics); the tracker state is kept."""
     LOST = "lost"
-    """Tracking was lost on this frame; the tracker was reset and nothing was published."""
+    """The engine reported lost tracking (it re-initialises by itself); nothing was published."""
     FAILED = "failed"
     """The engine raised or returned a non-finite pose; the tracker was reset."""
 
@@ -224,7 +224,9 @@ class TrackingPipeline:
     * ``camera_info_size``: camera_info for another image size; the ``intrinsics`` fallback is
       used, or the frame is skipped without one.
     * ``no_intrinsics``: no valid camera_info yet and no fallback; the frame is skipped.
-    * ``tracking_lost``: the engine reports ``lost``; it is reset and nothing is published.
+    * ``camera_change``: new intrinsics or distortion from camera_info; the tracker is reset.
+    * ``tracking_lost``: the engine reports ``lost`` (it re-initialises by itself); nothing is
+      published until it tracks again.
     * ``non_finite_pose`` and ``engine_error``: the tracker is reset and the frame dropped.
 
     Every reset starts a new segment of :class:`OdometryFrame`, so odometry continues from the
@@ -251,6 +253,7 @@ class TrackingPipeline:
         self._segment_size: tuple[int, int] | None = None
         self._previous: tuple[int, np.ndarray] | None = None
         self._undistorter: Undistorter | None = None
+        self._lost = False
         self.frame.start_segment()
 
     def reset(self) -> None:
@@ -260,9 +263,15 @@ class TrackingPipeline:
         self.state = "initializing"
         self._segment_size = None
         self._previous = None
+        self._lost = False
 
-    def process(self, frame: InputFrame) -> tuple[str, OdometryEstimate | None]:
-        """Track one frame; return its :class:`Outcome` and the odometry when published."""
+    def process(
+        self, frame: InputFrame, with_points: bool = False
+    ) -> tuple[str, OdometryEstimate | None]:
+        """Track one frame; return its :class:`Outcome` and the odometry when published.
+
+        ``with_points`` adds the engine's patch points (odom frame) to the estimate.
+        """
         if not self._check_stamp(frame):
             return Outcome.SKIPPED, None
         camera = self._select_camera(frame)
@@ -277,6 +286,13 @@ class TrackingPipeline:
                 f"{width}x{height}; the tracker was reset",
             )
             self.reset()
+        if self._undistorter is not None and self._undistorter.source != camera:
+            if self._segment_size is not None:
+                self.problems.report(
+                    "camera_change",
+                    f"the camera of {self.image_topic} changed to {camera}; the tracker was reset",
+                )
+                self.reset()
         self._last_stamp_ns = frame.stamp_ns
 
         image, intrinsics = self._undistort(frame.image, camera)
@@ -291,7 +307,7 @@ class TrackingPipeline:
             )
             self.reset()
             return Outcome.FAILED, None
-        return self._convert(frame, result, (width, height))
+        return self._convert(frame, result, (width, height), with_points)
 
     # ----------------------------------------------------------------------------------------
 
@@ -347,17 +363,19 @@ class TrackingPipeline:
         return undistorted, self._undistorter.camera.intrinsics.tolist()
 
     def _convert(
-        self, frame: InputFrame, result: Any, size: tuple[int, int]
+        self, frame: InputFrame, result: Any, size: tuple[int, int], with_points: bool
     ) -> tuple[str, OdometryEstimate | None]:
         state = str(getattr(result, "state", "tracking"))
         if state == "lost":
+            # The engine re-initialises by itself after a loss; nothing is published until it
+            # tracks again, and the next published pose is anchored at the last published one.
             self.problems.report(
                 "tracking_lost",
-                f"tracking lost at stamp {frame.stamp_ns} ns; the tracker was reset and odometry "
-                "continues from the last published pose",
+                f"tracking lost at stamp {frame.stamp_ns} ns; the engine re-initialises and "
+                "odometry resumes from the last published pose",
             )
-            self.reset()
             self.state = "lost"
+            self._lost = True
             return Outcome.LOST, None
         pose = np.asarray(getattr(result, "pose", None), dtype=np.float64)
         if pose.shape != (7,) or not np.all(np.isfinite(pose)):
@@ -369,6 +387,10 @@ class TrackingPipeline:
             self.reset()
             return Outcome.FAILED, None
 
+        if self._lost:
+            self._lost = False
+            self.frame.start_segment()
+            self._previous = None
         self.state = state
         self._segment_size = size
         odom_from_base = self.frame.odom_from_base(pose_to_matrix(pose))
@@ -386,11 +408,18 @@ class TrackingPipeline:
             pose_covariance=self._covariance(result, odom_from_base),
             state=state,
             is_keyframe=bool(getattr(result, "is_keyframe", False)),
-            timings=dict(getattr(result, "timings", None) or {}),
+            timings=_stage_times_ms(getattr(result, "times", None)),
+            points=self._points() if with_points else None,
         )
 
+    def _points(self) -> np.ndarray | None:
+        points = getattr(self.engine, "points", None)
+        if points is None:
+            return None
+        return self.frame.odom_points(np.asarray(points, dtype=np.float64).reshape(-1, 3))
+
     def _covariance(self, result: Any, odom_from_base: np.ndarray) -> np.ndarray | None:
-        covariance = getattr(result, "covariance", None)
+        covariance = getattr(result, "pose_covariance", None)
         if covariance is None:
             return None
         covariance = np.asarray(covariance, dtype=np.float64)
@@ -399,3 +428,11 @@ class TrackingPipeline:
         scale = np.diag([self.frame.scale] * 3 + [1.0] * 3)
         return covariance_to_ros(scale @ covariance @ scale, self.frame.base_from_camera,
                                  odom_from_base)
+
+
+def _stage_times_ms(times: Any) -> dict[str, float]:
+    """Return the engine's per-stage seconds (a dataclass or mapping) as milliseconds."""
+    if times is None:
+        return {}
+    values = times if isinstance(times, dict) else getattr(times, "__dict__", {})
+    return {name: 1e3 * float(value) for name, value in values.items()}

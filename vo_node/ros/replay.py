@@ -366,7 +366,7 @@ def evaluate_bag(
     context = rclpy.Context()
     rclpy.init(args=arguments + list(node_arguments), context=context)
     executor = SingleThreadedExecutor(context=context)
-    node = recorder = None
+    node = recorder = spinner = None
     try:
         node = VONode(context=context)
         recorder = Node("vo_evaluation", context=context)
@@ -420,6 +420,8 @@ def evaluate_bag(
         if node is not None:
             node.shutdown()
         executor.shutdown()
+        if spinner is not None:
+            spinner.join(timeout=5.0)
         for owned in (node, recorder):
             if owned is not None:
                 owned.destroy_node()
@@ -564,6 +566,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--clock", action="store_true", help="publish /clock with the bag time")
     parser.add_argument("--start-delay", type=float, default=0.0, metavar="SECONDS",
                         help="wait this long before the first message, seconds")
+    parser.add_argument("--wait-for-subscribers", type=float, default=0.0, metavar="SECONDS",
+                        help="before playing, wait up to this long until every played topic "
+                        "has a subscriber (reliable subscribers that join late miss messages)")
     parser.add_argument("--best-effort", action="store_true",
                         help="publish best effort instead of reliable")
     evaluation = parser.add_argument_group("evaluation")
@@ -608,6 +613,11 @@ def _play(args: argparse.Namespace) -> int:
     try:
         player = BagPlayer(node, args.bag, args.topics, args.rate, args.clock,
                            reliable=not args.best_effort)
+        if args.wait_for_subscribers > 0 and not player.wait_for_subscribers(
+            player.topics, args.wait_for_subscribers
+        ):
+            logger.warning("not every topic has a subscriber after %.1f s; playing anyway",
+                           args.wait_for_subscribers)
         logger.info("playing %s: %s", args.bag, ", ".join(player.topics))
         result = player.play(loop=args.loop, start_delay_s=args.start_delay)
         logger.info("published %s in %.1f s", result.counts, result.wall_time_s)

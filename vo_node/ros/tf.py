@@ -174,6 +174,15 @@ class OdometryFrame:
         self._anchor = np.eye(4) if self.last_odom_from_base is None else self.last_odom_from_base
         self._segment_origin_inverse = None
 
+    def odom_points(self, points_world: np.ndarray) -> np.ndarray:
+        """Map ``(N, 3)`` engine world points into the odom frame (scaled like the poses)."""
+        if self._segment_origin_inverse is None:
+            return np.zeros((0, 3))
+        relative = points_world @ self._segment_origin_inverse[:3, :3].T
+        relative = (relative + self._segment_origin_inverse[:3, 3]) * self.scale
+        odom_from_camera_axes = self._anchor @ self.base_from_camera
+        return relative @ odom_from_camera_axes[:3, :3].T + odom_from_camera_axes[:3, 3]
+
     def odom_from_base(self, world_from_camera: np.ndarray) -> np.ndarray:
         """Return ``T_odom_base`` ``(4, 4)`` for an engine pose ``T_world_cam`` ``(4, 4)``."""
         if self._segment_origin_inverse is None:

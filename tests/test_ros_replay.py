@@ -1,0 +1,221 @@
+"""Bag replay over DDS: bags built at test time (sqlite3 and mcap), stamps, /clock and sim time."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import threading
+
+import numpy as np
+import pytest
+from rclpy.executors import SingleThreadedExecutor
+from rclpy.node import Node
+from rclpy.qos import QoSProfile, ReliabilityPolicy
+from rosgraph_msgs.msg import Clock
+from sensor_msgs.msg import CameraInfo, Image
+from test_ros_support import (
+    NETWORK_ISOLATED,
+    NOT_ISOLATED_REASON,
+    REPO,
+    ros_context,
+    spin_until,
+    write_image_bag,
+)
+
+from vo_node.io.trajectory import Trajectory, write_tum
+from vo_node.ros.messages import image_to_array, stamp_to_ns
+from vo_node.ros.replay import (
+    BagMessage,
+    BagPlayer,
+    ReplayError,
+    images_after_other_topics,
+    message_class,
+    read_bag,
+    read_groundtruth,
+)
+
+pytestmark = pytest.mark.skipif(not NETWORK_ISOLATED, reason=NOT_ISOLATED_REASON)
+
+START_NS = 1_403_638_543_577_829_376
+STEPS_NS = (0, 50_000_000, 100_000_001, 150_000_000, 400_000_000)
+"""Irregular spacing, so pacing and stamps are both visible."""
+NO_MODEL = "model.weights:=/nonexistent/vo_test_model.pt"
+
+
+def small_frames(count: int) -> list[np.ndarray]:
+    generator = np.random.default_rng(7)
+    return [generator.integers(0, 255, size=(48, 64), dtype=np.uint8) for _ in range(count)]
+
+
+@pytest.fixture(params=["sqlite3", "mcap"])
+def image_bag(request, tmp_path):
+    stamps = [START_NS + step for step in STEPS_NS]
+    frames = small_frames(len(stamps))
+    poses = {stamp: [0.1 * i, 0.0, 0.0, 0.0, 0.0, 0.0, 1.0] for i, stamp in enumerate(stamps)}
+    path = write_image_bag(tmp_path / f"bag_{request.param}", request.param, stamps, frames,
+                           poses=poses)
+    return path, stamps, frames
+
+
+def reliable(depth: int = 100) -> QoSProfile:
+    return QoSProfile(depth=depth, reliability=ReliabilityPolicy.RELIABLE)
+
+
+def test_read_bag_and_groundtruth(image_bag, tmp_path):
+    path, stamps, frames = image_bag
+    messages = list(read_bag(path))
+    assert [m.topic for m in messages].count("/cam0/image_raw") == len(stamps)
+    assert all(isinstance(m.data, bytes) for m in messages)
+    truth = read_groundtruth(path, "/groundtruth/pose")
+    np.testing.assert_array_equal(truth.timestamps_ns, stamps)
+    np.testing.assert_allclose(truth.poses[:, 0], 0.1 * np.arange(len(stamps)))
+
+    tum = write_tum(tmp_path / "truth.tum", truth)
+    from_file = read_groundtruth(path, str(tum))
+    np.testing.assert_array_equal(from_file.timestamps_ns, stamps)
+    with pytest.raises(ReplayError, match="has type sensor_msgs/msg/Image"):
+        read_groundtruth(path, "/cam0/image_raw")
+    with pytest.raises(ReplayError, match=r"topics \['/missing'\] are not in bag"):
+        list(read_bag(path, ["/missing"]))
+
+
+def test_images_follow_other_topics_at_equal_time():
+    def message(topic, stamp):
+        return BagMessage(topic, "x/msg/Y", stamp, b"")
+
+    ordered = images_after_other_topics(
+        [message("/image", 1), message("/info", 1), message("/image", 2), message("/other", 3),
+         message("/info", 2)],
+        {"/image"},
+    )
+    assert [(m.topic, m.timestamp_ns) for m in ordered] == [
+        ("/info", 1), ("/image", 1), ("/image", 2), ("/other", 3), ("/info", 2),
+    ]
+
+
+def test_message_class_lookup():
+    assert message_class("sensor_msgs/msg/Image") is Image
+    with pytest.raises(ReplayError, match="install ros-jazzy-no-such-msgs"):
+        message_class("no_such_msgs/msg/Thing")
+
+
+def test_replay_keeps_stamps_and_publishes_clock(image_bag):
+    path, stamps, frames = image_bag
+    images, infos, clocks = [], [], []
+    with ros_context() as context:
+        listener = Node("listener", context=context)
+        player_node = Node("vo_replay", context=context)
+        executor = SingleThreadedExecutor(context=context)
+        executor.add_node(listener)
+        listener.create_subscription(Image, "/cam0/image_raw", images.append, reliable())
+        listener.create_subscription(CameraInfo, "/cam0/camera_info", infos.append, reliable())
+        listener.create_subscription(Clock, "/clock", clocks.append, reliable())
+        player = BagPlayer(player_node, path, rate=4.0, publish_clock=True)
+        assert player.wait_for_subscribers(["/cam0/image_raw", "/cam0/camera_info"], 5.0)
+        thread = threading.Thread(target=player.play)
+        thread.start()
+        last_clock_seen = lambda: clocks and stamp_to_ns(clocks[-1].clock) == stamps[-1]  # noqa: E731
+        spin_until(executor, lambda: len(images) == len(stamps) and last_clock_seen(), 10.0)
+        thread.join()
+        executor.shutdown()
+
+    assert [stamp_to_ns(m.header.stamp) for m in images] == stamps
+    assert [stamp_to_ns(m.header.stamp) for m in infos] == stamps
+    for message, frame in zip(images, frames):
+        assert message.header.frame_id == "cam0"
+        np.testing.assert_array_equal(image_to_array(message), frame)
+    clock_ns = [stamp_to_ns(m.clock) for m in clocks]
+    assert clock_ns == sorted(clock_ns)
+    assert clock_ns[0] >= stamps[0]
+    assert clock_ns[-1] == stamps[-1]
+    # 0.25 s of bag time between the last two images at rate 4 is about 0.06 s of wall time,
+    # so /clock ticks at least once in between.
+    assert any(stamps[-2] < value < stamps[-1] for value in clock_ns)
+
+
+def test_replay_command_line(tmp_path):
+    stamps = [START_NS + step for step in STEPS_NS]
+    path = write_image_bag(tmp_path / "bag", "mcap", stamps, small_frames(len(stamps)))
+    images = []
+    with ros_context() as context:
+        listener = Node("listener", context=context)
+        executor = SingleThreadedExecutor(context=context)
+        executor.add_node(listener)
+        listener.create_subscription(Image, "/cam0/image_raw", images.append, reliable())
+        command = [sys.executable, "-m", "vo_node.ros.replay", str(path), "--rate", "5",
+                   "--topics", "/cam0/image_raw", "--wait-for-subscribers", "30",
+                   "--start-delay", "0.2"]
+        process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE,
+                                   stderr=subprocess.STDOUT, text=True)
+        spin_until(executor, lambda: len(images) == len(stamps) or process.poll() is not None,
+                   30.0)
+        spin_until(executor, lambda: len(images) == len(stamps), 2.0)
+        output, _ = process.communicate(timeout=30)
+        executor.shutdown()
+    assert process.returncode == 0, output
+    assert [stamp_to_ns(m.header.stamp) for m in images] == stamps
+
+
+def test_replay_command_line_missing_topic(tmp_path):
+    path = write_image_bag(tmp_path / "bag", "sqlite3", [START_NS], small_frames(1))
+    command = [sys.executable, "-m", "vo_node.ros.replay", str(path), "--topics", "/nope"]
+    completed = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert completed.returncode == 1
+    assert "topics ['/nope'] are not in bag" in completed.stderr
+
+
+def test_node_sim_time_follows_replay_clock(tmp_path):
+    # Two seconds of bag time played at rate 4: the node's clock and its 1 s diagnostics timer
+    # follow /clock, so diagnostics are stamped with bag times.
+    stamps = [START_NS + step for step in range(0, 2_000_000_001, 250_000_000)]
+    path = write_image_bag(tmp_path / "bag", "sqlite3", stamps, small_frames(len(stamps)),
+                           camera_info_topic=None, image_topic="/other/image")
+    from diagnostic_msgs.msg import DiagnosticArray
+
+    from vo_node.ros.node import VONode
+
+    diagnostics = []
+    with ros_context(["-p", NO_MODEL, "-p", "use_sim_time:=true"]) as context:
+        node = VONode(context=context)
+        player_node = Node("vo_replay", context=context)
+        listener = Node("listener", context=context)
+        listener.create_subscription(DiagnosticArray, "/diagnostics", diagnostics.append, 10)
+        executor = SingleThreadedExecutor(context=context)
+        executor.add_node(node)
+        executor.add_node(listener)
+        assert not node.wait_until_ready(30.0)
+        player = BagPlayer(player_node, path, rate=4.0, publish_clock=True)
+        assert spin_until(executor, lambda: player.clock_publisher.get_subscription_count() > 0,
+                          5.0)
+        thread = threading.Thread(target=player.play)
+        thread.start()
+        spin_until(executor, lambda: not thread.is_alive(), 10.0)
+        thread.join()
+        spin_until(executor, lambda: False, 0.2)
+        node_time_ns = node.get_clock().now().nanoseconds
+        node.shutdown()
+        executor.shutdown()
+        node.destroy_node()
+
+    assert node_time_ns == stamps[-1]
+    diagnostic_stamps = [stamp_to_ns(d.header.stamp) for d in diagnostics]
+    in_bag_time = [s for s in diagnostic_stamps if stamps[0] <= s <= stamps[-1]]
+    assert len(in_bag_time) >= 1, diagnostic_stamps
+    status = diagnostics[-1].status[0]
+    assert status.level == status.ERROR
+    assert "loading the model failed" in status.message
+
+
+def test_evaluate_reports_missing_model(tmp_path):
+    from vo_node.ros.replay import evaluate_bag
+
+    path = write_image_bag(tmp_path / "bag", "sqlite3", [START_NS], small_frames(1))
+    with pytest.raises(ReplayError, match="the node did not start: loading the model failed"):
+        evaluate_bag(path, "/cam0/image_raw", "/cam0/camera_info", None, ["-p", NO_MODEL],
+                     ready_timeout_s=30.0)
+
+
+def test_trajectory_type_for_reports():
+    # The evaluation converts recorded odometry to this container; an empty run is valid.
+    empty = Trajectory(np.zeros(0, dtype=np.int64), np.zeros((0, 7)))
+    assert len(empty) == 0
