@@ -181,6 +181,7 @@ class Renderer:
         cosine = np.take(plane_distance.astype(np.float32), hits.face_ids) * hits.inverse_depth
         cosine = np.maximum(cosine / self._ray_norm, np.float32(MIN_SLANT_COSINE))
         # Geometric mean of the footprint along and across the slant direction.
+        # NOTE: isotropic filtering; grazing ground planes still alias a little along the slant.
         footprint = per_pixel["density"] * depth / (np.float32(self._mean_focal) * np.sqrt(cosine))
         level = np.log2(np.maximum(footprint, np.float32(1.0)))
         return np.minimum(level, np.float32(PYRAMID_LEVELS - 1))
