@@ -627,3 +627,15 @@ def test_video_file(tmp_path):
     assert errors[2] < 15.0
     assert errors[2] < 0.5 * np.abs(frames[1].image.astype(int) - images[2]).mean()
     np.testing.assert_array_equal(open_sequence(path, fps=10).timestamps_ns[:2], [0, 100_000_000])
+
+
+def test_image_folder_reads_groundtruth_tum(tmp_path):
+    from vo_node.demo_data import render_demo_sequence
+    from vo_node.io.trajectory import read_tum
+
+    folder = render_demo_sequence(tmp_path / "demo", num_frames=6, height=48, width=64)
+    sequence = open_sequence(folder)
+    reference = read_tum(folder / "groundtruth.tum")
+    assert sequence.ground_truth is not None
+    np.testing.assert_array_equal(sequence.ground_truth.timestamps_ns, sequence.timestamps_ns)
+    np.testing.assert_allclose(sequence.ground_truth.poses, reference.poses, atol=1e-9)

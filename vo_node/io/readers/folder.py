@@ -7,6 +7,9 @@ Timestamps come from the first of these that applies:
    and an 18- or 19-digit integer name like ``1403638538577829376.png`` as nanoseconds (the
    EuRoC and ROS convention);
 3. ``index / fps``, with ``fps`` defaulting to 20 Hz.
+
+An optional ``groundtruth.tum`` (TUM lines of ``T_world_cam``) gives the ground truth; its poses
+are interpolated to the image timestamps.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from typing import Iterator
 import numpy as np
 
 from vo_node.io.camera import CalibrationError, PinholeCamera, load_camera
+from vo_node.io.readers.poses import interpolate_poses
 from vo_node.io.sequence import (
     IMAGE_EXTENSIONS,
     NANOSECONDS_PER_SECOND,
@@ -28,12 +32,16 @@ from vo_node.io.sequence import (
     read_image,
     seconds_to_ns,
 )
+from vo_node.io.trajectory import Trajectory, read_tum
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_FPS = 20.0
 CAMERA_FILE = "camera.yaml"
 TIMES_FILE = "times.txt"
+GROUND_TRUTH_FILE = "groundtruth.tum"
+GROUND_TRUTH_MAX_GAP_NS = NANOSECONDS_PER_SECOND // 2
+"""Image times farther than this from the nearest ground-truth samples get no pose."""
 SECONDS_NAME = re.compile(r"^\d+\.\d+$")
 NANOSECONDS_NAME = re.compile(r"^\d{18,19}$")
 
@@ -76,6 +84,16 @@ class ImageFolderSequence(Sequence):
     def _read_images(self, indices: list[int]) -> Iterator[tuple[int, np.ndarray]]:
         for index in indices:
             yield index, read_image(self.files[index])
+
+    def _load_ground_truth(self, timestamps_ns: np.ndarray) -> Trajectory | None:
+        path = self.root / GROUND_TRUTH_FILE
+        if not path.is_file():
+            return None
+        reference = read_tum(path)
+        valid, poses = interpolate_poses(
+            reference.timestamps_ns, reference.poses, timestamps_ns, GROUND_TRUTH_MAX_GAP_NS
+        )
+        return Trajectory(timestamps_ns[valid], poses)
 
     def _timestamps(self, root: Path, fps: float | None) -> np.ndarray:
         times = root / TIMES_FILE
