@@ -114,8 +114,11 @@ def test_replay_keeps_stamps_and_publishes_clock(image_bag):
         assert player.wait_for_subscribers(["/cam0/image_raw", "/cam0/camera_info"], 5.0)
         thread = threading.Thread(target=player.play)
         thread.start()
-        last_clock_seen = lambda: clocks and stamp_to_ns(clocks[-1].clock) == stamps[-1]  # noqa: E731
-        spin_until(executor, lambda: len(images) == len(stamps) and last_clock_seen(), 10.0)
+        def finished():
+            last_clock_seen = clocks and stamp_to_ns(clocks[-1].clock) == stamps[-1]
+            return len(images) == len(stamps) and last_clock_seen
+
+        spin_until(executor, finished, 10.0)
         thread.join()
         executor.shutdown()
 

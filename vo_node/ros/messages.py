@@ -338,7 +338,8 @@ def make_transform(matrix: np.ndarray, stamp: Time, parent: str, child: str) -> 
 
 def make_pose_stamped(matrix: np.ndarray, stamp: Time, frame_id: str) -> PoseStamped:
     """Return a ``PoseStamped`` of a ``(4, 4)`` pose in ``frame_id``."""
-    return PoseStamped(header=Header(stamp=stamp, frame_id=frame_id), pose=matrix_to_pose_msg(matrix))
+    header = Header(stamp=stamp, frame_id=frame_id)
+    return PoseStamped(header=header, pose=matrix_to_pose_msg(matrix))
 
 
 def make_odometry(

@@ -246,8 +246,9 @@ class VONode(Node):
         self._last_drop_log = now
         self.get_logger().warning(
             f"dropped {self.frames_dropped} frames so far because tracking is slower than the "
-            f"input ({self.input_rate.rate_hz():.1f} Hz in, {self.processing_rate.rate_hz():.1f} Hz "
-            "processed); only the newest frame is tracked"
+            f"input ({self.input_rate.rate_hz():.1f} Hz in, "
+            f"{self.processing_rate.rate_hz():.1f} Hz processed); only the newest frame is "
+            "tracked"
         )
 
     # ----------------------------------------------------------------------------------------
@@ -289,6 +290,8 @@ class VONode(Node):
         self.outcomes[outcome] += 1
         self.tracking_state = pipeline.state
         if estimate is not None:
+            # Recorded before publishing, so a shutdown during the publish still keeps the pose.
+            self._record(estimate)
             try:
                 self._publish_estimate(estimate, frame)
             except Exception as error:  # publishing fails once the context shuts down
@@ -341,7 +344,6 @@ class VONode(Node):
         if params.path_max_length > 0:
             self._path.append(make_pose_stamped(estimate.odom_from_base, stamp, params.odom_frame))
             self.path_publisher.publish(make_path(list(self._path), stamp, params.odom_frame))
-        self._record(estimate)
         self._publish_debug(estimate, frame, stamp)
 
     def _pose_covariance(self, estimate: OdometryEstimate) -> np.ndarray:

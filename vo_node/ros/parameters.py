@@ -103,7 +103,10 @@ def _covariance_diagonal(value: Any) -> str | None:
     if value is None:
         return None
     if len(value) != COVARIANCE_SIZE:
-        return f"must have {COVARIANCE_SIZE} variances (x, y, z, roll, pitch, yaw); got {len(value)}"
+        return (
+            f"must have {COVARIANCE_SIZE} variances (x, y, z, roll, pitch, yaw); "
+            f"got {len(value)}"
+        )
     if not all(math.isfinite(v) and v >= 0 for v in value):
         return f"must contain finite non-negative variances; got {list(value)}"
     return None
@@ -116,7 +119,10 @@ def _intrinsics(value: Any) -> str | None:
         return f"must be [fx, fy, cx, cy] (4 values, pixels); got {len(value)} values"
     fx, fy, cx, cy = value
     if not all(math.isfinite(v) for v in value) or fx <= 0 or fy <= 0:
-        return f"needs positive finite focal lengths and a finite principal point; got {list(value)}"
+        return (
+            "needs positive finite focal lengths and a finite principal point; "
+            f"got {list(value)}"
+        )
     return None
 
 

@@ -335,11 +335,14 @@ class TrackingPipeline:
         if camera is not None and camera.size == (width, height):
             return camera
         if camera is not None:
+            action = "frame skipped"
+            if self.fallback_intrinsics:
+                action = "using the intrinsics parameter"
             self.problems.report(
                 "camera_info_size",
                 f"camera_info on {self.camera_info_topic} describes {camera.width}x"
                 f"{camera.height} images but images on {self.image_topic} are {width}x{height}; "
-                + ("using the intrinsics parameter" if self.fallback_intrinsics else "frame skipped"),
+                + action,
             )
         if self.fallback_intrinsics:
             fx, fy, cx, cy = self.fallback_intrinsics

@@ -32,6 +32,8 @@ logger = logging.getLogger(__name__)
 CLOCK_PERIOD_S = 0.025
 """While waiting between messages, /clock is published at this wall-clock period (40 Hz)."""
 PLAYBACK_QOS_DEPTH = 100
+TRAILING_MESSAGES_WAIT_S = 0.3
+"""After the last odometry message arrives, path and /tf messages get this long to arrive."""
 NANOSECONDS_PER_SECOND = 1_000_000_000
 STATIC_TF_TOPIC = "/tf_static"
 POSE_TYPES = (
@@ -180,7 +182,9 @@ class BagPlayer:
         self.topics = list(topics) if topics else sorted(available)
         missing = sorted(set(self.topics) - set(available))
         if missing:
-            raise ReplayError(f"topics {missing} are not in bag {self.bag}; it has {sorted(available)}")
+            raise ReplayError(
+                f"topics {missing} are not in bag {self.bag}; it contains {sorted(available)}"
+            )
         reliability = ReliabilityPolicy.RELIABLE if reliable else ReliabilityPolicy.BEST_EFFORT
         self.publishers = {}
         for topic in self.topics:
@@ -307,6 +311,8 @@ class EvaluationReport:
     """Why no ATE was computed, if so."""
     path_lengths: list[int] = field(default_factory=list)
     """Number of poses in each received ``path`` message."""
+    tf_stamps_ns: list[int] = field(default_factory=list)
+    """Stamps of the odom -> base transforms received on /tf (empty without tf2_msgs)."""
 
     def summary(self) -> str:
         lines = [
@@ -335,6 +341,7 @@ def evaluate_bag(
     node_arguments: Sequence[str] = (),
     frame_timeout_s: float = 120.0,
     ready_timeout_s: float = 300.0,
+    after_image: Callable[[int, object], None] | None = None,
 ) -> EvaluationReport:
     """Run the node in this process on a bag, in lockstep, and evaluate its odometry.
 
@@ -347,6 +354,8 @@ def evaluate_bag(
         node_arguments: extra ROS arguments for the node, e.g. ``["-p", "model.device:=cpu"]``.
         frame_timeout_s: longest wait for the node to finish one frame, seconds.
         ready_timeout_s: longest wait for the model to load, seconds.
+        after_image: called as ``after_image(index, node)`` once the node finished image
+            ``index`` (0-based), e.g. to change a parameter mid-run.
 
     Raises:
         ReplayError: when the model does not load, a frame times out, or a topic is missing.
@@ -381,18 +390,23 @@ def evaluate_bag(
                                      odometry.append, PLAYBACK_QOS_DEPTH)
         recorder.create_subscription(PathMessage, node.resolve_topic_name("path"),
                                      lambda msg: paths.append(len(msg.poses)), PLAYBACK_QOS_DEPTH)
+        tf_stamps: list[int] = []
+        _record_tf(recorder, node.params.odom_frame, node.params.base_frame, tf_stamps)
         if not node.wait_until_ready(ready_timeout_s):
-            raise ReplayError(f"the node did not start: {node.fatal_error or 'model load timed out'}")
+            reason = node.fatal_error or "model load timed out"
+            raise ReplayError(f"the node did not start: {reason}")
         player = BagPlayer(recorder, bag, topics=topics)
         if not player.wait_for_subscribers(topics, timeout_s=10.0):
             raise ReplayError(f"the node did not subscribe to {topics} within 10 s")
         _wait_for_publisher_match(recorder, node.resolve_topic_name("odom"), timeout_s=10.0)
 
         image_stamps: list[int] = []
-        hooks = _LockstepHooks(node, image_topic, camera_info_topic, frame_timeout_s, image_stamps)
+        hooks = _LockstepHooks(node, image_topic, camera_info_topic, frame_timeout_s, image_stamps,
+                               after_image)
         result = player.play(paced=False, before_publish=hooks.before, after_publish=hooks.after,
                              image_topics=[image_topic])
         _wait_for(lambda: len(odometry) >= node.outcomes["published"], timeout_s=10.0)
+        time.sleep(TRAILING_MESSAGES_WAIT_S)
 
         stamps = [stamp_to_ns(message.header.stamp) for message in odometry]
         trajectory = _camera_trajectory(node, odometry, pose_msg_to_matrix)
@@ -410,9 +424,10 @@ def evaluate_bag(
             wall_time_s=result.wall_time_s,
             odometry_stamps_ns=stamps,
             image_stamps_ns=image_stamps,
-            frame_ids=(odometry[0].header.frame_id, odometry[0].child_frame_id) if odometry else None,
+            frame_ids=_frame_ids(odometry),
             trajectory=trajectory,
             path_lengths=paths,
+            tf_stamps_ns=list(tf_stamps),
         )
         _add_ate(report, bag, groundtruth)
         return report
@@ -431,8 +446,11 @@ def evaluate_bag(
 class _LockstepHooks:
     """Publish hooks that hold each image until the node finished the previous one."""
 
-    def __init__(self, node, image_topic, camera_info_topic, timeout_s, image_stamps) -> None:
+    def __init__(
+        self, node, image_topic, camera_info_topic, timeout_s, image_stamps, after_image
+    ) -> None:
         self.node = node
+        self.after_image = after_image
         self.image_topic = image_topic
         self.camera_info_topic = camera_info_topic
         self.timeout_s = timeout_s
@@ -462,6 +480,34 @@ class _LockstepHooks:
                 f"the node did not finish image {self.images} within {self.timeout_s} s; raise "
                 "--frame-timeout or check the node's log"
             )
+        if self.after_image is not None:
+            self.after_image(self.images - 1, self.node)
+
+
+def _record_tf(recorder, parent: str, child: str, stamps: list[int]) -> None:
+    """Append the stamps of ``parent -> child`` transforms on /tf to ``stamps``."""
+    from rclpy.qos import QoSProfile, ReliabilityPolicy
+
+    from vo_node.ros.messages import stamp_to_ns
+    from vo_node.ros.tf import TF_DEPTH, tf2_messages_available
+
+    if not tf2_messages_available():
+        return
+    from tf2_msgs.msg import TFMessage
+
+    def on_tf(message) -> None:
+        for transform in message.transforms:
+            if (transform.header.frame_id, transform.child_frame_id) == (parent, child):
+                stamps.append(stamp_to_ns(transform.header.stamp))
+
+    qos = QoSProfile(depth=TF_DEPTH, reliability=ReliabilityPolicy.RELIABLE)
+    recorder.create_subscription(TFMessage, "/tf", on_tf, qos)
+
+
+def _frame_ids(odometry: list) -> tuple[str, str] | None:
+    if not odometry:
+        return None
+    return odometry[0].header.frame_id, odometry[0].child_frame_id
 
 
 def _camera_trajectory(node, odometry, pose_msg_to_matrix):
@@ -494,7 +540,8 @@ def read_groundtruth(bag: str | Path, groundtruth: str):
     msgtype = bag_topics(bag).get(groundtruth)
     if msgtype not in POSE_TYPES:
         raise ReplayError(
-            f"ground-truth topic {groundtruth} has type {msgtype}; use one of {', '.join(POSE_TYPES)}"
+            f"ground-truth topic {groundtruth} has type {msgtype}; use one of "
+            f"{', '.join(POSE_TYPES)}"
         )
     stamps, poses = [], []
     for message in read_bag(bag, [groundtruth]):
