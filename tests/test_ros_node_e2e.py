@@ -1,6 +1,6 @@
 """End to end: the node with the real engine on a bag built from real EuRoC frames.
 
-The bag (written to a temporary folder, never committed) holds the first frames of EuRoC MH_05
+The bag (written to a temporary folder, never committed) contains the first frames of EuRoC MH_05
 cam0 at half resolution with their camera_info and ground truth. The node runs in-process through
 ``evaluate_bag`` in lockstep. The shipped model is used when present; otherwise a freshly
 initialised ``small`` model, so the test checks the node's plumbing (one odometry message per
@@ -142,7 +142,7 @@ def test_node_on_euroc_bag(euroc_bag, model_path, tmp_path):
     expected_tf = [s for s in report.odometry_stamps_ns if s <= switch_stamp]
     assert report.tf_stamps_ns == expected_tf
 
-    # The first pose is the odom origin; the trajectory file holds the published poses.
+    # The first pose is the odom origin; the trajectory file contains the published poses.
     poses = report.trajectory.poses
     np.testing.assert_allclose(poses[0], [0, 0, 0, 0, 0, 0, 1], atol=1e-9)
     written = read_tum(trajectory_file)

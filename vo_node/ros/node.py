@@ -82,7 +82,6 @@ WORKER_POLL_S = 0.1
 ODOM_QOS_DEPTH = 10
 DEBUG_QOS_DEPTH = 1
 WORKER_JOIN_TIMEOUT_S = 10.0
-MODEL_STATES = ("loading", "ready", "failed")
 
 
 class VONode(Node):

@@ -127,7 +127,7 @@ class FrameSlot:
 
 
 class ProblemReporter:
-    """Counts input problems by kind and logs each kind at most once per interval.
+    """Per-kind counter of input problems that logs each kind at most once per interval.
 
     The first occurrence of a kind is logged at once; later ones are logged with the number
     suppressed since the previous line, at most once per ``interval_s``.
@@ -370,7 +370,7 @@ class TrackingPipeline:
     ) -> tuple[str, OdometryEstimate | None]:
         state = str(getattr(result, "state", "tracking"))
         if state == "lost":
-            # The engine re-initialises by itself after a loss; nothing is published until it
+            # The engine re-initialises by itself after a loss. Nothing is published until it
             # tracks again, and the next published pose is anchored at the last published one.
             self.problems.report(
                 "tracking_lost",

@@ -1,9 +1,9 @@
 """Play a ROS 2 bag over DDS, like ``ros2 bag play``, and evaluate the node on a bag.
 
 Playback (``python -m vo_node.ros.replay BAG``): the bag is read with rosbags (ROS 2 sqlite3 or
-MCAP, or ROS 1), every message is published as its raw CDR bytes, so header stamps stay as
-recorded, and publishing is paced by the bag's receive times divided by ``--rate``. ``--clock``
-also publishes /clock with the bag time, for nodes run with ``use_sim_time:=true``.
+MCAP, or ROS 1). Every message is published as its raw CDR bytes, so header stamps stay as
+recorded. Publishing is paced by the bag's receive times divided by ``--rate``. ``--clock`` also
+publishes /clock with the bag time, for nodes run with ``use_sim_time:=true``.
 
 Evaluation (``--evaluate``): the node runs in this process with reliable image QoS; the bag's
 camera_info and image topics are played in lockstep (each image waits until the node finished the
@@ -308,7 +308,7 @@ class EvaluationReport:
     ate: dict | None = None
     """Metrics from ``vo_node.evaluation.metrics.evaluate_trajectory``, or None."""
     ate_error: str | None = None
-    """Why no ATE was computed, if so."""
+    """Reason no ATE was computed, or None."""
     path_lengths: list[int] = field(default_factory=list)
     """Number of poses in each received ``path`` message."""
     tf_stamps_ns: list[int] = field(default_factory=list)
@@ -352,8 +352,8 @@ def evaluate_bag(
             in ``node_arguments``).
         groundtruth: a pose topic in the bag (one of :data:`POSE_TYPES`), a TUM file, or None.
         node_arguments: extra ROS arguments for the node, e.g. ``["-p", "model.device:=cpu"]``.
-        frame_timeout_s: longest wait for the node to finish one frame, seconds.
-        ready_timeout_s: longest wait for the model to load, seconds.
+        frame_timeout_s: maximum wait for the node to finish one frame, seconds.
+        ready_timeout_s: maximum wait for the model to load, seconds.
         after_image: called as ``after_image(index, node)`` once the node finished image
             ``index`` (0-based), e.g. to change a parameter mid-run.
 
@@ -629,7 +629,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluation.add_argument("--node-args", default="",
                             help="extra ROS arguments for the node, e.g. \"-p model.device:=cpu\"")
     evaluation.add_argument("--frame-timeout", type=float, default=120.0, metavar="SECONDS",
-                            help="longest wait for the node to finish one frame, seconds")
+                            help="maximum wait for the node to finish one frame, seconds")
     return parser
 
 

@@ -148,10 +148,10 @@ def check_transform(values: Sequence[float], name: str) -> np.ndarray:
 class OdometryFrame:
     """Map engine poses ``T_world_cam`` (optical axes) to ``T_odom_base`` (REP-103 body axes).
 
-    Within one tracking segment (from a start or reset of the engine to the next one),
-    ``T_odom_base = A * T_base_cam * S(T_world_cam0^-1 * T_world_cam) * T_base_cam^-1``, where
-    ``T_world_cam0`` is the engine pose of the segment's first frame, ``S`` multiplies the
-    translation by ``scale``, and the anchor ``A`` is identity for the first segment and the last
+    A tracking segment runs from a start or reset of the engine to the next one. Within it,
+    ``T_odom_base = A * T_base_cam * S(T_world_cam0^-1 * T_world_cam) * T_base_cam^-1``.
+    ``T_world_cam0`` is the engine pose of the segment's first frame and ``S`` multiplies the
+    translation by ``scale``. The anchor ``A`` is the identity for the first segment and the last
     published ``T_odom_base`` for later ones. So the odom frame starts at the first frame's body
     pose and continues without a jump across resets.
     """
