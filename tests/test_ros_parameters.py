@@ -5,6 +5,7 @@ from __future__ import annotations
 import ast
 import subprocess
 import sys
+import time
 
 import pytest
 import yaml
@@ -19,6 +20,16 @@ pytestmark = pytest.mark.skipif(not NETWORK_ISOLATED, reason=NOT_ISOLATED_REASON
 
 NO_MODEL = "model.weights:=/nonexistent/vo_test_model.pt"
 """Makes the node's model load fail at once: these tests need no engine."""
+
+
+def wait_for_graph(query, expected: set[str], timeout_s: float = 5.0) -> dict[str, list[str]]:
+    """Poll a graph query (the graph cache fills asynchronously) until ``expected`` names appear."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        names = dict(query())
+        if expected <= set(names) or time.monotonic() > deadline:
+            return names
+        time.sleep(0.02)
 
 
 def make_node(context):
@@ -122,12 +133,18 @@ def test_namespace_remaps_and_params_file(tmp_path):
     with ros_context(arguments) as context:
         node = make_node(context)
         try:
-            publishers = {name for name, _ in node.get_publisher_names_and_types_by_node(
-                "vo_node", "/robot1")}
-            subscriptions = {name for name, _ in node.get_subscriber_names_and_types_by_node(
-                "vo_node", "/robot1")}
-            services = {name for name, _ in node.get_service_names_and_types_by_node(
-                "vo_node", "/robot1")}
+            publishers = wait_for_graph(
+                lambda: node.get_publisher_names_and_types_by_node("vo_node", "/robot1"),
+                {"/vo/odom", "/robot1/path", "/robot1/debug/points", "/diagnostics"},
+            )
+            subscriptions = wait_for_graph(
+                lambda: node.get_subscriber_names_and_types_by_node("vo_node", "/robot1"),
+                {"/cam0/image_raw", "/robot1/camera_info"},
+            )
+            services = wait_for_graph(
+                lambda: node.get_service_names_and_types_by_node("vo_node", "/robot1"),
+                {"/robot1/vo_node/reset"},
+            )
             odom_frame = node.params.odom_frame
             path_max_length = node.params.path_max_length
         finally:
@@ -147,7 +164,10 @@ def test_namespace_remaps_and_params_file(tmp_path):
 def test_compressed_transport_subscribes_to_compressed_topic():
     with ros_context(["-p", NO_MODEL, "-p", "image_transport:=compressed"]) as context:
         node = make_node(context)
-        subscriptions = dict(node.get_subscriber_names_and_types_by_node("vo_node", "/"))
+        subscriptions = wait_for_graph(
+            lambda: node.get_subscriber_names_and_types_by_node("vo_node", "/"),
+            {"/image/compressed", "/camera_info"},
+        )
         node.shutdown()
         node.destroy_node()
     assert subscriptions["/image/compressed"] == ["sensor_msgs/msg/CompressedImage"]
