@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 import torch
 
-from vo_node.config import ConfigError, EngineConfig, FrontendConfig, NetworkConfig
+from vo_node.config import ConfigError, FrontendConfig, NetworkConfig
 from vo_node.geometry import se3
+from vo_node.odometry.frontend import MAX_TIMESTAMP_RATIO, mean_patch_flow, predict_pose
 from vo_node.odometry.graph import PatchGraph
 from vo_node.odometry.image import prepare_image
 
@@ -258,6 +259,25 @@ def test_trajectory_rebuilds_chained_dropped_frames():
     np.testing.assert_allclose(poses, expected, atol=1e-6)
 
 
+def test_static_frames_are_interpolated_by_timestamp():
+    graph = make_graph()
+    add_frame(graph, 0)  # x = 0 at 1000 ns
+    graph.record_dropped(1, 2500, anchor_frame_id=0)
+    rotated = se3.compose(se3.exp(torch.tensor([0.0, 0.0, 0.0, 0.0, 0.4, 0.0])), translation_pose(2.0))
+    graph.add_keyframe(rotated, torch.zeros(M, 3, P, P), timestamp_ns=4000, frame_id=2)
+    graph.record_dropped(3, 5000, anchor_frame_id=2)  # no later frame: copies frame 2
+
+    frame_ids, stamps, poses_cw = graph.trajectory()
+    assert frame_ids.tolist() == [0, 1, 2, 3]
+    assert stamps.tolist() == [1000, 2500, 4000, 5000]
+    poses_wc = se3.invert(torch.from_numpy(poses_cw))
+    end_wc = se3.invert(rotated.double())
+    start_wc = se3.invert(translation_pose(0.0).double())
+    expected = se3.interpolate(start_wc, end_wc, 0.5)
+    torch.testing.assert_close(poses_wc[1], expected, atol=1e-6, rtol=0)
+    np.testing.assert_allclose(poses_cw[3], poses_cw[2], atol=1e-12)
+
+
 def test_trajectory_survives_folding_of_anchor():
     graph = make_graph()
     for frame in range(3):
@@ -342,3 +362,67 @@ def test_prepare_image_rejects_bad_intrinsics():
         prepare_image(image, [50.0, 50.0, 32.0])
     with pytest.raises(ValueError, match="focal"):
         prepare_image(image, [0.0, 50.0, 32.0, 32.0])
+
+
+# ---------------------------------------------------------------------------------------------
+# Motion model and keyframe flow
+
+
+def test_constant_motion_model_copies_last_pose():
+    previous = torch.stack([translation_pose(0.0), translation_pose(1.0)])
+    predicted = predict_pose(previous, [0, 100, 200], "constant", 0.5)
+    torch.testing.assert_close(predicted, translation_pose(1.0))
+
+
+@pytest.mark.parametrize("gap_ns, expected_x", [(100, 1.5), (200, 2.0), (50, 1.25)])
+def test_damped_linear_scales_with_time_gap(gap_ns, expected_x):
+    previous = torch.stack([translation_pose(0.0), translation_pose(1.0)])
+    predicted = predict_pose(previous, [0, 100, 100 + gap_ns], "damped_linear", 0.5)
+    torch.testing.assert_close(predicted, translation_pose(expected_x), atol=1e-6, rtol=0)
+
+
+def test_damped_linear_extrapolates_rotation():
+    step = torch.tensor([0.1, 0.0, -0.2, 0.05, -0.1, 0.2], dtype=torch.float64)
+    older = se3.exp(torch.tensor([0.3, 0.1, 0.0, 0.0, 0.2, 0.0], dtype=torch.float64))
+    newer = se3.compose(se3.exp(step), older)
+    predicted = predict_pose(torch.stack([older, newer]), [0, 10, 20], "damped_linear", 0.5)
+    expected = se3.compose(se3.exp(0.5 * step), newer)
+    torch.testing.assert_close(predicted, expected, atol=1e-9, rtol=0)
+
+
+def test_damped_linear_caps_long_gaps_and_ignores_zero_gap():
+    previous = torch.stack([translation_pose(0.0), translation_pose(1.0)])
+    capped = predict_pose(previous, [0, 100, 100 + 100_000], "damped_linear", 0.5)
+    assert capped[0].item() == pytest.approx(1.0 + 0.5 * MAX_TIMESTAMP_RATIO)
+    same_time = predict_pose(previous, [100, 100, 200], "damped_linear", 0.5)
+    assert same_time[0].item() == pytest.approx(1.5)
+
+
+def test_unknown_motion_model_is_rejected():
+    previous = torch.stack([translation_pose(0.0), translation_pose(1.0)])
+    with pytest.raises(ValueError, match="motion model"):
+        predict_pose(previous, [0, 1, 2], "spline", 0.5)
+
+
+def test_mean_patch_flow_of_translation():
+    intrinsics = torch.tensor([50.0, 50.0, 20.0, 15.0])
+    patches = torch.zeros(2, 3, P, P)
+    patches[:, 0] = torch.tensor([10.0, 30.0])[:, None, None]
+    patches[:, 1] = 15.0
+    patches[:, 2] = torch.tensor([0.5, 0.25])[:, None, None]
+    source = se3.identity()
+    target = translation_pose(-0.2)  # T_cam_world: the camera moves +0.2 along x
+    # Flow of a fronto-parallel point is fx * |tx| * inverse depth, for full and translation-only.
+    expected = 50.0 * 0.2 * (0.5 + 0.25) / 2
+    assert mean_patch_flow(source, target, patches, intrinsics) == pytest.approx(expected, rel=1e-5)
+    assert mean_patch_flow(source, source, patches, intrinsics) == pytest.approx(0.0, abs=1e-6)
+
+
+def test_mean_patch_flow_discounts_rotation():
+    intrinsics = torch.tensor([50.0, 50.0, 20.0, 15.0])
+    patches = torch.zeros(1, 3, P, P)
+    patches[:, 0], patches[:, 1], patches[:, 2] = 20.0, 15.0, 0.5
+    yaw = se3.exp(torch.tensor([0.0, 0.0, 0.0, 0.0, 0.1, 0.0]))
+    full_flow = 50.0 * math.tan(0.1)
+    flow = mean_patch_flow(se3.identity(), yaw, patches, intrinsics, beta=0.5)
+    assert flow == pytest.approx(0.5 * full_flow, rel=1e-4)

@@ -245,7 +245,8 @@ class VisualOdometry:
             raise RuntimeError(
                 f"trajectory has {len(stamps)} poses for {self.frame_count} input frames"
             )
-        poses_wc = se3.invert(torch.from_numpy(poses_cw)).numpy()
+        # The graph keeps float32 poses; renormalise the quaternions after the float64 inversion.
+        poses_wc = se3.normalize(se3.invert(torch.from_numpy(poses_cw))).numpy()
         return Trajectory(stamps, poses_wc)
 
     # -----------------------------------------------------------------------------------------
@@ -327,7 +328,7 @@ class VisualOdometry:
         covariance: torch.Tensor | None = None,
     ) -> TrackResult:
         pose_cw = self._current_pose_cw()
-        pose = se3.invert(pose_cw.double()).cpu().numpy()
+        pose = se3.normalize(se3.invert(pose_cw.double())).cpu().numpy()
         return TrackResult(
             timestamp_ns=timestamp_ns,
             pose=pose,
