@@ -1,0 +1,306 @@
+"""Training speed-up of the Sigma-weighted, beta-balanced recipe over the unweighted baseline.
+
+For every seed, two runs of ``python -m vo_node.train`` with equal step budgets go into
+``OUTPUT/<variant>/seed<k>``:
+
+- ``baseline``: ``loss.flow_weighting=none``, ``balance.enabled=false``;
+- ``sigma``: ``loss.flow_weighting=sigma``, ``balance.enabled=true``.
+
+All other settings come from the same recipe. The target of seed ``k`` is the baseline's final
+validation value of the chosen metric (default ``pose_translation``, the scale-aligned relative
+translation error of the last unrolled iteration). For each variant, the steps (and training
+wall time) to reach the target are those of the first validation at or below it; the speed-up is
+``baseline steps / sigma steps`` (above 1 means the Sigma recipe got there sooner). The same is
+reported for ``ate`` when the runs logged ATE on real sequences.
+
+Wall time is summed from the trainer's logged ``steps_per_s`` windows, so it includes the
+validation passes (the same schedule in both variants) and the beta-rule's extra backward passes.
+A run whose ``model.pt`` exists is skipped; one with only ``checkpoints/latest.pt`` is resumed.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import statistics
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Mapping, Sequence
+
+from vo_node.study.plots import Panel, Series, plot_panels, read_table, write_table
+
+logger = logging.getLogger(__name__)
+
+VARIANT_OVERRIDES: dict[str, dict[str, str]] = {
+    "baseline": {"loss.flow_weighting": "none", "balance.enabled": "false"},
+    "sigma": {"loss.flow_weighting": "sigma", "balance.enabled": "true"},
+}
+BASELINE, SIGMA = "baseline", "sigma"
+DEFAULT_METRIC = "pose_translation"
+ATE_METRIC = "ate"
+DEFAULT_VALIDATION_POINTS = 10
+MODEL_FILE = "model.pt"
+REPOSITORY_ROOT = Path(__file__).resolve().parents[2]
+"""Working folder of the training subprocesses, so ``-m vo_node.train`` imports this checkout."""
+LATEST_CHECKPOINT = Path("checkpoints") / "latest.pt"
+VARIANT_COLOURS = {BASELINE: "tab:blue", SIGMA: "tab:orange"}
+
+
+@dataclass
+class RunSpec:
+    """One training run of the comparison."""
+
+    variant: str
+    seed: int
+    folder: Path
+    overrides: dict[str, str]
+
+    def command(self, config: Path, python: str = sys.executable) -> list[str]:
+        """Return the ``python -m vo_node.train`` command line (with ``--resume`` if started)."""
+        command = [python, "-m", "vo_node.train", "--config", str(Path(config).resolve()),
+                   "--output", str(self.folder.resolve())]
+        if (self.folder / LATEST_CHECKPOINT).is_file():
+            command.append("--resume")
+        return command + [f"{key}={value}" for key, value in self.overrides.items()]
+
+    @property
+    def complete(self) -> bool:
+        """Whether the run finished (the trainer writes ``model.pt`` only at the last step)."""
+        return (self.folder / MODEL_FILE).is_file()
+
+
+def validation_interval(steps: int, points: int) -> int:
+    """Return the largest divisor of ``steps`` not above ``steps / points`` (at least 1).
+
+    A divisor makes the last validation fall on the final step, where the target is read.
+    """
+    if steps < 1 or points < 1:
+        raise ValueError(f"steps and validation points must be positive, got {steps}, {points}")
+    for interval in range(max(1, steps // points), 0, -1):
+        if steps % interval == 0:
+            return interval
+    return 1
+
+
+def plan_runs(
+    seeds: Sequence[int],
+    steps: int,
+    output: str | Path,
+    validation_points: int = DEFAULT_VALIDATION_POINTS,
+    extra_overrides: Mapping[str, str] | None = None,
+) -> list[RunSpec]:
+    """Return the runs of both variants for every seed (baseline first)."""
+    if not seeds:
+        raise ValueError("no seeds given; pass --seeds 0 1 2")
+    interval = validation_interval(steps, validation_points)
+    common = {
+        "optim.steps": str(steps),
+        "validation.every": str(interval),
+        "checkpoint.every_steps": str(steps),
+        "checkpoint.keep_every_steps": "0",
+        **dict(extra_overrides or {}),
+    }
+    runs = []
+    for seed in seeds:
+        for variant, overrides in VARIANT_OVERRIDES.items():
+            folder = Path(output) / variant / f"seed{seed}"
+            runs.append(RunSpec(variant, seed, folder, {**common, "seed": str(seed), **overrides}))
+    return runs
+
+
+def execute_runs(runs: Sequence[RunSpec], config: str | Path, threads: int | None = None) -> None:
+    """Train every incomplete run in turn; raise RuntimeError naming the first one that fails.
+
+    ``threads`` sets ``OMP_NUM_THREADS`` (torch's CPU thread count) of the training processes.
+    """
+    env = dict(os.environ)
+    if threads is not None:
+        env["OMP_NUM_THREADS"] = str(threads)
+    for run in runs:
+        if run.complete:
+            logger.info("skipping %s seed %d: %s exists", run.variant, run.seed,
+                        run.folder / MODEL_FILE)
+            continue
+        command = run.command(Path(config))
+        logger.info("training %s seed %d: %s", run.variant, run.seed, " ".join(command))
+        run.folder.mkdir(parents=True, exist_ok=True)
+        with open(run.folder / "study_train.log", "a") as log:
+            result = subprocess.run(
+                command, stdout=log, stderr=subprocess.STDOUT, cwd=REPOSITORY_ROOT, env=env,
+                check=False,
+            )
+        if result.returncode != 0:
+            raise RuntimeError(
+                f"training {run.variant} seed {run.seed} failed with exit code "
+                f"{result.returncode}; see {run.folder / 'study_train.log'}, then rerun the "
+                "command to resume"
+            )
+
+
+# -------------------------------------------------------------------------------------------
+# Curves and the comparison
+# -------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Curve:
+    """Validation curve of one run: steps, training wall time at those steps, metric values."""
+
+    steps: list[int] = field(default_factory=list)
+    times_s: list[float] = field(default_factory=list)
+    values: dict[str, list[float]] = field(default_factory=dict)
+
+    def metric(self, name: str) -> list[float]:
+        return self.values.get(name, [])
+
+
+def _float(text: str) -> float:
+    return float(text) if text not in ("", None) else math.nan
+
+
+def read_curve(folder: str | Path) -> Curve:
+    """Read ``metrics.csv`` of a run into its validation curve with cumulative wall time."""
+    path = Path(folder) / "metrics.csv"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} not found; train the run first (rerun without --report-only)")
+    rows = read_table(path)
+    elapsed, previous_step, clock = {}, 0, 0.0
+    for row in rows:
+        if row["split"] != "train":
+            continue
+        step, rate = int(row["step"]), _float(row["steps_per_s"])
+        if math.isfinite(rate) and rate > 0.0:
+            clock += (step - previous_step) / rate
+        previous_step = step
+        elapsed[step] = clock
+    curve = Curve()
+    for row in rows:
+        if row["split"] != "val":
+            continue
+        step = int(row["step"])
+        curve.steps.append(step)
+        known = [s for s in elapsed if s <= step]
+        curve.times_s.append(elapsed[max(known)] if known else 0.0)
+        for name, text in row.items():
+            if name not in ("step", "split"):
+                curve.values.setdefault(name, []).append(_float(text))
+    if not curve.steps:
+        raise ValueError(f"{path} has no validation rows; set validation.every below optim.steps")
+    return curve
+
+
+def first_reaching(curve: Curve, metric: str, target: float) -> tuple[int, float] | None:
+    """Return ``(step, wall time s)`` of the first validation with ``metric <= target``."""
+    for step, time_s, value in zip(curve.steps, curve.times_s, curve.metric(metric)):
+        if math.isfinite(value) and value <= target:
+            return step, time_s
+    return None
+
+
+def final_value(curve: Curve, metric: str) -> float:
+    """Return the metric at the last validation (``nan`` when it was not logged)."""
+    values = curve.metric(metric)
+    return values[-1] if values else math.nan
+
+
+def compare_seed(baseline: Curve, sigma: Curve, metric: str) -> dict[str, object]:
+    """Return one table row: the target, steps and time of both variants and their ratios."""
+    target = final_value(baseline, metric)
+    row: dict[str, object] = {
+        "metric": metric, "target": target, "baseline_final": target,
+        "sigma_final": final_value(sigma, metric),
+    }
+    reached = {}
+    for name, curve in ((BASELINE, baseline), (SIGMA, sigma)):
+        hit = first_reaching(curve, metric, target) if math.isfinite(target) else None
+        reached[name] = hit
+        row[f"{name}_steps"] = hit[0] if hit else math.nan
+        row[f"{name}_time_s"] = hit[1] if hit else math.nan
+    row["sigma_reached"] = reached[SIGMA] is not None
+    if reached[BASELINE] and reached[SIGMA]:
+        row["step_ratio"] = reached[BASELINE][0] / reached[SIGMA][0]
+        row["time_ratio"] = reached[BASELINE][1] / max(reached[SIGMA][1], 1e-9)
+    else:
+        row["step_ratio"] = row["time_ratio"] = math.nan
+    return row
+
+
+def summarise(rows: Sequence[Mapping[str, object]]) -> list[dict[str, object]]:
+    """Return per metric the mean and sample spread of the step and time ratios over seeds."""
+    summary = []
+    for metric in dict.fromkeys(str(row["metric"]) for row in rows):
+        selected = [row for row in rows if row["metric"] == metric]
+        reached = [row for row in selected if row["sigma_reached"]]
+        entry: dict[str, object] = {"metric": metric, "seeds": len(selected),
+                                    "sigma_reached": len(reached)}
+        for ratio in ("step_ratio", "time_ratio"):
+            values = [float(row[ratio]) for row in reached]
+            entry[f"{ratio}_mean"] = statistics.fmean(values) if values else math.nan
+            entry[f"{ratio}_std"] = statistics.stdev(values) if len(values) > 1 else math.nan
+            entry[f"{ratio}_min"] = min(values) if values else math.nan
+        summary.append(entry)
+    return summary
+
+
+def plot_curves(curves: Mapping[tuple[str, int], Curve], metric: str, path: Path) -> Path:
+    """Plot the validation metric over steps and over wall time, one line per run."""
+    by_step, by_time = [], []
+    for (variant, seed), curve in sorted(curves.items()):
+        style = {"color": VARIANT_COLOURS.get(variant)}
+        label = f"{variant} seed {seed}"
+        by_step.append(Series(curve.steps, curve.metric(metric), label, style))
+        by_time.append(Series(curve.times_s, curve.metric(metric), label, style))
+    panels = [
+        Panel(by_step, f"validation {metric}", "training step", metric),
+        Panel(by_time, f"validation {metric}", "training wall time (s)", metric),
+    ]
+    return plot_panels(panels, path, "baseline (none, no balance) vs sigma (+ balance)")
+
+
+SEED_COLUMNS = (
+    "seed", "metric", "target", "baseline_final", "sigma_final", "baseline_steps", "sigma_steps",
+    "step_ratio", "baseline_time_s", "sigma_time_s", "time_ratio", "sigma_reached",
+)
+
+
+def run_speedup_study(
+    config: str | Path,
+    seeds: Sequence[int],
+    steps: int,
+    output: str | Path,
+    metric: str = DEFAULT_METRIC,
+    validation_points: int = DEFAULT_VALIDATION_POINTS,
+    extra_overrides: Mapping[str, str] | None = None,
+    train: bool = True,
+    threads: int | None = None,
+) -> tuple[list[dict[str, object]], list[dict[str, object]]]:
+    """Train (unless ``train`` is False) and compare; write tables and PNGs into ``output``.
+
+    Returns ``(per-seed rows, summary rows)``. Writes ``speedup.csv/.md`` (per seed),
+    ``speedup_summary.csv/.md`` and ``validation_<metric>.png`` (and ``validation_ate.png``
+    when ATE was logged).
+    """
+    output = Path(output)
+    runs = plan_runs(seeds, steps, output, validation_points, extra_overrides)
+    if train:
+        execute_runs(runs, config, threads)
+    curves = {(run.variant, run.seed): read_curve(run.folder) for run in runs}
+
+    metrics = [metric]
+    if metric != ATE_METRIC and any(
+        any(math.isfinite(v) for v in curve.metric(ATE_METRIC)) for curve in curves.values()
+    ):
+        metrics.append(ATE_METRIC)
+    rows = []
+    for name in metrics:
+        for seed in seeds:
+            row = compare_seed(curves[(BASELINE, seed)], curves[(SIGMA, seed)], name)
+            rows.append({"seed": seed, **row})
+        plot_curves(curves, name, output / f"validation_{name}.png")
+    summary = summarise(rows)
+    write_table(rows, output / "speedup", SEED_COLUMNS)
+    write_table(summary, output / "speedup_summary")
+    return rows, summary
