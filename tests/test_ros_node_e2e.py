@@ -155,6 +155,7 @@ def test_node_process_writes_trajectory_on_sigterm(euroc_bag, model_path, tmp_pa
     from nav_msgs.msg import Odometry
     from rclpy.executors import SingleThreadedExecutor
     from rclpy.node import Node
+    from sensor_msgs.msg import Image, PointCloud2
     from test_ros_support import ros_context, spin_until
 
     from vo_node.io.trajectory import read_tum
@@ -176,6 +177,10 @@ def test_node_process_writes_trajectory_on_sigterm(euroc_bag, model_path, tmp_pa
             player_node = Node("vo_replay", context=context)
             listener = Node("listener", context=context)
             listener.create_subscription(Odometry, "/odom", odometry.append, 100)
+            # Debug outputs are only produced while subscribed.
+            clouds, debug_images = [], []
+            listener.create_subscription(PointCloud2, "/debug/points", clouds.append, 10)
+            listener.create_subscription(Image, "/debug/image", debug_images.append, 10)
             executor = SingleThreadedExecutor(context=context)
             executor.add_node(listener)
             player = BagPlayer(player_node, bag, topics=["/cam0/camera_info", "/cam0/image_raw"])
@@ -191,6 +196,7 @@ def test_node_process_writes_trajectory_on_sigterm(euroc_bag, model_path, tmp_pa
             for count, image in enumerate(images, start=1):
                 player.publishers[image.topic].publish(image.data)
                 assert spin_until(executor, lambda: len(odometry) >= count, 300.0), count
+            spin_until(executor, lambda: clouds and debug_images, 5.0)
             executor.shutdown()
         process.send_signal(signal.SIGTERM)
         output, _ = process.communicate(timeout=60)
@@ -200,4 +206,10 @@ def test_node_process_writes_trajectory_on_sigterm(euroc_bag, model_path, tmp_pa
     assert process.returncode == 0, output
     written = read_tum(trajectory_file)
     assert list(written.timestamps_ns) == stamps[:2]
+    assert clouds, "no debug/points message while subscribed"
+    assert [field.name for field in clouds[0].fields] == ["x", "y", "z"]
+    assert clouds[0].header.frame_id == "odom"
+    assert debug_images, "no debug/image message while subscribed"
+    assert debug_images[0].encoding == "rgb8"
+    assert (debug_images[0].width, debug_images[0].height) == (376, 240)
 
