@@ -69,7 +69,10 @@ class DataConfig:
     flow_reference_width: int = 640
     source_frames: int = 0
     """Length of each generated synthetic sequence the clip is picked from; 0 means
-    ``4 * n_frames``."""
+    ``2 * n_frames``."""
+    synthetic_frame_steps: list = field(default_factory=lambda: [1, 3])
+    """Inclusive range of generator time steps (20 Hz periods) between consecutive generated
+    frames; one value is drawn per sequence, so clips cover slow and fast motion."""
     depth_percentile: float = 98.0
     depth_percentile_scale: float = 0.7
     """Inverse depth is divided by ``depth_percentile_scale * percentile(inverse depth)``, and
@@ -188,6 +191,9 @@ class TrainConfig:
     output: str = "outputs/train"
     device: str = "auto"
     seed: int = 0
+    threads: int = 0
+    """CPU threads of torch's intra-op pool; 0 keeps torch's default (under DDP on the CPU, the
+    cores are split between the ranks). Small models run fastest with 1 on a busy machine."""
     deterministic: bool = False
     """Use deterministic torch kernels (slower; needed for bit-exact resume on CUDA)."""
     log_every: int = 10
@@ -216,6 +222,16 @@ class TrainConfig:
         if not isinstance(self.engine_overrides, dict):
             raise ConfigError(
                 f"engine_overrides must be a mapping of dotted keys, got {self.engine_overrides!r}"
+            )
+        steps = self.data.synthetic_frame_steps
+        if (
+            len(steps) != 2
+            or not all(isinstance(value, int) for value in steps)
+            or not 1 <= steps[0] <= steps[1]
+        ):
+            raise ConfigError(
+                f"data.synthetic_frame_steps must be two whole numbers [low, high] with "
+                f"1 <= low <= high, got {steps!r}"
             )
         if not all(isinstance(root, str) for root in self.data.roots):
             raise ConfigError(f"data.roots must be a list of folder paths, got {self.data.roots!r}")
@@ -266,6 +282,8 @@ def _check_positive(config: TrainConfig) -> None:
     for key, value in positive.items():
         if value <= 0:
             raise ConfigError(f"{key} must be positive, got {value}")
+    if config.threads < 0:
+        raise ConfigError(f"threads must be 0 (torch default) or more, got {config.threads}")
     if config.data.num_workers < 0:
         raise ConfigError(f"data.num_workers must be 0 or more, got {config.data.num_workers}")
 

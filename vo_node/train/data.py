@@ -23,7 +23,7 @@ import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Protocol
+from typing import Callable, Iterator, Protocol
 
 import cv2
 import numpy as np
@@ -42,6 +42,8 @@ FLOW_MIN_DEPTH = 0.05
 """Points closer than this fraction of the median depth after the transform count as invalid."""
 FLOW_LOOKAHEAD = 10
 """The next clip frame is searched among at most this many following frames."""
+START_MARGIN = 4
+"""A clip starts at least this many frames per clip frame before the end of its sequence."""
 TUM_DEPTH_SCALE = 5000.0
 """TUM RGB-D depth PNGs store depth in units of 1/5000 m."""
 TUM_MAX_TIME_DIFFERENCE_S = 0.02
@@ -56,6 +58,8 @@ TARTANAIR_INTRINSICS = (320.0, 320.0, 320.0, 240.0)
 NED_TO_OPTICAL = [1, 2, 0]
 """Optical (x right, y down, z forward) axes are NED body axes (y, z, x)."""
 SEED_MODULUS = 2**31 - 1
+SOURCE_FRAMES_PER_CLIP_FRAME = 2
+"""Default length of a generated sequence, in frames per clip frame (``data.source_frames: 0``)."""
 TRAIN_STREAM, VALIDATION_STREAM = 0, 1
 
 
@@ -304,10 +308,12 @@ def discover_sequences(source: str, roots: list[str]) -> list[FrameSequence]:
 class SyntheticSequence:
     """A sequence rendered by the built-in generator (``vo_node.synthetic.generate_clip``)."""
 
-    def __init__(self, seed: int, num_frames: int, height: int, width: int):
+    def __init__(
+        self, seed: int, num_frames: int, height: int, width: int, frame_steps: tuple[int, int]
+    ):
         from vo_node.synthetic import generate_clip
 
-        clip = generate_clip(seed, num_frames, height, width)
+        clip = generate_clip(seed, num_frames, height, width, frame_step_range=frame_steps)
         self.name = f"synthetic-{seed}"
         self.frames = SequenceFrames(
             np.asarray(clip.images, dtype=np.uint8),
@@ -396,32 +402,32 @@ class _FlowCache:
 def select_frames(
     length: int,
     n_frames: int,
-    flow: "callable",
+    flow: Callable[[int, int], float],
     flow_range: tuple[float, float],
     rng: np.random.Generator,
     lookahead: int = FLOW_LOOKAHEAD,
 ) -> list[int]:
-    """Pick ``n_frames`` indices of a ``length``-frame sequence by DPVO's flow rule.
+    """Pick ``n_frames`` increasing indices of a ``length``-frame sequence by DPVO's flow rule.
 
-    Start at a random frame; each next frame is drawn uniformly among the following
+    The clip starts at a random frame at least ``START_MARGIN * n_frames`` frames before the end
+    (or at 0 in shorter sequences). Each next frame is drawn uniformly among the following
     ``lookahead`` frames whose mean flow ``flow(current, candidate)`` (pixels) lies inside
-    ``flow_range``. Without such a frame the next frame in time is taken, and at the end of the
-    sequence the previous one.
+    ``flow_range``, never jumping so far that the remaining frames would not fit; without such a
+    candidate the next frame in time is taken.
     """
-    if length < 2:
-        raise DatasetError(f"a sequence of {length} frames is too short to pick a clip from")
+    if length < n_frames:
+        raise DatasetError(
+            f"a sequence of {length} frames is too short for clips of {n_frames} frames; lower "
+            "data.n_frames or remove the sequence"
+        )
     low, high = flow_range
-    current = int(rng.integers(0, max(1, length - n_frames + 1)))
+    current = int(rng.integers(0, max(0, length - START_MARGIN * n_frames) + 1))
     picked = [current]
     while len(picked) < n_frames:
-        ahead = range(current + 1, min(length, current + 1 + lookahead))
-        candidates = [j for j in ahead if low < flow(current, j) < high]
-        if candidates:
-            current = int(rng.choice(candidates))
-        elif current + 1 < length:
-            current += 1
-        else:
-            current -= 1
+        remaining = n_frames - len(picked)
+        furthest = min(current + lookahead, length - remaining)
+        candidates = [j for j in range(current + 1, furthest + 1) if low < flow(current, j) < high]
+        current = int(rng.choice(candidates)) if candidates else current + 1
         picked.append(current)
     return picked
 
@@ -524,9 +530,8 @@ def normalise_scale(
     valid = depths > 0
     if not valid.any():
         raise DatasetError("a clip has no pixel with a valid depth; cannot normalise its scale")
-    inverse = 1.0 / depths[valid].double()
-    scale = factor * float(torch.quantile(inverse[:: max(1, inverse.numel() // 1_000_000)],
-                                          percentile / 100.0))
+    inverse = 1.0 / depths[valid].double().numpy()
+    scale = factor * float(np.percentile(inverse, percentile))
     poses_wc = poses_wc.clone()
     poses_wc[:, :3] *= scale
     return depths * scale, poses_wc, scale
@@ -581,17 +586,22 @@ class ClipDataset(torch.utils.data.Dataset):
         return make_clip(sequence, self.config, rng, self.augment)
 
     def _synthetic(self, generator_seed: int) -> SyntheticSequence:
-        frames = self.config.source_frames or 4 * self.config.n_frames
-        return SyntheticSequence(generator_seed, frames, self.config.height, self.config.width)
+        return synthetic_sequence(self.config, generator_seed)
+
+
+def synthetic_sequence(config: DataConfig, generator_seed: int) -> SyntheticSequence:
+    """Render the source sequence of one synthetic clip at the training resolution."""
+    frames = config.source_frames or SOURCE_FRAMES_PER_CLIP_FRAME * config.n_frames
+    low, high = config.synthetic_frame_steps
+    return SyntheticSequence(generator_seed, frames, config.height, config.width, (low, high))
 
 
 def validation_clips(config: DataConfig, seed: int, count: int) -> list[dict[str, torch.Tensor]]:
     """Return ``count`` held-out synthetic clips (generator seeds ``seed + i``, no augmentation)."""
     clips = []
-    frames = config.source_frames or 4 * config.n_frames
     for index in range(count):
         rng = sample_rng(seed, VALIDATION_STREAM, 0, index)
-        sequence = SyntheticSequence(seed + index, frames, config.height, config.width)
+        sequence = synthetic_sequence(config, seed + index)
         clips.append(make_clip(sequence, config, rng, augment=False))
     return clips
 

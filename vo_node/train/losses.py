@@ -113,10 +113,13 @@ def umeyama_scale(source: Tensor, target: Tensor) -> Tensor:
     """Return the scale ``s`` of the Sim(3) alignment ``target ~ s R source + t``.
 
     Args:
-        source, target: (N, 3) positions. Returns 1 when ``source`` has no spread.
+        source, target: (N, 3) positions. Returns 1 when ``source`` has no spread and NaN when
+        an input is not finite (so a broken step shows up as a non-finite loss).
     """
     source = source.double()
     target = target.double()
+    if not bool(torch.isfinite(source).all() and torch.isfinite(target).all()):
+        return source.new_tensor(float("nan"))
     centred_source = source - source.mean(dim=0)
     centred_target = target - target.mean(dim=0)
     variance = (centred_source**2).sum(dim=1).mean()

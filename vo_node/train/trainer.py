@@ -57,7 +57,7 @@ METRICS_COLUMNS = (
 SIGNAL_EXIT_BASE = 128
 """A run stopped by signal ``s`` exits with ``128 + s`` (130 for SIGINT, 143 for SIGTERM)."""
 SEED_MODULUS = 2**63 - 1
-MAX_CPU_THREADS_PER_RANK_FLOOR = 1
+MIN_WARMUP_STEPS = 2
 VALIDATION_STREAM = 7
 
 
@@ -98,6 +98,11 @@ def derive_seed(*parts: int) -> int:
     """Return a 63-bit seed that is a pure function of ``parts``."""
     state = np.random.SeedSequence(list(parts)).generate_state(1, np.uint64)
     return int(state[0] % SEED_MODULUS)
+
+
+def warmup_fraction(pct_start: float, steps: int) -> float:
+    """Return ``pct_start`` raised so the warm-up spans at least 2 steps (OneCycleLR needs it)."""
+    return min(1.0, max(pct_start, MIN_WARMUP_STEPS / steps))
 
 
 def seed_everything(seed: int) -> None:
@@ -208,9 +213,11 @@ class Trainer:
             self.device = f"cuda:{self.context.local_rank}"
         configure_determinism(config.deterministic, self.device.split(":")[0])
         seed_everything(derive_seed(config.seed, self.context.rank))
-        if self.device == "cpu" and self.context.distributed:
+        if config.threads:
+            torch.set_num_threads(config.threads)
+        elif self.device == "cpu" and self.context.distributed:
             cores = os.cpu_count() or 1
-            torch.set_num_threads(max(MAX_CPU_THREADS_PER_RANK_FLOOR, cores // self.context.world_size))
+            torch.set_num_threads(max(1, cores // self.context.world_size))
 
         self.engine = resolve_engine_config(config)
         self.network = VONetwork(self.engine.network).to(self.device)
@@ -229,7 +236,7 @@ class Trainer:
             self.optimizer,
             max_lr=config.optim.lr,
             total_steps=config.optim.steps,
-            pct_start=config.optim.pct_start,
+            pct_start=warmup_fraction(config.optim.pct_start, config.optim.steps),
             anneal_strategy="linear",
             cycle_momentum=False,
         )

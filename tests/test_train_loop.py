@@ -1,0 +1,162 @@
+"""Training runs on the generator: learning, outputs, exact resume, signals, NaN steps and DDP."""
+
+import csv
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import torch.multiprocessing as mp
+
+from vo_node.model.network import load_model
+from vo_node.train import main
+from vo_node.train.checkpoint import load_checkpoint
+from vo_node.train.config import load_train_config
+from vo_node.train.trainer import Trainer, TrainingError
+
+REPO = Path(__file__).resolve().parents[1]
+TINY = str(REPO / "config" / "train_tiny.yaml")
+QUIET = {"validation.every": 1000, "checkpoint.every_steps": 1000}
+
+
+def parameters(trainer: Trainer) -> dict[str, torch.Tensor]:
+    return {name: value.detach().clone() for name, value in trainer.network.named_parameters()}
+
+
+def test_short_run_lowers_validation_loss(tmp_path):
+    config = load_train_config(TINY)
+    trainer = Trainer(config, tmp_path)
+    before = trainer.validate()
+    assert trainer.train() == 0
+    after = trainer.validate()
+    assert after["loss"] < before["loss"]
+    assert after["flow_epe"] < before["flow_epe"]
+
+    for name in ("config.yaml", "engine.yaml", "version.txt", "model.pt", "metrics.csv"):
+        assert (tmp_path / name).is_file(), name
+    assert (tmp_path / "checkpoints" / "latest.pt").is_file()
+    assert (tmp_path / "checkpoints" / "best.pt").is_file()
+    assert any((tmp_path / "tensorboard").iterdir())
+    with open(tmp_path / "metrics.csv") as handle:
+        rows = list(csv.DictReader(handle))
+    train_rows = [row for row in rows if row["split"] == "train"]
+    val_rows = [row for row in rows if row["split"] == "val"]
+    assert len(train_rows) == config.optim.steps
+    assert float(val_rows[-1]["loss"]) == pytest.approx(after["loss"], rel=1e-4)
+    assert float(train_rows[-1]["beta"]) != 1.0  # the balance rule ran
+
+    network, engine = load_model(tmp_path / "model.pt")
+    assert engine.network.context_dim == config.engine_overrides["network.context_dim"]
+    for name, value in network.named_parameters():
+        assert torch.equal(value, dict(trainer.network.named_parameters())[name])
+
+
+def test_resume_matches_straight_run(tmp_path):
+    overrides = {**QUIET, "optim.steps": 4, "deterministic": True, "balance.interval": 1}
+    config = load_train_config(TINY, overrides)
+    straight = Trainer(config, tmp_path / "straight")
+    straight.train()
+
+    first = Trainer(config, tmp_path / "split")
+    first.train(max_steps=2)
+    checkpoint = tmp_path / "split" / "checkpoints" / "latest.pt"
+    assert load_checkpoint(checkpoint)["step"] == 2
+    resumed = Trainer(config, tmp_path / "split", resume=checkpoint)
+    assert resumed.step == 2
+    resumed.train()
+
+    assert resumed.step == straight.step == 4
+    assert resumed.balancer.beta == pytest.approx(straight.balancer.beta, rel=1e-6)
+    expected = parameters(straight)
+    for name, value in parameters(resumed).items():
+        torch.testing.assert_close(value, expected[name], rtol=1e-6, atol=1e-7, msg=name)
+
+
+def test_nonfinite_steps_are_skipped_then_stop(tmp_path):
+    config = load_train_config(TINY, {**QUIET, "optim.max_nonfinite": 1})
+    trainer = Trainer(config, tmp_path)
+    sample = trainer.validation_set()[0]
+    broken = dict(sample, poses_cw=torch.full_like(sample["poses_cw"], float("nan")))
+    before = parameters(trainer)
+    metrics = trainer.train_step(broken)
+    assert metrics["skipped"] == 1.0
+    assert trainer.nonfinite == 1
+    for name, value in parameters(trainer).items():
+        assert torch.equal(value, before[name]), name
+    with pytest.raises(TrainingError, match="optim.max_nonfinite"):
+        trainer.train_step(broken)
+
+
+def test_cli_rejects_unknown_key(tmp_path, caplog):
+    code = main(["--config", TINY, "--output", str(tmp_path), "optim.bogus=1"])
+    assert code == 2
+    assert "optim.bogus" in caplog.text
+
+
+def test_sigterm_saves_loadable_checkpoint(tmp_path):
+    output = tmp_path / "run"
+    command = [sys.executable, "-m", "vo_node.train", "--config", TINY, "--output", str(output),
+               "optim.steps=1000", "validation.every=1000", "checkpoint.every_steps=1000"]
+    process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.PIPE, text=True)
+    metrics = output / "metrics.csv"
+    deadline = time.monotonic() + 120
+    try:
+        while time.monotonic() < deadline and process.poll() is None:
+            if metrics.is_file() and len(metrics.read_text().splitlines()) >= 2:
+                break
+            time.sleep(0.2)
+        assert process.poll() is None, process.stderr.read()
+        process.send_signal(signal.SIGTERM)
+        code = process.wait(timeout=120)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert code == 128 + signal.SIGTERM, process.stderr.read()
+    state = load_checkpoint(output / "checkpoints" / "latest.pt")
+    assert state["step"] >= 1
+    resumed = Trainer(load_train_config(TINY), output, resume=output / "checkpoints" / "latest.pt")
+    assert resumed.step == state["step"]
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _ddp_worker(rank: int, world_size: int, port: int, output: str) -> None:
+    os.environ.update(
+        MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank),
+        WORLD_SIZE=str(world_size), LOCAL_RANK=str(rank), GLOO_SOCKET_IFNAME="lo",
+    )
+    torch.distributed.init_process_group("gloo", rank=rank, world_size=world_size)
+    try:
+        config = load_train_config(TINY, {**QUIET, "optim.steps": 3, "balance.interval": 1})
+        trainer = Trainer(config, output)
+        trainer.train()
+        result = {"parameters": parameters(trainer), "beta": trainer.balancer.beta,
+                  "rho": trainer.balancer.rho}
+        torch.save(result, Path(output) / f"rank{rank}.pt")
+    finally:
+        torch.distributed.destroy_process_group()
+
+
+def test_ddp_two_ranks_keep_identical_parameters(tmp_path):
+    initial = Trainer(load_train_config(TINY, QUIET), tmp_path / "initial")
+    start = parameters(initial)
+    mp.spawn(_ddp_worker, args=(2, free_port(), str(tmp_path)), nprocs=2, join=True)
+    ranks = [torch.load(tmp_path / f"rank{rank}.pt") for rank in range(2)]
+    assert ranks[0]["beta"] == ranks[1]["beta"]
+    assert ranks[0]["rho"] == ranks[1]["rho"]
+    for name, value in ranks[0]["parameters"].items():
+        assert torch.equal(value, ranks[1]["parameters"][name]), name
+    changed = [name for name, value in ranks[0]["parameters"].items()
+               if not torch.equal(value, start[name])]
+    assert changed, "training did not change any parameter"
+    assert (tmp_path / "checkpoints" / "latest.pt").is_file()
