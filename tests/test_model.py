@@ -100,8 +100,10 @@ def centres_of(network, images, seed, selection="random", count=32):
 def test_patch_centres_inside_border(small_network, selection):
     centres = centres_of(small_network, make_images(2), seed=3, selection=selection, count=200)
     u, v = centres[:, 0], centres[:, 1]
-    assert torch.all(u >= 1) and torch.all(u <= WIDTH // 4 - 2)
-    assert torch.all(v >= 1) and torch.all(v <= HEIGHT // 4 - 2)
+    assert torch.all(u >= 1)
+    assert torch.all(u <= WIDTH // 4 - 2)
+    assert torch.all(v >= 1)
+    assert torch.all(v <= HEIGHT // 4 - 2)
     assert torch.all(centres == centres.round())
 
 
@@ -286,7 +288,8 @@ def test_temporal_neighbors_on_hand_made_edges():
 def test_temporal_neighbors_empty():
     empty = torch.zeros(0, dtype=torch.long)
     previous, following = temporal_neighbors(empty, empty)
-    assert previous.numel() == 0 and following.numel() == 0
+    assert previous.numel() == 0
+    assert following.numel() == 0
 
 
 def test_soft_aggregation_matches_group_loop():
@@ -403,3 +406,11 @@ def test_saved_config_is_plain_dict(tmp_path, small_network):
     save_model(path, small_network, config, {})
     assert torch.load(path, weights_only=True)["config"] == to_dict(config)
     assert isinstance(config.network, NetworkConfig)
+
+
+def test_encoder_norm_equals_instance_norm():
+    from vo_node.model.encoder import _norm_layer
+
+    x = torch.randn(2, 8, 12, 20, dtype=torch.float64)
+    expected = torch.nn.functional.instance_norm(x)
+    assert torch.allclose(_norm_layer(8, normalize=True)(x), expected, atol=1e-12)

@@ -1,11 +1,11 @@
 """Correlation features between patches and the matching maps of their target frames.
 
-For each edge (patch ``kk[e]``, target frame ``jj[e]``) and each of the ``P * P`` patch pixels,
-the matching map of frame ``jj[e]`` is sampled bilinearly on a ``(2r+1) x (2r+1)`` window
-centred on the reprojected pixel, and each sample is dotted with the patch's matching feature at
-that pixel. This is done at every pyramid level (the 1/4-resolution map, then that map average-
-pooled by 4), with coordinates divided by the level's scale. Samples outside the image are zero,
-as with ``grid_sample(..., padding_mode="zeros", align_corners=True)``.
+Take an edge (patch ``kk[e]``, target frame ``jj[e]``) and one of its ``P * P`` patch pixels. The
+matching map of frame ``jj[e]`` is sampled bilinearly on a ``(2r+1) x (2r+1)`` window centred on
+the reprojected pixel, and each sample is dotted with the patch's matching feature at that pixel.
+This runs at every pyramid level (the 1/4-resolution map, then that map average-pooled by 4),
+with coordinates divided by the level's scale. Samples outside the image are zero, as with
+``grid_sample(..., padding_mode="zeros", align_corners=True)``.
 
 Implementation: bilinear sampling is linear, so each window is a bilinear blend of dot products
 on the ``G x G`` integer grid around it (``G = 2r + 2``). The ``P x P`` pixels of an edge usually
@@ -29,13 +29,16 @@ from torch.utils.checkpoint import checkpoint
 PYRAMID_POOL = 4
 """Each pyramid level is the previous one average-pooled by this factor."""
 SPREAD_PIXELS = 3
-"""Spread (finest-level pixels) of a patch's integer grid positions that still fits the shared
-window: 3 holds a 3x3 patch scaled by up to about 1.5. Wider edges take the per-pixel path."""
+"""Largest spread (finest-level pixels) of a patch's integer grid positions that fits the shared
+window. A spread of 3 fits a 3x3 patch scaled by up to 1.5. Wider edges take the per-pixel path."""
 CHUNK_ELEMENTS = 1 << 20
-"""Default gathered feature values per chunk (4 MiB in float32)."""
+"""Default gathered feature values per chunk on the CPU (4 MiB in float32), small enough to stay
+in cache and to reuse freed memory instead of page-faulting a fresh buffer."""
+CHUNK_ELEMENTS_CUDA = 1 << 24
+"""Default gathered feature values per chunk on a GPU, where kernel launches cost more."""
 COORDINATE_LIMIT = 1.0e6
-"""Coordinates are clamped to this magnitude (1/4-resolution pixels) before rounding; NaN maps
-to the negative limit, so it reads zeros."""
+"""Coordinates are clamped to this magnitude (1/4-resolution pixels) before rounding. NaN becomes
+the negative limit, so it reads zeros."""
 
 
 def correlation_dim(radius: int, levels: int, patch_size: int) -> int:
@@ -67,10 +70,11 @@ class CorrelationPyramid:
     def from_fmap(
         cls, fmap: Tensor, num_levels: int, radius: int, dtype: torch.dtype | None = None
     ) -> "CorrelationPyramid":
-        """Build the pyramid of matching maps ``(F, C, h, w)``; differentiable w.r.t. ``fmap``.
+        """Build the pyramid of matching maps ``(F, C, h, w)``, differentiable w.r.t. ``fmap``.
 
-        ``dtype`` stores the maps in another precision (``torch.bfloat16`` halves the memory
-        traffic); the products are then computed in that precision and returned as float32.
+        ``dtype`` stores the maps in another precision: ``torch.bfloat16`` halves the memory
+        traffic. The dot products then run in that precision and are returned in the dtype of
+        ``coords``.
         """
         levels: list[Tensor] = []
         windows: list[int] = []
@@ -120,7 +124,8 @@ def correlate(
             frame, 1/4-resolution pixels.
         kk: ``(E,)`` patch of each edge, an index into ``gmap``.
         jj: ``(E,)`` target frame of each edge, an index into ``pyramid``.
-        chunk_size: edges per chunk; ``None`` sizes chunks to about 1 M gathered values.
+        chunk_size: edges per chunk; ``None`` sizes chunks to about 1 M gathered values on the
+            CPU and 16 M on a GPU.
 
     Returns:
         ``(E, levels * P * P * (2r+1)^2)`` correlations ordered as ``(level, patch row, patch
@@ -131,25 +136,31 @@ def correlate(
     backward pass, so memory stays bounded for large ``E``.
     """
     _check_inputs(gmap, pyramid, coords, kk, jj)
-    num_edges, patch_size = kk.shape[0], gmap.shape[-1]
-    if num_edges == 0:
-        return gmap.new_zeros((0, correlation_dim(pyramid.radius, len(pyramid.levels), patch_size)))
+    num_edges = kk.shape[0]
+    out_dim = correlation_dim(pyramid.radius, len(pyramid.levels), gmap.shape[-1])
     if chunk_size is None:
-        largest = max(pyramid.windows) ** 2 * gmap.shape[1]
-        chunk_size = max(1, CHUNK_ELEMENTS // largest)
-
+        budget = CHUNK_ELEMENTS_CUDA if gmap.is_cuda else CHUNK_ELEMENTS
+        chunk_size = max(1, budget // (max(pyramid.windows) ** 2 * gmap.shape[1]))
     coords = coords.clamp(-COORDINATE_LIMIT, COORDINATE_LIMIT).nan_to_num(-COORDINATE_LIMIT)
-    pixel_coords = coords.flatten(2).transpose(1, 2)  # (E, P*P, 2) as (u, v)
-    features = gmap[kk].flatten(2).transpose(1, 2).to(pyramid.levels[0].dtype)  # (E, P*P, C)
     record = torch.is_grad_enabled() and (
-        gmap.requires_grad or any(level.requires_grad for level in pyramid.levels)
+        gmap.requires_grad
+        or coords.requires_grad
+        or any(level.requires_grad for level in pyramid.levels)
     )
-    results = []
-    for index in range(len(pyramid.levels)):
-        level_coords = pixel_coords / PYRAMID_POOL**index
-        products = _level_products(features, pyramid, index, level_coords, jj, chunk_size, record)
-        results.append(_bilinear_blend(products.to(coords.dtype), level_coords))
-    return torch.cat(results, dim=1).flatten(1)
+    if not record:
+        # Writing each chunk into one buffer avoids a second full-size copy by torch.cat.
+        output = coords.new_empty((num_edges, out_dim))
+        for start in range(0, num_edges, chunk_size):
+            part = slice(start, start + chunk_size)
+            output[part] = _correlate_chunk(gmap, pyramid, coords[part], kk[part], jj[part])
+        return output
+
+    parts = [coords.new_zeros((0, out_dim))]
+    for start in range(0, num_edges, chunk_size):
+        part = slice(start, start + chunk_size)
+        args = (gmap, pyramid, coords[part], kk[part], jj[part])
+        parts.append(checkpoint(_correlate_chunk, *args, use_reentrant=False))
+    return torch.cat(parts)
 
 
 def _check_inputs(
@@ -178,16 +189,24 @@ def _check_inputs(
         raise IndexError(f"jj must lie in [0, {pyramid.num_frames}), the frames of the pyramid")
 
 
-def _level_products(
-    features: Tensor,
-    pyramid: CorrelationPyramid,
-    index: int,
-    coords: Tensor,
-    jj: Tensor,
-    chunk_size: int,
-    record: bool,
+def _correlate_chunk(
+    gmap: Tensor, pyramid: CorrelationPyramid, coords: Tensor, kk: Tensor, jj: Tensor
 ) -> Tensor:
-    """Return the integer-grid dot products ``(E, P*P, G, G)`` at one pyramid level.
+    """Correlate a chunk of edges at every level; returns ``(n, levels * P*P * (2r+1)^2)``."""
+    features = gmap[kk].flatten(2).transpose(1, 2).to(pyramid.levels[0].dtype)  # (n, P*P, C)
+    pixel_coords = coords.flatten(2).transpose(1, 2)  # (n, P*P, 2) as (u, v)
+    results = []
+    for index in range(len(pyramid.levels)):
+        level_coords = pixel_coords / PYRAMID_POOL**index
+        products = _level_products(features, pyramid, index, level_coords, jj)
+        results.append(_bilinear_blend(products.to(coords.dtype), level_coords))
+    return torch.cat(results, dim=1).flatten(1)
+
+
+def _level_products(
+    features: Tensor, pyramid: CorrelationPyramid, index: int, coords: Tensor, jj: Tensor
+) -> Tensor:
+    """Return the integer-grid dot products ``(n, P*P, G, G)`` at one pyramid level.
 
     Grid row ``a`` of pixel ``p`` is map row ``floor(v_p) - r + a`` (columns alike).
     """
@@ -195,37 +214,23 @@ def _level_products(
     window = pyramid.windows[index]
     level = pyramid.levels[index]
     height, width = pyramid.level_size(index)
-    corner = torch.floor(coords).long() - pyramid.radius  # (E, P*P, 2) top-left grid position
-    anchor = corner.amin(dim=1)  # (E, 2) top-left corner of the shared window
+    corner = torch.floor(coords).long() - pyramid.radius  # (n, P*P, 2) top-left grid position
+    anchor = corner.amin(dim=1)  # (n, 2) top-left corner of the shared window
     offset = corner - anchor[:, None]
     fits = (offset <= window - grid_size).flatten(1).all(dim=1)
+    if bool(fits.all()):
+        geometry = (jj, anchor, offset, window, grid_size, height, width)
+        return _shared_products(features, level, *geometry)
 
-    def run(function, *args):
-        if record:
-            return checkpoint(function, *args, use_reentrant=False)
-        return function(*args)
-
+    products = features.new_zeros(features.shape[:2] + (grid_size, grid_size))
     shared = fits.nonzero().squeeze(1)
-    parts, order = [], []
-    for start in range(0, shared.numel(), chunk_size):
-        edges = shared[start : start + chunk_size]
-        geometry = (jj[edges], anchor[edges], offset[edges], window, grid_size, height, width)
-        parts.append(run(_shared_products, features[edges], level, *geometry))
-        order.append(edges)
+    if shared.numel():
+        geometry = (jj[shared], anchor[shared], offset[shared], window, grid_size, height, width)
+        shared_products = _shared_products(features[shared], level, *geometry)
+        products = products.index_put((shared,), shared_products)
     single = (~fits).nonzero().squeeze(1)
-    single_chunk = max(1, chunk_size * window**2 // (features.shape[1] * grid_size**2))
-    for start in range(0, single.numel(), single_chunk):
-        edges = single[start : start + single_chunk]
-        geometry = (jj[edges], corner[edges], grid_size, height, width)
-        parts.append(run(_pixel_products, features[edges], level, *geometry))
-        order.append(edges)
-
-    products = torch.cat(parts)
-    if single.numel():
-        inverse = torch.empty_like(fits, dtype=torch.long)
-        inverse[torch.cat(order)] = torch.arange(fits.numel(), device=fits.device)
-        products = products[inverse]
-    return products
+    geometry = (jj[single], corner[single], grid_size, height, width)
+    return products.index_put((single,), _pixel_products(features[single], level, *geometry))
 
 
 def _shared_products(
@@ -241,13 +246,11 @@ def _shared_products(
 ) -> Tensor:
     """Dot products ``(n, P*P, G, G)`` from one ``U x U`` window per edge."""
     values = _gather_windows(level, window, frames, anchor, window, height, width)
-    dense = torch.bmm(values.flatten(1, 2), features.transpose(1, 2))  # (n, U*U, P*P)
-    steps = torch.arange(grid_size, device=level.device)
-    rows = offset[..., 1:2] + steps  # (n, P*P, G)
-    cols = offset[..., 0:1] + steps
-    index = (rows[..., :, None] * window + cols[..., None, :]).flatten(2)  # (n, P*P, G*G)
-    cropped = torch.gather(dense, 1, index.transpose(1, 2))  # (n, G*G, P*P)
-    return cropped.transpose(1, 2).reshape(features.shape[:2] + (grid_size, grid_size))
+    dense = torch.bmm(features, values.flatten(1, 2).transpose(1, 2))  # (n, P*P, U*U)
+    start = offset[..., 1] * window + offset[..., 0]  # (n, P*P) top-left of each pixel's grid
+    index = start[..., None] + _window_offsets(grid_size, window, level.device)  # (n, P*P, G*G)
+    cropped = torch.gather(dense, 2, index)
+    return cropped.view(features.shape[:2] + (grid_size, grid_size))
 
 
 def _pixel_products(
@@ -279,11 +282,16 @@ def _gather_windows(
     x = corner[:, 0].clamp(-border, width + border - size) + border
     y = corner[:, 1].clamp(-border, height + border - size) + border
     padded_height, padded_width = level.shape[1], level.shape[2]
-    steps = torch.arange(size, device=level.device)
-    rows = (frames * padded_height + y)[:, None] + steps  # (n, size)
-    flat = (rows[:, :, None] * padded_width + (x[:, None, None] + steps)).flatten()
-    values = level.reshape(-1, level.shape[-1]).index_select(0, flat)
+    start = (frames * padded_height + y) * padded_width + x  # (n,) flat index of the corner
+    flat = start[:, None] + _window_offsets(size, padded_width, level.device)
+    values = level.reshape(-1, level.shape[-1]).index_select(0, flat.flatten())
     return values.view(corner.shape[0], size, size, -1)
+
+
+def _window_offsets(size: int, row_stride: int, device: torch.device) -> Tensor:
+    """Return the ``(size * size,)`` flat offsets of a square window, rows ``row_stride`` apart."""
+    steps = torch.arange(size, device=device)
+    return (steps[:, None] * row_stride + steps).flatten()
 
 
 def _bilinear_blend(products: Tensor, coords: Tensor) -> Tensor:
@@ -291,6 +299,5 @@ def _bilinear_blend(products: Tensor, coords: Tensor) -> Tensor:
     fraction = coords - torch.floor(coords)
     fx = fraction[..., 0, None, None]
     fy = fraction[..., 1, None, None]
-    top = products[..., :-1, :-1] * (1 - fx) + products[..., :-1, 1:] * fx
-    bottom = products[..., 1:, :-1] * (1 - fx) + products[..., 1:, 1:] * fx
-    return top * (1 - fy) + bottom * fy
+    columns = torch.lerp(products[..., :-1], products[..., 1:], fx)  # (E, P*P, G, G-1)
+    return torch.lerp(columns[..., :-1, :], columns[..., 1:, :], fy)

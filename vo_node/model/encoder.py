@@ -22,12 +22,12 @@ STEM_KERNEL = 7
 
 
 def normalize_images(images: Tensor) -> Tensor:
-    """Map byte-valued images ``(N, 3, H, W)`` in [0, 255] to [-0.5, 1.5] by ``2 x / 255 - 0.5``."""
+    """Map images ``(N, 3, H, W)`` with values 0..255 to [-0.5, 1.5] by ``2 x / 255 - 0.5``."""
     return 2.0 * images / PIXEL_MAX - 0.5
 
 
 def check_images(images: Tensor) -> None:
-    """Raise ``ValueError`` unless ``images`` is float ``(N, 3, H, W)`` with H, W multiples of 16."""
+    """Raise ``ValueError`` unless ``images`` is float ``(N, 3, H, W)``, H and W multiples of 16."""
     if images.dim() != 4 or images.shape[1] != 3:
         raise ValueError(
             f"images must have shape (N, 3, H, W), got {tuple(images.shape)}; "
@@ -48,7 +48,15 @@ def check_images(images: Tensor) -> None:
 
 
 def _norm_layer(channels: int, normalize: bool) -> nn.Module:
-    return nn.InstanceNorm2d(channels, affine=False) if normalize else nn.Identity()
+    """Return instance normalisation without affine parameters, or the identity.
+
+    Group normalisation with one channel per group computes the same statistics as
+    ``nn.InstanceNorm2d`` and has no parameters either, but its CPU kernel is several times faster
+    (torch 2.13, measured on a 1x16x120x184 map).
+    """
+    if not normalize:
+        return nn.Identity()
+    return nn.GroupNorm(channels, channels, affine=False)
 
 
 class ResidualBlock(nn.Module):

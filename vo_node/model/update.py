@@ -63,7 +63,7 @@ class GatedResidual(nn.Module):
 
 
 def group_ids(keys: Tensor) -> tuple[Tensor, int]:
-    """Map integer ``keys`` ``(E,)`` to dense group ids ``(E,)`` in ``[0, G)``; return ids and G."""
+    """Map integer ``keys`` ``(E,)`` to dense group ids in ``[0, G)``; returns the ids and G."""
     unique, inverse = torch.unique(keys, return_inverse=True)
     return inverse, unique.numel()
 
@@ -165,7 +165,7 @@ class UpdateOperator(nn.Module):
 
         Args:
             hidden: ``(E, D)`` hidden state of each edge (zeros for new edges).
-            context: ``(K, D)`` context vector of each patch; edge ``e`` uses ``context[kk[e]]``.
+            context: ``(K, D)`` context vector of each patch. Edge ``e`` uses ``context[kk[e]]``.
             corr: ``(E, levels * (2r+1)^2 * P^2)`` correlation features.
             ii, jj, kk: ``(E,)`` source frame, target frame and patch of each edge.
 
