@@ -100,10 +100,10 @@ def test_oracle_trajectory_has_every_input_frame(clip, tracked):
 def test_oracle_tracking_removes_keyframes(tracked):
     odometry, results, _ = tracked
     removed = [d for d in odometry.graph.dropped.values() if d.relative_pose is not None]
-    kept = odometry.graph.num_frames
+    keyframes_left = odometry.graph.num_frames
     assert len(removed) > 0
-    assert kept < NUM_FRAMES
-    assert sum(r.is_keyframe for r in results) >= kept
+    assert keyframes_left < NUM_FRAMES
+    assert sum(r.is_keyframe for r in results) >= keyframes_left
 
 
 def test_oracle_tracking_reports_states_and_times(tracked):

@@ -1,9 +1,10 @@
 """Incremental DPVO-style visual odometry: one call per frame, a trajectory at the end.
 
-Per frame: prepare the image, cut patches (seeded), predict the pose with the motion model,
-initialise the patch depths, add the frame as a keyframe with its edges, then run the update
-operator and the bundle adjustment (BA) over the optimisation window, remove a redundant keyframe
-and retire old edges. Before initialisation a motion probe drops frames that barely move.
+Per frame, the frontend prepares the image, cuts seeded patches, predicts the pose with the motion
+model, initialises the patch depths and adds the frame as a keyframe with its edges. It then runs
+the update operator and the bundle adjustment (BA) over the optimisation window, removes a
+redundant keyframe and retires old edges. Before initialisation a motion probe drops frames that
+barely move.
 
 Tracking loss. After each optimisation the frontend checks the BA result: non-finite poses or
 depths, a BA that reports failure, or a jump of the newest pose that is both far larger than the
@@ -46,6 +47,7 @@ GRADIENT_CANDIDATE_FACTOR = 3
 """``gradient_bias`` selection keeps the best of this many random candidates per patch."""
 MAX_TIMESTAMP_RATIO = 10.0
 """The damped-linear motion model extrapolates at most this multiple of the last step."""
+# NOTE: the three loss thresholds below are estimates; no test drives a real tracking loss yet.
 JUMP_STEP_FACTOR = 20.0
 """A newest-pose step this many times the median recent step may be a tracking failure."""
 JUMP_DEPTH_FACTOR = 1.0
@@ -225,8 +227,9 @@ class VisualOdometry:
     def finish(self) -> Trajectory:
         """Run the final iterations and return the poses of every input frame.
 
-        Keyframes removed during tracking and frames dropped as static get their poses from the
-        stored relative pose to their anchor keyframe. Timestamps are the input timestamps.
+        Keyframes removed during tracking get their poses from the stored relative pose to their
+        anchor keyframe, and frames dropped as static are interpolated by timestamp between their
+        neighbours (see :meth:`PatchGraph.trajectory`). Timestamps are the input timestamps.
         """
         if self.frame_count == 0:
             raise RuntimeError("finish() called before any frame was tracked; call track() first")
@@ -426,8 +429,11 @@ class VisualOdometry:
         hidden = None
         if self.network is not None:
             hidden = torch.zeros(len(kk), self.config.network.context_dim, device=self.device)
-        delta, _, _ = self._predict_corrections(coords, ii, jj, kk, hidden, times)
-        flow = float(delta.float().norm(dim=-1).median())
+        delta, weight, _ = self._predict_corrections(coords, ii, jj, kk, hidden, times)
+        # The oracle gives weight 0 (and no motion) to patches it cannot see in the new frame.
+        seen = weight.min(dim=-1).values > 0
+        magnitudes = delta.float().norm(dim=-1)
+        flow = float((magnitudes[seen] if bool(seen.any()) else magnitudes).median())
         return flow < self.config.frontend.motion_probe_threshold
 
     # -----------------------------------------------------------------------------------------
@@ -517,8 +523,10 @@ class VisualOdometry:
                 current = coords[:, :, centre, centre]
                 return true.to(current) - current, weight.to(current), hidden
 
-        assert self.network is not None and graph.gmap is not None and graph.context is not None
         from vo_node.model.correlation import CorrelationPyramid
+
+        if self.network is None or graph.gmap is None or graph.context is None:
+            raise RuntimeError("network corrections requested without a network or its features")
 
         with self._autocast():
             with self._timer(times, "correlation"):
@@ -638,9 +646,9 @@ def predict_pose(
     Args:
         previous_cw: ``(2, 7)`` poses of keyframes ``n-2`` and ``n-1``.
         timestamps_ns: the times of those keyframes and of the new frame, nanoseconds.
-        model: ``constant`` copies pose ``n-1``; ``damped_linear`` applies the last relative
-            motion again, scaled by the ratio of the time gaps (at most
-            ``MAX_TIMESTAMP_RATIO``) and by ``damping``.
+        model: ``constant`` copies pose ``n-1``. ``damped_linear`` applies the last relative
+            motion again, scaled by ``damping`` and by the ratio of the time gaps, which is
+            capped at ``MAX_TIMESTAMP_RATIO``.
         damping: factor on the extrapolated motion (0 copies the last pose).
     """
     older, newer = previous_cw[0], previous_cw[1]

@@ -11,9 +11,9 @@ its source. Older keyframes are *folded out*: their poses are final and move to 
 and their patches and features are released. The active store therefore grows in chunks until it
 covers the working window and then stays at that size, so long sequences need no buffer tuning.
 
-Dropped frames (removed keyframes, frames skipped as static) keep their pose relative to a
-predecessor keyframe, ``T_cam_anchor``; :meth:`PatchGraph.trajectory` rebuilds their poses from
-it at the end.
+Removed keyframes keep their pose relative to their predecessor keyframe, ``T_cam_anchor``, and
+frames skipped as static keep only their timestamp. :meth:`PatchGraph.trajectory` rebuilds both at
+the end, the static ones by interpolation between their neighbours.
 """
 
 from __future__ import annotations
@@ -370,6 +370,8 @@ class PatchGraph:
 
     def remove_edges(self, mask: torch.Tensor) -> None:
         """Drop the edges where ``mask`` ``(E,)`` is True."""
+        if not bool(mask.any()):
+            return
         keep = ~mask
         self.ii = self.ii[keep]
         self.jj = self.jj[keep]

@@ -19,8 +19,8 @@ OCCLUSION_TOLERANCE = 0.03
 """A point is occluded when its depth in the target frame exceeds the target's ground-truth depth
 at that pixel by more than this fraction."""
 DEPTH_EDGE_RATIO = 1.05
-"""Neighbouring depths that differ by more than this ratio form a depth edge; the oracle then takes
-the nearest depth sample instead of interpolating across the edge."""
+"""Neighbouring depths that differ by more than this ratio form a depth edge. The oracle takes the
+nearest depth sample there instead of interpolating across the edge."""
 MIN_TARGET_DEPTH = 1e-3
 """Points closer than this to the target camera plane (ground-truth units) are invalid."""
 
@@ -84,6 +84,11 @@ class CorrespondenceOracle:
             Positions in the same pixels as ``centres`` (equal to ``centres`` where the weight is
             0) and weights of 1 (visible) or 0, on the device of ``centres``.
         """
+        if centres.dim() != 2 or centres.shape[1] != 2 or len(centres) != len(source_frames):
+            raise ValueError(
+                f"centres must have shape (E, 2) with E = {len(source_frames)} edges, "
+                f"got {tuple(centres.shape)}"
+            )
         device, dtype = centres.device, centres.dtype
         source = source_frames.long().cpu()
         target = target_frames.long().cpu()
@@ -135,8 +140,8 @@ class CorrespondenceOracle:
     def _sample_depth(self, frames: torch.Tensor, pixels: torch.Tensor) -> torch.Tensor:
         """Depth ``(E,)`` at sub-pixel positions; 0 where unknown or outside the image.
 
-        Inverse depth is interpolated bilinearly, which is exact on planes; across a depth edge
-        (or next to a pixel without depth) the nearest sample is used instead.
+        Inverse depth is interpolated bilinearly, which is exact on planes. Across a depth edge, or
+        next to a pixel without depth, the nearest sample is used instead.
         """
         height, width = self.depths.shape[1:]
         x = pixels[:, 0].clamp(0, width - 1)
@@ -167,6 +172,6 @@ class CorrespondenceOracle:
     def _occluded(
         self, frames: torch.Tensor, pixels: torch.Tensor, depth: torch.Tensor, visible: torch.Tensor
     ) -> torch.Tensor:
-        """True where the target frame sees a surface closer than the moved point."""
+        """Return True where the target frame's ground-truth surface is closer than the point."""
         surface = self._sample_depth(frames, pixels)
         return visible & (surface > 0) & (depth > surface * (1 + OCCLUSION_TOLERANCE))
