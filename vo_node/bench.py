@@ -1,0 +1,463 @@
+"""Measure the tracking speed and memory of one or more engine configurations.
+
+``python -m vo_node.bench [SEQUENCE] [--configs small full] [--frames N] [--width 376]
+[--threads N] [--model PATH] [--device auto] [--output FILE.json]``
+
+For each configuration a fresh child process loads the frames into memory, tracks them one by one
+and records the wall time of every :meth:`VisualOdometry.track` call and the per-stage times of its
+:class:`TrackResult`. The first ``frontend.init_frames`` frames are warm-up and are left out of the
+statistics, because they include the initialisation. The command prints the median and 90th
+percentile per stage in milliseconds, frames per second, peak memory and the machine, and writes
+the same figures as JSON. Quote medians: a shared machine makes single frames noisy.
+
+Without a trained model the network is randomly initialised with the configuration's sizes.
+The network's compute per frame does not depend on the weight values, but the tracking state
+does. Random weights predict almost no flow, so the motion probe would drop every frame; the
+bench then sets ``frontend.motion_probe_threshold = 0`` so that every frame enters the patch
+graph, and records this in the JSON ``weights`` field.
+
+NOTE: with random weights the optimised poses and depths are arbitrary, so reprojected patches
+spread wider than with trained weights and more edges take the slower per-pixel correlation path.
+Correlation times measured with random weights are therefore an upper bound.
+"""
+
+from __future__ import annotations
+
+import argparse
+import concurrent.futures
+import dataclasses
+import json
+import logging
+import multiprocessing
+import os
+import platform
+import resource
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence as TypingSequence
+
+import numpy as np
+
+logger = logging.getLogger(__name__)
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+DATA_ROOT = Path(os.environ.get("VO_NODE_DATA", REPO_ROOT.parent / "shared" / "data"))
+DEFAULT_SEQUENCE = DATA_ROOT / "euroc_MH_05_difficult"
+"""Default input: the EuRoC MH_05 sequence when the data folder is present."""
+DEFAULT_DEMO_FOLDER = Path("outputs") / "demo" / "sequence"
+"""Fallback input: the rendered demo sequence (rendered on first use)."""
+DEFAULT_OUTPUT = Path("outputs") / "bench.json"
+DEFAULT_FRAMES = 100
+DEFAULT_WIDTH = 376
+"""EuRoC half resolution: 752x480 frames are downscaled to 376x240."""
+DEFAULT_CONFIGS = ("small",)
+RANDOM_MODEL_SEED = 0
+STAGES = ("encoders", "correlation", "update", "ba", "bookkeeping")
+PERCENTILE = 90
+MILLISECONDS_PER_SECOND = 1000.0
+BYTES_PER_KIBIBYTE = 1024
+BYTES_PER_MEBIBYTE = 1024 * 1024
+EXIT_OK = 0
+EXIT_USAGE = 2
+
+
+@dataclass(frozen=True)
+class BenchSettings:
+    """Settings of one configuration's measurement, as plain values that pickle to a child."""
+
+    config: str
+    sequence: str
+    frames: int
+    stride: int
+    width: int
+    threads: int | None
+    model: str | None
+    device: str
+
+
+# --------------------------------------------------------------------------------------------
+# Measurement (runs in a child process per configuration)
+
+
+def measure(settings: BenchSettings) -> dict[str, Any]:
+    """Track the frames of ``settings`` and return the per-frame times and run figures.
+
+    Returns:
+        A JSON-ready dict with ``frames`` (per-frame stage seconds, wall seconds, state, keyframe
+        flag), ``warmup_frames``, ``finish_seconds``, memory, model and machine fields.
+    """
+    import torch
+
+    from vo_node.io.sequence import open_sequence
+    from vo_node.odometry import VisualOdometry
+
+    if settings.threads is not None:
+        torch.set_num_threads(settings.threads)
+    config, network, device, weights = _load_engine(settings)
+    sequence = open_sequence(settings.sequence, settings.stride, settings.frames)
+    frames = [(frame.image, frame.timestamp_ns) for frame in sequence]
+    intrinsics = sequence.camera.intrinsics
+    baseline_rss = _current_rss_bytes()
+    if device.startswith("cuda"):
+        torch.cuda.reset_peak_memory_stats(device)
+
+    odometry = VisualOdometry(config, network, device)
+    records = []
+    for image, timestamp_ns in frames:
+        start = time.perf_counter()
+        result = odometry.track(image, timestamp_ns, intrinsics)
+        wall = time.perf_counter() - start
+        record = {stage: getattr(result.times, stage) for stage in STAGES}
+        record.update(
+            wall=wall, state=result.state, keyframe=result.is_keyframe, edges=result.num_edges
+        )
+        records.append(record)
+    start = time.perf_counter()
+    odometry.finish()
+    finish_seconds = time.perf_counter() - start
+
+    peak_bytes, memory_kind = _peak_memory(device)
+    return {
+        "config": settings.config,
+        "engine_config": _config_dict(config),
+        "weights": weights,
+        "sequence": settings.sequence,
+        "input_size": list(frames[0][0].shape[1::-1]),
+        "tracked_size": _tracked_size(frames[0][0], intrinsics, config.max_image_width),
+        "warmup_frames": min(config.frontend.init_frames, len(records)),
+        "frames": records,
+        "finish_seconds": finish_seconds,
+        "peak_memory_bytes": peak_bytes,
+        "memory_kind": memory_kind,
+        "baseline_rss_bytes": baseline_rss,
+        "machine": machine_info(device),
+    }
+
+
+def _load_engine(settings: BenchSettings) -> tuple[Any, Any, str, dict[str, Any]]:
+    """Return the configuration, network, device and a description of the weights."""
+    import torch
+
+    from vo_node.config import apply_overrides, load_engine_config, resolve_device
+    from vo_node.model.network import VONetwork, load_model
+
+    config = load_engine_config(settings.config)
+    device = resolve_device(settings.device)
+    config = dataclasses.replace(config, max_image_width=settings.width, device=device)
+    model_path = Path(settings.model) if settings.model else _find_default_model()
+    if settings.model or (model_path is not None and _model_matches(model_path, config)):
+        network, model_config = load_model(model_path, device)
+        if model_config.network != config.network:
+            logger.warning(
+                "%s was built with network sizes %s; timing those instead of %s's",
+                model_path, model_config.network, settings.config,
+            )
+        config = dataclasses.replace(config, network=model_config.network).validate()
+        return config, network, device, {"kind": "trained", "path": str(model_path)}
+
+    torch.manual_seed(RANDOM_MODEL_SEED)
+    network = VONetwork(config.network).to(device).eval()
+    config = apply_overrides(config, {"frontend.motion_probe_threshold": 0.0})
+    note = (
+        "randomly initialised network (seed 0). The network costs the same per frame as trained "
+        "weights, but the tracking state differs: poses are arbitrary, so more edges take the "
+        "slower per-pixel correlation path. The motion probe is disabled so that every frame "
+        "enters the patch graph."
+    )
+    logger.warning("no trained model for %s: timing a %s", settings.config, note)
+    return config, network, device, {"kind": "random", "seed": RANDOM_MODEL_SEED, "note": note}
+
+
+def _find_default_model() -> Path | None:
+    """Return the shipped model file, or None when there is none."""
+    from vo_node.model.network import default_model_path
+
+    try:
+        return default_model_path()
+    except FileNotFoundError:
+        return None
+
+
+def _model_matches(path: Path, config: Any) -> bool:
+    """Check that ``path`` is a model file built with ``config``'s network sizes."""
+    from vo_node.config import ConfigError
+    from vo_node.model.network import ModelFileError, load_model
+
+    try:
+        _, model_config = load_model(path, "cpu")
+    except (ModelFileError, ConfigError) as error:
+        logger.warning("ignoring the default model %s: %s", path, error)
+        return False
+    return model_config.network == config.network
+
+
+def _config_dict(config: Any) -> dict[str, Any]:
+    from vo_node.config import to_dict
+
+    return to_dict(config)
+
+
+def _tracked_size(image: np.ndarray, intrinsics: np.ndarray, max_width: int) -> list[int]:
+    """Return ``[width, height]`` of the frame after the engine's downscaling and crop."""
+    from vo_node.odometry.image import prepare_image
+
+    tensor, _ = prepare_image(image, intrinsics, max_width)
+    return [int(tensor.shape[2]), int(tensor.shape[1])]
+
+
+def _current_rss_bytes() -> int | None:
+    """Return the resident set size of this process now (Linux ``/proc``), or None."""
+    try:
+        resident_pages = int(Path("/proc/self/statm").read_text().split()[1])
+    except (OSError, IndexError, ValueError):
+        return None
+    return resident_pages * os.sysconf("SC_PAGE_SIZE")
+
+
+def _peak_memory(device: str) -> tuple[int, str]:
+    """Return the peak CUDA memory allocated by torch, or this process's peak RSS on the CPU."""
+    import torch
+
+    if device.startswith("cuda"):
+        return int(torch.cuda.max_memory_allocated(device)), "cuda_allocated"
+    # Linux reports ru_maxrss in kibibytes.
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * BYTES_PER_KIBIBYTE, "cpu_rss"
+
+
+def machine_info(device: str) -> dict[str, Any]:
+    """Return the CPU model, core counts, torch threads and version, and the device name."""
+    import torch
+
+    info: dict[str, Any] = {
+        "cpu_model": _cpu_model(),
+        "logical_cores": os.cpu_count(),
+        "usable_cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
+        "torch_threads": torch.get_num_threads(),
+        "torch_version": torch.__version__,
+        "python_version": platform.python_version(),
+        "device": device,
+        "load_average": list(os.getloadavg()),
+    }
+    if device.startswith("cuda"):
+        info["device_name"] = torch.cuda.get_device_name(device)
+    return info
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+# --------------------------------------------------------------------------------------------
+# Statistics and report
+
+
+def summarize(measurement: dict[str, Any]) -> dict[str, Any]:
+    """Return median and p90 milliseconds per stage, frames per second and memory in MiB.
+
+    Warm-up frames (``measurement["warmup_frames"]``) are left out; if no frame remains, all
+    frames are used and ``warmup_discarded`` is 0.
+    """
+    records = measurement["frames"]
+    warmup = measurement["warmup_frames"] if len(records) > measurement["warmup_frames"] else 0
+    measured = records[warmup:]
+    columns = {stage: [record[stage] for record in measured] for stage in STAGES}
+    columns["stages_total"] = [sum(record[stage] for stage in STAGES) for record in measured]
+    columns["wall"] = [record["wall"] for record in measured]
+    milliseconds = {
+        name: {
+            "median": MILLISECONDS_PER_SECOND * float(np.median(values)),
+            f"p{PERCENTILE}": MILLISECONDS_PER_SECOND * float(np.percentile(values, PERCENTILE)),
+        }
+        for name, values in columns.items()
+    }
+    wall_seconds = float(np.sum(columns["wall"]))
+    states = [record["state"] for record in measured]
+    edges = [record["edges"] for record in measured]
+    return {
+        "config": measurement["config"],
+        "measured_frames": len(measured),
+        "warmup_discarded": warmup,
+        "milliseconds": milliseconds,
+        "fps_median": MILLISECONDS_PER_SECOND / milliseconds["wall"]["median"],
+        "fps_overall": len(measured) / wall_seconds if wall_seconds > 0 else 0.0,
+        "finish_ms": MILLISECONDS_PER_SECOND * measurement["finish_seconds"],
+        "peak_memory_mib": measurement["peak_memory_bytes"] / BYTES_PER_MEBIBYTE,
+        "memory_kind": measurement["memory_kind"],
+        "keyframe_fraction": float(np.mean([record["keyframe"] for record in measured])),
+        "median_edges": float(np.median(edges)),
+        "states": {state: states.count(state) for state in sorted(set(states))},
+    }
+
+
+def format_table(summaries: list[dict[str, Any]]) -> list[str]:
+    """Return the text table: one row per configuration, median / p90 milliseconds per stage."""
+    columns = [*STAGES, "stages_total", "wall"]
+    header = ["config", *columns, "fps med", "fps all", "peak MiB"]
+    rows = []
+    for summary in summaries:
+        cells = [summary["config"]]
+        for name in columns:
+            times = summary["milliseconds"][name]
+            cells.append(f"{times['median']:.1f}/{times[f'p{PERCENTILE}']:.1f}")
+        cells += [
+            f"{summary['fps_median']:.2f}",
+            f"{summary['fps_overall']:.2f}",
+            f"{summary['peak_memory_mib']:.0f}",
+        ]
+        rows.append(cells)
+    widths = [max(len(row[index]) for row in [header, *rows]) for index in range(len(header))]
+    lines = ["  ".join(cell.rjust(width) for cell, width in zip(row, widths)) for row in [header, *rows]]
+    lines.insert(1, "  ".join("-" * width for width in widths))
+    return [f"per-stage milliseconds per frame as median/p{PERCENTILE}", *lines]
+
+
+def format_machine(machine: dict[str, Any]) -> str:
+    """Return one line describing the machine a measurement ran on."""
+    load = ", ".join(f"{value:.2f}" for value in machine["load_average"])
+    device = machine.get("device_name", machine["device"])
+    return (
+        f"machine: {machine['cpu_model']}, {machine['usable_cores']} usable of "
+        f"{machine['logical_cores']} cores, torch {machine['torch_version']} with "
+        f"{machine['torch_threads']} threads, device {device}, load average {load}"
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# Command line
+
+
+def default_sequence() -> Path:
+    """Return the EuRoC sequence when present, else the demo sequence (rendered if needed)."""
+    if DEFAULT_SEQUENCE.is_dir():
+        return DEFAULT_SEQUENCE
+    from vo_node.demo_data import render_demo_sequence
+
+    logger.info("%s is absent; benchmarking the demo sequence instead", DEFAULT_SEQUENCE)
+    return render_demo_sequence(DEFAULT_DEMO_FOLDER)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Return the argument parser of ``python -m vo_node.bench``."""
+    parser = argparse.ArgumentParser(
+        prog="python -m vo_node.bench",
+        description="Measure per-stage tracking times, frames per second and peak memory.",
+    )
+    parser.add_argument(
+        "sequence", type=Path, nargs="?", default=None,
+        help=f"sequence to track (default: {DEFAULT_SEQUENCE} when present, else the demo "
+        "sequence)",
+    )
+
+    parser.add_argument("--configs", nargs="+", default=list(DEFAULT_CONFIGS),
+                        help="preset names or YAML paths to measure (default: small)")
+    parser.add_argument("--frames", type=_positive_int, default=DEFAULT_FRAMES,
+                        help=f"frames to track per configuration (default: {DEFAULT_FRAMES})")
+    parser.add_argument("--stride", type=_positive_int, default=1, help="keep every N-th frame")
+    parser.add_argument(
+        "--width", type=_positive_int, default=DEFAULT_WIDTH,
+        help=f"downscale wider frames to this width in pixels (default: {DEFAULT_WIDTH}, EuRoC "
+        "half resolution)",
+    )
+    parser.add_argument("--threads", type=_positive_int, default=None,
+                        help="torch CPU threads (default: torch's choice)")
+
+    parser.add_argument(
+        "--model", type=Path, default=None,
+        help="model file for every configuration (default: vo_small.pt where its sizes match, "
+        "else a randomly initialised network)",
+    )
+    parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"),
+                        help="compute device (default: auto)")
+    parser.add_argument("--output", type=Path, default=DEFAULT_OUTPUT,
+                        help=f"JSON report file (default: {DEFAULT_OUTPUT})")
+    parser.add_argument("--log-level", default="INFO",
+                        choices=("DEBUG", "INFO", "WARNING", "ERROR"), help="logging level")
+    return parser
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+    return value
+
+
+def measure_in_child(settings: BenchSettings, log_level: int = logging.INFO) -> dict[str, Any]:
+    """Run :func:`measure` in a fresh process, so each configuration's peak memory is its own."""
+    context = multiprocessing.get_context("spawn")
+    with concurrent.futures.ProcessPoolExecutor(
+        max_workers=1, mp_context=context, initializer=_configure_logging, initargs=(log_level,)
+    ) as pool:
+        return pool.submit(measure, settings).result()
+
+
+def _configure_logging(level: int) -> None:
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+def main(argv: TypingSequence[str] | None = None) -> int:
+    """Run the command; return the process exit status."""
+    args = build_parser().parse_args(argv)
+    log_level = getattr(logging, args.log_level)
+    _configure_logging(log_level)
+    from vo_node.config import ConfigError
+    from vo_node.io.sequence import SequenceError
+    from vo_node.model.network import ModelFileError
+
+    if args.model is not None and not args.model.is_file():
+        logger.error("model file %s not found; pass an existing file to --model", args.model)
+        return EXIT_USAGE
+    sequence = args.sequence or default_sequence()
+    report: dict[str, Any] = {"command": " ".join(sys.argv), "results": []}
+    summaries = []
+    for config_name in args.configs:
+        settings = BenchSettings(
+            config=config_name, sequence=str(sequence), frames=args.frames, stride=args.stride,
+            width=args.width, threads=args.threads,
+            model=str(args.model) if args.model else None, device=args.device,
+        )
+        logger.info("measuring %s on %d frames of %s", config_name, args.frames, sequence)
+        try:
+            measurement = measure_in_child(settings, log_level)
+        except (ConfigError, SequenceError, ModelFileError, FileNotFoundError) as error:
+            logger.error("%s", error)
+            return EXIT_USAGE
+        summary = summarize(measurement)
+        summaries.append(summary)
+        report["results"].append({"summary": summary, "measurement": measurement})
+        print(format_machine(measurement["machine"]))
+        print(
+            f"{config_name}: {summary['measured_frames']} frames measured after "
+            f"{summary['warmup_discarded']} warm-up frames, tracked at "
+            f"{measurement['tracked_size'][0]}x{measurement['tracked_size'][1]}, "
+            f"weights: {measurement['weights']['kind']}, states {summary['states']}"
+        )
+    for line in format_table(summaries):
+        print(line)
+    _write_report(args.output, report)
+    print(f"report written to {args.output}")
+    return EXIT_OK
+
+
+def _write_report(path: Path, report: dict[str, Any]) -> None:
+    from vo_node.io.atomic import atomic_write
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_write(path) as handle:
+        json.dump(report, handle, indent=2)
+        handle.write("\n")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
