@@ -27,8 +27,8 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--output", type=Path, required=True, help="folder for tables and PNGs")
     parser.add_argument(
         "--threads", type=int,
-        help="torch CPU threads of this process (default: torch's choice); 1 is fastest on "
-        "cores shared with other jobs",
+        help="torch CPU threads of this process (default: torch's choice); 1 avoids thread "
+        "contention on cores shared with other jobs",
     )
     parser.add_argument(
         "--set", dest="overrides", nargs="*", default=[], metavar="key=value",
@@ -68,6 +68,9 @@ def build_parser() -> argparse.ArgumentParser:
                          default=[0.0, 0.25, 0.5, 1.0, 2.0],
                          help="std of the Gaussian noise added to the BA targets, in 1/4-res "
                          "pixels (default 0 0.25 0.5 1 2)")
+    sources.add_argument("--beta", type=float, default=1.0,
+                         help="flow-loss factor beta of the pose + flow objective in the "
+                         "interference study (default 1; the trainer logs its current beta)")
     sources.add_argument("--device", default="cpu", help="cpu, cuda or auto (default cpu)")
     _add_common(sources)
 
@@ -127,7 +130,7 @@ def _run_sources(args: argparse.Namespace) -> int:
         network, config, study_clips(config, args.clips), args.output,
         selection=loaded.engine.frontend.centroid_selection,
         ba_iterations=args.ba_iterations, pose_dampings=args.pose_damping,
-        noise_levels=args.noise_levels,
+        noise_levels=args.noise_levels, beta=args.beta,
     )
     logger.info("sources: tables and figures written to %s", args.output)
     return 0

@@ -309,11 +309,12 @@ def run_sources_study(
     pose_dampings: Sequence[float] = DEFAULT_POSE_DAMPINGS,
     noise_levels: Sequence[float] = DEFAULT_NOISE_LEVELS,
     noise_parameters: Sequence[str] = NOISE_PARAMETERS,
+    beta: float = 1.0,
 ) -> dict[str, list[dict[str, object]]]:
     """Run the three studies, write ``<name>.csv/.md/.png`` into ``output``; return the rows."""
     output = Path(output)
     interference, cosines = interference_study(
-        network, config, clips, interference_parameters, selection
+        network, config, clips, interference_parameters, selection, beta
     )
     write_table(interference, output / "interference")
     plot_interference(cosines, output / "interference.png")
