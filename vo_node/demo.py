@@ -17,13 +17,12 @@ import sys
 from pathlib import Path
 from typing import Callable, Sequence as TypingSequence
 
-import numpy as np
 import torch
 
 from vo_node.config import ConfigError, EngineConfig, to_dict
 from vo_node.io.camera import CalibrationError
 from vo_node.io.sequence import Sequence, SequenceError, open_sequence
-from vo_node.io.trajectory import Trajectory, TrajectoryError, read_tum
+from vo_node.io.trajectory import TrajectoryError
 from vo_node.model.network import ModelFileError, default_model_path
 from vo_node.run import (
     BYTES_PER_MEBIBYTE,
@@ -99,28 +98,6 @@ def open_demo_sequence(
 
         path = render_demo_sequence(output_dir / SEQUENCE_FOLDER)
     return open_sequence(path, max_frames=max_frames)
-
-
-def ground_truth_of(sequence: Sequence) -> Trajectory | None:
-    """Return the sequence's ground truth, also for a rendered image folder.
-
-    The image-folder reader carries no ground truth, so for a folder written by
-    :func:`vo_node.demo_data.render_demo_sequence` the poses come from its TUM file, restricted
-    to the selected frames.
-    """
-    if sequence.ground_truth is not None:
-        return sequence.ground_truth
-    from vo_node.demo_data import GROUND_TRUTH_FILE
-
-    path = sequence.root / GROUND_TRUTH_FILE
-    if not path.is_file():
-        return None
-    full = read_tum(path)
-    mask = np.isin(full.timestamps_ns, sequence.timestamps_ns)
-    if not mask.any():
-        logger.warning("%s has no pose at the selected frames' timestamps", path)
-        return None
-    return Trajectory(full.timestamps_ns[mask], full.poses[mask])
 
 
 def length_unit(sequence: Sequence) -> str:
@@ -216,7 +193,7 @@ def main(argv: TypingSequence[str] | None = None, tracker: Tracker = track_offli
 
     extra = {"sequence": str(sequence.root), "config": to_dict(config), "device": device,
              "model": str(model_path)}
-    outputs = write_outputs(result, args.output, ground_truth_of(sequence), extra)
+    outputs = write_outputs(result, args.output, sequence.ground_truth, extra)
     for line in format_demo_summary(result, outputs, length_unit(sequence)):
         print(line)
     if stop.signal_number is not None:

@@ -1,0 +1,98 @@
+"""Tests of ``python -m vo_node.demo``: the summary on a tiny rendered sequence, a missing model.
+
+No trained model exists in the repository, so the run uses a randomly initialised network (seed
+0) saved with ``save_model`` into a temporary folder. To keep the run short, that network has
+tiny sizes (the model file's sizes replace the configuration's) and the sequence is 96x64 pixels.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from vo_node import demo, run
+from vo_node.config import NetworkConfig, load_engine_config
+from vo_node.demo_data import render_demo_sequence
+from vo_node.io.sequence import open_sequence
+from vo_node.io.trajectory import read_tum
+from vo_node.model.network import VONetwork, save_model
+
+REPO = Path(__file__).resolve().parents[1]
+MODEL_SEED = 0
+TINY_NETWORK = NetworkConfig(matching_dim=16, context_dim=32, encoder_dim=8)
+TINY_FRAMES = 10
+SUMMARY_PREFIXES = ("frames tracked:", "frames per second:", "peak memory", "ATE", "trajectory:")
+COMMAND_TIMEOUT_S = 300
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A randomly initialised network of tiny sizes (seed 0) in a model file."""
+    config = dataclasses.replace(load_engine_config("small"), network=TINY_NETWORK)
+    torch.manual_seed(MODEL_SEED)
+    path = tmp_path_factory.mktemp("model") / "random_tiny.pt"
+    save_model(path, VONetwork(TINY_NETWORK), config, {"note": "random weights for tests"})
+    return path
+
+
+@pytest.fixture(scope="module")
+def tiny_sequence(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return render_demo_sequence(
+        tmp_path_factory.mktemp("demo") / "sequence", num_frames=TINY_FRAMES, height=64, width=96
+    )
+
+
+def run_demo(*arguments: str) -> subprocess.CompletedProcess:
+    command = [sys.executable, "-m", "vo_node.demo", *arguments, "--no-progress", "--device", "cpu"]
+    return subprocess.run(
+        command, cwd=REPO, capture_output=True, text=True, timeout=COMMAND_TIMEOUT_S
+    )
+
+
+def test_demo_prints_summary(tiny_model: Path, tiny_sequence: Path, tmp_path: Path) -> None:
+    output = tmp_path / "out"
+    completed = run_demo(str(tiny_sequence), "--model", str(tiny_model), "--output", str(output))
+
+    assert completed.returncode == run.EXIT_OK, completed.stderr[-2000:]
+    lines = completed.stdout.splitlines()
+    for prefix in SUMMARY_PREFIXES:
+        assert any(line.startswith(prefix) for line in lines), (prefix, completed.stdout)
+    assert f"frames tracked: {TINY_FRAMES}" in lines
+    trajectory = read_tum(output / run.TRAJECTORY_FILE)
+    np.testing.assert_array_equal(
+        trajectory.timestamps_ns, open_sequence(tiny_sequence).timestamps_ns
+    )
+    assert f"trajectory: {output / run.TRAJECTORY_FILE}" in lines
+    assert (output / run.METRICS_FILE).is_file()
+
+
+def test_demo_missing_model_exit_code(tiny_sequence: Path, tmp_path: Path) -> None:
+    missing = tmp_path / "absent.pt"
+    completed = run_demo(str(tiny_sequence), "--model", str(missing), "--output", str(tmp_path))
+
+    assert completed.returncode == run.EXIT_USAGE
+    assert str(missing) in completed.stderr
+    assert demo.TRAIN_COMMAND in completed.stderr
+    assert completed.stdout == ""
+
+
+def test_demo_missing_default_model_message(monkeypatch: pytest.MonkeyPatch) -> None:
+    def no_default_model() -> Path:
+        raise FileNotFoundError("default model vo_small.pt not found")
+
+    monkeypatch.setattr(demo, "default_model_path", no_default_model)
+
+    with pytest.raises(demo.MissingModelError) as raised:
+        demo.resolve_model(None)
+    assert demo.TRAIN_COMMAND in str(raised.value)
+    assert "--model" in str(raised.value)
+
+
+def test_demo_length_unit_of_rendered_folder(tiny_sequence: Path) -> None:
+    assert demo.length_unit(open_sequence(tiny_sequence)) == "scene units"

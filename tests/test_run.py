@@ -1,0 +1,201 @@
+"""End-to-end tests of ``python -m vo_node.run``: output files, timestamps, metrics and SIGINT.
+
+No trained model exists in the repository, so every run uses a randomly initialised network of
+the small configuration's sizes (seed 0), saved with ``save_model`` into a temporary folder. Its
+poses are meaningless; these tests check the runner's contract, not accuracy. The motion probe is
+disabled (``frontend.motion_probe_threshold=0``) so that frames enter the patch graph and the BA
+runs. To keep the runs short on a shared CPU, the frames are downscaled to 160 pixels wide and
+the patch graph is smaller (16 patches per frame, 4 initialisation frames, 2 iterations).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from vo_node import run
+from vo_node.config import load_engine_config
+from vo_node.demo_data import render_demo_sequence
+from vo_node.io.sequence import open_sequence
+from vo_node.io.trajectory import read_tum
+from vo_node.model.network import VONetwork, save_model
+
+REPO = Path(__file__).resolve().parents[1]
+DATA = Path(os.environ.get("VO_NODE_DATA", REPO.parent / "shared" / "data"))
+EUROC = DATA / "euroc_MH_05_difficult"
+MODEL_SEED = 0
+TEST_WIDTH = 160
+"""Frames are downscaled to this width (pixels) so the runs stay short."""
+FAST_OVERRIDES = [
+    f"max_image_width={TEST_WIDTH}",
+    "frontend.motion_probe_threshold=0",
+    "frontend.patches_per_frame=16",
+    "frontend.init_frames=4",
+    "frontend.init_iterations=2",
+    "frontend.final_iterations=2",
+]
+FINITE_METRICS = (
+    "ate_rmse", "ate_mean", "ate_max", "ate_percent", "path_length", "scale",
+    "rpe_translation_rmse", "rpe_rotation_rmse_deg",
+)
+"""Metrics that must be finite; the RPE over 1 m is undefined on paths shorter than that."""
+TUM_LINE = re.compile(r"^\d+\.\d{9}( -?\d+\.\d+){7}$")
+PROGRESS = re.compile(r"(\d+)/(\d+) \[")
+FRAMES_BEFORE_SIGINT = 3
+SIGINT_TIMEOUT_S = 120.0
+
+
+@pytest.fixture(scope="module")
+def model_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A randomly initialised small network (seed 0) in a model file."""
+    config = load_engine_config("small")
+    torch.manual_seed(MODEL_SEED)
+    path = tmp_path_factory.mktemp("model") / "random_small.pt"
+    save_model(path, VONetwork(config.network), config, {"note": "random weights for tests"})
+    return path
+
+
+@pytest.fixture(scope="module")
+def demo_sequence(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The synthetic demo sequence rendered at 128x96 pixels, 16 frames."""
+    return render_demo_sequence(
+        tmp_path_factory.mktemp("demo") / "sequence", num_frames=16, height=96, width=128
+    )
+
+
+def run_main(sequence: Path, model: Path, output: Path, *extra: str) -> int:
+    argv = [
+        str(sequence), "--config", "small", "--model", str(model), "--device", "cpu",
+        "--output", str(output), "--no-progress", "--override", *FAST_OVERRIDES, *extra,
+    ]
+    return run.main(argv)
+
+
+def assert_tum_matches_input(path: Path, timestamps_ns: np.ndarray) -> None:
+    lines = path.read_text().splitlines()
+    assert len(lines) == len(timestamps_ns)
+    for line in lines:
+        assert TUM_LINE.match(line), line
+    trajectory = read_tum(path)
+    np.testing.assert_array_equal(trajectory.timestamps_ns, timestamps_ns)
+    assert np.all(np.isfinite(trajectory.poses))
+    norms = np.linalg.norm(trajectory.poses[:, 3:], axis=1)
+    np.testing.assert_allclose(norms, 1.0, atol=1e-6)
+
+
+def assert_metrics_finite(path: Path, frames: int) -> None:
+    report = json.loads(path.read_text())
+    assert report["frames"] == frames
+    assert report["interrupted"] is False
+    assert report["input_error"] is None
+    for key in ("seconds", "frames_per_second", "peak_memory_bytes"):
+        assert math.isfinite(report[key]), key
+        assert report[key] > 0, key
+    metrics = report["metrics"]
+    assert metrics is not None
+    for key in FINITE_METRICS:
+        assert key in metrics, key
+        assert math.isfinite(metrics[key]), key
+    assert metrics["ate_rmse"] >= 0
+    assert metrics["associated_poses"] == frames
+
+
+def assert_no_temporary_files(folder: Path) -> None:
+    leftovers = [path.name for path in folder.iterdir() if path.name.endswith(".tmp")]
+    assert leftovers == []
+
+
+@pytest.mark.skipif(not EUROC.exists(), reason=f"sample data {EUROC} is absent (set VO_NODE_DATA)")
+def test_run_euroc_end_to_end(model_path: Path, tmp_path: Path) -> None:
+    output = tmp_path / "out"
+    status = run_main(EUROC, model_path, output, "--stride", "2", "--max-frames", "20")
+
+    assert status == run.EXIT_OK
+    sequence = open_sequence(EUROC, stride=2, max_frames=20)
+    assert_tum_matches_input(output / run.TRAJECTORY_FILE, sequence.timestamps_ns)
+    assert_metrics_finite(output / run.METRICS_FILE, frames=20)
+    assert (output / run.PLOT_FILE).stat().st_size > 0
+    assert_no_temporary_files(output)
+
+
+def test_run_demo_sequence_end_to_end(
+    model_path: Path, demo_sequence: Path, tmp_path: Path
+) -> None:
+    output = tmp_path / "out"
+    status = run_main(demo_sequence, model_path, output)
+
+    assert status == run.EXIT_OK
+    sequence = open_sequence(demo_sequence)
+    assert_tum_matches_input(output / run.TRAJECTORY_FILE, sequence.timestamps_ns)
+    if sequence.ground_truth is not None:
+        assert_metrics_finite(output / run.METRICS_FILE, frames=len(sequence))
+        assert (output / run.PLOT_FILE).stat().st_size > 0
+    else:
+        assert not (output / run.METRICS_FILE).exists()
+    assert_no_temporary_files(output)
+
+
+def test_run_missing_model_exit_code(demo_sequence: Path, tmp_path: Path) -> None:
+    status = run_main(demo_sequence, tmp_path / "absent.pt", tmp_path / "out")
+
+    assert status == run.EXIT_USAGE
+    assert not (tmp_path / "out" / run.TRAJECTORY_FILE).exists()
+
+
+def _read_progress(stream, sink: list[str]) -> None:
+    """Copy ``stream`` into ``sink`` one character at a time (tqdm ends updates with ``\\r``)."""
+    while True:
+        text = stream.read(1)
+        if not text:
+            return
+        sink.append(text)
+
+
+def _frames_done(stderr: list[str]) -> int:
+    counts = [int(match.group(1)) for match in PROGRESS.finditer("".join(stderr))]
+    return max(counts, default=0)
+
+
+def test_run_sigint_writes_partial_trajectory(model_path: Path, tmp_path: Path) -> None:
+    sequence_path = render_demo_sequence(
+        tmp_path / "long", num_frames=120, height=64, width=96
+    )
+    output = tmp_path / "out"
+    command = [
+        sys.executable, "-m", "vo_node.run", str(sequence_path), "--config", "small",
+        "--model", str(model_path), "--device", "cpu", "--output", str(output),
+    ]
+    process = subprocess.Popen(
+        command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    stderr: list[str] = []
+    reader = threading.Thread(target=_read_progress, args=(process.stderr, stderr), daemon=True)
+    reader.start()
+    deadline = time.monotonic() + SIGINT_TIMEOUT_S
+    while _frames_done(stderr) < FRAMES_BEFORE_SIGINT and process.poll() is None:
+        assert time.monotonic() < deadline, "".join(stderr)[-2000:]
+        time.sleep(0.05)
+    process.send_signal(signal.SIGINT)
+    stdout, _ = process.communicate(timeout=SIGINT_TIMEOUT_S)
+    reader.join(timeout=5)
+
+    assert process.returncode == run.SIGNAL_EXIT_BASE + signal.SIGINT, "".join(stderr)[-2000:]
+    assert "(interrupted)" in stdout
+    trajectory = read_tum(output / run.TRAJECTORY_FILE)
+    input_stamps = open_sequence(sequence_path).timestamps_ns
+    assert FRAMES_BEFORE_SIGINT <= len(trajectory) < len(input_stamps)
+    np.testing.assert_array_equal(trajectory.timestamps_ns, input_stamps[: len(trajectory)])
+    assert np.all(np.isfinite(trajectory.poses))
+    assert_no_temporary_files(output)
