@@ -12,6 +12,7 @@ from vo_node.study import main
 from vo_node.study.plots import Panel, Series, markdown_table, plot_panels, read_table, write_table
 from vo_node.study.snr import (
     LOSS_VARIANTS,
+    bootstrap_snr_db,
     collect_gradients,
     gradient_snr,
     gradient_variance,
@@ -98,6 +99,22 @@ def test_snr_invariant_to_scaling(scale):
     assert scaled.snr == pytest.approx(reference.snr, rel=1e-9)
     assert scaled.snr_db == pytest.approx(reference.snr_db, abs=1e-9)
     assert scaled.mean_norm == pytest.approx(reference.mean_norm * scale, rel=1e-9)
+
+
+def test_bootstrap_interval_brackets_estimate():
+    generator = torch.Generator().manual_seed(2)
+    mu = torch.full((16,), 0.25, dtype=torch.float64)
+
+    def interval(count):
+        gradients = mu + torch.randn(count, 16, generator=generator, dtype=torch.float64)
+        return gradient_snr(gradients).snr_db, bootstrap_snr_db(gradients, samples=400)
+
+    estimate, (low, high) = interval(32)
+    large_estimate, (narrow_low, narrow_high) = interval(512)
+
+    assert low < estimate < high
+    assert narrow_low < large_estimate < narrow_high
+    assert narrow_high - narrow_low < high - low
 
 
 def test_snr_edge_cases():
@@ -267,7 +284,8 @@ def test_sources_command_writes_three_studies(tiny_checkpoints, tmp_path):
     _, _, checkpoints = tiny_checkpoints
     code = main(["sources", "--checkpoint", str(checkpoints[1]), "--clips", "2", "--output",
                  str(tmp_path), "--ba-iterations", "1", "2", "--pose-damping", "10",
-                 "--noise-levels", "1.0", *ONE_THREAD, "--set", *FAST_UNROLL])
+                 "--noise-levels", "1.0", "--noise-trials", "2", *ONE_THREAD, "--set",
+                 *FAST_UNROLL])
 
     assert code == 0
     for name in ("interference", "ba_linearisation", "residual_noise"):
@@ -278,6 +296,8 @@ def test_sources_command_writes_three_studies(tiny_checkpoints, tmp_path):
         assert (tmp_path / f"{name}.png").read_bytes().startswith(PNG_SIGNATURE)
     noise = read_table(tmp_path / "residual_noise.csv")
     assert sorted({float(row["noise_px"]) for row in noise}) == [0.0, 1.0]
+    assert {int(row["samples"]) for row in noise if float(row["noise_px"]) == 1.0} == {4}
+    assert {int(row["samples"]) for row in noise if float(row["noise_px"]) == 0.0} == {2}
     for row in noise:
         deviation = float(row["relative_deviation"])
         assert deviation == 0.0 if float(row["noise_px"]) == 0.0 else deviation > 0.0

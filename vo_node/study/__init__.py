@@ -68,6 +68,8 @@ def build_parser() -> argparse.ArgumentParser:
                          default=[0.0, 0.25, 0.5, 1.0, 2.0],
                          help="std of the Gaussian noise added to the BA targets, in 1/4-res "
                          "pixels (default 0 0.25 0.5 1 2)")
+    sources.add_argument("--noise-trials", type=int, default=1,
+                         help="independent noise draws per clip and noise level (default 1)")
     sources.add_argument("--beta", type=float, default=1.0,
                          help="flow-loss factor beta of the pose + flow objective in the "
                          "interference study (default 1; the trainer logs its current beta)")
@@ -130,7 +132,7 @@ def _run_sources(args: argparse.Namespace) -> int:
         network, config, study_clips(config, args.clips), args.output,
         selection=loaded.engine.frontend.centroid_selection,
         ba_iterations=args.ba_iterations, pose_dampings=args.pose_damping,
-        noise_levels=args.noise_levels, beta=args.beta,
+        noise_levels=args.noise_levels, beta=args.beta, noise_trials=args.noise_trials,
     )
     logger.info("sources: tables and figures written to %s", args.output)
     return 0

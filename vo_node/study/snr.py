@@ -46,7 +46,11 @@ STUDY_CLIP_SEED = 424_242
 PATCH_SEED_BASE = 7_000_003
 """Patch draws of study clip ``i`` use seed ``PATCH_SEED_BASE + i``."""
 NOISE_SEED_BASE = 9_000_011
-"""Target-noise draws of study clip ``i`` use seed ``NOISE_SEED_BASE + i``."""
+"""Target-noise draws of study clip ``i`` use seed ``StudyModel.noise_seed + i`` (this by default)."""
+BOOTSTRAP_SAMPLES = 500
+BOOTSTRAP_LEVEL = 0.9
+BOOTSTRAP_CHUNK_ELEMENTS = 20_000_000
+"""Resamples are processed in chunks of about this many float64 values (160 MB)."""
 MIN_SNR_FOR_DB = 1e-300
 """SNR values below this are clamped before the logarithm, so a zero SNR gives a finite dB value."""
 
@@ -95,6 +99,40 @@ def gradient_snr(gradients: Tensor) -> SNRResult:
     else:
         snr = math.inf if mean_norm > 0.0 else math.nan
     return SNRResult(snr, snr_to_db(snr), mean_norm, mean_deviation)
+
+
+def bootstrap_snr_db(
+    gradients: Tensor, samples: int = BOOTSTRAP_SAMPLES, level: float = BOOTSTRAP_LEVEL,
+    seed: int = 0,
+) -> tuple[float, float]:
+    """Return a percentile-bootstrap interval ``(low, high)`` of the SNR in dB.
+
+    Clips are resampled with replacement ``samples`` times; ``level`` is the central coverage
+    (0.9 gives the 5th and 95th percentiles). The interval shows how much the SNR of N clips
+    would move with another draw of N clips; resamples whose SNR is not finite are dropped.
+    NOTE: for small N (about 8 or fewer) the interval sits too high, because a resample repeats
+    clips and repeated clips shrink the deviation; read it as a rough spread only.
+    """
+    if not 0.0 < level < 1.0:
+        raise ValueError(f"bootstrap level must lie in (0, 1), got {level}")
+    values = gradients.detach().double()
+    count = values.shape[0]
+    generator = torch.Generator().manual_seed(seed)
+    indices = torch.randint(0, count, (samples, count), generator=generator)
+    chunk = max(1, BOOTSTRAP_CHUNK_ELEMENTS // values.numel())
+    snr_parts = []
+    for start in range(0, samples, chunk):
+        resampled = values[indices[start:start + chunk]]  # (chunk, N, D)
+        mean = resampled.mean(dim=1, keepdim=True)
+        deviation = (resampled - mean).norm(dim=2).mean(dim=1)
+        snr_parts.append(mean.squeeze(1).norm(dim=1) / deviation)
+    snr = torch.cat(snr_parts)
+    decibels = 20.0 * torch.log10(snr[torch.isfinite(snr) & (snr > 0)])
+    if decibels.numel() == 0:
+        return math.nan, math.nan
+    tail = (1.0 - level) / 2.0
+    low, high = torch.quantile(decibels, torch.tensor([tail, 1.0 - tail], dtype=torch.float64))
+    return float(low), float(high)
 
 
 def snr_to_db(snr: float) -> float:
@@ -175,6 +213,8 @@ class StudyModel(UnrolledModel):
             raise ValueError(f"target_noise must be 0 or more (1/4-res pixels), got {target_noise}")
         self.target_noise = target_noise
         self.noise_generator: torch.Generator | None = None
+        self.noise_seed = NOISE_SEED_BASE
+        """Base seed of the per-clip noise generators; change it to draw another noise trial."""
 
     # TODO: overrides the trainer's private BA step; switch to a public target hook once
     # UnrolledModel offers one.
@@ -266,7 +306,7 @@ def per_clip_gradients(
     model.train()
     for index, clip in enumerate(clips):
         if model.target_noise > 0.0:
-            model.noise_generator = clip_generator(index, NOISE_SEED_BASE)
+            model.noise_generator = clip_generator(index, model.noise_seed)
         records = model.unroll_records(
             clip["images"].to(device), clip["depths"].to(device), clip["poses_cw"].to(device),
             clip["intrinsics"].to(device), clip_generator(index),
@@ -318,8 +358,8 @@ def collect_gradients(
 # -------------------------------------------------------------------------------------------
 
 SNR_COLUMNS = (
-    "checkpoint", "step", "variant", "parameter", "clips", "snr", "snr_db", "mean_norm",
-    "mean_deviation", "variance",
+    "checkpoint", "step", "variant", "parameter", "clips", "snr", "snr_db", "snr_db_low",
+    "snr_db_high", "mean_norm", "mean_deviation", "variance",
 )
 
 
@@ -331,9 +371,11 @@ def snr_rows(
     for variant, by_name in gradients.items():
         for name, values in by_name.items():
             result = gradient_snr(values)
+            low, high = bootstrap_snr_db(values)
             rows.append({
                 **extra, "variant": variant, "parameter": name, "clips": values.shape[0],
-                "snr": result.snr, "snr_db": result.snr_db, "mean_norm": result.mean_norm,
+                "snr": result.snr, "snr_db": result.snr_db, "snr_db_low": low,
+                "snr_db_high": high, "mean_norm": result.mean_norm,
                 "mean_deviation": result.mean_deviation, "variance": gradient_variance(values),
             })
     return rows

@@ -30,7 +30,9 @@ from torch import Tensor
 from vo_node.study.plots import Panel, Series, plot_panels, write_table
 from vo_node.study.snr import (
     LOSS_VARIANTS,
+    NOISE_SEED_BASE,
     Objective,
+    bootstrap_snr_db,
     build_model,
     flow_objective,
     gradient_snr,
@@ -51,6 +53,8 @@ DEFAULT_POSE_DAMPINGS = (1.0, 10.0, 100.0)
 DEFAULT_NOISE_LEVELS = (0.0, 0.25, 0.5, 1.0, 2.0)
 """Standard deviations of the injected BA-target noise, in 1/4-resolution pixels."""
 NOISE_PARAMETERS = ("weight_head",)
+NOISE_TRIAL_STRIDE = 100_003
+"""Seed distance between noise trials (larger than any clip count, so no two draws share a seed)."""
 COSINE_EPS = 1e-12
 POSE_REFERENCE = "pose"
 """Name of the pose-loss rows shown next to the flow variants in the BA table."""
@@ -178,11 +182,13 @@ def ba_study(
             for variant, by_name in gradients.items():
                 for name, values in by_name.items():
                     result = gradient_snr(values)
+                    low, high = bootstrap_snr_db(values)
                     rows.append({
                         "ba_iterations": int(count), "pose_damping": float(damping),
                         "variant": variant, "parameter": name, "clips": values.shape[0],
                         "variance": gradient_variance(values), "snr": result.snr,
-                        "snr_db": result.snr_db, "mean_norm": result.mean_norm,
+                        "snr_db": result.snr_db, "snr_db_low": low, "snr_db_high": high,
+                        "mean_norm": result.mean_norm,
                     })
             logger.info("BA grid point iterations=%d pose_damping=%g done", count, damping)
     return rows
@@ -224,13 +230,18 @@ def _scale_for(values: Sequence[Sequence[float]]) -> str:
 def noise_study(
     network: VONetwork, config: TrainConfig, clips: Sequence[Mapping[str, Tensor]],
     parameter_names: Sequence[str], levels: Sequence[float], selection: str = "random",
+    trials: int = 1,
 ) -> list[dict[str, object]]:
     """Return rows of weight-gradient variance and deviation from the noise-free gradient.
 
     ``levels`` are standard deviations in 1/4-resolution pixels; 0 is added when absent, because
-    it is the reference. ``snr_vs_clean_db`` is ``20 log10(mean_i ||g_i(0)|| /
-    mean_i ||g_i(s) - g_i(0)||)``, the per-clip SNR against the noise-free gradient.
+    it is the reference. Each level above 0 draws ``trials`` independent noise samples per clip,
+    so its statistics cover ``trials * N`` gradients. ``snr_vs_clean_db`` is
+    ``20 log10(mean ||g_i(0)|| / mean ||g_i(s) - g_i(0)||)`` over clips and trials, the SNR
+    against the noise-free gradient of the same clip.
     """
+    if trials < 1:
+        raise ValueError(f"noise trials must be 1 or more, got {trials}")
     levels = sorted({0.0, *(float(level) for level in levels)})
     if levels[0] < 0.0:
         raise ValueError(f"noise levels must be 0 or more (1/4-res pixels), got {levels[0]}")
@@ -239,8 +250,15 @@ def noise_study(
     by_level = {}
     for level in levels:
         model = build_model(network, config, selection, target_noise=level)
-        by_level[level] = per_clip_gradients(model, clips, parameters, objectives)
-        logger.info("target noise %.3g px done", level)
+        runs = []
+        for trial in range(trials if level > 0.0 else 1):
+            model.noise_seed = NOISE_SEED_BASE + trial * NOISE_TRIAL_STRIDE
+            runs.append(per_clip_gradients(model, clips, parameters, objectives))
+        by_level[level] = {
+            variant: {name: torch.cat([run[variant][name] for run in runs]) for name in parameters}
+            for variant in LOSS_VARIANTS
+        }
+        logger.info("target noise %.3g px done (%d trial(s))", level, len(runs))
 
     rows = []
     for level in levels:
@@ -248,12 +266,13 @@ def noise_study(
             for name in parameters:
                 values = by_level[level][variant][name].double()
                 clean = by_level[0.0][variant][name].double()
+                clean = clean.repeat(values.shape[0] // clean.shape[0], 1)  # one copy per trial
                 deviation = float((values - clean).norm(dim=1).mean())
                 clean_norm = float(clean.norm(dim=1).mean())
                 result = gradient_snr(values)
                 rows.append({
                     "noise_px": level, "variant": variant, "parameter": name,
-                    "clips": values.shape[0], "variance": gradient_variance(values),
+                    "samples": values.shape[0], "variance": gradient_variance(values),
                     "snr_db": result.snr_db, "mean_norm": result.mean_norm,
                     "relative_deviation": deviation / max(clean_norm, COSINE_EPS),
                     "snr_vs_clean_db": _ratio_db(clean_norm, deviation),
@@ -310,6 +329,7 @@ def run_sources_study(
     noise_levels: Sequence[float] = DEFAULT_NOISE_LEVELS,
     noise_parameters: Sequence[str] = NOISE_PARAMETERS,
     beta: float = 1.0,
+    noise_trials: int = 1,
 ) -> dict[str, list[dict[str, object]]]:
     """Run the three studies, write ``<name>.csv/.md/.png`` into ``output``; return the rows."""
     output = Path(output)
@@ -323,7 +343,8 @@ def run_sources_study(
     write_table(ba, output / "ba_linearisation")
     plot_ba(ba, output / "ba_linearisation.png")
 
-    noise = noise_study(network, config, clips, noise_parameters, noise_levels, selection)
+    noise = noise_study(network, config, clips, noise_parameters, noise_levels, selection,
+                        noise_trials)
     write_table(noise, output / "residual_noise")
     plot_noise(noise, output / "residual_noise.png")
     return {"interference": interference, "ba_linearisation": ba, "residual_noise": noise}
