@@ -1,5 +1,7 @@
 """The patch network: encoders, patch selection, correlation, update operator and model files."""
 
+import re
+
 import numpy as np
 import pytest
 import torch
@@ -375,9 +377,10 @@ def test_load_rejects_mismatched_config(tmp_path, small_network):
     path = tmp_path / "model.pt"
     save_model(path, small_network, load_engine_config("small"), {})
     payload = torch.load(path, weights_only=True)
-    payload["config"]["network"]["context_dim"] = 96
+    payload["config"]["network"]["context_dim"] += 32
     torch.save(payload, path)
-    message = r"context_encoder\.projection\.weight.*\(128, 32, 1, 1\).*save the model again"
+    stored = str(tuple(small_network.patchifier.context_encoder.projection.weight.shape))
+    message = rf"context_encoder\.projection\.weight.*{re.escape(stored)}.*save the model again"
     with pytest.raises(ModelFileError, match=message):
         load_model(path)
 

@@ -147,20 +147,22 @@ def correlate(
         or coords.requires_grad
         or any(level.requires_grad for level in pyramid.levels)
     )
+    # Edges sorted by target frame gather from one frame's map at a time, which stays in cache.
+    order = torch.argsort(jj, stable=True)
     if not record:
         # Writing each chunk into one buffer avoids a second full-size copy by torch.cat.
         output = coords.new_empty((num_edges, out_dim))
         for start in range(0, num_edges, chunk_size):
-            part = slice(start, start + chunk_size)
-            output[part] = _correlate_chunk(gmap, pyramid, coords[part], kk[part], jj[part])
+            edges = order[start : start + chunk_size]
+            output[edges] = _correlate_chunk(gmap, pyramid, coords[edges], kk[edges], jj[edges])
         return output
 
     parts = [coords.new_zeros((0, out_dim))]
     for start in range(0, num_edges, chunk_size):
-        part = slice(start, start + chunk_size)
-        args = (gmap, pyramid, coords[part], kk[part], jj[part])
+        edges = order[start : start + chunk_size]
+        args = (gmap, pyramid, coords[edges], kk[edges], jj[edges])
         parts.append(checkpoint(_correlate_chunk, *args, use_reentrant=False))
-    return torch.cat(parts)
+    return torch.cat(parts)[torch.argsort(order)]
 
 
 def _check_inputs(
