@@ -228,3 +228,11 @@ def test_loader_resumes_at_index(tiny_config):
     clips = list(loader)
     assert len(clips) == 2
     assert torch.equal(clips[0]["images"], dataset[2]["images"])
+
+
+@pytest.mark.parametrize("name", ["train_tiny", "train_small", "train_full"])
+def test_shipped_recipes_load(name, tmp_path):
+    overrides = {"data.roots": [str(tmp_path)]} if name == "train_full" else {}
+    config = load_train_config(f"config/{name}.yaml", overrides)
+    assert config.loss.flow_weighting == "sigma"
+    assert config.balance.enabled

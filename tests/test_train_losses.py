@@ -120,7 +120,7 @@ def test_umeyama_recovers_scale():
 
 
 @pytest.mark.parametrize("scale", [0.2, 1.0, 7.0])
-def test_pose_loss_zero_for_ground_truth_at_any_scale(scale):
+def test_pose_loss_zero_for_scaled_truth(scale):
     gt_wc = random_trajectory(6)
     predicted_cw = se3.invert(scaled(gt_wc, scale))
     translation, rotation = pose_loss(predicted_cw, se3.invert(gt_wc))
@@ -158,7 +158,7 @@ def test_pose_loss_gradient_matches_finite_differences():
     assert torch.autograd.gradcheck(function, (xi,))
 
 
-def test_sigma_flow_loss_sends_no_gradient_to_weight_head():
+def test_sigma_weight_gets_no_flow_gradient():
     torch.manual_seed(0)
     config = NetworkConfig(matching_dim=16, context_dim=32, encoder_dim=8)
     network = VONetwork(config)

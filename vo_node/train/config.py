@@ -1,7 +1,7 @@
 """Typed configuration of the trainer: data, unrolled graph, losses, optimiser, checkpoints.
 
 A training recipe is a YAML file (``config/train_*.yaml``) that may set any subset of the fields
-below; command-line ``key=value`` overrides use the same dotted keys as the engine configuration
+below. Command-line ``key=value`` overrides use dotted keys, as for the engine configuration
 (``optim.lr=4e-4``). Unknown keys raise :class:`vo_node.config.ConfigError` naming the key.
 The engine (network sizes) comes from a preset named by ``engine`` and is resolved separately,
 so a trained model carries an ordinary :class:`vo_node.config.EngineConfig`.
@@ -29,6 +29,8 @@ DATA_SOURCES = ("synthetic", "tartanair", "tum")
 FLOW_WEIGHTINGS = ("sigma", "none")
 FLOW_EDGE_SETS = ("adjacent", "all")
 BEST_MODES = ("min", "max")
+IMAGE_MULTIPLE = 16
+"""The network needs image sides divisible by 16."""
 
 
 @dataclass
@@ -52,7 +54,7 @@ class AugmentConfig:
 
 @dataclass
 class DataConfig:
-    """Where clips come from and how they are sampled and normalised."""
+    """Clip source, sampling and normalisation."""
 
     source: str = "synthetic"
     """``synthetic`` (built-in generator), ``tartanair`` or ``tum``."""
@@ -72,7 +74,7 @@ class DataConfig:
     ``2 * n_frames``."""
     synthetic_frame_steps: list = field(default_factory=lambda: [1, 3])
     """Inclusive range of generator time steps (20 Hz periods) between consecutive generated
-    frames; one value is drawn per sequence, so clips cover slow and fast motion."""
+    frames. One value is drawn per sequence, so clips cover slow and fast motion."""
     depth_percentile: float = 98.0
     depth_percentile_scale: float = 0.7
     """Inverse depth is divided by ``depth_percentile_scale * percentile(inverse depth)``, and
@@ -97,6 +99,10 @@ class UnrollConfig:
     patches_per_frame: int = 80
     keyframe_drop_p: float = 0.1
     """Probability, per added frame, of dropping every edge that touches frame ``n - 4``."""
+    correlation_chunk: int = 0
+    """Edges per correlation chunk; 0 keeps the correlation's own default (sized for inference).
+    Training on the CPU is faster with large chunks: each chunk's backward pass writes a
+    gradient buffer as large as all matching maps."""
 
 
 @dataclass
@@ -214,45 +220,46 @@ class TrainConfig:
         _check_choice("validation.best_mode", self.validation.best_mode, BEST_MODES)
         _check_positive(self)
         _check_probabilities(self)
-        if self.data.source != "synthetic" and not self.data.roots:
-            raise ConfigError(
-                f"data.source is {self.data.source!r} but data.roots is empty; "
-                "set data.roots=[/path/to/dataset] or use data.source=synthetic"
-            )
+        _check_data(self.data)
         if not isinstance(self.engine_overrides, dict):
             raise ConfigError(
                 f"engine_overrides must be a mapping of dotted keys, got {self.engine_overrides!r}"
             )
-        steps = self.data.synthetic_frame_steps
-        if (
-            len(steps) != 2
-            or not all(isinstance(value, int) for value in steps)
-            or not 1 <= steps[0] <= steps[1]
-        ):
+        if not 2 <= self.unroll.init_frames <= self.data.n_frames:
             raise ConfigError(
-                f"data.synthetic_frame_steps must be two whole numbers [low, high] with "
-                f"1 <= low <= high, got {steps!r}"
-            )
-        if not all(isinstance(root, str) for root in self.data.roots):
-            raise ConfigError(f"data.roots must be a list of folder paths, got {self.data.roots!r}")
-        if self.unroll.init_frames > self.data.n_frames:
-            raise ConfigError(
-                f"unroll.init_frames ({self.unroll.init_frames}) must not exceed data.n_frames "
-                f"({self.data.n_frames})"
-            )
-        if self.unroll.init_frames < 2:
-            raise ConfigError(f"unroll.init_frames must be at least 2, got {self.unroll.init_frames}")
-        if self.data.min_flow >= self.data.max_flow:
-            raise ConfigError(
-                f"data.min_flow ({self.data.min_flow}) must be below data.max_flow "
-                f"({self.data.max_flow})"
-            )
-        if self.data.height % 16 or self.data.width % 16:
-            raise ConfigError(
-                f"data.height and data.width must be multiples of 16, got "
-                f"{self.data.height}x{self.data.width}"
+                f"unroll.init_frames ({self.unroll.init_frames}) must lie between 2 and "
+                f"data.n_frames ({self.data.n_frames})"
             )
         return self
+
+
+def _check_data(data: DataConfig) -> None:
+    if data.source != "synthetic" and not data.roots:
+        raise ConfigError(
+            f"data.source is {data.source!r} but data.roots is empty; "
+            "set data.roots=[/path/to/dataset] or use data.source=synthetic"
+        )
+    if not all(isinstance(root, str) for root in data.roots):
+        raise ConfigError(f"data.roots must be a list of folder paths, got {data.roots!r}")
+    steps = data.synthetic_frame_steps
+    if (
+        len(steps) != 2
+        or not all(isinstance(value, int) for value in steps)
+        or not 1 <= steps[0] <= steps[1]
+    ):
+        raise ConfigError(
+            f"data.synthetic_frame_steps must be two whole numbers [low, high] with "
+            f"1 <= low <= high, got {steps!r}"
+        )
+    if data.min_flow >= data.max_flow:
+        raise ConfigError(
+            f"data.min_flow ({data.min_flow}) must be below data.max_flow ({data.max_flow})"
+        )
+    if data.height % IMAGE_MULTIPLE or data.width % IMAGE_MULTIPLE:
+        raise ConfigError(
+            f"data.height and data.width must be multiples of {IMAGE_MULTIPLE}, got "
+            f"{data.height}x{data.width}"
+        )
 
 
 def _check_choice(key: str, value: str, choices: tuple[str, ...]) -> None:

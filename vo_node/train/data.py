@@ -1,8 +1,8 @@
 """Training clips: sources (built-in generator, TartanAir, TUM RGB-D), sampling and augmentation.
 
-A training sample is one clip of ``n_frames`` frames picked from a longer sequence so that the
-mean optical flow between consecutive picked frames lies in a configured range (DPVO's rule of
-10..75 pixels for 640-pixel-wide images, scaled to the source width). Each sample is a dict:
+A training sample is one clip of ``n_frames`` frames picked from a longer sequence. The mean
+optical flow between consecutive picked frames should lie in a configured range: DPVO's rule of
+10..75 pixels for 640-pixel-wide images, scaled to the source width. Each sample is a dict:
 
 - ``images``: (N, 3, H, W) uint8 RGB;
 - ``depths``: (N, H, W) float32 depth in normalised scene units, 0 where unknown;

@@ -27,7 +27,7 @@ MIN_POSITION_VARIANCE = 1e-12
 
 @dataclass
 class IterationRecord:
-    """What one unrolled iteration hands to the losses (``E`` edges, ``n`` frames so far)."""
+    """Outputs of one unrolled iteration for the losses (``E`` edges, ``n`` frames so far)."""
 
     coords: Tensor
     """(E, 2, P, P) post-BA reprojections of the edges' patches (1/4-resolution pixels)."""
@@ -62,8 +62,8 @@ class LossTerms:
 def edge_mask(ii: Tensor, jj: Tensor, edges: str) -> Tensor:
     """Return the (E,) bool mask of edges counted by the flow loss.
 
-    ``adjacent`` keeps edges with ``1 <= |i - j| <= 2`` (DPVO); ``all`` keeps every edge (V2V),
-    including an edge from a patch to its own frame, whose error is always zero.
+    ``adjacent`` keeps edges with ``1 <= |i - j| <= 2`` (DPVO). ``all`` keeps every edge (V2V),
+    including the edge from a patch to its own frame, whose error is always zero.
     """
     if edges == "all":
         return torch.ones_like(ii, dtype=torch.bool)

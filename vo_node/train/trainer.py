@@ -2,8 +2,8 @@
 
 Run through ``python -m vo_node.train`` (one process) or ``torchrun --nproc_per_node=N -m
 vo_node.train`` (DistributedDataParallel: gloo on CPU, NCCL on CUDA). Only rank 0 writes files
-and shows the progress bar. Every rank draws its own clips (the rank is part of each sample's
-seed); beta and rho are updated on every rank from probe norms averaged over the ranks, so they
+and shows the progress bar. Every rank draws its own clips because the rank is part of each
+sample's seed. Every rank updates beta and rho from probe norms averaged over the ranks, so they
 stay identical everywhere.
 
 Output folder::
@@ -25,6 +25,7 @@ import math
 import os
 import signal
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -374,7 +375,10 @@ class Trainer:
             if finite:
                 self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
-        self.scheduler.step()
+        with warnings.catch_warnings():
+            # A skipped step advances the schedule without an optimiser step, on purpose.
+            warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler\.step\(\)`")
+            self.scheduler.step()
         self._count_nonfinite(finite, float(loss.detach()))
         return {
             "loss": float(loss.detach()),

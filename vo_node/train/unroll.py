@@ -2,10 +2,10 @@
 
 Random patches are cut from every frame. The first ``init_frames`` frames start densely connected
 (every patch to every one of those frames, its own included), all poses at the identity and all
-patch inverse depths random. From iteration ``init_iterations`` on, one frame joins per iteration:
-its pose is copied from the previous frame, its patches start at the median inverse depth of the
-previous two frames, and edges are added from every older patch to it and from its patches to
-every frame so far. Each iteration then runs
+patch inverse depths random. From iteration ``init_iterations`` on, one frame joins per iteration.
+Its pose is copied from the previous frame and its patches start at the median inverse depth of
+the previous two frames. New edges connect every older patch to it and its patches to every
+frame so far. Each iteration then runs
 
     reproject -> correlation -> update operator -> target = centre + delta -> BA
 
@@ -26,6 +26,7 @@ from vo_node.ba.solver import bundle_adjust
 from vo_node.config import BAConfig
 from vo_node.geometry import se3
 from vo_node.geometry.projection import reproject
+from vo_node.model.correlation import correlate
 from vo_node.model.network import VONetwork
 from vo_node.train.config import LossConfig, UnrollConfig
 from vo_node.train.losses import IterationRecord, compute_losses, flow_epe, pose_loss
@@ -150,6 +151,7 @@ class UnrolledModel(nn.Module):
         poses_gt = poses_cw.float()
         image_size = (images.shape[-2] // FEATURE_STRIDE, images.shape[-1] // FEATURE_STRIDE)
 
+        chunk_size = config.correlation_chunk or None
         count = config.init_frames
         all_patches = torch.arange(frame_index.shape[0], device=device)
         ii, jj, kk = dense_edges(
@@ -166,7 +168,7 @@ class UnrolledModel(nn.Module):
                 count += 1
 
             coords = reproject(poses, patches, intrinsics, ii, jj, kk).coords
-            corr = self.network.correlate(batch.gmap, pyramid, coords, kk, jj)
+            corr = correlate(batch.gmap, pyramid, coords, kk, jj, chunk_size)
             hidden, delta, weight = self.network.update(hidden, batch.context, corr, ii, jj, kk)
             target = coords[:, :, centre, centre] + delta
             poses, patches = self._bundle_adjust(
