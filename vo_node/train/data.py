@@ -87,13 +87,19 @@ class SequenceFrames:
 
 
 class FrameSequence(Protocol):
-    """A sequence that loads any subset of its frames."""
+    """A sequence that loads any subset of its frames, or one depth map for the flow rule."""
 
     name: str
+    poses_wc: np.ndarray
+    """(N, 7) float64 ``T_world_cam`` of every frame."""
+    intrinsics: np.ndarray
+    """(4,) float64 ``[fx, fy, cx, cy]`` in source pixels."""
 
     def __len__(self) -> int: ...
 
     def load(self, indices: list[int]) -> SequenceFrames: ...
+
+    def depth(self, index: int) -> np.ndarray: ...
 
 
 def check_not_evaluation_data(root: Path) -> None:
@@ -170,21 +176,24 @@ class TartanAirSequence:
                 f"and {len(ned)} poses do not match; every frame needs one of each"
             )
         self.poses_wc = _ned_to_optical(ned)
+        self.intrinsics = np.asarray(TARTANAIR_INTRINSICS, dtype=np.float64)
 
     def __len__(self) -> int:
         return len(self.image_paths)
 
+    def depth(self, index: int) -> np.ndarray:
+        depth = np.load(self.depth_paths[index]).astype(np.float32)
+        return np.where(np.isfinite(depth), depth, 0.0).astype(np.float32)
+
     def load(self, indices: list[int]) -> SequenceFrames:
         images = np.stack([_read_image_rgb(self.image_paths[i]) for i in indices])
-        depths = np.stack([np.load(self.depth_paths[i]).astype(np.float32) for i in indices])
+        depths = np.stack([self.depth(i) for i in indices])
         if depths.shape[1:] != images.shape[1:3]:
             raise DatasetError(
                 f"{self.folder}: depth size {depths.shape[1:]} differs from image size "
                 f"{images.shape[1:3]}"
             )
-        depths = np.where(np.isfinite(depths), depths, 0.0).astype(np.float32)
-        intrinsics = np.asarray(TARTANAIR_INTRINSICS, dtype=np.float64)
-        return SequenceFrames(images, depths, self.poses_wc[indices], intrinsics)
+        return SequenceFrames(images, depths, self.poses_wc[indices], self.intrinsics)
 
 
 def _ned_to_optical(ned: np.ndarray) -> np.ndarray:
@@ -275,15 +284,16 @@ class TumSequence:
     def __len__(self) -> int:
         return len(self.image_paths)
 
+    def depth(self, index: int) -> np.ndarray:
+        raw = cv2.imread(str(self.depth_paths[index]), cv2.IMREAD_UNCHANGED)
+        if raw is None:
+            raise DatasetError(f"depth image {self.depth_paths[index]} could not be read")
+        return raw.astype(np.float32) / TUM_DEPTH_SCALE
+
     def load(self, indices: list[int]) -> SequenceFrames:
         images = np.stack([_read_image_rgb(self.image_paths[i]) for i in indices])
-        depths = []
-        for i in indices:
-            raw = cv2.imread(str(self.depth_paths[i]), cv2.IMREAD_UNCHANGED)
-            if raw is None:
-                raise DatasetError(f"depth image {self.depth_paths[i]} could not be read")
-            depths.append(raw.astype(np.float32) / TUM_DEPTH_SCALE)
-        return SequenceFrames(images, np.stack(depths), self.poses_wc[indices], self.intrinsics)
+        depths = np.stack([self.depth(i) for i in indices])
+        return SequenceFrames(images, depths, self.poses_wc[indices], self.intrinsics)
 
 
 def discover_sequences(source: str, roots: list[str]) -> list[FrameSequence]:
@@ -322,8 +332,14 @@ class SyntheticSequence:
             np.asarray(clip.intrinsics, dtype=np.float64),
         )
 
+        self.poses_wc = self.frames.poses_wc
+        self.intrinsics = self.frames.intrinsics
+
     def __len__(self) -> int:
         return len(self.frames.images)
+
+    def depth(self, index: int) -> np.ndarray:
+        return self.frames.depths[index]
 
     def load(self, indices: list[int]) -> SequenceFrames:
         f = self.frames
@@ -372,31 +388,20 @@ def mean_flow(
 
 
 class _FlowCache:
-    """Lazily computed mean flow between frames of one sequence (depths loaded on demand)."""
+    """Mean flow between frames of one sequence; depth maps are read once, on demand."""
 
-    def __init__(self, sequence: FrameSequence, preloaded: SequenceFrames | None = None):
+    def __init__(self, sequence: FrameSequence):
         self.sequence = sequence
-        self.preloaded = preloaded
         self.depths: dict[int, np.ndarray] = {}
-        self.poses: dict[int, np.ndarray] = {}
-        self.intrinsics: np.ndarray | None = None
 
-    def _frame(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+    def depth(self, index: int) -> np.ndarray:
         if index not in self.depths:
-            if self.preloaded is not None:
-                self.depths[index] = self.preloaded.depths[index]
-                self.poses[index] = self.preloaded.poses_wc[index]
-                self.intrinsics = self.preloaded.intrinsics
-            else:
-                frames = self.sequence.load([index])
-                self.depths[index], self.poses[index] = frames.depths[0], frames.poses_wc[0]
-                self.intrinsics = frames.intrinsics
-        return self.depths[index], self.poses[index]
+            self.depths[index] = self.sequence.depth(index)
+        return self.depths[index]
 
     def flow(self, i: int, j: int) -> float:
-        depth_i, pose_i = self._frame(i)
-        _, pose_j = self._frame(j)
-        return mean_flow(depth_i, pose_i, pose_j, self.intrinsics)
+        poses = self.sequence.poses_wc
+        return mean_flow(self.depth(i), poses[i], poses[j], self.sequence.intrinsics)
 
 
 def select_frames(
@@ -610,10 +615,8 @@ def make_clip(
     sequence: FrameSequence, config: DataConfig, rng: np.random.Generator, augment: bool
 ) -> dict[str, torch.Tensor]:
     """Pick, load, augment and normalise one clip of ``sequence`` (see the module docstring)."""
-    preloaded = sequence.frames if isinstance(sequence, SyntheticSequence) else None
-    cache = _FlowCache(sequence, preloaded)
-    source_width = (preloaded.images.shape[2] if preloaded is not None
-                    else sequence.load([0]).images.shape[2])
+    cache = _FlowCache(sequence)
+    source_width = cache.depth(0).shape[1]
     flow_scale = source_width / config.flow_reference_width
     flow_range = (config.min_flow * flow_scale, config.max_flow * flow_scale)
     indices = select_frames(len(sequence), config.n_frames, cache.flow, flow_range, rng)
