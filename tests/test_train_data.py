@@ -122,7 +122,7 @@ def write_tartanair(folder, count=4, depth_count=None, pose_lines=None):
     (folder / "image_left").mkdir(parents=True)
     (folder / "depth_left").mkdir()
     for index in range(count):
-        image = np.full((32, 48, 3), 40 * index, dtype=np.uint8)
+        image = np.full((32, 48, 3), (40 * index) % 256, dtype=np.uint8)
         cv2.imwrite(str(folder / "image_left" / f"{index:06d}_left.png"), image)
     for index in range(count if depth_count is None else depth_count):
         np.save(folder / "depth_left" / f"{index:06d}_left_depth.npy",
@@ -236,3 +236,13 @@ def test_shipped_recipes_load(name, tmp_path):
     config = load_train_config(f"config/{name}.yaml", overrides)
     assert config.loss.flow_weighting == "sigma"
     assert config.balance.enabled
+
+
+def test_tartanair_clip_through_dataset(tmp_path):
+    write_tartanair(tmp_path / "scene" / "P000", count=12)
+    config = load_train_config(TINY, {"data.source": "tartanair", "data.roots": [str(tmp_path)],
+                                      "data.n_frames": 4, "data.height": 32, "data.width": 48})
+    clip = data.ClipDataset(config.data, seed=0)[0]
+    assert clip["images"].shape == (4, 3, 32, 48)
+    assert torch.all(clip["frames"][1:] > clip["frames"][:-1])
+    assert torch.all(clip["depths"] > 0)

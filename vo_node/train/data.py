@@ -112,7 +112,7 @@ def check_not_evaluation_data(root: Path) -> None:
         folder = folder.resolve()
         if resolved == folder or folder in resolved.parents:
             raise DatasetError(
-                f"refusing to train on {root}: it lies inside the evaluation data folder {folder}, "
+                f"rejected training root {root}: it lies inside the evaluation data folder {folder}, "
                 "which is reserved for evaluation; point data.roots at a separate training copy"
             )
 
