@@ -171,7 +171,14 @@ class ValidationConfig:
     seed: int = 1_000_000_007
     """Seed base of the held-out clips; training seeds are drawn below it, so they never meet."""
     sequences: list = field(default_factory=list)
-    """Optional real sequences (paths for ``vo_node.io.open_sequence``) for an ATE check."""
+    """Optional real sequences (paths for ``vo_node.io.open_sequence``) for an ATE check.
+
+    They are only measured and logged: training never fits to them, and the best checkpoint is
+    chosen by ``best_metric`` (held-out synthetic clips by default)."""
+    sequence_stride: int = 2
+    """Frame stride of the real-sequence check."""
+    sequence_max_frames: int = 100
+    """Frames of each real sequence tracked in the check (after the stride); 0 tracks all."""
     best_metric: str = "val/loss"
     best_mode: str = "min"
 

@@ -465,19 +465,29 @@ class Trainer:
             from vo_node.io import open_sequence
             from vo_node.run import run_sequence
         except ImportError as error:
-            logger.warning("ATE validation skipped: the engine runner is not available (%s)", error)
+            logger.warning("ATE validation skipped: the engine runner is not importable (%s)", error)
             return {}
-        errors = []
+        validation = self.config.validation
+        percents: dict[str, float] = {}
         for path in sequences:
             try:
-                sequence = open_sequence(path)
-                # TODO: check these calls against vo_node.run.run_sequence once it is merged.
-                estimate = run_sequence(sequence, self.engine, network=self.network)
-                metrics = evaluate_trajectory(estimate, sequence.ground_truth)
-                errors.append(float(metrics.ate_rmse))
+                sequence = open_sequence(
+                    path,
+                    stride=validation.sequence_stride,
+                    max_frames=validation.sequence_max_frames or None,
+                )
+                result = run_sequence(
+                    sequence, self.engine, self.network, self.device, progress=False
+                )
+                metrics = evaluate_trajectory(result.trajectory, sequence.ground_truth)
+                percents[Path(path).name] = float(metrics.ate_percent)
             except Exception as error:  # noqa: BLE001 - a failed evaluation must not stop training
                 logger.warning("ATE validation on %s failed: %s", path, error)
-        return {"ate": float(np.mean(errors))} if errors else {}
+        if not percents:
+            return {}
+        values = {f"ate_percent/{name}": value for name, value in percents.items()}
+        values["ate_percent"] = float(np.mean(list(percents.values())))
+        return values
 
     def _is_better(self, value: float) -> bool:
         if not math.isfinite(value):
