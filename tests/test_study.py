@@ -33,7 +33,7 @@ REPOSITORY = Path(__file__).resolve().parents[1]
 TINY_CONFIG = REPOSITORY / "config" / "train_tiny.yaml"
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 FAST_UNROLL = ["unroll.iterations=3", "unroll.init_iterations=2"]
-"""Shorter unroll for the command tests: one frame joins, and the pose loss counts from iteration 2."""
+"""Shorter unroll for the command tests: one frame joins and the pose loss starts at iteration 2."""
 ONE_THREAD = ["--threads", "1"]
 
 
@@ -176,11 +176,15 @@ def test_compare_seed_ratios():
     assert row["sigma_steps"] == 20
     assert row["step_ratio"] == pytest.approx(2.0)
     assert row["time_ratio"] == pytest.approx(4.0 / 3.0)
+    assert row["baseline_mean"] == pytest.approx(0.675)
+    assert row["sigma_mean"] == pytest.approx(0.4875)
     assert missed["sigma_reached"] is False
     assert math.isnan(missed["step_ratio"])
     assert summary["seeds"] == 2
     assert summary["sigma_reached"] == 1
     assert summary["step_ratio_mean"] == pytest.approx(2.0)
+    assert missed["step_ratio_bound"] == pytest.approx(40 / 20)
+    assert summary["step_ratio_median_bounded"] == pytest.approx(2.0)
 
 
 def test_read_curve_sums_wall_time(tmp_path):

@@ -159,7 +159,9 @@ def _run_speedup(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     """Run one study command; return the process exit code."""
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
     from vo_node.config import ConfigError
 
     handlers = {"snr": _run_snr, "sources": _run_sources, "speedup": _run_speedup}

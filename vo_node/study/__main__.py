@@ -1,4 +1,4 @@
-"""Command line of the gradient-variance study: ``python -m vo_node.study {snr,sources,speedup}``."""
+"""Command line of the gradient-variance study: ``python -m vo_node.study COMMAND``."""
 
 from vo_node.study import main
 

@@ -124,7 +124,8 @@ def plot_panels(panels: Sequence[Panel], path: str | Path, title: str = "") -> P
     if not panels:
         raise ValueError(f"no panels to plot into {path}; pass at least one Panel")
     width, height = PANEL_SIZE_INCHES
-    figure, axes = plt.subplots(1, len(panels), figsize=(width * len(panels), height), squeeze=False)
+    size = (width * len(panels), height)
+    figure, axes = plt.subplots(1, len(panels), figsize=size, squeeze=False)
     for axis, panel in zip(axes[0], panels):
         for line in panel.series:
             style = {"marker": "o", "markersize": 3, **line.style}

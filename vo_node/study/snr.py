@@ -9,8 +9,8 @@ gradient is mostly noise around it. The SNR does not change when every gradient 
 same factor, so losses of different size (Sigma-weighted or not) compare directly.
 
 Gradients come from the trainer's unrolled forward (``UnrolledModel.unroll_records``) on a fixed
-set of clips, with the patch draws of clip ``i`` seeded by ``i`` alone, so every checkpoint and
-every loss variant sees exactly the same clips and patches. One forward serves both loss variants:
+set of clips. The patch draws of clip ``i`` are seeded by ``i`` alone, so every checkpoint and
+every loss variant is measured on the same clips and patches. One forward serves both loss variants:
 the forward does not depend on the flow weighting, only the loss does.
 """
 
@@ -46,7 +46,7 @@ STUDY_CLIP_SEED = 424_242
 PATCH_SEED_BASE = 7_000_003
 """Patch draws of study clip ``i`` use seed ``PATCH_SEED_BASE + i``."""
 NOISE_SEED_BASE = 9_000_011
-"""Target-noise draws of study clip ``i`` use seed ``StudyModel.noise_seed + i`` (this by default)."""
+"""Default ``StudyModel.noise_seed``: target-noise draws of clip ``i`` use ``noise_seed + i``."""
 BOOTSTRAP_SAMPLES = 500
 BOOTSTRAP_LEVEL = 0.9
 BOOTSTRAP_CHUNK_ELEMENTS = 20_000_000
@@ -109,7 +109,7 @@ def bootstrap_snr_db(
 
     Clips are resampled with replacement ``samples`` times; ``level`` is the central coverage
     (0.9 gives the 5th and 95th percentiles). The interval shows how much the SNR of N clips
-    would move with another draw of N clips; resamples whose SNR is not finite are dropped.
+    would move with another draw of N clips. Resamples whose SNR is not finite are dropped.
     NOTE: for small N (about 8 or fewer) the interval sits too high, because a resample repeats
     clips and repeated clips shrink the deviation; read it as a rough spread only.
     """
@@ -136,7 +136,7 @@ def bootstrap_snr_db(
 
 
 def snr_to_db(snr: float) -> float:
-    """Return ``20 log10(snr)``; ``inf`` and ``nan`` pass through, 0 is clamped to a finite value."""
+    """Return ``20 log10(snr)``; inf and nan pass through, and 0 maps to a finite value."""
     if math.isnan(snr) or math.isinf(snr):
         return snr
     return 20.0 * math.log10(max(snr, MIN_SNR_FOR_DB))
@@ -187,12 +187,13 @@ def load_network(path: str | Path) -> LoadedNetwork:
     engine = from_dict(EngineConfig, state["engine"]).validate()
     network = VONetwork(engine.network)
     network.load_state_dict(state["model"])
-    config = from_dict(TrainConfig, state["config"]) if isinstance(state.get("config"), dict) else None
+    stored = state.get("config")
+    config = from_dict(TrainConfig, stored) if isinstance(stored, dict) else None
     return LoadedNetwork(network, engine, int(state["step"]), config)
 
 
 def study_clips(config: TrainConfig, count: int, seed: int = STUDY_CLIP_SEED) -> list[dict]:
-    """Return ``count`` training-distribution clips (with the recipe's augmentation), fixed by seed."""
+    """Return ``count`` training-distribution clips (with augmentation), fixed by ``seed``."""
     if count < 2:
         raise ValueError(f"the study needs at least 2 clips to measure a spread, got {count}")
     dataset = ClipDataset(config.data, seed, rank=0, validation_seed=config.validation.seed)

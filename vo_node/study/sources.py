@@ -27,6 +27,7 @@ from typing import Mapping, Sequence
 import torch
 from torch import Tensor
 
+from vo_node.model.network import VONetwork
 from vo_node.study.plots import Panel, Series, plot_panels, write_table
 from vo_node.study.snr import (
     LOSS_VARIANTS,
@@ -42,7 +43,6 @@ from vo_node.study.snr import (
 )
 from vo_node.train.config import LossConfig, TrainConfig
 from vo_node.train.losses import IterationRecord, compute_losses, pose_term
-from vo_node.model.network import VONetwork
 
 logger = logging.getLogger(__name__)
 
@@ -81,7 +81,7 @@ def total_objective(loss: LossConfig, variant: str, beta: float = 1.0) -> Object
 
 
 def row_cosines(first: Tensor, second: Tensor) -> Tensor:
-    """Return the cosine similarity of matching rows of two ``(N, D)`` tensors (0 for a zero row)."""
+    """Return the cosine similarity of matching rows of two ``(N, D)`` tensors (0 for zero rows)."""
     first, second = first.double(), second.double()
     dot = (first * second).sum(dim=1)
     return dot / (first.norm(dim=1) * second.norm(dim=1)).clamp(min=COSINE_EPS)

@@ -9,8 +9,10 @@ For every seed, two runs of ``python -m vo_node.train`` with equal step budgets 
 All other settings come from the same recipe. The target of seed ``k`` is the baseline's final
 validation value of the chosen metric (default ``pose_translation``, the scale-aligned relative
 translation error of the last unrolled iteration). For each variant, the steps (and training
-wall time) to reach the target are those of the first validation at or below it; the speed-up is
-``baseline steps / sigma steps`` (above 1 means the Sigma recipe got there sooner). The same is
+wall time) to reach the target are those of the first validation at or below it. The speed-up is
+``baseline steps / sigma steps``, and above 1 means the Sigma recipe got there sooner. Because a
+first crossing of a noisy curve can come early by chance, the mean of each validation curve is
+reported next to it. The same is
 reported for ``ate`` when the runs logged ATE on real sequences.
 
 Wall time is summed from the trainer's logged ``steps_per_s`` windows, so it includes the
@@ -165,7 +167,9 @@ def read_curve(folder: str | Path) -> Curve:
     """Read ``metrics.csv`` of a run into its validation curve with cumulative wall time."""
     path = Path(folder) / "metrics.csv"
     if not path.is_file():
-        raise FileNotFoundError(f"{path} not found; train the run first (rerun without --report-only)")
+        raise FileNotFoundError(
+            f"{path} not found; train the run first (rerun without --report-only)"
+        )
     rows = read_table(path)
     elapsed, previous_step, clock = {}, 0, 0.0
     for row in rows:
@@ -219,23 +223,43 @@ def compare_seed(baseline: Curve, sigma: Curve, metric: str) -> dict[str, object
         reached[name] = hit
         row[f"{name}_steps"] = hit[0] if hit else math.nan
         row[f"{name}_time_s"] = hit[1] if hit else math.nan
+    row["baseline_mean"] = _finite_mean(baseline.metric(metric))
+    row["sigma_mean"] = _finite_mean(sigma.metric(metric))
     row["sigma_reached"] = reached[SIGMA] is not None
     if reached[BASELINE] and reached[SIGMA]:
         row["step_ratio"] = reached[BASELINE][0] / reached[SIGMA][0]
         row["time_ratio"] = reached[BASELINE][1] / max(reached[SIGMA][1], 1e-9)
+        row["step_ratio_bound"] = row["step_ratio"]
     else:
         row["step_ratio"] = row["time_ratio"] = math.nan
+        # Sigma would need more than its last validated step, so the ratio is below this bound.
+        last = sigma.steps[-1] if sigma.steps else math.nan
+        row["step_ratio_bound"] = row["baseline_steps"] / last if reached[BASELINE] else math.nan
     return row
 
 
+def _finite_mean(values: Sequence[float]) -> float:
+    """Mean of the finite values (``nan`` when there are none)."""
+    finite = [value for value in values if math.isfinite(value)]
+    return statistics.fmean(finite) if finite else math.nan
+
+
 def summarise(rows: Sequence[Mapping[str, object]]) -> list[dict[str, object]]:
-    """Return per metric the mean and sample spread of the step and time ratios over seeds."""
+    """Return per metric the mean and sample spread of the step and time ratios over seeds.
+
+    Means, spreads and minima cover only the seeds where the Sigma run reached the target.
+    ``step_ratio_median_bounded`` covers every seed, taking for a seed that missed the target
+    the upper bound ``baseline steps / last validated step`` (which favours the baseline).
+    """
     summary = []
     for metric in dict.fromkeys(str(row["metric"]) for row in rows):
         selected = [row for row in rows if row["metric"] == metric]
         reached = [row for row in selected if row["sigma_reached"]]
         entry: dict[str, object] = {"metric": metric, "seeds": len(selected),
                                     "sigma_reached": len(reached)}
+        bounds = [float(row["step_ratio_bound"]) for row in selected]
+        bounds = [value for value in bounds if math.isfinite(value)]
+        entry["step_ratio_median_bounded"] = statistics.median(bounds) if bounds else math.nan
         for ratio in ("step_ratio", "time_ratio"):
             values = [float(row[ratio]) for row in reached]
             entry[f"{ratio}_mean"] = statistics.fmean(values) if values else math.nan
@@ -263,6 +287,7 @@ def plot_curves(curves: Mapping[tuple[str, int], Curve], metric: str, path: Path
 SEED_COLUMNS = (
     "seed", "metric", "target", "baseline_final", "sigma_final", "baseline_steps", "sigma_steps",
     "step_ratio", "baseline_time_s", "sigma_time_s", "time_ratio", "sigma_reached",
+    "step_ratio_bound", "baseline_mean", "sigma_mean",
 )
 
 
