@@ -89,6 +89,7 @@ def measure(settings: BenchSettings) -> dict[str, Any]:
         flag), ``warmup_frames``, ``finish_seconds``, memory, model and machine fields.
     """
     import torch
+    from tqdm import tqdm
 
     from vo_node.io.sequence import open_sequence
     from vo_node.odometry import VisualOdometry
@@ -105,7 +106,7 @@ def measure(settings: BenchSettings) -> dict[str, Any]:
 
     odometry = VisualOdometry(config, network, device)
     records = []
-    for image, timestamp_ns in frames:
+    for image, timestamp_ns in tqdm(frames, desc=settings.config, unit="frame"):
         start = time.perf_counter()
         result = odometry.track(image, timestamp_ns, intrinsics)
         wall = time.perf_counter() - start
@@ -155,7 +156,7 @@ def _load_engine(settings: BenchSettings) -> tuple[Any, Any, str, dict[str, Any]
                 model_path, model_config.network, settings.config,
             )
         config = dataclasses.replace(config, network=model_config.network).validate()
-        return config, network, device, {"kind": "trained", "path": str(model_path)}
+        return config, network, device, {"kind": "model file", "path": str(model_path)}
 
     torch.manual_seed(RANDOM_MODEL_SEED)
     network = VONetwork(config.network).to(device).eval()
