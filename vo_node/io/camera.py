@@ -236,6 +236,9 @@ def camera_from_camera_info(
     model = _normalise_model(model_name, source)
     if model == "none" and not any(coefficients):
         coefficients = []
+    if not coefficients:
+        # An empty D lists no distortion, and the node reads camera_info messages the same way.
+        model = "none"
     if not model_override and model == "plumb_bob" and len(coefficients) == 4:
         logger.warning(
             "%s: plumb_bob with 4 coefficients, read as k1 k2 p1 p2 with k3 = 0. If the file "
