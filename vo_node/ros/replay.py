@@ -9,6 +9,7 @@ Evaluation (``--evaluate``): the node runs in this process with reliable image Q
 camera_info and image topics are played in lockstep (each image waits until the node finished the
 previous one), the node's odometry is recorded from its ``odom`` topic, converted back to camera
 poses ``T_world_cam`` and compared with the ground truth (a pose topic in the bag or a TUM file).
+``--groundtruth-extrinsic`` turns a ground truth of a body frame (EuRoC's IMU) into camera poses.
 Run both modes inside a private network namespace (``bash scripts/netns_run.sh ...``).
 """
 
@@ -43,6 +44,11 @@ POSE_TYPES = (
     "nav_msgs/msg/Odometry",
 )
 """Message types accepted as a ground-truth topic."""
+EUROC_CAM0_T_BODY_CAM = (
+    -0.021640145, -0.064676987, 0.009810731, -0.007707180, 0.010499323, 0.701752800, 0.712301461
+)
+"""``T_body_cam`` of EuRoC MAV cam0 ``[x, y, z, qx, qy, qz, qw]``: ``T_BS`` of its sensor.yaml,
+which maps cam0 coordinates into the IMU body frame that the EuRoC ground truth tracks."""
 
 
 class ReplayError(RuntimeError):
@@ -313,6 +319,8 @@ class EvaluationReport:
     """Number of poses in each received ``path`` message."""
     tf_stamps_ns: list[int] = field(default_factory=list)
     """Stamps of the odom -> base transforms received on /tf (empty without tf2_msgs)."""
+    groundtruth_extrinsic: list[float] | None = None
+    """``T_body_cam`` ``[x, y, z, qx, qy, qz, qw]`` applied to the ground truth, or None."""
 
     def summary(self) -> str:
         lines = [
@@ -326,6 +334,9 @@ class EvaluationReport:
             f"latency median/p95: {self.latency_median_ms:.1f} / {self.latency_p95_ms:.1f} ms",
             f"wall time:          {self.wall_time_s:.1f} s",
         ]
+        if self.groundtruth_extrinsic is not None:
+            values = " ".join(f"{value:.9g}" for value in self.groundtruth_extrinsic)
+            lines.append(f"ground truth T_body_cam: {values}")
         if self.ate is not None:
             lines.extend(f"{key}: {value}" for key, value in self.ate.items())
         else:
@@ -342,6 +353,7 @@ def evaluate_bag(
     frame_timeout_s: float = 120.0,
     ready_timeout_s: float = 300.0,
     after_image: Callable[[int, object], None] | None = None,
+    groundtruth_extrinsic: Sequence[float] | None = None,
 ) -> EvaluationReport:
     """Run the node in this process on a bag, in lockstep, and evaluate its odometry.
 
@@ -351,14 +363,20 @@ def evaluate_bag(
         camera_info_topic: CameraInfo topic in the bag, or None (then give ``-p intrinsics:=``
             in ``node_arguments``).
         groundtruth: a pose topic in the bag (one of :data:`POSE_TYPES`), a TUM file, or None.
+            A topic is interpolated at the image stamps.
         node_arguments: extra ROS arguments for the node, e.g. ``["-p", "model.device:=cpu"]``.
         frame_timeout_s: maximum wait for the node to finish one frame, seconds.
         ready_timeout_s: maximum wait for the model to load, seconds.
         after_image: called as ``after_image(index, node)`` once the node finished image
             ``index`` (0-based), e.g. to change a parameter mid-run.
+        groundtruth_extrinsic: ``T_body_cam`` as ``[x, y, z, qx, qy, qz, qw]`` (metres, unit
+            quaternion) when the ground truth is the pose of a body frame (an IMU, a robot base)
+            rather than of the optical camera frame. The ground truth then becomes
+            ``T_world_cam = T_world_body * T_body_cam``. None means it already is the camera.
 
     Raises:
-        ReplayError: when the model does not load, a frame times out, or a topic is missing.
+        ReplayError: when the model does not load, a frame times out, a topic is missing, or
+            ``groundtruth_extrinsic`` is invalid.
     """
     import rclpy
     from nav_msgs.msg import Odometry, Path as PathMessage
@@ -367,7 +385,10 @@ def evaluate_bag(
 
     from vo_node.ros.messages import pose_msg_to_matrix, stamp_to_ns
     from vo_node.ros.node import VONode
+    from vo_node.ros.tf import matrix_to_pose
 
+    body_from_camera = extrinsic_matrix(groundtruth_extrinsic)
+    _check_groundtruth(bag, groundtruth)
     topics = [image_topic] + ([camera_info_topic] if camera_info_topic else [])
     arguments = ["--ros-args", "-r", f"image:={image_topic}", "-p", "image_qos:=reliable"]
     if camera_info_topic:
@@ -428,8 +449,12 @@ def evaluate_bag(
             trajectory=trajectory,
             path_lengths=paths,
             tf_stamps_ns=list(tf_stamps),
+            groundtruth_extrinsic=(
+                None if body_from_camera is None
+                else [float(value) for value in matrix_to_pose(body_from_camera)]
+            ),
         )
-        _add_ate(report, bag, groundtruth)
+        _add_ate(report, bag, groundtruth, body_from_camera, image_topic, camera_info_topic)
         return report
     finally:
         if node is not None:
@@ -526,48 +551,108 @@ def _camera_trajectory(node, odometry, pose_msg_to_matrix):
     return Trajectory(np.array(stamps, dtype=np.int64), np.array(poses).reshape(-1, 7))
 
 
-def read_groundtruth(bag: str | Path, groundtruth: str):
-    """Return the ground truth ``Trajectory`` from a TUM file or a pose topic of the bag."""
-    from vo_node.io.trajectory import Trajectory, read_tum
+def extrinsic_matrix(extrinsic: Sequence[float] | None) -> np.ndarray | None:
+    """Return ``T_body_cam`` ``(4, 4)`` from ``[x, y, z, qx, qy, qz, qw]``, or None for None.
 
-    if not groundtruth.startswith("/") or Path(groundtruth).is_file():
-        return read_tum(groundtruth)
-    from rclpy.serialization import deserialize_message
+    Raises:
+        ReplayError: when there are not 7 finite values or the quaternion is not unit length.
+    """
+    if extrinsic is None:
+        return None
+    from vo_node.ros.tf import check_transform, pose_to_matrix
 
-    from vo_node.ros.messages import pose_msg_to_matrix, stamp_to_ns
-    from vo_node.ros.tf import matrix_to_pose
+    try:
+        return pose_to_matrix(check_transform(extrinsic, "the ground-truth extrinsic T_body_cam"))
+    except ValueError as error:
+        raise ReplayError(f"{error} (--groundtruth-extrinsic x y z qx qy qz qw)") from None
 
+
+def _check_groundtruth(bag: str | Path, groundtruth: str | None) -> None:
+    """Raise ReplayError unless ``groundtruth`` is None, a file, or a pose topic of the bag."""
+    if groundtruth is None or not groundtruth.startswith("/") or Path(groundtruth).is_file():
+        return
     msgtype = bag_topics(bag).get(groundtruth)
     if msgtype not in POSE_TYPES:
         raise ReplayError(
-            f"ground-truth topic {groundtruth} has type {msgtype}; use one of "
-            f"{', '.join(POSE_TYPES)}"
+            f"ground-truth topic {groundtruth} has type {msgtype} in bag {bag}; use one of "
+            f"{', '.join(POSE_TYPES)}, or a TUM file"
         )
-    stamps, poses = [], []
-    for message in read_bag(bag, [groundtruth]):
-        msg = deserialize_message(message.data, message_class(msgtype))
-        stamp = stamp_to_ns(msg.header.stamp)
-        if stamps and stamp <= stamps[-1]:
-            continue
-        stamps.append(stamp)
-        poses.append(matrix_to_pose(pose_msg_to_matrix(_pose_of(msg))))
-    return Trajectory(np.array(stamps, dtype=np.int64), np.array(poses).reshape(-1, 7))
 
 
-def _pose_of(msg):
-    if hasattr(msg, "transform"):
-        from geometry_msgs.msg import Pose
+def read_groundtruth(
+    bag: str | Path,
+    groundtruth: str,
+    body_from_camera: np.ndarray | None = None,
+    image_topic: str | None = None,
+    camera_info_topic: str | None = None,
+):
+    """Return the ground truth ``T_world_cam`` as a ``Trajectory`` from a TUM file or a bag topic.
 
-        t, r = msg.transform.translation, msg.transform.rotation
-        pose = Pose()
-        pose.position.x, pose.position.y, pose.position.z = t.x, t.y, t.z
-        pose.orientation = r
-        return pose
-    pose = msg.pose
-    return pose.pose if hasattr(pose, "pose") else pose
+    A pose topic is read with :class:`vo_node.io.bag.BagSequence` (the bag opened as a
+    sequence of ``image_topic``), so it is interpolated at the image stamps.
+
+    Args:
+        bag: bag path.
+        groundtruth: a TUM file, or a pose topic of the bag (one of :data:`POSE_TYPES`).
+        body_from_camera: ``(4, 4)`` ``T_body_cam`` when the ground truth is a body pose, else
+            None.
+        image_topic, camera_info_topic: topics that open the bag as a sequence; None selects
+            the bag's only image topic and the CameraInfo topic beside it.
+
+    Raises:
+        ReplayError: the topic is not a pose topic, or the bag cannot be opened as a sequence.
+    """
+    from vo_node.io.trajectory import read_tum
+
+    if not groundtruth.startswith("/") or Path(groundtruth).is_file():
+        trajectory = read_tum(groundtruth)
+        if body_from_camera is None:
+            return trajectory
+        return _camera_trajectory_from_body(trajectory, body_from_camera)
+    _check_groundtruth(bag, groundtruth)
+    from vo_node.io.bag import BagSequence
+    from vo_node.io.camera import CalibrationError
+    from vo_node.io.sequence import SequenceError
+
+    try:
+        sequence = BagSequence(
+            bag, image_topic=image_topic, camera_info_topic=camera_info_topic,
+            groundtruth_topic=groundtruth, T_body_cam=body_from_camera,
+        )
+    except (SequenceError, CalibrationError) as error:
+        # NOTE: a bag without any CameraInfo topic cannot be opened as a sequence, so its
+        # ground truth has to be given as a TUM file.
+        raise ReplayError(
+            f"ground truth {groundtruth} could not be read: {error}. A bag without camera_info "
+            "needs its ground truth as a TUM file"
+        ) from None
+    trajectory = sequence.ground_truth
+    if trajectory is None:
+        raise ReplayError(
+            f"ground-truth topic {groundtruth} in bag {bag} has no pose within "
+            f"{sequence.max_ground_truth_gap_ns / 1e6:.0f} ms of any image on "
+            f"{sequence.image_topic}"
+        )
+    return trajectory
 
 
-def _add_ate(report: EvaluationReport, bag, groundtruth: str | None) -> None:
+def _camera_trajectory_from_body(trajectory, body_from_camera: np.ndarray):
+    """Return ``T_world_cam = T_world_body * T_body_cam`` for a body-pose ``Trajectory``."""
+    from vo_node.io.readers.poses import matrices_to_poses, poses_to_matrices
+    from vo_node.io.trajectory import Trajectory
+
+    matrices = poses_to_matrices(trajectory.poses) @ body_from_camera
+    return Trajectory(trajectory.timestamps_ns, matrices_to_poses(matrices))
+
+
+def _add_ate(
+    report: EvaluationReport,
+    bag,
+    groundtruth: str | None,
+    body_from_camera: np.ndarray | None = None,
+    image_topic: str | None = None,
+    camera_info_topic: str | None = None,
+) -> None:
     if groundtruth is None:
         report.ate_error = "no ground truth given"
         return
@@ -576,10 +661,11 @@ def _add_ate(report: EvaluationReport, bag, groundtruth: str | None) -> None:
         return
     from vo_node.evaluation.metrics import EvaluationError, evaluate_trajectory
 
-    reference = read_groundtruth(bag, groundtruth)
     try:
+        reference = read_groundtruth(bag, groundtruth, body_from_camera, image_topic,
+                                     camera_info_topic)
         report.ate = evaluate_trajectory(report.trajectory, reference).to_dict()
-    except EvaluationError as error:
+    except (EvaluationError, ReplayError) as error:
         report.ate_error = str(error)
 
 
@@ -626,6 +712,13 @@ def build_parser() -> argparse.ArgumentParser:
     evaluation.add_argument("--camera-info-topic", default="/cam0/camera_info",
                             help="CameraInfo topic in the bag; 'none' to use -p intrinsics:=...")
     evaluation.add_argument("--groundtruth", help="ground-truth pose topic in the bag or TUM file")
+    evaluation.add_argument(
+        "--groundtruth-extrinsic", type=float, nargs=7, default=None,
+        metavar=("X", "Y", "Z", "QX", "QY", "QZ", "QW"),
+        help="T_body_cam (metres, unit quaternion) when the ground truth is the pose of a body "
+        "or IMU frame: the camera pose compared is T_world_body * T_body_cam. EuRoC cam0: "
+        + " ".join(str(value) for value in EUROC_CAM0_T_BODY_CAM),
+    )
     evaluation.add_argument("--node-args", default="",
                             help="extra ROS arguments for the node, e.g. \"-p model.device:=cpu\"")
     evaluation.add_argument("--frame-timeout", type=float, default=120.0, metavar="SECONDS",
@@ -641,7 +734,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.evaluate:
             camera_info = None if args.camera_info_topic == "none" else args.camera_info_topic
             report = evaluate_bag(args.bag, args.image_topic, camera_info, args.groundtruth,
-                                  shlex.split(args.node_args), frame_timeout_s=args.frame_timeout)
+                                  shlex.split(args.node_args), frame_timeout_s=args.frame_timeout,
+                                  groundtruth_extrinsic=args.groundtruth_extrinsic)
             print(report.summary())
             return 0
         return _play(args)
