@@ -12,8 +12,10 @@ $(STAMP): requirements.txt setup.py scripts/setup_venv.sh
 	bash scripts/setup_venv.sh $(VENV)
 	touch $(STAMP)
 
+# The demo starts DDS (the node and the bag player), so it runs in a private network namespace.
+# `make demo ARGS=--offline` tracks without ROS 2.
 demo: $(STAMP)
-	$(PYTHON) -m vo_node.demo $(ARGS)
+	bash scripts/netns_run.sh $(PYTHON) -m vo_node.demo $(ARGS)
 
 test: $(STAMP)
 	bash scripts/netns_run.sh $(PYTHON) -m pytest -q tests $(ARGS)

@@ -49,7 +49,8 @@ def tiny_sequence(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def run_demo(*arguments: str) -> subprocess.CompletedProcess:
-    command = [sys.executable, "-m", "vo_node.demo", *arguments, "--no-progress", "--device", "cpu"]
+    command = [sys.executable, "-m", "vo_node.demo", "--offline", *arguments, "--no-progress",
+               "--device", "cpu"]
     return subprocess.run(
         command, cwd=REPO, capture_output=True, text=True, timeout=COMMAND_TIMEOUT_S
     )

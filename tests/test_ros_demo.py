@@ -1,0 +1,266 @@
+"""The demo through the ROS 2 node, bags written from sequences, and ground truth of a body frame.
+
+The demo runs as a subprocess on a tiny rendered sequence (20 frames of 96x64) with a randomly
+initialised network of tiny sizes (seed 0). So it checks the plumbing, not accuracy: every frame
+reaches the node and is tracked, and the summary and output files are complete.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+from test_ros_support import DATA, NETWORK_ISOLATED, NOT_ISOLATED_REASON, REPO, write_image_bag
+
+from vo_node.config import NetworkConfig, load_engine_config
+from vo_node.demo_data import CAMERA_FILE, TIMES_FILE, render_demo_sequence
+from vo_node.io.readers.poses import matrices_to_poses, poses_to_matrices
+from vo_node.io.sequence import open_sequence
+from vo_node.io.trajectory import read_tum
+from vo_node.model.network import VONetwork, save_model
+from vo_node.ros.bagwrite import (
+    SOURCE_FILE,
+    BagWriteError,
+    cached_sequence_bag,
+    write_sequence_bag,
+)
+from vo_node.ros.replay import (
+    EUROC_CAM0_T_BODY_CAM,
+    ReplayError,
+    extrinsic_matrix,
+    read_groundtruth,
+)
+
+MODEL_SEED = 0
+TINY_NETWORK = NetworkConfig(matching_dim=16, context_dim=32, encoder_dim=8)
+DEMO_FRAMES = 20
+HEIGHT, WIDTH = 64, 96
+COMMAND_TIMEOUT_S = 300
+EUROC = DATA / "euroc_MH_05_difficult"
+EUROC_BAG = DATA / "ros2_bags" / "euroc_MH_05_cam0_derived"
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A randomly initialised network of tiny sizes (seed 0) in a model file."""
+    config = dataclasses.replace(load_engine_config("small"), network=TINY_NETWORK)
+    torch.manual_seed(MODEL_SEED)
+    path = tmp_path_factory.mktemp("model") / "random_tiny.pt"
+    save_model(path, VONetwork(TINY_NETWORK), config, {"note": "random weights for tests"})
+    return path
+
+
+@pytest.fixture(scope="module")
+def tiny_sequence(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    folder = tmp_path_factory.mktemp("demo") / "sequence"
+    return render_demo_sequence(folder, num_frames=DEMO_FRAMES, height=HEIGHT, width=WIDTH)
+
+
+@pytest.fixture(scope="module")
+def grey_sequence(tiny_sequence: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny sequence as grey PNGs with its camera and times, without ground truth."""
+    folder = tmp_path_factory.mktemp("grey") / "sequence"
+    folder.mkdir()
+    for image in sorted(tiny_sequence.glob("*.png"))[:5]:
+        grey = cv2.cvtColor(cv2.imread(str(image)), cv2.COLOR_BGR2GRAY)
+        cv2.imwrite(str(folder / image.name), grey)
+    shutil.copy(tiny_sequence / CAMERA_FILE, folder / CAMERA_FILE)
+    times = (tiny_sequence / TIMES_FILE).read_text().splitlines()[:5]
+    (folder / TIMES_FILE).write_text("\n".join(times) + "\n")
+    return folder
+
+
+# --------------------------------------------------------------------------------------------
+# Writing bags (no DDS)
+
+
+@pytest.mark.parametrize("storage", ["sqlite3", "mcap"])
+@pytest.mark.parametrize("source", ["tiny_sequence", "grey_sequence"])
+def test_written_bag_reads_back(storage, source, request, tmp_path):
+    sequence = open_sequence(request.getfixturevalue(source))
+    bag = write_sequence_bag(sequence, tmp_path / "bag", storage=storage)
+
+    reread = open_sequence(bag)
+    assert reread.layout == "ros2_bag"
+    assert reread.image_topic == "/camera/image_raw"
+    np.testing.assert_array_equal(reread.timestamps_ns, sequence.timestamps_ns)
+    assert reread.camera == sequence.camera
+    assert reread.camera.distortion_model == "none"
+    count = 0
+    for original, copy in zip(sequence, reread):
+        assert copy.image.shape == original.image.shape
+        np.testing.assert_array_equal(copy.image, original.image)
+        count += 1
+    assert count == len(sequence)
+    # No staging folders are left next to the bag.
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bag"]
+
+
+def test_written_bag_ground_truth_is_camera_pose(tiny_sequence, tmp_path):
+    sequence = open_sequence(tiny_sequence)
+    bag = write_sequence_bag(sequence, tmp_path / "bag", storage="mcap")
+
+    truth = read_groundtruth(bag, "/groundtruth/pose")
+    np.testing.assert_array_equal(truth.timestamps_ns, sequence.ground_truth.timestamps_ns)
+    np.testing.assert_allclose(truth.poses, sequence.ground_truth.poses, atol=1e-12)
+
+
+def test_write_bag_without_ground_truth(grey_sequence, tmp_path):
+    from vo_node.ros.replay import bag_topics
+
+    bag = write_sequence_bag(open_sequence(grey_sequence), tmp_path / "bag")
+    assert bag_topics(bag) == {
+        "/camera/image_raw": "sensor_msgs/msg/Image",
+        "/camera/camera_info": "sensor_msgs/msg/CameraInfo",
+    }
+
+
+def test_write_bag_rejects_bad_arguments(grey_sequence, tmp_path):
+    sequence = open_sequence(grey_sequence)
+    with pytest.raises(BagWriteError, match="storage must be one of sqlite3, mcap"):
+        write_sequence_bag(sequence, tmp_path / "bag", storage="zip")
+    with pytest.raises(BagWriteError, match="topic names must differ"):
+        write_sequence_bag(sequence, tmp_path / "bag", camera_info_topic="/camera/image_raw")
+    (tmp_path / "taken").mkdir()
+    with pytest.raises(FileExistsError, match="already exists"):
+        write_sequence_bag(sequence, tmp_path / "taken")
+    with pytest.raises(FileExistsError, match="not a ROS 2 bag folder"):
+        write_sequence_bag(sequence, tmp_path / "taken", overwrite=True)
+
+
+def test_cached_bag_reused_until_sequence_changes(tiny_sequence, tmp_path):
+    bag = tmp_path / "bag"
+    cached_sequence_bag(open_sequence(tiny_sequence), bag)
+    storage_file = bag / "bag.db3"
+    first = storage_file.stat().st_ino
+
+    cached_sequence_bag(open_sequence(tiny_sequence), bag)
+    assert storage_file.stat().st_ino == first
+
+    shorter = open_sequence(tiny_sequence, max_frames=5)
+    cached_sequence_bag(shorter, bag)
+    assert storage_file.stat().st_ino != first
+    assert len(open_sequence(bag)) == 5
+    assert json.loads((bag / SOURCE_FILE).read_text())["frames"] == 5
+
+
+# --------------------------------------------------------------------------------------------
+# Ground truth of a body frame
+
+
+def test_groundtruth_extrinsic_maps_body_to_camera(tmp_path):
+    stamps = [1_000_000_000 + 50_000_000 * index for index in range(4)]
+    frames = [np.full((8, 8), 100 + index, dtype=np.uint8) for index in range(4)]
+    angles = np.linspace(0.0, 0.6, len(stamps))
+    body_poses = {
+        stamp: [0.3 * i, 0.1 * i, 0.0, 0.0, 0.0, np.sin(a / 2), np.cos(a / 2)]
+        for i, (stamp, a) in enumerate(zip(stamps, angles))
+    }
+    bag = write_image_bag(tmp_path / "bag", "sqlite3", stamps, frames, poses=body_poses)
+    body_from_camera = extrinsic_matrix(EUROC_CAM0_T_BODY_CAM)
+
+    camera = read_groundtruth(bag, "/groundtruth/pose", body_from_camera)
+    body = read_groundtruth(bag, "/groundtruth/pose")
+
+    np.testing.assert_array_equal(camera.timestamps_ns, stamps)
+    expected = poses_to_matrices(body.poses) @ body_from_camera
+    np.testing.assert_allclose(poses_to_matrices(camera.poses), expected, atol=1e-12)
+    # The camera sits 6.9 cm from the body origin, so positions differ by that lever arm.
+    offsets = np.linalg.norm(camera.positions - body.positions, axis=1)
+    np.testing.assert_allclose(offsets, np.linalg.norm(EUROC_CAM0_T_BODY_CAM[:3]), atol=1e-9)
+
+
+def test_groundtruth_extrinsic_rejects_bad_values():
+    assert extrinsic_matrix(None) is None
+    with pytest.raises(ReplayError, match="must have 7 values"):
+        extrinsic_matrix([0.0, 0.0, 0.0, 0.0, 0.0, 1.0])
+    with pytest.raises(ReplayError, match="has norm 2.000000"):
+        extrinsic_matrix([0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 2.0])
+
+
+def test_euroc_extrinsic_matches_sensor_yaml():
+    sensor = EUROC / "mav0" / "cam0" / "sensor.yaml"
+    if not sensor.is_file():
+        pytest.skip(f"EuRoC calibration not found at {sensor}; set VO_NODE_DATA")
+    import yaml
+
+    from vo_node.io.readers.euroc import euroc_body_from_sensor
+
+    expected = euroc_body_from_sensor(yaml.safe_load(sensor.read_text()))
+    np.testing.assert_allclose(extrinsic_matrix(EUROC_CAM0_T_BODY_CAM), expected, atol=1e-8)
+
+
+def test_euroc_bag_groundtruth_matches_euroc_reader():
+    if not EUROC_BAG.is_dir() or not (EUROC / "mav0").is_dir():
+        pytest.skip(f"EuRoC bag or frames not found under {DATA}; set VO_NODE_DATA")
+    from_bag = read_groundtruth(EUROC_BAG, "/groundtruth/imu_pose",
+                                extrinsic_matrix(EUROC_CAM0_T_BODY_CAM))
+    reader = open_sequence(EUROC)
+    truth = reader.ground_truth
+    common, in_bag, in_reader = np.intersect1d(from_bag.timestamps_ns, truth.timestamps_ns,
+                                               return_indices=True)
+    assert len(common) == len(from_bag) == 32
+    # Both interpolate the same 200 Hz body poses and apply T_BS: the camera poses agree.
+    np.testing.assert_allclose(from_bag.positions[in_bag], truth.positions[in_reader], atol=1e-6)
+    rotation_difference = np.abs(
+        poses_to_matrices(from_bag.poses[in_bag])[:, :3, :3]
+        - poses_to_matrices(truth.poses[in_reader])[:, :3, :3]
+    )
+    assert rotation_difference.max() < 1e-6
+
+
+# --------------------------------------------------------------------------------------------
+# The demo through the node (DDS)
+
+
+@pytest.mark.skipif(not NETWORK_ISOLATED, reason=NOT_ISOLATED_REASON)
+def test_demo_through_node(tiny_model, tiny_sequence, tmp_path):
+    output = tmp_path / "out"
+    command = [sys.executable, "-m", "vo_node.demo", str(tiny_sequence), "--model",
+               str(tiny_model), "--output", str(output), "--device", "cpu"]
+    completed = subprocess.run(command, cwd=REPO, capture_output=True, text=True,
+                               timeout=COMMAND_TIMEOUT_S, env=dict(os.environ))
+
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    lines = completed.stdout.splitlines()
+    assert f"frames in bag: {DEMO_FRAMES}" in lines, completed.stdout
+    assert f"frames received: {DEMO_FRAMES}" in lines
+    assert f"frames processed: {DEMO_FRAMES}" in lines
+    assert "frames dropped: 0" in lines
+    assert any(line.startswith("latency median/p95: ") for line in lines)
+    ate_lines = [line for line in lines if line.startswith("ATE")]
+    assert len(ate_lines) == 1
+    assert ate_lines[0].startswith("ATE RMSE: ") or ate_lines[0].startswith("ATE: not computed (")
+    assert "scene units" in ate_lines[0] or "not computed" in ate_lines[0]
+
+    # The bag was written under the output folder; the node's poses carry the image stamps.
+    bag = output / "bags" / "images_sequence"
+    assert (bag / "metadata.yaml").is_file()
+    trajectory = read_tum(output / "trajectory.tum")
+    np.testing.assert_array_equal(trajectory.timestamps_ns,
+                                  open_sequence(tiny_sequence).timestamps_ns)
+    report = json.loads((output / "metrics.json").read_text())
+    assert report["frames_received"] == DEMO_FRAMES
+    assert report["groundtruth_topic"] == "/groundtruth/pose"
+    assert (report["metrics"] is None) == (report["metrics_error"] is not None)
+
+
+def test_demo_missing_model_before_dds(tiny_sequence, tmp_path):
+    missing = tmp_path / "absent.pt"
+    command = [sys.executable, "-m", "vo_node.demo", str(tiny_sequence), "--model", str(missing),
+               "--output", str(tmp_path / "out")]
+    completed = subprocess.run(command, cwd=REPO, capture_output=True, text=True,
+                               timeout=COMMAND_TIMEOUT_S)
+
+    assert completed.returncode == 2
+    assert f"model file {missing} not found" in completed.stderr
+    assert completed.stdout == ""
