@@ -1,0 +1,646 @@
+"""Latency of the ROS 2 node under a live-camera input: fixed-rate images from another process.
+
+``python -m vo_node.ros.latency [SEQUENCE or BAG] [--rate 30] [--frames N] [--config small]
+[--model PATH] [--device auto] [--qos sensor_data|reliable] [--output outputs/latency.json]``
+
+A publisher process sends the frames of the sequence at a fixed rate, like a camera driver and
+unlike the lockstep replay of ``vo_replay --evaluate``. Each image (and its camera_info) is
+stamped with the wall-clock time at which it is published. The node runs in this process with
+the requested image QoS and the default depth-1 queue, and a recorder node in this process takes
+its odometry. Both processes read the same host clock, so the latency of a frame is its odometry's
+receipt time minus its stamp. The tool reports:
+
+- latency median, p95 and max (image publish to odometry receipt), and its median in the first
+  and second half of the run (a growing queue would make the second larger);
+- frames published, received by the node, processed by the engine and dropped, with the drop
+  ratio. A frame is dropped when a newer one replaced it in the node's one-frame slot, when its
+  image could not be decoded, or when it never reached the node's callback (transport loss, or
+  the depth-1 subscription queue overwritten);
+- the processed rate (odometry messages per second) against the input rate;
+- the engine's time per frame from ``TrackResult.times``, against the frame period;
+- the node's backlog over time: frames received but not yet dropped or tracked. The node's
+  design bounds it by 3: one frame in the image callback, one in the slot, one being tracked.
+
+The Fast DDS shared-memory profile ``config/fastdds_shm.xml`` is applied to both processes unless
+``FASTRTPS_DEFAULT_PROFILES_FILE`` is already set. Run it inside a private network namespace on
+shared machines: ``bash scripts/netns_run.sh .venv/bin/python -m vo_node.ros.latency ...``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import os
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_RATE_HZ = 30.0
+DEFAULT_OUTPUT = Path("outputs") / "latency.json"
+DEFAULT_SEQUENCE_FOLDER = Path("outputs") / "demo" / "sequence"
+"""Folder of the synthetic demo sequence, rendered when no sequence is given."""
+SHM_PROFILE = Path(__file__).resolve().parents[2] / "config" / "fastdds_shm.xml"
+PROFILE_VARIABLE = "FASTRTPS_DEFAULT_PROFILES_FILE"
+IMAGE_TOPIC = "/camera/image_raw"
+CAMERA_INFO_TOPIC = "/camera/camera_info"
+CAMERA_FRAME = "camera_optical_frame"
+QOS_CHOICES = ("sensor_data", "reliable")
+RELIABLE_PUBLISHER_DEPTH = 10
+"""History depth of the reliable image publisher, the usual default of camera drivers."""
+ODOMETRY_QOS_DEPTH = 100
+CAMERA_INFO_WARMUP_MESSAGES = 5
+CAMERA_INFO_WARMUP_PERIOD_S = 0.05
+"""Before the first image, camera_info is sent this many times at this period, so the node has
+the intrinsics when the first image arrives."""
+SUBSCRIBER_WAIT_S = 30.0
+MODEL_READY_TIMEOUT_S = 300.0
+FLUSH_WAIT_S = 0.5
+"""The publisher stays alive this long after its last image, so reliable samples are delivered."""
+COMPLETION_TIMEOUT_S = 300.0
+"""Maximum wait for the node to finish the frames it received after the publisher stopped."""
+ODOMETRY_WAIT_S = 5.0
+QUEUE_SAMPLE_PERIOD_S = 0.05
+NANOSECONDS_PER_SECOND = 1_000_000_000
+MILLISECONDS_PER_SECOND = 1e3
+PERCENTILE = 95
+MAX_BACKLOG = 3
+"""Bound of the backlog: one frame in the image callback, one in the slot, one being tracked."""
+
+
+class LatencyError(RuntimeError):
+    """The measurement could not run; the message names the cause and the fix."""
+
+
+# --------------------------------------------------------------------------------------------
+# Publisher process
+
+
+def publish_frames(
+    sequence_path: Path, rate_hz: float, frames: int | None, qos: str
+) -> dict[str, Any]:
+    """Publish the sequence's frames at ``rate_hz`` with wall-clock stamps; return the record.
+
+    Runs in the publisher process. All frames are read and converted before the first publish,
+    so disk reads do not disturb the rate. Each frame's camera_info and image share the stamp
+    ``time.time_ns()`` taken just before publishing.
+
+    Returns:
+        ``{"published": int, "publish_ns": [...], "late_ms": [...]}`` where ``late_ms`` is how
+        far each publish was behind its schedule, milliseconds.
+    """
+    import rclpy
+    from rclpy.qos import QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
+    from sensor_msgs.msg import CameraInfo, Image
+
+    images, info = _prepare_messages(sequence_path, frames)
+    rclpy.init(args=["--ros-args"])
+    node = rclpy.create_node("vo_latency_camera")
+    try:
+        if qos == "reliable":
+            profile = QoSProfile(depth=RELIABLE_PUBLISHER_DEPTH,
+                                 reliability=ReliabilityPolicy.RELIABLE)
+        else:
+            profile = qos_profile_sensor_data
+        image_publisher = node.create_publisher(Image, IMAGE_TOPIC, profile)
+        info_publisher = node.create_publisher(CameraInfo, CAMERA_INFO_TOPIC, profile)
+        _wait_for_subscribers([image_publisher, info_publisher])
+        for _ in range(CAMERA_INFO_WARMUP_MESSAGES):
+            info.header.stamp = _stamp(time.time_ns())
+            info_publisher.publish(info)
+            time.sleep(CAMERA_INFO_WARMUP_PERIOD_S)
+        publish_ns, late_ms = _publish_at_rate(image_publisher, info_publisher, images, info,
+                                               rate_hz)
+        time.sleep(FLUSH_WAIT_S)
+    finally:
+        node.destroy_node()
+        rclpy.try_shutdown()
+    return {"published": len(publish_ns), "publish_ns": publish_ns, "late_ms": late_ms}
+
+
+def _prepare_messages(sequence_path: Path, frames: int | None) -> tuple[list, Any]:
+    """Read the frames into Image messages and build the camera_info of the sequence."""
+    from sensor_msgs.msg import CameraInfo
+
+    from vo_node.io.sequence import open_sequence
+    from vo_node.ros.messages import array_to_image
+
+    sequence = open_sequence(sequence_path, max_frames=frames)
+    images = []
+    for frame in sequence:
+        encoding = "mono8" if frame.image.ndim == 2 else "rgb8"
+        images.append(array_to_image(frame.image, encoding, frame_id=CAMERA_FRAME))
+    camera = sequence.camera
+    info = CameraInfo()
+    info.header.frame_id = CAMERA_FRAME
+    info.width, info.height = camera.width, camera.height
+    info.distortion_model = "plumb_bob"
+    info.d = [0.0] * 5
+    info.k = [camera.fx, 0.0, camera.cx, 0.0, camera.fy, camera.cy, 0.0, 0.0, 1.0]
+    info.r = [1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0]
+    info.p = [camera.fx, 0.0, camera.cx, 0.0, 0.0, camera.fy, camera.cy, 0.0, 0.0, 0.0, 1.0, 0.0]
+    logger.info("publishing %d frames of %s (%dx%d)", len(images), sequence.name, camera.width,
+                camera.height)
+    return images, info
+
+
+def _wait_for_subscribers(publishers: Sequence[Any]) -> None:
+    deadline = time.monotonic() + SUBSCRIBER_WAIT_S
+    while not all(p.get_subscription_count() > 0 for p in publishers):
+        if time.monotonic() > deadline:
+            raise LatencyError(
+                f"no subscriber on {IMAGE_TOPIC} and {CAMERA_INFO_TOPIC} after "
+                f"{SUBSCRIBER_WAIT_S:.0f} s; check that both processes share ROS_DOMAIN_ID and "
+                "the network namespace"
+            )
+        time.sleep(0.01)
+
+
+def _publish_at_rate(image_publisher, info_publisher, images, info, rate_hz: float):
+    period_s = 1.0 / rate_hz
+    publish_ns: list[int] = []
+    late_ms: list[float] = []
+    start = time.monotonic()
+    for index, image in enumerate(images):
+        target = start + index * period_s
+        remaining = target - time.monotonic()
+        if remaining > 0:
+            time.sleep(remaining)
+        late_ms.append(max(0.0, time.monotonic() - target) * MILLISECONDS_PER_SECOND)
+        stamp_ns = time.time_ns()
+        stamp = _stamp(stamp_ns)
+        info.header.stamp = stamp
+        image.header.stamp = stamp
+        info_publisher.publish(info)
+        image_publisher.publish(image)
+        publish_ns.append(stamp_ns)
+    return publish_ns, late_ms
+
+
+def _stamp(nanoseconds: int):
+    from vo_node.ros.messages import ns_to_stamp
+
+    return ns_to_stamp(nanoseconds)
+
+
+# --------------------------------------------------------------------------------------------
+# Node side
+
+
+@dataclass
+class EngineTime:
+    """Engine time of one tracked frame."""
+
+    stamp_ns: int
+    wall_ms: float
+    """Wall time of ``VisualOdometry.track``, milliseconds."""
+    stages_ms: dict[str, float]
+    """``TrackResult.times`` per stage, milliseconds."""
+
+
+class _TimedEngine:
+    """Proxy of the engine that records the time of each ``track`` call."""
+
+    def __init__(self, engine: Any, sink: list[EngineTime]) -> None:
+        self._engine = engine
+        self._sink = sink
+
+    def track(self, image, timestamp_ns, intrinsics):
+        started = time.perf_counter()
+        result = self._engine.track(image, timestamp_ns, intrinsics)
+        wall_ms = (time.perf_counter() - started) * MILLISECONDS_PER_SECOND
+        times = getattr(result, "times", None)
+        stages = {name: float(value) * MILLISECONDS_PER_SECOND
+                  for name, value in (vars(times) if times is not None else {}).items()}
+        self._sink.append(EngineTime(int(timestamp_ns), wall_ms, stages))
+        return result
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._engine, name)
+
+
+def _timed_node_class():
+    from vo_node.ros.node import VONode
+
+    class TimedVONode(VONode):
+        """VONode whose engine records its per-frame time in ``engine_times``."""
+
+        def __init__(self, **node_kwargs: Any) -> None:
+            # Set before VONode.__init__, which starts the worker that loads the engine.
+            self.engine_times: list[EngineTime] = []
+            super().__init__(**node_kwargs)
+
+        def _load_engine(self):
+            # NOTE: overrides a private VONode method; keep in step with VONode._load_engine.
+            return _TimedEngine(super()._load_engine(), self.engine_times)
+
+    return TimedVONode
+
+
+@dataclass
+class QueueSample:
+    """The node's counters at one time."""
+
+    time_s: float
+    """Seconds since the measurement started."""
+    received: int
+    completed: int
+    """Frames whose fate is decided (dropped, rejected, or taken by the worker)."""
+    processed: int
+    dropped: int
+    backlog: int
+    """``received - completed``: frames received but not yet dropped or tracked."""
+
+
+@dataclass
+class LatencyReport:
+    """Result of :func:`measure_latency`. Times in milliseconds, rates in Hz."""
+
+    sequence: str
+    qos: str
+    rate_hz: float
+    frames_published: int
+    frames_received: int
+    frames_processed: int
+    """Frames the engine tracked (odometry published, lost, skipped or failed)."""
+    frames_dropped: int
+    """``frames_dropped_in_slot + frames_rejected + frames_not_received``."""
+    frames_dropped_in_slot: int
+    frames_rejected: int
+    frames_not_received: int
+    odometry_published: int
+    odometry_received: int
+    drop_ratio: float
+    input_rate_hz: float
+    processed_rate_hz: float
+    """Odometry messages received per second, between the first and the last."""
+    latency_median_ms: float
+    latency_p95_ms: float
+    latency_max_ms: float
+    latency_first_half_median_ms: float
+    latency_second_half_median_ms: float
+    node_latency_median_ms: float
+    """Node-internal latency (image arrival to odometry publish) from its diagnostics window."""
+    node_latency_p95_ms: float
+    engine_time_median_ms: float
+    engine_time_p95_ms: float
+    engine_stage_median_ms: dict[str, float]
+    frame_period_ms: float
+    publish_late_p95_ms: float
+    """How far the publisher fell behind its schedule (p95), milliseconds."""
+    backlog_max: int
+    backlog_final: int
+    latencies_ms: list[float] = field(default_factory=list)
+    queue: list[dict[str, Any]] = field(default_factory=list)
+    machine: dict[str, Any] = field(default_factory=dict)
+
+    def summary(self) -> list[str]:
+        """Return the human-readable summary lines."""
+        return [
+            f"input: {self.sequence}, {self.frames_published} frames at {self.rate_hz:.1f} Hz "
+            f"(achieved {self.input_rate_hz:.1f} Hz), image QoS {self.qos}",
+            f"frames published / received / processed / dropped: {self.frames_published} / "
+            f"{self.frames_received} / {self.frames_processed} / {self.frames_dropped} "
+            f"(drop ratio {100 * self.drop_ratio:.1f} %; in slot {self.frames_dropped_in_slot}, "
+            f"rejected {self.frames_rejected}, not received {self.frames_not_received})",
+            f"latency image stamp -> odometry receipt: median {self.latency_median_ms:.1f} ms, "
+            f"p95 {self.latency_p95_ms:.1f} ms, max {self.latency_max_ms:.1f} ms "
+            f"({len(self.latencies_ms)} odometry messages)",
+            f"latency median first / second half: {self.latency_first_half_median_ms:.1f} / "
+            f"{self.latency_second_half_median_ms:.1f} ms",
+            f"processed rate: {self.processed_rate_hz:.2f} odometry/s for "
+            f"{self.input_rate_hz:.1f} Hz input",
+            f"engine time per frame: median {self.engine_time_median_ms:.1f} ms, p95 "
+            f"{self.engine_time_p95_ms:.1f} ms (frame period {self.frame_period_ms:.1f} ms)",
+            f"backlog (received, not yet tracked): max {self.backlog_max}, final "
+            f"{self.backlog_final}",
+            f"machine: {self.machine.get('cpu')}, {self.machine.get('cores')} cores, load "
+            f"average {self.machine.get('load_average_start')} at start, "
+            f"{self.machine.get('load_average_end')} at end",
+        ]
+
+
+def measure_latency(
+    sequence_path: Path,
+    rate_hz: float = DEFAULT_RATE_HZ,
+    frames: int | None = None,
+    node_arguments: Sequence[str] = (),
+    qos: str = "sensor_data",
+) -> LatencyReport:
+    """Run the node in this process, feed it from a publisher process, and measure.
+
+    Args:
+        sequence_path: a sequence folder, video or ROS 2 bag (read with ``open_sequence``).
+        rate_hz: publish rate, Hz.
+        frames: publish at most this many frames (None: the whole sequence).
+        node_arguments: ROS arguments for the node, e.g. ``["-p", "model.device:=cpu"]``.
+        qos: image QoS of publisher and node, ``sensor_data`` or ``reliable``.
+
+    Raises:
+        LatencyError: the model did not load, or the publisher failed.
+    """
+    if not rate_hz > 0:
+        raise LatencyError(f"rate must be positive, got {rate_hz} Hz")
+    if qos not in QOS_CHOICES:
+        raise LatencyError(f"qos must be one of {', '.join(QOS_CHOICES)}, got {qos!r}")
+    if PROFILE_VARIABLE not in os.environ and SHM_PROFILE.is_file():
+        os.environ[PROFILE_VARIABLE] = str(SHM_PROFILE)
+
+    import rclpy
+    from nav_msgs.msg import Odometry
+    from rclpy.executors import SingleThreadedExecutor
+
+    arguments = ["--ros-args", "-r", f"image:={IMAGE_TOPIC}", "-r",
+                 f"camera_info:={CAMERA_INFO_TOPIC}", "-p", f"image_qos:={qos}",
+                 "-p", "publish_tf:=false", *node_arguments]
+    context = rclpy.Context()
+    rclpy.init(args=arguments, context=context)
+    executor = SingleThreadedExecutor(context=context)
+    node = recorder = spinner = None
+    try:
+        node = _timed_node_class()(context=context)
+        recorder = rclpy.create_node("vo_latency_recorder", context=context)
+        executor.add_node(node)
+        executor.add_node(recorder)
+        spinner = threading.Thread(target=executor.spin, daemon=True)
+        spinner.start()
+        receipts: list[tuple[int, int]] = []
+
+        def on_odometry(message: Odometry) -> None:
+            stamp = message.header.stamp
+            receipts.append((stamp.sec * NANOSECONDS_PER_SECOND + stamp.nanosec, time.time_ns()))
+
+        recorder.create_subscription(Odometry, node.resolve_topic_name("odom"), on_odometry,
+                                     ODOMETRY_QOS_DEPTH)
+        if not node.wait_until_ready(MODEL_READY_TIMEOUT_S):
+            reason = node.fatal_error or "the model load timed out"
+            raise LatencyError(f"the node did not start: {reason}")
+        _wait(lambda: recorder.count_publishers(node.resolve_topic_name("odom")) > 0, 10.0)
+
+        load_at_start = [round(value, 2) for value in os.getloadavg()]
+        sampler = _QueueSampler(node)
+        sampler.start()
+        published = _run_publisher(sequence_path, rate_hz, frames, qos)
+        node.wait_for_completed(node.input_rate.count, COMPLETION_TIMEOUT_S)
+        _wait(lambda: len(receipts) >= node.outcomes["published"], ODOMETRY_WAIT_S)
+        sampler.stop()
+        report = _build_report(sequence_path, qos, rate_hz, published, node, receipts,
+                               sampler.samples)
+        report.machine["load_average_start"] = load_at_start
+        return report
+    finally:
+        if node is not None:
+            node.shutdown()
+        executor.shutdown()
+        if spinner is not None:
+            spinner.join(timeout=5.0)
+        for owned in (node, recorder):
+            if owned is not None:
+                owned.destroy_node()
+        rclpy.try_shutdown(context=context)
+
+
+def _run_publisher(sequence_path: Path, rate_hz: float, frames: int | None, qos: str) -> dict:
+    command = [sys.executable, "-m", "vo_node.ros.latency", "--publisher", str(sequence_path),
+               "--rate", str(rate_hz), "--qos", qos]
+    if frames is not None:
+        command += ["--frames", str(frames)]
+    completed = subprocess.run(command, capture_output=True, text=True, check=False)
+    if completed.returncode != 0:
+        raise LatencyError(
+            f"the publisher process failed with status {completed.returncode}: "
+            f"{completed.stderr.strip()[-2000:]}"
+        )
+    try:
+        return json.loads(completed.stdout.strip().splitlines()[-1])
+    except (IndexError, ValueError):
+        raise LatencyError(
+            f"the publisher process printed no record: {completed.stdout[-500:]!r}"
+        ) from None
+
+
+class _QueueSampler:
+    """Thread that samples the node's counters every :data:`QUEUE_SAMPLE_PERIOD_S`."""
+
+    def __init__(self, node) -> None:
+        self.node = node
+        self.samples: list[QueueSample] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="vo_latency_sampler", daemon=True)
+        self._start = time.monotonic()
+
+    def start(self) -> None:
+        self._start = time.monotonic()
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join()
+        self._sample()
+
+    def _run(self) -> None:
+        while not self._stop.wait(QUEUE_SAMPLE_PERIOD_S):
+            self._sample()
+
+    def _sample(self) -> None:
+        node = self.node
+        completed = node.frames_completed
+        received = node.input_rate.count
+        self.samples.append(QueueSample(
+            time_s=time.monotonic() - self._start,
+            received=received,
+            completed=completed,
+            processed=sum(node.outcomes.values()),
+            dropped=node.frames_dropped,
+            backlog=received - completed,
+        ))
+
+
+def _build_report(sequence_path, qos, rate_hz, published, node, receipts, samples):
+    publish_ns = published["publish_ns"]
+    sent = set(publish_ns)
+    latencies = [(receipt - stamp) / 1e6 for stamp, receipt in receipts if stamp in sent]
+    received = node.input_rate.count
+    processed = sum(node.outcomes.values())
+    not_received = published["published"] - received
+    dropped = node.frames_dropped + node.frames_rejected + not_received
+    engine_ms = [entry.wall_ms for entry in node.engine_times]
+    stage_names = sorted({name for entry in node.engine_times for name in entry.stages_ms})
+    stages = {name: _median([e.stages_ms.get(name, math.nan) for e in node.engine_times])
+              for name in stage_names}
+    node_median, node_p95 = node.latency.percentiles_ms()
+    half = len(latencies) // 2
+    receipt_ns = [receipt for _, receipt in receipts]
+    return LatencyReport(
+        sequence=str(sequence_path),
+        qos=qos,
+        rate_hz=rate_hz,
+        frames_published=published["published"],
+        frames_received=received,
+        frames_processed=processed,
+        frames_dropped=dropped,
+        frames_dropped_in_slot=node.frames_dropped,
+        frames_rejected=node.frames_rejected,
+        frames_not_received=not_received,
+        odometry_published=node.outcomes["published"],
+        odometry_received=len(receipts),
+        drop_ratio=dropped / published["published"] if published["published"] else math.nan,
+        input_rate_hz=_rate(publish_ns),
+        processed_rate_hz=_rate(receipt_ns),
+        latency_median_ms=_median(latencies),
+        latency_p95_ms=_percentile(latencies),
+        latency_max_ms=max(latencies) if latencies else math.nan,
+        latency_first_half_median_ms=_median(latencies[:half]),
+        latency_second_half_median_ms=_median(latencies[half:]),
+        node_latency_median_ms=node_median,
+        node_latency_p95_ms=node_p95,
+        engine_time_median_ms=_median(engine_ms),
+        engine_time_p95_ms=_percentile(engine_ms),
+        engine_stage_median_ms=stages,
+        frame_period_ms=MILLISECONDS_PER_SECOND / rate_hz,
+        publish_late_p95_ms=_percentile(published["late_ms"]),
+        backlog_max=max((s.backlog for s in samples), default=0),
+        backlog_final=samples[-1].backlog if samples else 0,
+        latencies_ms=latencies,
+        queue=[asdict(sample) for sample in samples],
+        machine=machine_description(),
+    )
+
+
+def _median(values: Sequence[float]) -> float:
+    return float(np.median(values)) if len(values) else math.nan
+
+
+def _percentile(values: Sequence[float]) -> float:
+    return float(np.percentile(values, PERCENTILE)) if len(values) else math.nan
+
+
+def _rate(times_ns: Sequence[int]) -> float:
+    """Events per second between the first and the last of ``times_ns``."""
+    if len(times_ns) < 2 or times_ns[-1] <= times_ns[0]:
+        return math.nan
+    return (len(times_ns) - 1) * NANOSECONDS_PER_SECOND / (times_ns[-1] - times_ns[0])
+
+
+def _wait(condition, timeout_s: float) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.01)
+    return condition()
+
+
+def machine_description() -> dict[str, Any]:
+    """Return the CPU model, core count, load average (1, 5, 15 min) and torch threads."""
+    import platform
+
+    import torch
+
+    model = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {
+        "cpu": model,
+        "cores": os.cpu_count(),
+        "load_average_end": [round(value, 2) for value in os.getloadavg()],
+        "torch_threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+    }
+
+
+# --------------------------------------------------------------------------------------------
+# Command line
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Return the argument parser of ``python -m vo_node.ros.latency``."""
+    parser = argparse.ArgumentParser(
+        prog="python -m vo_node.ros.latency",
+        description="Measure vo_node's latency with images published at a fixed rate from "
+        "another process. Run inside scripts/netns_run.sh.",
+    )
+    parser.add_argument("sequence", type=Path, nargs="?", default=None,
+                        help="sequence folder, video or ROS 2 bag (default: the rendered "
+                        f"synthetic demo sequence in {DEFAULT_SEQUENCE_FOLDER})")
+    parser.add_argument("--rate", type=float, default=DEFAULT_RATE_HZ,
+                        help=f"publish rate, Hz (default {DEFAULT_RATE_HZ:g})")
+    parser.add_argument("--frames", type=int, default=None,
+                        help="publish at most N frames (default: the whole sequence)")
+    parser.add_argument("--config", default="small",
+                        help="engine preset or YAML for the node's model.config (default: small)")
+    parser.add_argument("--model", type=Path, default=None,
+                        help="model file (default: the shipped models/vo_small.pt)")
+    parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"),
+                        help="compute device of the node (default: auto)")
+    parser.add_argument("--qos", default="sensor_data", choices=QOS_CHOICES,
+                        help="image QoS of publisher and node (default: sensor_data)")
+    parser.add_argument("--output", type=Path, default=DEFAULT_OUTPUT,
+                        help=f"JSON report (default: {DEFAULT_OUTPUT})")
+    parser.add_argument("--publisher", action="store_true", help=argparse.SUPPRESS)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the measurement (or, with the hidden ``--publisher``, the publisher process)."""
+    logging.basicConfig(level=logging.INFO, format="[%(levelname)s] [%(name)s]: %(message)s")
+    args = build_parser().parse_args(argv)
+    if args.frames is not None and args.frames < 1:
+        logger.error("--frames must be at least 1, got %d", args.frames)
+        return 2
+    if args.publisher:
+        record = publish_frames(args.sequence, args.rate, args.frames, args.qos)
+        print(json.dumps(record))
+        return 0
+
+    from vo_node.io.atomic import atomic_write
+
+    sequence = args.sequence
+    if sequence is None:
+        from vo_node.demo_data import render_demo_sequence
+
+        sequence = render_demo_sequence(DEFAULT_SEQUENCE_FOLDER)
+    node_arguments = ["-p", f"model.config:={args.config}", "-p", f"model.device:={args.device}"]
+    if args.model is not None:
+        node_arguments += ["-p", f"model.weights:={args.model}"]
+    try:
+        report = measure_latency(sequence, args.rate, args.frames, node_arguments, args.qos)
+    except LatencyError as error:
+        logger.error("%s", error)
+        return 1
+    with atomic_write(args.output) as handle:
+        json.dump(_json_ready(asdict(report)), handle, indent=2)
+        handle.write("\n")
+    for line in report.summary():
+        print(line)
+    print(f"report: {args.output}")
+    return 0
+
+
+def _json_ready(value: Any) -> Any:
+    """Replace NaN and infinities by None, recursively, so the JSON is standard."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {key: _json_ready(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_json_ready(item) for item in value]
+    return value
+
+
+if __name__ == "__main__":
+    sys.exit(main())
