@@ -23,6 +23,7 @@ CONFIG_DIR = Path(__file__).resolve().parent.parent / "config"
 """Preset folder in a source checkout; :func:`find_preset` also looks in the installed share."""
 
 CENTROID_SELECTIONS = ("random", "gradient_bias")
+INITIAL_DEPTHS = ("constant", "random")
 MOTION_MODELS = ("damped_linear", "constant")
 DEVICES = ("auto", "cpu", "cuda")
 
@@ -69,6 +70,15 @@ class FrontendConfig:
     init_frames: int = 8
     """Accepted frames collected before the first joint optimisation."""
     init_iterations: int = 12
+    initial_depth: str = "constant"
+    """Inverse depth of new patches before initialisation: ``constant`` (1.0, all equal) or
+    ``random`` (uniform in (0, 1), as in DPVO). Random depths make the first joint optimisation
+    start from an incoherent scene and often leave it in a local minimum."""
+    multi_start_init: bool = True
+    """Start the first optimisation from estimated poses and depths: refine a rotation-only and
+    a two-view (essential matrix) start, each with a depth-reversal check, and keep the one with
+    the lowest BA cost (``vo_node.odometry.initialization``). False starts from the motion
+    model's poses (identity) like DPVO, which often ends in a local minimum."""
     final_iterations: int = 12
     motion_probe_threshold: float = 2.0
     """Median flow (1/4-resolution pixels) below which a frame is too static to initialise on."""
@@ -98,6 +108,20 @@ class BAConfig:
     """Projections farther than this outside the image (1/4-resolution pixels) are masked."""
     min_inverse_depth: float = 1e-4
     max_inverse_depth: float = 20.0
+    trust_region: bool = False
+    """Levenberg-Marquardt steps: a step is kept only if it lowers the cost, and the Marquardt
+    damping ``lm_damping * diag`` of the normal equations adapts to the outcome. DPVO and the
+    trainer take every Gauss-Newton step (False); the inference presets turn this on."""
+    lm_damping: float = 1e-3
+    """Initial Marquardt damping, a multiple of the normal equations' own diagonal."""
+    lm_damping_factor: float = 10.0
+    """A rejected step multiplies the damping by this factor; an accepted one divides it."""
+    lm_max_trials: int = 6
+    """Damped re-solves per iteration before the iteration gives up and keeps the estimate."""
+    reset_bound_depths: bool = False
+    """After each step, set inverse depths that reached ``min_inverse_depth`` or
+    ``max_inverse_depth`` to the median inverse depth of their source frame's other patches.
+    A patch on a bound has lost its parallax and otherwise rarely leaves it. Off in training."""
 
 
 @dataclass
@@ -124,6 +148,7 @@ class EngineConfig:
         _check_choice(
             "frontend.centroid_selection", self.frontend.centroid_selection, CENTROID_SELECTIONS
         )
+        _check_choice("frontend.initial_depth", self.frontend.initial_depth, INITIAL_DEPTHS)
         positive = {
             "network.matching_dim": self.network.matching_dim,
             "network.context_dim": self.network.context_dim,
@@ -133,10 +158,16 @@ class EngineConfig:
             "frontend.optimization_window": self.frontend.optimization_window,
             "frontend.init_frames": self.frontend.init_frames,
             "ba.iterations": self.ba.iterations,
+            "ba.lm_max_trials": self.ba.lm_max_trials,
         }
         for key, value in positive.items():
             if value <= 0:
                 raise ConfigError(f"{key} must be positive, got {value}")
+        if self.ba.lm_damping_factor <= 1.0:
+            raise ConfigError(
+                f"ba.lm_damping_factor must be above 1 so rejected steps get more damping, got "
+                f"{self.ba.lm_damping_factor}"
+            )
         if self.network.patch_size % 2 != 1:
             raise ConfigError(f"network.patch_size must be odd, got {self.network.patch_size}")
         if self.frontend.removal_window < self.frontend.patch_lifetime:

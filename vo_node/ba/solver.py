@@ -38,6 +38,8 @@ logger = logging.getLogger(__name__)
 
 POSE_DOF = 6
 """Tangent dimension of a pose ``[v, w]``."""
+MIN_MARQUARDT_DAMPING = 1e-8
+"""Lower bound of the adaptive Levenberg-Marquardt damping, so it can grow back quickly."""
 
 
 @dataclass
@@ -81,6 +83,8 @@ class _EdgeIndex:
     """(K,) patch index of each depth variable (the patches touched by edges)."""
     depth_is_free: torch.Tensor
     """(K,) bool, False for patches held fixed by ``fixed_patches``."""
+    depth_frame: torch.Tensor
+    """(K,) source frame of each depth variable (``ii`` of its edges)."""
     num_free: int
 
 
@@ -96,6 +100,22 @@ class _Linearization:
 
 
 @dataclass
+class _NormalEquations:
+    """Blocks of the undamped normal equations ``[B E; E^T C] [dxi; dz] = [v; w]``."""
+
+    pose_pose: torch.Tensor
+    """(6F, 6F) ``B``."""
+    pose_depth: torch.Tensor
+    """(6F, K) ``E``."""
+    depth_diagonal: torch.Tensor
+    """(K,) ``C``."""
+    pose_gradient: torch.Tensor
+    """(6F,) ``v``."""
+    depth_gradient: torch.Tensor
+    """(K,) ``w``."""
+
+
+@dataclass
 class _ReducedSystem:
     schur: torch.Tensor
     """(6F, 6F) undamped ``S = B - E C^-1 E^T``."""
@@ -107,6 +127,44 @@ class _ReducedSystem:
     """(K,) ``1 / (C + depth_damping)``, zero for fixed or unconstrained depths."""
     depth_gradient: torch.Tensor
     """(K,) ``w``."""
+
+
+@dataclass
+class _Problem:
+    """The data that stay fixed during one solve: measurements, edges and settings."""
+
+    intrinsics: torch.Tensor
+    target: torch.Tensor
+    weight: torch.Tensor
+    ii: torch.Tensor
+    jj: torch.Tensor
+    kk: torch.Tensor
+    index: _EdgeIndex
+    config: BAConfig
+    image_size: tuple[int, int]
+
+    def linearize(
+        self, poses_cw: torch.Tensor, patches: torch.Tensor, with_jacobians: bool = True
+    ) -> _Linearization:
+        return _linearize(
+            poses_cw, patches, self.intrinsics, self.target, self.weight, self.ii, self.jj,
+            self.kk, self.index, self.config, self.image_size, with_jacobians,
+        )
+
+
+@dataclass
+class _StepOutcome:
+    """Result of one iteration's step computation."""
+
+    poses_cw: torch.Tensor
+    patches: torch.Tensor
+    accepted: bool
+    """False when the estimate stays as it was (no cost-lowering step, or a failed solve)."""
+    cholesky_failed: bool = False
+    system: _ReducedSystem | None = None
+    """The system whose factorisation failed, for the warning."""
+    marquardt: float = 0.0
+    """Marquardt damping to start the next iteration with."""
 
 
 def bundle_adjust(
@@ -167,30 +225,35 @@ def bundle_adjust(
     _check_edge_indices(ii, jj, kk, num_poses, patches.shape[0])
 
     index = _index_edges(ii, jj, kk, first_free_pose, last_free_pose, fixed_patches, patches)
+    problem = _Problem(intrinsics, target, weight, ii, jj, kk, index, config, image_size)
     initial_cost = None
     failed = False
     steps = 0
+    marquardt = config.lm_damping
     for iteration in range(config.iterations):
-        linearization = _linearize(
-            poses_cw, patches, intrinsics, target, weight, ii, jj, kk, index, config, image_size
-        )
+        linearization = problem.linearize(poses_cw, patches)
+        cost = _cost(linearization)
         if initial_cost is None:
-            initial_cost = _cost(linearization)
-        system = _reduce(linearization, index, config)
-        pose_step = _solve_poses(system, config.pose_damping, config.pose_damping_relative)
-        if pose_step is None:
-            _warn_cholesky_failure(system, iteration)
+            initial_cost = cost
+        if config.trust_region:
+            outcome = _levenberg_marquardt_step(problem, poses_cw, patches, linearization, cost,
+                                                marquardt, first_free_pose)
+            marquardt = outcome.marquardt
+        else:
+            outcome = _gauss_newton_step(problem, poses_cw, patches, linearization, first_free_pose)
+        if outcome.cholesky_failed:
+            _warn_cholesky_failure(outcome.system, iteration)
             failed = True
             break
-        depth_step = _back_substitute(system, pose_step)
-        poses_cw, patches = _apply_step(
-            poses_cw, patches, pose_step, depth_step, index, first_free_pose, config
-        )
+        if not outcome.accepted:
+            break
+        poses_cw, patches = outcome.poses_cw, outcome.patches
+        if config.reset_bound_depths:
+            patches = _reset_bound_depths(patches, index, config)
         steps += 1
 
-    final = _linearize(
-        poses_cw, patches, intrinsics, target, weight, ii, jj, kk, index, config, image_size,
-        with_jacobians=compute_covariance and index.num_free > 0,
+    final = problem.linearize(
+        poses_cw, patches, with_jacobians=compute_covariance and index.num_free > 0
     )
     final_cost = _cost(final)
     if initial_cost is None:
@@ -280,8 +343,10 @@ def _index_edges(ii, jj, kk, first_free, last_free, fixed_patches, patches) -> _
         depth_is_free = torch.ones_like(depth_patches, dtype=torch.bool)
     else:
         depth_is_free = ~fixed_patches.to(kk.device)[depth_patches]
+    depth_frame = torch.zeros_like(depth_patches).scatter(0, depth_of_edge, ii.to(kk.dtype))
     return _EdgeIndex(
-        free_row(ii), free_row(jj), depth_of_edge, depth_patches, depth_is_free, num_free
+        free_row(ii), free_row(jj), depth_of_edge, depth_patches, depth_is_free, depth_frame,
+        num_free,
     )
 
 
@@ -326,6 +391,11 @@ def _cost(linearization: _Linearization) -> float:
 
 def _reduce(linearization: _Linearization, index: _EdgeIndex, config: BAConfig) -> _ReducedSystem:
     """Assemble the normal equations blockwise and eliminate the inverse depths."""
+    return _eliminate(_assemble(linearization, index), index, config, marquardt=0.0)
+
+
+def _assemble(linearization: _Linearization, index: _EdgeIndex) -> _NormalEquations:
+    """Accumulate the blocks ``B``, ``E``, ``C``, ``v`` and ``w`` over the edges."""
     num_free = index.num_free
     slots = num_free + 1  # the last slot collects fixed poses and is dropped
     num_depths = index.depth_patches.shape[0]
@@ -372,12 +442,26 @@ def _reduce(linearization: _Linearization, index: _EdgeIndex, config: BAConfig) 
     pose_gradient = torch.zeros(slots, POSE_DOF, dtype=dtype, device=device)
     pose_gradient = pose_gradient.index_add(0, row_i, gradient_i).index_add(0, row_j, gradient_j)
     pose_gradient = pose_gradient.reshape(-1)[:size]
+    return _NormalEquations(pose_pose, pose_depth, depth_diagonal, pose_gradient, depth_gradient)
 
+
+def _eliminate(
+    normal: _NormalEquations, index: _EdgeIndex, config: BAConfig, marquardt: float
+) -> _ReducedSystem:
+    """Eliminate the inverse depths with the Schur complement.
+
+    ``marquardt`` adds ``marquardt * diag`` to ``B`` and ``C`` first (Levenberg-Marquardt); 0
+    gives the plain Gauss-Newton system. ``config.depth_damping`` is always added to ``C``.
+    """
+    pose_pose, depth_diagonal = normal.pose_pose, normal.depth_diagonal
+    if marquardt > 0.0:
+        pose_pose = pose_pose + torch.diag_embed(marquardt * torch.diagonal(pose_pose))
+        depth_diagonal = depth_diagonal * (1.0 + marquardt)
     depth_inverse = _safe_reciprocal(depth_diagonal + config.depth_damping, index.depth_is_free)
-    scaled = pose_depth * depth_inverse  # E C^-1, (6F, K)
-    schur = pose_pose - scaled @ pose_depth.T
-    rhs = pose_gradient - scaled @ depth_gradient
-    return _ReducedSystem(schur, rhs, pose_depth, depth_inverse, depth_gradient)
+    scaled = normal.pose_depth * depth_inverse  # E C^-1, (6F, K)
+    schur = pose_pose - scaled @ normal.pose_depth.T
+    rhs = normal.pose_gradient - scaled @ normal.depth_gradient
+    return _ReducedSystem(schur, rhs, normal.pose_depth, depth_inverse, normal.depth_gradient)
 
 
 def _safe_reciprocal(values: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
@@ -390,6 +474,116 @@ def _safe_reciprocal(values: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
 # ---------------------------------------------------------------------------------------------
 # Solve and update
 # ---------------------------------------------------------------------------------------------
+
+
+def _gauss_newton_step(
+    problem: _Problem,
+    poses_cw: torch.Tensor,
+    patches: torch.Tensor,
+    linearization: _Linearization,
+    first_free: int,
+) -> _StepOutcome:
+    """Take the full Gauss-Newton step (the DPVO and training behaviour)."""
+    config = problem.config
+    system = _reduce(linearization, problem.index, config)
+    pose_step = _solve_poses(system, config.pose_damping, config.pose_damping_relative)
+    if pose_step is None:
+        return _StepOutcome(poses_cw, patches, False, cholesky_failed=True, system=system)
+    depth_step = _back_substitute(system, pose_step)
+    poses_cw, patches = _apply_step(
+        poses_cw, patches, pose_step, depth_step, problem.index, first_free, config
+    )
+    return _StepOutcome(poses_cw, patches, True)
+
+
+def _levenberg_marquardt_step(
+    problem: _Problem,
+    poses_cw: torch.Tensor,
+    patches: torch.Tensor,
+    linearization: _Linearization,
+    cost: float,
+    marquardt: float,
+    first_free: int,
+) -> _StepOutcome:
+    """Try steps with growing Marquardt damping until one lowers the cost.
+
+    An accepted step divides the damping by ``lm_damping_factor`` for the next iteration. When
+    ``lm_max_trials`` steps all fail, the estimate stays and ``accepted`` is False. A failed
+    Cholesky factorisation counts as a failed trial, because more damping can repair it; only
+    when every trial fails that way is it reported as a failure.
+    """
+    config = problem.config
+    normal = _assemble(linearization, problem.index)
+    factor = config.lm_damping_factor
+    system = None
+    factorized = False
+    for _ in range(config.lm_max_trials):
+        system = _eliminate(normal, problem.index, config, marquardt)
+        pose_step = _solve_poses(system, config.pose_damping, config.pose_damping_relative)
+        if pose_step is not None:
+            factorized = True
+            depth_step = _back_substitute(system, pose_step)
+            trial_poses, trial_patches = _apply_step(
+                poses_cw, patches, pose_step, depth_step, problem.index, first_free, config
+            )
+            if _trial_cost(problem, linearization, trial_poses, trial_patches) < cost:
+                next_damping = max(marquardt / factor, MIN_MARQUARDT_DAMPING)
+                return _StepOutcome(trial_poses, trial_patches, True, marquardt=next_damping)
+        marquardt *= factor
+    return _StepOutcome(
+        poses_cw, patches, False, cholesky_failed=not factorized, system=system,
+        marquardt=marquardt,
+    )
+
+
+def _trial_cost(
+    problem: _Problem,
+    current: _Linearization,
+    poses_cw: torch.Tensor,
+    patches: torch.Tensor,
+) -> float:
+    """Cost of a trial estimate over the residuals that are valid at the current estimate.
+
+    A residual that the trial pushes out of the masks (behind the camera, far outside the image
+    or above ``max_residual``) counts as ``max_residual`` on each axis, so no step can lower the
+    cost by invalidating measurements.
+    """
+    trial = problem.linearize(poses_cw, patches, with_jacobians=False)
+    counted = current.weight > 0  # (E, 2)
+    still_valid = trial.weight > 0
+    squared = torch.where(
+        still_valid,
+        trial.residual**2,
+        torch.full_like(trial.residual, problem.config.max_residual**2),
+    )
+    return float((current.weight * torch.where(counted, squared, 0.0)).sum().item())
+
+
+def _reset_bound_depths(
+    patches: torch.Tensor, index: _EdgeIndex, config: BAConfig
+) -> torch.Tensor:
+    """Move free inverse depths that sit on a bound to their source frame's median.
+
+    The median is taken over the frame's patches in the problem that are not on a bound, or over
+    all such patches when none of the frame's is left.
+    """
+    centre = patches.shape[-1] // 2
+    values = patches[index.depth_patches, 2, centre, centre]  # (K,)
+    on_bound = (values <= config.min_inverse_depth) | (values >= config.max_inverse_depth)
+    to_reset = on_bound & index.depth_is_free
+    if not bool(to_reset.any()) or bool(on_bound.all()):
+        return patches
+    fallback = values[~on_bound].median()
+    reset = values.clone()
+    for frame in index.depth_frame[to_reset].unique().tolist():
+        same_frame = index.depth_frame == frame
+        inside = same_frame & ~on_bound
+        reference = values[inside].median() if bool(inside.any()) else fallback
+        reset = torch.where(same_frame & to_reset, reference, reset)
+    depth_plane = reset[:, None, None].expand(-1, *patches.shape[-2:])
+    patches = patches.clone()
+    patches[index.depth_patches, 2] = depth_plane
+    return patches
 
 
 def _damp(schur: torch.Tensor, constant: float, relative: float) -> torch.Tensor:

@@ -30,17 +30,23 @@ import numpy as np
 import torch
 
 from vo_node.config import EngineConfig, resolve_device
+from vo_node.ba.solver import bundle_adjust
 from vo_node.geometry import se3
 from vo_node.geometry.projection import reproject
 from vo_node.io.trajectory import Trajectory
 from vo_node.model.patchifier import image_gradient_score
 from vo_node.odometry.graph import DEPTH_INIT_FRAMES, PatchGraph
 from vo_node.odometry.image import prepare_image
+from vo_node.odometry.initialization import initialize_window
 
 logger = logging.getLogger(__name__)
 
+NANOSECONDS_PER_SECOND = 1e9
 FEATURE_STRIDE = 4
 """The patch graph works at 1/4 of the prepared image resolution."""
+INITIAL_INVERSE_DEPTH = 1.0
+"""Inverse depth of every patch before initialisation with ``initial_depth: constant``; the
+monocular scale is free, so only the equality of the depths matters."""
 FLOW_BETA = 0.5
 """Keyframe flow mixes full flow and translation-only flow with this weight (DPVO)."""
 GRADIENT_CANDIDATE_FACTOR = 3
@@ -307,7 +313,7 @@ class VisualOdometry:
         covariance = None
         try:
             if not self.is_initialized and graph.n >= self.config.frontend.init_frames:
-                self._optimize(self.config.frontend.init_iterations, times, guard=True)
+                self._initialize(times)
                 self.is_initialized = True
                 self._state = STATE_TRACKING
                 logger.info("initialised on %d keyframes at frame %d", graph.n, frame_id)
@@ -408,11 +414,14 @@ class VisualOdometry:
         )
 
     def _initial_depths(self, count: int) -> torch.Tensor:
-        """Inverse depths ``(M,)``: uniform in (0, 1) before initialisation, afterwards the
-        median inverse depth of the newest keyframes' patches."""
+        """Inverse depths ``(M,)``: before initialisation ``INITIAL_INVERSE_DEPTH`` or uniform in
+        (0, 1) (``frontend.initial_depth``), afterwards the median inverse depth of the newest
+        keyframes' patches."""
         graph = self.graph
         if not self.is_initialized or graph.n == 0:
-            return torch.rand(count, generator=self.generator)
+            if self.config.frontend.initial_depth == "random":
+                return torch.rand(count, generator=self.generator)
+            return torch.full((count,), INITIAL_INVERSE_DEPTH)
         recent = graph.patches[max(0, graph.n - DEPTH_INIT_FRAMES) : graph.n, :, 2]
         return torch.full((count,), float(recent.median()))
 
@@ -454,21 +463,59 @@ class VisualOdometry:
             return 1
         return max(1, self.graph.n - self.config.frontend.optimization_window)
 
-    def _update_iteration(
-        self, times: StageTimes, guard: bool, covariance: bool
-    ) -> torch.Tensor | None:
-        """Reproject, correlate, update, then bundle-adjust the optimisation window."""
-        from vo_node.ba.solver import bundle_adjust
+    def _initialize(self, times: StageTimes) -> None:
+        """Run the initialisation iterations, the first one from estimated starting points
+        when ``frontend.multi_start_init`` is set."""
+        iterations = self.config.frontend.init_iterations
+        if self.config.frontend.multi_start_init and self.graph.num_edges:
+            self._estimate_initial_window(times)
+            iterations -= 1
+        self._optimize(iterations, times, guard=True)
 
+    def _estimate_initial_window(self, times: StageTimes) -> None:
+        """Replace the window's poses and depths by :func:`initialize_window`'s estimate."""
+        graph = self.graph
+        target, weight = self._measure(times)
+        snapshot = (graph.active_poses.clone(), graph.patches[: graph.n].clone())
+        stamps = torch.as_tensor(graph.timestamps_ns[: graph.n] - graph.timestamps_ns[0])
+        with self._timer(times, "ba"):
+            window = initialize_window(
+                graph.active_poses, graph.active_patches, self._intrinsics, target, weight,
+                graph.ii, graph.jj, graph.kk, times=stamps.double() / NANOSECONDS_PER_SECOND,
+                config=self.config.ba, image_size=self._graph_image_size(),
+                first_free_pose=self._first_free_pose(),
+            )
+        logger.info(
+            "initial window from the %s start%s, BA cost %.4g",
+            window.start, " (depth-mirrored)" if window.reversed else "", window.cost,
+        )
+        graph.poses[: graph.n] = window.poses_cw
+        graph.patches[: graph.n] = window.patches.view_as(graph.patches[: graph.n])
+        reason = self._implausible(None)
+        if reason is not None:
+            graph.poses[: graph.n] = snapshot[0]
+            graph.patches[: graph.n] = snapshot[1]
+            raise _LostTracking(reason)
+
+    def _measure(self, times: StageTimes) -> tuple[torch.Tensor, torch.Tensor]:
+        """Run the update (or the oracle) on every edge; return the BA's ``target`` and
+        ``weight``, both ``(E, 2)`` float32, and keep the new hidden state."""
         graph = self.graph
         ii, jj, kk = graph.ii, graph.jj, graph.kk
         coords = reproject(graph.active_poses, graph.active_patches, self._intrinsics, ii, jj, kk).coords
         delta, weight, hidden = self._predict_corrections(coords, ii, jj, kk, graph.hidden, times)
         if hidden is not None:
             graph.hidden = hidden
-
         centre = graph.patch_size // 2
         target = coords[:, :, centre, centre] + delta.float()
+        return target, weight.float()
+
+    def _update_iteration(
+        self, times: StageTimes, guard: bool, covariance: bool
+    ) -> torch.Tensor | None:
+        """Reproject, correlate, update, then bundle-adjust the optimisation window."""
+        graph = self.graph
+        target, weight = self._measure(times)
         snapshot = (graph.active_poses.clone(), graph.patches[: graph.n].clone())
         with self._timer(times, "ba"):
             result = bundle_adjust(
@@ -476,10 +523,10 @@ class VisualOdometry:
                 graph.active_patches,
                 self._intrinsics,
                 target,
-                weight.float(),
-                ii,
-                jj,
-                kk,
+                weight,
+                graph.ii,
+                graph.jj,
+                graph.kk,
                 first_free_pose=self._first_free_pose(),
                 config=self.config.ba,
                 image_size=self._graph_image_size(),
