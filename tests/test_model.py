@@ -5,6 +5,8 @@ import re
 import numpy as np
 import pytest
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_leaves
 
 from vo_node.config import EngineConfig, NetworkConfig, load_engine_config, to_dict
 from vo_node.model import (
@@ -253,6 +255,91 @@ def test_correlation_gradients_match_finite_differences():
         return correlate(gmap, pyramid, coords, kk, jj, chunk_size=2)
 
     assert torch.autograd.gradcheck(function, (fmap, gmap), fast_mode=True)
+
+
+def test_correlation_gradients_cover_coords_and_wide_patches():
+    # Edge 2 spreads 2.2 pixels, so it takes the per-pixel path; chunks of 2 split the edges.
+    generator = torch.Generator().manual_seed(5)
+    fmap = torch.randn(2, 2, 8, 8, generator=generator, dtype=torch.float64, requires_grad=True)
+    gmap = torch.randn(3, 2, 3, 3, generator=generator, dtype=torch.float64, requires_grad=True)
+    kk, jj = torch.tensor([0, 1, 2, 0]), torch.tensor([1, 0, 1, 1])
+    steps = torch.arange(-1.0, 2.0, dtype=torch.float64)
+    grid = torch.stack([steps.view(1, 3).expand(3, 3), steps.view(3, 1).expand(3, 3)])
+    centre = torch.tensor([[3.3, 4.6], [0.2, 6.9], [5.5, 2.25], [7.6, -0.4]], dtype=torch.float64)
+    spread = torch.tensor([1.0, 1.0, 2.2, 0.7], dtype=torch.float64).view(4, 1, 1, 1)
+    coords = (centre[:, :, None, None] + grid * spread).requires_grad_()
+
+    def function(fmap, gmap, coords):
+        pyramid = CorrelationPyramid.from_fmap(fmap, 2, 1)
+        return correlate(gmap, pyramid, coords, kk, jj, chunk_size=2)
+
+    assert torch.autograd.gradcheck(function, (fmap, gmap, coords), fast_mode=True)
+
+
+def test_correlation_gradients_independent_of_chunks():
+    gmap, fmap, coords, kk, jj = correlation_case(num_edges=23, seed=3, spread=1.6)
+    gradients = []
+    for chunk_size in (1, 7, 1000):
+        inputs = [tensor.clone().requires_grad_() for tensor in (gmap, fmap, coords)]
+        pyramid = CorrelationPyramid.from_fmap(inputs[1], 2, 3)
+        result = correlate(inputs[0], pyramid, inputs[2], kk, jj, chunk_size)
+        result.square().sum().backward()
+        gradients.append([tensor.grad for tensor in inputs])
+    for chunked in gradients[:2]:
+        for gradient, whole in zip(chunked, gradients[2]):
+            torch.testing.assert_close(gradient, whole, rtol=1e-12, atol=1e-12)
+
+
+class _NewMapSizedTensors(TorchDispatchMode):
+    """Counts op outputs with at least ``size`` elements that are new storage, not an input's."""
+
+    def __init__(self, size: int):
+        super().__init__()
+        self.size = size
+        self.count = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        output = func(*args, **(kwargs or {}))
+        leaves = tree_leaves((args, kwargs))
+        inputs = {leaf.untyped_storage().data_ptr() for leaf in leaves if torch.is_tensor(leaf)}
+        for tensor in tree_leaves(output):
+            if (
+                torch.is_tensor(tensor)
+                and tensor.numel() >= self.size
+                and tensor.untyped_storage().data_ptr() not in inputs
+            ):
+                self.count += 1
+        return output
+
+
+def test_correlation_backward_allocates_map_gradient_once():
+    # Autograd's own per-chunk backward would allocate a map-sized gradient for every chunk.
+    gmap, fmap, coords, kk, jj = correlation_case(num_edges=6, seed=6)
+    counts = {}
+    for chunk_size in (1, 1000):
+        fmap_leaf = fmap.clone().requires_grad_()
+        gmap_leaf = gmap.clone().requires_grad_()
+        pyramid = CorrelationPyramid.from_fmap(fmap_leaf, 2, 3)
+        result = correlate(gmap_leaf, pyramid, coords.clone().requires_grad_(), kk, jj, chunk_size)
+        counter = _NewMapSizedTensors(pyramid.levels[0].numel())
+        with counter:
+            result.sum().backward()
+        counts[chunk_size] = counter.count
+    assert counts[1000] >= 1
+    assert counts[1] == counts[1000]
+
+
+def test_correlation_bfloat16_gradients_close_to_float32():
+    gmap, fmap, coords, kk, jj = correlation_case(num_edges=8)
+    gradients = {}
+    for dtype in (None, torch.bfloat16):
+        inputs = [tensor.float().requires_grad_() for tensor in (gmap, fmap, coords)]
+        pyramid = CorrelationPyramid.from_fmap(inputs[1], 2, 3, dtype=dtype)
+        correlate(inputs[0], pyramid, inputs[2], kk, jj, 3).square().sum().backward()
+        gradients[dtype] = [tensor.grad for tensor in inputs]
+    for approximate, exact in zip(gradients[torch.bfloat16], gradients[None]):
+        assert approximate.dtype == torch.float32
+        assert torch.allclose(approximate, exact, atol=0.05 * exact.abs().max())
 
 
 def test_correlation_bfloat16_maps_close_to_float32():

@@ -14,17 +14,23 @@ land close together, so the dot products of all its pixels come from one shared 
 than that take a per-pixel path. Maps are stored channels-last with a zero border of ``U`` pixels,
 so every gather stays in bounds and a window beyond the image reads only zeros. Chunks are kept
 small: on the CPU, large temporary buffers cost more in page faults than the copy itself.
+
+Backward: when gradients are recorded, the forward pass keeps no per-chunk tensors. The backward
+pass recomputes each chunk from leaf copies of the map rows and patch features it read, and adds
+their gradients into one gradient buffer per input with ``index_add_``. A call therefore
+zero-fills each matching-map gradient once, whatever the number of chunks.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Any, NamedTuple, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
-from torch.utils.checkpoint import checkpoint
+from torch.autograd.function import once_differentiable
 
 PYRAMID_POOL = 4
 """Each pyramid level is the previous one average-pooled by this factor."""
@@ -132,15 +138,14 @@ def correlate(
         column, window row, window column)``; window row ``a`` samples ``v / 4^level - r + a``.
 
     Differentiable with respect to ``gmap``, the pyramid (so the matching maps) and ``coords``
-    (through the bilinear weights). When gradients are recorded, each chunk is recomputed in the
-    backward pass, so memory stays bounded for large ``E``.
+    (through the bilinear weights), once: the backward pass itself records no graph. When
+    gradients are recorded, each chunk is recomputed in the backward pass, so memory stays
+    bounded for large ``E``.
     """
     # TODO: on the CPU this costs about 10 us of one core per edge (matching_dim 32, 240x368
     # input, measured on a shared, loaded machine). A 20 frames/s budget therefore needs fewer
     # edges or a fused gather-and-dot kernel.
     _check_inputs(gmap, pyramid, coords, kk, jj)
-    num_edges = kk.shape[0]
-    out_dim = correlation_dim(pyramid.radius, len(pyramid.levels), gmap.shape[-1])
     if chunk_size is None:
         budget = CHUNK_ELEMENTS_CUDA if gmap.is_cuda else CHUNK_ELEMENTS
         chunk_size = max(1, budget // (max(pyramid.windows) ** 2 * gmap.shape[1]))
@@ -152,20 +157,141 @@ def correlate(
     )
     # Edges sorted by target frame gather from one frame's map at a time, which stays in cache.
     order = torch.argsort(jj, stable=True)
-    if not record:
-        # Writing each chunk into one buffer avoids a second full-size copy by torch.cat.
-        output = coords.new_empty((num_edges, out_dim))
-        for start in range(0, num_edges, chunk_size):
-            edges = order[start : start + chunk_size]
-            output[edges] = _correlate_chunk(gmap, pyramid, coords[edges], kk[edges], jj[edges])
-        return output
+    if record:
+        layout = (pyramid.windows, pyramid.radius, chunk_size)
+        return _Correlation.apply(coords, gmap, kk, jj, order, layout, *pyramid.levels)
+    return _correlate_chunks(gmap, pyramid, coords, kk, jj, order, chunk_size)
 
-    parts = [coords.new_zeros((0, out_dim))]
-    for start in range(0, num_edges, chunk_size):
+
+def _correlate_chunks(
+    gmap: Tensor,
+    pyramid: CorrelationPyramid,
+    coords: Tensor,
+    kk: Tensor,
+    jj: Tensor,
+    order: Tensor,
+    chunk_size: int,
+) -> Tensor:
+    """Correlate the edges chunk by chunk in ``order``; return ``(E, out_dim)`` in edge order."""
+    out_dim = correlation_dim(pyramid.radius, len(pyramid.levels), gmap.shape[-1])
+    # Writing each chunk into one buffer avoids a second full-size copy by torch.cat.
+    output = coords.new_empty((kk.shape[0], out_dim))
+    reader = _LevelReader(pyramid.levels)
+    for start in range(0, kk.shape[0], chunk_size):
         edges = order[start : start + chunk_size]
-        args = (gmap, pyramid, coords[edges], kk[edges], jj[edges])
-        parts.append(checkpoint(_correlate_chunk, *args, use_reentrant=False))
-    return torch.cat(parts)[torch.argsort(order)]
+        output[edges] = _correlate_chunk(gmap[kk[edges]], pyramid, coords[edges], jj[edges], reader)
+    return output
+
+
+class _LevelReader:
+    """Reads rows of the pyramid levels flattened to ``(F * H_l * W_l, C)``."""
+
+    def __init__(self, levels: Sequence[Tensor]):
+        self.flat = [level.reshape(-1, level.shape[-1]) for level in levels]
+
+    def rows(self, level_index: int, flat_index: Tensor) -> Tensor:
+        """Return rows ``flat_index`` ``(n,)`` of level ``level_index`` as ``(n, C)``."""
+        return self.flat[level_index].index_select(0, flat_index)
+
+
+class _Level(NamedTuple):
+    """One padded pyramid level ``(F, H_l + 2 U_l, W_l + 2 U_l, C)`` and how its rows are read."""
+
+    tensor: Tensor
+    index: int
+    reader: _LevelReader
+
+    def rows(self, flat_index: Tensor) -> Tensor:
+        """Return rows ``flat_index`` ``(n,)`` of the flattened level as ``(n, C)``."""
+        return self.reader.rows(self.index, flat_index)
+
+
+class _RecordingReader(_LevelReader):
+    """Reads detached levels, returns leaf rows that require a gradient and records each read.
+
+    The backward pass differentiates a chunk with respect to these leaves and adds the result
+    into the level gradients at the recorded rows.
+    """
+
+    def __init__(self, levels: Sequence[Tensor], needs_grad: Sequence[bool]):
+        super().__init__([level.detach() for level in levels])
+        self.needs_grad = list(needs_grad)
+        self.reads: list[tuple[int, Tensor, Tensor]] = []
+
+    def rows(self, level_index: int, flat_index: Tensor) -> Tensor:
+        values = super().rows(level_index, flat_index)
+        if self.needs_grad[level_index]:
+            values.requires_grad_()
+            self.reads.append((level_index, flat_index, values))
+        return values
+
+
+class _Correlation(torch.autograd.Function):
+    """The chunked correlation with a backward pass that accumulates into one buffer per input.
+
+    Differentiating each chunk through autograd's own ``index_select`` backward would zero-fill
+    a gradient as large as all matching maps per chunk, and then add those up. Here each chunk's
+    gradient is local (the rows it read), and ``index_add_`` places it into a buffer allocated
+    once per call.
+    """
+
+    @staticmethod
+    def forward(
+        ctx: Any,
+        coords: Tensor,
+        gmap: Tensor,
+        kk: Tensor,
+        jj: Tensor,
+        order: Tensor,
+        layout: tuple[list[int], int, int],
+        *levels: Tensor,
+    ) -> Tensor:
+        windows, radius, chunk_size = layout
+        pyramid = CorrelationPyramid(list(levels), windows, radius)
+        ctx.layout = layout
+        ctx.save_for_backward(coords, gmap, kk, jj, order, *levels)
+        return _correlate_chunks(gmap, pyramid, coords, kk, jj, order, chunk_size)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx: Any, grad_output: Tensor) -> tuple[Tensor | None, ...]:
+        coords, gmap, kk, jj, order, *levels = ctx.saved_tensors
+        windows, radius, chunk_size = ctx.layout
+        need_coords, need_gmap = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+        need_levels = ctx.needs_input_grad[6:]
+        grad_coords = torch.zeros_like(coords) if need_coords else None
+        grad_gmap = torch.zeros_like(gmap) if need_gmap else None
+        grad_levels = [
+            level.new_zeros(level.shape) if need else None
+            for level, need in zip(levels, need_levels)
+        ]
+        pyramid = CorrelationPyramid([level.detach() for level in levels], windows, radius)
+        for start in range(0, kk.shape[0], chunk_size):
+            edges = order[start : start + chunk_size]
+            reader = _RecordingReader(levels, need_levels)
+            with torch.enable_grad():
+                chunk_coords = coords[edges].detach().requires_grad_(need_coords)
+                features = gmap.detach()[kk[edges]].requires_grad_(need_gmap)
+                result = _correlate_chunk(features, pyramid, chunk_coords, jj[edges], reader)
+                inputs = [tensor for tensor in (chunk_coords, features) if tensor.requires_grad]
+                inputs += [values for _, _, values in reader.reads]
+                grads = torch.autograd.grad(
+                    result, inputs, grad_output[edges], allow_unused=True
+                )
+            grads = list(grads)
+            if need_coords:
+                gradient = grads.pop(0)
+                if gradient is not None:
+                    grad_coords[edges] = gradient
+            if need_gmap:
+                gradient = grads.pop(0)
+                if gradient is not None:
+                    grad_gmap.index_add_(0, kk[edges], gradient)
+            for (level_index, flat_index, _), gradient in zip(reader.reads, grads):
+                if gradient is not None:
+                    target = grad_levels[level_index]
+                    target.view(-1, target.shape[-1]).index_add_(0, flat_index, gradient)
+        return (grad_coords, grad_gmap, None, None, None, None, *grad_levels)
 
 
 def _check_inputs(
@@ -195,21 +321,34 @@ def _check_inputs(
 
 
 def _correlate_chunk(
-    gmap: Tensor, pyramid: CorrelationPyramid, coords: Tensor, kk: Tensor, jj: Tensor
+    patch_features: Tensor,
+    pyramid: CorrelationPyramid,
+    coords: Tensor,
+    jj: Tensor,
+    reader: _LevelReader,
 ) -> Tensor:
-    """Correlate a chunk of edges at every level; returns ``(n, levels * P*P * (2r+1)^2)``."""
-    features = gmap[kk].flatten(2).transpose(1, 2).to(pyramid.levels[0].dtype)  # (n, P*P, C)
+    """Correlate a chunk of ``n`` edges at every level; return ``(n, levels * P*P * (2r+1)^2)``.
+
+    ``patch_features`` ``(n, C, P, P)`` are the matching features of each edge's patch, and
+    ``reader`` reads the rows of ``pyramid``'s levels.
+    """
+    features = patch_features.flatten(2).transpose(1, 2).to(pyramid.levels[0].dtype)
     pixel_coords = coords.flatten(2).transpose(1, 2)  # (n, P*P, 2) as (u, v)
     results = []
     for index in range(len(pyramid.levels)):
         level_coords = pixel_coords / PYRAMID_POOL**index
-        products = _level_products(features, pyramid, index, level_coords, jj)
+        products = _level_products(features, pyramid, index, level_coords, jj, reader)
         results.append(_bilinear_blend(products.to(coords.dtype), level_coords))
     return torch.cat(results, dim=1).flatten(1)
 
 
 def _level_products(
-    features: Tensor, pyramid: CorrelationPyramid, index: int, coords: Tensor, jj: Tensor
+    features: Tensor,
+    pyramid: CorrelationPyramid,
+    index: int,
+    coords: Tensor,
+    jj: Tensor,
+    reader: _LevelReader,
 ) -> Tensor:
     """Return the integer-grid dot products ``(n, P*P, G, G)`` at one pyramid level.
 
@@ -217,7 +356,7 @@ def _level_products(
     """
     grid_size = 2 * pyramid.radius + 2
     window = pyramid.windows[index]
-    level = pyramid.levels[index]
+    level = _Level(pyramid.levels[index], index, reader)
     height, width = pyramid.level_size(index)
     corner = torch.floor(coords).long() - pyramid.radius  # (n, P*P, 2) top-left grid position
     anchor = corner.amin(dim=1)  # (n, 2) top-left corner of the shared window
@@ -240,7 +379,7 @@ def _level_products(
 
 def _shared_products(
     features: Tensor,
-    level: Tensor,
+    level: _Level,
     frames: Tensor,
     anchor: Tensor,
     offset: Tensor,
@@ -253,14 +392,14 @@ def _shared_products(
     values = _gather_windows(level, window, frames, anchor, window, height, width)
     dense = torch.bmm(features, values.flatten(1, 2).transpose(1, 2))  # (n, P*P, U*U)
     start = offset[..., 1] * window + offset[..., 0]  # (n, P*P) top-left of each pixel's grid
-    index = start[..., None] + _window_offsets(grid_size, window, level.device)  # (n, P*P, G*G)
+    index = start[..., None] + _window_offsets(grid_size, window, start.device)  # (n, P*P, G*G)
     cropped = torch.gather(dense, 2, index)
     return cropped.view(features.shape[:2] + (grid_size, grid_size))
 
 
 def _pixel_products(
     features: Tensor,
-    level: Tensor,
+    level: _Level,
     frames: Tensor,
     corner: Tensor,
     grid_size: int,
@@ -269,7 +408,7 @@ def _pixel_products(
 ) -> Tensor:
     """Dot products ``(n, P*P, G, G)`` from one ``G x G`` window per pixel."""
     num_edges, num_pixels = corner.shape[:2]
-    border = (level.shape[1] - height) // 2
+    border = (level.tensor.shape[1] - height) // 2
     frames = frames.repeat_interleave(num_pixels)
     values = _gather_windows(level, border, frames, corner.flatten(0, 1), grid_size, height, width)
     values = values.view(num_edges, num_pixels, grid_size * grid_size, -1)
@@ -278,7 +417,13 @@ def _pixel_products(
 
 
 def _gather_windows(
-    level: Tensor, border: int, frames: Tensor, corner: Tensor, size: int, height: int, width: int
+    level: _Level,
+    border: int,
+    frames: Tensor,
+    corner: Tensor,
+    size: int,
+    height: int,
+    width: int,
 ) -> Tensor:
     """Gather ``(n, size, size, C)`` windows with top-left ``corner`` ``(n, 2)`` as ``(u, v)``.
 
@@ -286,10 +431,10 @@ def _gather_windows(
     """
     x = corner[:, 0].clamp(-border, width + border - size) + border
     y = corner[:, 1].clamp(-border, height + border - size) + border
-    padded_height, padded_width = level.shape[1], level.shape[2]
+    padded_height, padded_width = level.tensor.shape[1], level.tensor.shape[2]
     start = (frames * padded_height + y) * padded_width + x  # (n,) flat index of the corner
-    flat = start[:, None] + _window_offsets(size, padded_width, level.device)
-    values = level.reshape(-1, level.shape[-1]).index_select(0, flat.flatten())
+    flat = start[:, None] + _window_offsets(size, padded_width, start.device)
+    values = level.rows(flat.flatten())
     return values.view(corner.shape[0], size, size, -1)
 
 
