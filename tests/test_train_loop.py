@@ -17,7 +17,7 @@ from vo_node.model.network import load_model
 from vo_node.train import main
 from vo_node.train.checkpoint import load_checkpoint
 from vo_node.train.config import load_train_config
-from vo_node.train.trainer import Trainer, TrainingError
+from vo_node.train.trainer import METRICS_COLUMNS, Trainer, TrainingError
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = str(REPO / "config" / "train_tiny.yaml")
@@ -26,6 +26,25 @@ QUIET = {"validation.every": 1000, "checkpoint.every_steps": 1000}
 
 def parameters(trainer: Trainer) -> dict[str, torch.Tensor]:
     return {name: value.detach().clone() for name, value in trainer.network.named_parameters()}
+
+
+def read_rows(output: Path, split: str | None = None) -> list[dict[str, str]]:
+    with open(output / "metrics.csv", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    return [row for row in rows if split is None or row["split"] == split]
+
+
+class TimedValidationTrainer(Trainer):
+    """A trainer that adds up the seconds spent in its validation passes."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.validation_seconds = 0.0
+
+    def run_validation(self) -> None:
+        started = time.monotonic()
+        super().run_validation()
+        self.validation_seconds += time.monotonic() - started
 
 
 def test_short_run_lowers_validation_loss(tmp_path):
@@ -65,16 +84,110 @@ def test_resume_matches_straight_run(tmp_path):
     first = Trainer(config, tmp_path / "split")
     first.train(max_steps=2)
     checkpoint = tmp_path / "split" / "checkpoints" / "latest.pt"
-    assert load_checkpoint(checkpoint)["step"] == 2
+    state = load_checkpoint(checkpoint)
+    assert state["step"] == 2
+    assert state["wall_s"] > 0.0
     resumed = Trainer(config, tmp_path / "split", resume=checkpoint)
     assert resumed.step == 2
+    assert resumed.clock.seconds == pytest.approx(state["wall_s"])
     resumed.train()
+
+    rows = read_rows(tmp_path / "split", "train")
+    assert [int(row["step"]) for row in rows] == [1, 2, 3, 4]
+    wall = [float(row["wall_s"]) for row in rows]
+    assert wall == sorted(wall)
+    assert wall[2] > state["wall_s"]
 
     assert resumed.step == straight.step == 4
     assert resumed.balancer.beta == pytest.approx(straight.balancer.beta, rel=1e-6)
     expected = parameters(straight)
     for name, value in parameters(resumed).items():
         torch.testing.assert_close(value, expected[name], rtol=1e-6, atol=1e-7, msg=name)
+
+
+def test_resume_without_wall_clock_in_checkpoint(tmp_path):
+    # Checkpoints and metrics.csv written before the wall_s column existed must still resume.
+    config = load_train_config(TINY, {**QUIET, "optim.steps": 3})
+    Trainer(config, tmp_path).train(max_steps=2)
+    checkpoint = tmp_path / "checkpoints" / "latest.pt"
+    state = load_checkpoint(checkpoint)
+    del state["wall_s"]
+    torch.save(state, checkpoint)
+    old_columns = [name for name in METRICS_COLUMNS if name != "wall_s"]
+    old_rows = [{name: row[name] for name in old_columns} for row in read_rows(tmp_path)]
+    with open(tmp_path / "metrics.csv", "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=old_columns)
+        writer.writeheader()
+        writer.writerows(old_rows)
+    seconds = [1.0 / float(row["steps_per_s"]) for row in old_rows if row["split"] == "train"]
+
+    resumed = Trainer(config, tmp_path, resume=checkpoint)
+    assert resumed.clock.seconds == pytest.approx(sum(seconds), rel=1e-4)
+    assert resumed.train() == 0
+
+    with open(tmp_path / "metrics.csv", newline="") as handle:
+        assert tuple(next(csv.reader(handle))) == METRICS_COLUMNS
+    wall = [float(row["wall_s"]) for row in read_rows(tmp_path, "train")]
+    assert len(wall) == 3
+    assert wall[0] == pytest.approx(seconds[0], rel=1e-4)
+    assert wall[1] == pytest.approx(sum(seconds), rel=1e-4)
+    assert wall[2] > wall[1]
+
+
+def test_wall_clock_excludes_validation(tmp_path):
+    overrides = {"optim.steps": 3, "validation.every": 1, "validation.clips": 2,
+                 "checkpoint.every_steps": 1000}
+    trainer = TimedValidationTrainer(load_train_config(TINY, overrides), tmp_path)
+    started = time.monotonic()
+    trainer.train()
+    elapsed = time.monotonic() - started
+
+    train_rows = read_rows(tmp_path, "train")
+    wall = [float(row["wall_s"]) for row in train_rows]
+    assert len(wall) == 3
+    assert 0.0 < wall[0] < wall[1] < wall[2]
+    assert trainer.validation_seconds > 0.0
+    assert wall[-1] <= elapsed - trainer.validation_seconds
+    window_seconds = sum(1.0 / float(row["steps_per_s"]) for row in train_rows)
+    assert window_seconds == pytest.approx(wall[-1], rel=1e-3)
+    # A val row carries the training seconds at its step: after that step's log, before the next.
+    val_wall = [float(row["wall_s"]) for row in read_rows(tmp_path, "val")]
+    assert len(val_wall) == 3
+    for step, seconds in enumerate(val_wall):
+        assert wall[step] <= seconds
+        assert step == 2 or seconds < wall[step + 1]
+
+
+@pytest.mark.parametrize("steps", [1, 2])
+def test_short_schedule_trains_to_end(tmp_path, steps):
+    config = load_train_config(TINY, {**QUIET, "optim.steps": steps})
+    trainer = Trainer(config, tmp_path)
+    assert trainer.train() == 0
+    assert trainer.step == steps
+    assert (tmp_path / "model.pt").is_file()
+    assert not (tmp_path / "checkpoints" / "step_00000000.pt").exists()
+    rates = [float(row["lr"]) for row in read_rows(tmp_path, "train")]
+    assert len(rates) == steps
+    assert all(0.0 < rate <= config.optim.lr for rate in rates)
+
+
+def test_save_initial_writes_step_zero(tmp_path):
+    overrides = {**QUIET, "optim.steps": 2, "checkpoint.save_initial": True}
+    config = load_train_config(TINY, overrides)
+    trainer = Trainer(config, tmp_path)
+    initial = parameters(trainer)
+    trainer.train(max_steps=1)
+
+    path = tmp_path / "checkpoints" / "step_00000000.pt"
+    state = load_checkpoint(path)
+    assert state["step"] == 0
+    assert state["wall_s"] == 0.0
+    for name, value in initial.items():
+        assert torch.equal(state["model"][name], value), name
+    assert any(not torch.equal(value, initial[name])
+               for name, value in parameters(trainer).items())
+    restarted = Trainer(config, tmp_path / "restart", resume=path)
+    assert restarted.step == 0
 
 
 def test_nonfinite_steps_are_skipped_then_stop(tmp_path):

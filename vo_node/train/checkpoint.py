@@ -8,7 +8,12 @@ lists and dicts, so :func:`load_checkpoint` reads it with ``weights_only=True``.
 - ``rng``: python, numpy, torch (and CUDA) generator states, see :func:`capture_rng_state`;
 - ``config``: the training configuration as a dict; ``engine``: the engine configuration;
 - ``best``: the best validation value so far; ``nonfinite``: consecutive skipped steps;
-- ``code_version``: see :func:`code_version`.
+- ``code_version``: see :func:`code_version`;
+- ``wall_s``: training wall-clock seconds so far, validation passes excluded (absent in
+  checkpoints of older versions, which the trainer then estimates from metrics.csv).
+
+New keys are only added, never renamed or dropped, and readers take a default when one is absent,
+so older checkpoints keep loading.
 """
 
 from __future__ import annotations

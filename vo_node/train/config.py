@@ -100,9 +100,9 @@ class UnrollConfig:
     keyframe_drop_p: float = 0.1
     """Probability, per added frame, of dropping every edge that touches frame ``n - 4``."""
     correlation_chunk: int = 0
-    """Edges per correlation chunk; 0 keeps the correlation's own default (sized for inference).
-    Training on the CPU is faster with large chunks: each chunk's backward pass writes a
-    gradient buffer as large as all matching maps."""
+    """Edges per correlation chunk; 0 keeps the correlation's own default (about 1 M gathered
+    values per chunk on the CPU, 16 M on a GPU). Larger chunks cost more memory in the forward
+    and backward passes."""
 
 
 @dataclass
@@ -191,6 +191,9 @@ class CheckpointConfig:
     every_minutes: float = 15.0
     keep_every_steps: int = 10000
     """A copy named ``step_<N>.pt`` is kept at multiples of this; 0 keeps none."""
+    save_initial: bool = False
+    """Write ``step_00000000.pt`` before the first update of a new run (not on resume), so
+    studies over checkpoints can start at the initial weights."""
 
 
 @dataclass

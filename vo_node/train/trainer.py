@@ -11,9 +11,11 @@ Output folder::
     config.yaml       resolved training configuration (loadable with --config)
     engine.yaml       resolved engine configuration of the trained network
     version.txt       code version (git describe, else the package version)
-    metrics.csv       one row per logged training window and per validation
+    metrics.csv       one row per logged training window and per validation (columns:
+                      METRICS_COLUMNS; wall_s is training seconds without validation passes)
     tensorboard/      TensorBoard event files
-    checkpoints/      latest.pt, best.pt, step_<N>.pt (periodic copies)
+    checkpoints/      latest.pt, best.pt, step_<N>.pt (periodic copies; step_00000000.pt
+                      with checkpoint.save_initial)
     model.pt          exported weights + engine configuration (at the end of the run)
 """
 
@@ -26,9 +28,10 @@ import os
 import signal
 import time
 import warnings
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 import torch
@@ -53,13 +56,19 @@ logger = logging.getLogger(__name__)
 
 METRICS_COLUMNS = (
     "step", "split", "loss", "flow", "translation", "rotation", "flow_epe", "pose_translation",
-    "pose_rotation", "beta", "rho", "lr", "grad_norm", "steps_per_s", "skipped", "ate",
+    "pose_rotation", "beta", "rho", "lr", "grad_norm", "steps_per_s", "skipped", "ate", "wall_s",
 )
+"""Columns of metrics.csv. New columns go at the end, so positional readers keep working."""
 SIGNAL_EXIT_BASE = 128
 """A run stopped by signal ``s`` exits with ``128 + s`` (130 for SIGINT, 143 for SIGTERM)."""
 SEED_MODULUS = 2**63 - 1
 MIN_WARMUP_STEPS = 2
+"""The one-cycle warm-up spans at least this many steps when the run has room for it."""
+MIN_ANNEAL_STEPS = 0.5
+"""The warm-up ends at least this many steps before the end of the schedule, so the anneal
+phase has positive length. OneCycleLR divides by each phase's length in steps."""
 VALIDATION_STREAM = 7
+INITIAL_CHECKPOINT_NAME = "step_00000000.pt"
 
 
 class TrainingError(RuntimeError):
@@ -102,8 +111,17 @@ def derive_seed(*parts: int) -> int:
 
 
 def warmup_fraction(pct_start: float, steps: int) -> float:
-    """Return ``pct_start`` raised so the warm-up spans at least 2 steps (OneCycleLR needs it)."""
-    return min(1.0, max(pct_start, MIN_WARMUP_STEPS / steps))
+    """Return the one-cycle ``pct_start`` for a schedule of ``steps`` optimiser steps.
+
+    The warm-up ``pct_start * steps`` is raised to :data:`MIN_WARMUP_STEPS` and then capped at
+    ``steps - MIN_ANNEAL_STEPS``. OneCycleLR raises ZeroDivisionError when the warm-up spans
+    exactly 1 step or all of them, and the result avoids both for every ``steps >= 1``. With 1
+    or 2 steps the peak learning rate is never used.
+    """
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+        raise ValueError(f"optim.steps must be a whole number of 1 or more, got {steps!r}")
+    warmup_steps = min(max(pct_start * steps, MIN_WARMUP_STEPS), steps - MIN_ANNEAL_STEPS)
+    return warmup_steps / steps
 
 
 def seed_everything(seed: int) -> None:
@@ -126,8 +144,47 @@ def configure_determinism(enabled: bool, device: str) -> None:
     torch.use_deterministic_algorithms(True, warn_only=False)
 
 
+class TrainingClock:
+    """Training wall-clock seconds of a run: continued across resumes, paused during validation."""
+
+    def __init__(self, seconds: float = 0.0):
+        self.offset = float(seconds)
+        self.started: float | None = None
+
+    def start(self) -> None:
+        if self.started is None:
+            self.started = time.monotonic()
+
+    def stop(self) -> None:
+        if self.started is not None:
+            self.offset += time.monotonic() - self.started
+            self.started = None
+
+    @contextmanager
+    def paused(self) -> Iterator[None]:
+        """Stop the clock inside the ``with`` block (and restart it only if it was running)."""
+        running = self.started is not None
+        self.stop()
+        try:
+            yield
+        finally:
+            if running:
+                self.start()
+
+    @property
+    def seconds(self) -> float:
+        """Seconds counted so far, the running interval included."""
+        running = 0.0 if self.started is None else time.monotonic() - self.started
+        return self.offset + running
+
+
 class MetricsLog:
-    """Rank 0's metrics.csv and TensorBoard writer (other ranks get a no-op log)."""
+    """Rank 0's metrics.csv and TensorBoard writer (other ranks get a no-op log).
+
+    An existing metrics.csv whose header lacks columns of :data:`METRICS_COLUMNS` (written by an
+    older version) is rewritten with the current header. Its rows are kept, with an estimated
+    ``wall_s`` and other missing values empty.
+    """
 
     def __init__(self, output: Path, enabled: bool, resume_step: int | None):
         self.enabled = enabled
@@ -135,6 +192,8 @@ class MetricsLog:
         self.writer = None
         if not enabled:
             return
+        if self.path.is_file():
+            self._upgrade_header()
         if resume_step is not None and self.path.is_file():
             self._truncate_after(resume_step)
         if not self.path.is_file():
@@ -151,6 +210,43 @@ class MetricsLog:
         kept = [rows[0]] + [row for row in rows[1:] if row and int(row[0]) <= step]
         with atomic_write(self.path) as handle:
             csv.writer(handle).writerows(kept)
+
+    def _upgrade_header(self) -> None:
+        """Rewrite the file with the current columns if its header differs (values kept by name).
+
+        Rows of a file without ``wall_s`` get the estimate of :func:`estimate_wall_seconds`.
+        """
+        with open(self.path, newline="") as handle:
+            reader = csv.DictReader(handle)
+            header = list(reader.fieldnames or [])
+            rows = list(reader)
+        if tuple(header) == METRICS_COLUMNS:
+            return
+        unknown = [name for name in header if name not in METRICS_COLUMNS]
+        if unknown:
+            raise ValueError(
+                f"{self.path} has columns {unknown} that this trainer does not write; move the "
+                "file away or write the run into a new --output folder"
+            )
+        if "wall_s" not in header:
+            for row, seconds in zip(rows, estimate_wall_seconds(rows)):
+                row["wall_s"] = _format(seconds)
+        with atomic_write(self.path) as handle:
+            writer = csv.DictWriter(handle, fieldnames=METRICS_COLUMNS, restval="")
+            writer.writeheader()
+            writer.writerows(rows)
+        logger.info("%s: header upgraded to the current columns", self.path)
+
+    def wall_seconds_at(self, step: int) -> float:
+        """Return the ``wall_s`` of the last train row at or before ``step`` (0 if none)."""
+        if not self.enabled or not self.path.is_file():
+            return 0.0
+        with open(self.path, newline="") as handle:
+            rows = [row for row in csv.DictReader(handle) if row["split"] == "train"]
+        values = [
+            float(row["wall_s"]) for row in rows if int(row["step"]) <= step and row["wall_s"]
+        ]
+        return values[-1] if values else 0.0
 
     def log(self, step: int, split: str, values: dict[str, float]) -> None:
         if not self.enabled:
@@ -170,6 +266,26 @@ class MetricsLog:
 
 def _format(value: float | None) -> str:
     return "" if value is None else f"{value:.6g}"
+
+
+def estimate_wall_seconds(rows: list[dict[str, str]]) -> list[float]:
+    """Estimate cumulative training seconds per metrics row from the logged ``steps_per_s``.
+
+    Each train row adds ``(step - previous train step) / steps_per_s``. A val row gets the sum
+    so far. Used for rows written before ``wall_s`` existed.
+    """
+    # NOTE: older trainers timed windows that included validation passes, so the estimate runs
+    # high by the validation time of those windows.
+    total, previous_step, estimates = 0.0, 0, []
+    for row in rows:
+        if row.get("split") == "train":
+            step = int(row["step"])
+            rate = float(row["steps_per_s"]) if row.get("steps_per_s") else math.nan
+            if math.isfinite(rate) and rate > 0.0:
+                total += (step - previous_step) / rate
+            previous_step = step
+        estimates.append(total)
+    return estimates
 
 
 class _SignalFlag:
@@ -249,13 +365,20 @@ class Trainer:
         self.step = 0
         self.nonfinite = 0
         self.best: float | None = None
+        self.clock = TrainingClock()
         self.last_checkpoint_time = time.monotonic()
         self.resume_path = Path(resume) if resume else None
+        wall_s_known = True
         if self.resume_path is not None:
-            self.load_state(ckpt.load_checkpoint(self.resume_path, map_location="cpu"))
+            state = ckpt.load_checkpoint(self.resume_path, map_location="cpu")
+            self.load_state(state)
+            wall_s_known = "wall_s" in state
         self.metrics = MetricsLog(
             self.output, self.context.is_main, self.step if self.resume_path else None
         )
+        if not wall_s_known:
+            # Checkpoints of older trainers lack wall_s: continue from the metrics.csv estimate.
+            self.clock = TrainingClock(self.metrics.wall_seconds_at(self.step))
         self._validation_set: list[dict[str, torch.Tensor]] | None = None
 
     # ---------------------------------------------------------------------------------------
@@ -277,6 +400,7 @@ class Trainer:
             "nonfinite": self.nonfinite,
             "world_size": self.context.world_size,
             "code_version": ckpt.code_version(),
+            "wall_s": self.clock.seconds,
         }
 
     def load_state(self, state: dict[str, Any]) -> None:
@@ -288,6 +412,7 @@ class Trainer:
         self.step = int(state["step"])
         self.best = state["best"]
         self.nonfinite = int(state["nonfinite"])
+        self.clock = TrainingClock(float(state.get("wall_s", 0.0)))
         if state.get("world_size", 1) == self.context.world_size:
             ckpt.restore_rng_state(state["rng"])
         else:
@@ -375,6 +500,7 @@ class Trainer:
             if finite:
                 self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
+        lr = self.scheduler.get_last_lr()[0]
         with warnings.catch_warnings():
             # A skipped step advances the schedule without an optimiser step, on purpose.
             warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler\.step\(\)`")
@@ -390,7 +516,7 @@ class Trainer:
             "pose_rotation": float(out["pose_rotation"]),
             "beta": self.balancer.beta,
             "rho": self.balancer.rho,
-            "lr": self.scheduler.get_last_lr()[0],
+            "lr": lr,
             "grad_norm": grad_norm,
             "skipped": 0.0 if finite else 1.0,
         }
@@ -502,6 +628,7 @@ class Trainer:
             return
         started = time.monotonic()
         metrics = self.validate()
+        metrics["wall_s"] = self.clock.seconds
         self.metrics.log(self.step, "val", metrics)
         name = self.config.validation.best_metric.removeprefix("val/")
         value = metrics.get(name, float("nan"))
@@ -537,6 +664,8 @@ class Trainer:
         config = self.config
         self.output.mkdir(parents=True, exist_ok=True)
         self.write_run_files()
+        if config.checkpoint.save_initial and self.step == 0:
+            self.save(INITIAL_CHECKPOINT_NAME)
         stop = config.optim.steps if max_steps is None else min(config.optim.steps,
                                                                 self.step + max_steps)
         dataset = ClipDataset(config.data, config.seed, self.context.rank,
@@ -548,7 +677,8 @@ class Trainer:
         flag.install()
         progress = self._progress_bar(stop)
         window: list[dict[str, float]] = []
-        window_start = time.monotonic()
+        self.clock.start()
+        window_start = self.clock.seconds
         try:
             for sample in loader:
                 metrics = self.train_step(sample)
@@ -560,7 +690,8 @@ class Trainer:
                 if progress is not None:
                     progress.update(1)
                 if self.step % config.validation.every == 0:
-                    self.run_validation()
+                    with self.clock.paused():
+                        self.run_validation()
                 if self._checkpoint_due():
                     self._save_periodic()
                 signum = self._stop_requested(flag)
@@ -572,6 +703,7 @@ class Trainer:
             self.save(ckpt.LATEST_NAME)
             raise
         finally:
+            self.clock.stop()
             flag.restore()
             if progress is not None:
                 progress.close()
@@ -595,10 +727,12 @@ class Trainer:
         return tqdm(total=stop, initial=self.step, unit="step", dynamic_ncols=True)
 
     def _log_window(self, window: list[dict[str, float]], started: float, progress) -> float:
-        now = time.monotonic()
+        """Log the means of ``window``; ``started`` and the return value are clock seconds."""
+        now = self.clock.seconds
         means = {key: float(np.nanmean([m[key] for m in window])) for key in window[0]}
         means["skipped"] = float(sum(m["skipped"] for m in window))
         means["steps_per_s"] = len(window) / max(now - started, 1e-9)
+        means["wall_s"] = now
         self.metrics.log(self.step, "train", means)
         if progress is not None:
             progress.set_postfix(loss=f"{means['loss']:.4g}", beta=f"{means['beta']:.3g}",
