@@ -216,16 +216,16 @@ class StudyModel(UnrolledModel):
         self.noise_generator: torch.Generator | None = None
         self.noise_seed = NOISE_SEED_BASE
         """Base seed of the per-clip noise generators; change it to draw another noise trial."""
+        self.target_transform = self.add_target_noise
 
-    # TODO: overrides the trainer's private BA step; switch to a public target hook once
-    # UnrolledModel offers one.
-    def _bundle_adjust(self, poses, patches, intrinsics, target, weight, *args, **kwargs):
-        if self.target_noise > 0.0:
-            if self.noise_generator is None:
-                raise RuntimeError("StudyModel.noise_generator must be set when target_noise > 0")
-            noise = torch.randn(target.shape, generator=self.noise_generator, dtype=target.dtype)
-            target = target + self.target_noise * noise.to(target.device)
-        return super()._bundle_adjust(poses, patches, intrinsics, target, weight, *args, **kwargs)
+    def add_target_noise(self, target: Tensor) -> Tensor:
+        """Return the BA targets ``(E, 2)`` plus Gaussian noise of std ``target_noise``."""
+        if self.target_noise <= 0.0:
+            return target
+        if self.noise_generator is None:
+            raise RuntimeError("StudyModel.noise_generator must be set when target_noise > 0")
+        noise = torch.randn(target.shape, generator=self.noise_generator, dtype=target.dtype)
+        return target + self.target_noise * noise.to(target.device)
 
 
 def build_model(

@@ -18,6 +18,7 @@ also flow back through the recurrent state.
 from __future__ import annotations
 
 import logging
+from typing import Callable
 
 import torch
 from torch import Tensor, nn
@@ -64,8 +65,19 @@ def ground_truth_patches(patches: Tensor, frame_index: Tensor, depths: Tensor) -
     return torch.cat([patches[:, :2], gt_inverse[:, None].to(patches.dtype)], dim=1)
 
 
+TargetTransform = Callable[[Tensor], Tensor]
+"""Map of the BA targets ``(E, 2)`` (1/4-resolution pixels) to the targets the BA solves for."""
+
+
 class UnrolledModel(nn.Module):
-    """The network plus the unrolled graph and losses, as one module (so DDP can wrap it)."""
+    """The network plus the unrolled graph and losses, as one module (so DDP can wrap it).
+
+    ``target_transform``, when set, is applied to each iteration's BA targets (reprojected patch
+    centres plus the predicted ``delta``, ``(E, 2)`` in 1/4-resolution pixels) just before the BA
+    call, e.g. to add noise of known size. It must return a tensor of the same shape. Only the
+    BA sees the transformed targets, and the losses compare the post-BA reprojections as usual.
+    The attribute may be replaced between calls.
+    """
 
     def __init__(
         self,
@@ -74,6 +86,7 @@ class UnrolledModel(nn.Module):
         ba: BAConfig,
         loss: LossConfig,
         selection: str = "random",
+        target_transform: TargetTransform | None = None,
     ):
         super().__init__()
         self.network = network
@@ -81,6 +94,7 @@ class UnrolledModel(nn.Module):
         self.ba = ba
         self.loss = loss
         self.selection = selection
+        self.target_transform = target_transform
 
     def forward(
         self,
@@ -170,7 +184,7 @@ class UnrolledModel(nn.Module):
             coords = reproject(poses, patches, intrinsics, ii, jj, kk).coords
             corr = correlate(batch.gmap, pyramid, coords, kk, jj, chunk_size)
             hidden, delta, weight = self.network.update(hidden, batch.context, corr, ii, jj, kk)
-            target = coords[:, :, centre, centre] + delta
+            target = self._transform_target(coords[:, :, centre, centre] + delta)
             poses, patches = self._bundle_adjust(
                 poses, patches, intrinsics, target, weight, (ii, jj, kk), count, per_frame,
                 image_size,
@@ -186,6 +200,19 @@ class UnrolledModel(nn.Module):
                 )
             )
         return records
+
+    def _transform_target(self, target: Tensor) -> Tensor:
+        """Apply :attr:`target_transform` to the ``(E, 2)`` targets and check its output shape."""
+        if self.target_transform is None:
+            return target
+        transformed = self.target_transform(target)
+        if not isinstance(transformed, Tensor) or transformed.shape != target.shape:
+            shape = tuple(transformed.shape) if isinstance(transformed, Tensor) else transformed
+            raise ValueError(
+                f"target_transform must return a tensor of shape {tuple(target.shape)}, got "
+                f"{shape!r}"
+            )
+        return transformed
 
     def _add_frame(
         self,
