@@ -1,14 +1,17 @@
 """Latency of the ROS 2 node under a live-camera input: fixed-rate images from another process.
 
-``python -m vo_node.ros.latency [SEQUENCE or BAG] [--rate 30] [--frames N] [--config small]
-[--model PATH] [--device auto] [--qos sensor_data|reliable] [--output outputs/latency.json]``
+``python -m vo_node.ros.latency [SEQUENCE or BAG] [--rate 30] [--frames N] [--warmup N]
+[--config small] [--override KEY=VALUE ...] [--model PATH] [--device auto] [--qos sensor_data|reliable]
+[--output outputs/latency.json]``
 
 A publisher process sends the frames of the sequence at a fixed rate, like a camera driver and
 unlike the lockstep replay of ``vo_replay --evaluate``. Each image (and its camera_info) is
 stamped with the wall-clock time at which it is published. The node runs in this process with
 the requested image QoS and the default depth-1 queue, and a recorder node in this process takes
 its odometry. Both processes read the same host clock, so the latency of a frame is its odometry's
-receipt time minus its stamp. The tool reports:
+receipt time minus its stamp. ``--warmup N`` first sends N frames one at a time, each after the
+node finished the previous one, so the engine's initialisation is not timed. The tool reports,
+for the timed frames only:
 
 - latency median, p95 and max (image publish to odometry receipt), and its median in the first
   and second half of the run (a growing queue would make the second larger);
@@ -35,6 +38,7 @@ import math
 import os
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from dataclasses import asdict, dataclass, field
@@ -56,7 +60,7 @@ CAMERA_INFO_TOPIC = "/camera/camera_info"
 CAMERA_FRAME = "camera_optical_frame"
 QOS_CHOICES = ("sensor_data", "reliable")
 RELIABLE_PUBLISHER_DEPTH = 10
-"""History depth of the reliable image publisher, the usual default of camera drivers."""
+"""History depth of the reliable image publisher, messages."""
 ODOMETRY_QOS_DEPTH = 100
 CAMERA_INFO_WARMUP_MESSAGES = 5
 CAMERA_INFO_WARMUP_PERIOD_S = 0.05
@@ -73,6 +77,10 @@ QUEUE_SAMPLE_PERIOD_S = 0.05
 NANOSECONDS_PER_SECOND = 1_000_000_000
 MILLISECONDS_PER_SECOND = 1e3
 PERCENTILE = 95
+WARMUP_SENT = "warm-up frame sent"
+"""Line the publisher writes after each warm-up frame."""
+WARMUP_RECEIVE_TIMEOUT_S = 5.0
+"""A warm-up frame not received within this time counts as lost and the next one is sent."""
 MAX_BACKLOG = 3
 """Bound of the backlog: one frame in the image callback, one in the slot, one being tracked."""
 
@@ -86,13 +94,15 @@ class LatencyError(RuntimeError):
 
 
 def publish_frames(
-    sequence_path: Path, rate_hz: float, frames: int | None, qos: str
+    sequence_path: Path, rate_hz: float, frames: int | None, qos: str, warmup: int = 0
 ) -> dict[str, Any]:
     """Publish the sequence's frames at ``rate_hz`` with wall-clock stamps; return the record.
 
     Runs in the publisher process. All frames are read and converted before the first publish,
     so disk reads do not disturb the rate. Each frame's camera_info and image share the stamp
-    ``time.time_ns()`` taken just before publishing.
+    ``time.time_ns()`` taken just before publishing. The first ``warmup`` frames are sent one at
+    a time before the timed ones: after each, the process writes :data:`WARMUP_SENT` to stdout
+    and waits for a line on stdin, which the measuring process sends once the node is done.
 
     Returns:
         ``{"published": int, "publish_ns": [...], "late_ms": [...]}`` where ``late_ms`` is how
@@ -102,7 +112,12 @@ def publish_frames(
     from rclpy.qos import QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
     from sensor_msgs.msg import CameraInfo, Image
 
-    images, info = _prepare_messages(sequence_path, frames)
+    images, info = _prepare_messages(sequence_path, None if frames is None else warmup + frames)
+    if len(images) <= warmup:
+        raise LatencyError(
+            f"{sequence_path} has {len(images)} frames, not more than the {warmup} warm-up "
+            "frames; lower --warmup or use a longer sequence"
+        )
     rclpy.init(args=["--ros-args"])
     node = rclpy.create_node("vo_latency_camera")
     try:
@@ -118,8 +133,13 @@ def publish_frames(
             info.header.stamp = _stamp(time.time_ns())
             info_publisher.publish(info)
             time.sleep(CAMERA_INFO_WARMUP_PERIOD_S)
-        publish_ns, late_ms = _publish_at_rate(image_publisher, info_publisher, images, info,
-                                               rate_hz)
+        for image in images[:warmup]:
+            _publish(image_publisher, info_publisher, image, info)
+            print(WARMUP_SENT, flush=True)
+            if not sys.stdin.readline():
+                raise LatencyError("the measuring process closed the warm-up handshake")
+        publish_ns, late_ms = _publish_at_rate(image_publisher, info_publisher,
+                                               images[warmup:], info, rate_hz)
         time.sleep(FLUSH_WAIT_S)
     finally:
         node.destroy_node()
@@ -176,14 +196,19 @@ def _publish_at_rate(image_publisher, info_publisher, images, info, rate_hz: flo
         if remaining > 0:
             time.sleep(remaining)
         late_ms.append(max(0.0, time.monotonic() - target) * MILLISECONDS_PER_SECOND)
-        stamp_ns = time.time_ns()
-        stamp = _stamp(stamp_ns)
-        info.header.stamp = stamp
-        image.header.stamp = stamp
-        info_publisher.publish(info)
-        image_publisher.publish(image)
-        publish_ns.append(stamp_ns)
+        publish_ns.append(_publish(image_publisher, info_publisher, image, info))
     return publish_ns, late_ms
+
+
+def _publish(image_publisher, info_publisher, image, info) -> int:
+    """Stamp ``info`` and ``image`` with the current time, publish both, return the stamp (ns)."""
+    stamp_ns = time.time_ns()
+    stamp = _stamp(stamp_ns)
+    info.header.stamp = stamp
+    image.header.stamp = stamp
+    info_publisher.publish(info)
+    image_publisher.publish(image)
+    return stamp_ns
 
 
 def _stamp(nanoseconds: int):
@@ -248,13 +273,12 @@ def _timed_node_class():
 
 @dataclass
 class QueueSample:
-    """The node's counters at one time."""
+    """The node's counters at one time, counted from the first timed frame."""
 
     time_s: float
-    """Seconds since the measurement started."""
+    """Seconds since the timed frames started."""
     received: int
     completed: int
-    """Frames whose fate is decided (dropped, rejected, or taken by the worker)."""
     processed: int
     dropped: int
     backlog: int
@@ -289,16 +313,22 @@ class LatencyReport:
     latency_first_half_median_ms: float
     latency_second_half_median_ms: float
     node_latency_median_ms: float
-    """Node-internal latency (image arrival to odometry publish) from its diagnostics window."""
+    """Node-internal latency (image arrival to odometry publish) from its diagnostics window of
+    the newest 200 frames, which can include warm-up frames."""
     node_latency_p95_ms: float
     engine_time_median_ms: float
     engine_time_p95_ms: float
+    outside_engine_median_ms: float
+    """Per frame, latency minus the engine's ``track`` time (median): waiting in the slot,
+    decoding, undistortion, odometry conversion and DDS transport both ways."""
     engine_stage_median_ms: dict[str, float]
     frame_period_ms: float
     publish_late_p95_ms: float
     """How far the publisher fell behind its schedule (p95), milliseconds."""
     backlog_max: int
     backlog_final: int
+    warmup_frames: int = 0
+    """Frames sent in lockstep before the timed ones, left out of every figure."""
     latencies_ms: list[float] = field(default_factory=list)
     queue: list[dict[str, Any]] = field(default_factory=list)
     machine: dict[str, Any] = field(default_factory=dict)
@@ -307,7 +337,8 @@ class LatencyReport:
         """Return the human-readable summary lines."""
         return [
             f"input: {self.sequence}, {self.frames_published} frames at {self.rate_hz:.1f} Hz "
-            f"(achieved {self.input_rate_hz:.1f} Hz), image QoS {self.qos}",
+            f"(achieved {self.input_rate_hz:.1f} Hz) after {self.warmup_frames} warm-up frames, "
+            f"image QoS {self.qos}",
             f"frames published / received / processed / dropped: {self.frames_published} / "
             f"{self.frames_received} / {self.frames_processed} / {self.frames_dropped} "
             f"(drop ratio {100 * self.drop_ratio:.1f} %; in slot {self.frames_dropped_in_slot}, "
@@ -320,7 +351,8 @@ class LatencyReport:
             f"processed rate: {self.processed_rate_hz:.2f} odometry/s for "
             f"{self.input_rate_hz:.1f} Hz input",
             f"engine time per frame: median {self.engine_time_median_ms:.1f} ms, p95 "
-            f"{self.engine_time_p95_ms:.1f} ms (frame period {self.frame_period_ms:.1f} ms)",
+            f"{self.engine_time_p95_ms:.1f} ms (frame period {self.frame_period_ms:.1f} ms); "
+            f"latency outside the engine: median {self.outside_engine_median_ms:.1f} ms",
             f"backlog (received, not yet tracked): max {self.backlog_max}, final "
             f"{self.backlog_final}",
             f"machine: {self.machine.get('cpu')}, {self.machine.get('cores')} cores, load "
@@ -335,15 +367,19 @@ def measure_latency(
     frames: int | None = None,
     node_arguments: Sequence[str] = (),
     qos: str = "sensor_data",
+    warmup: int = 0,
 ) -> LatencyReport:
     """Run the node in this process, feed it from a publisher process, and measure.
 
     Args:
         sequence_path: a sequence folder, video or ROS 2 bag (read with ``open_sequence``).
         rate_hz: publish rate, Hz.
-        frames: publish at most this many frames (None: the whole sequence).
+        frames: publish at most this many timed frames (None: the rest of the sequence).
         node_arguments: ROS arguments for the node, e.g. ``["-p", "model.device:=cpu"]``.
         qos: image QoS of publisher and node, ``sensor_data`` or ``reliable``.
+        warmup: frames sent one at a time, each after the node finished the previous one,
+            before the timed frames. They let the engine initialise (its first optimisation
+            takes far longer than a frame) and are left out of every figure.
 
     Raises:
         LatencyError: the model did not load, or the publisher failed.
@@ -386,16 +422,25 @@ def measure_latency(
             raise LatencyError(f"the node did not start: {reason}")
         _wait(lambda: recorder.count_publishers(node.resolve_topic_name("odom")) > 0, 10.0)
 
-        load_at_start = [round(value, 2) for value in os.getloadavg()]
-        sampler = _QueueSampler(node)
-        sampler.start()
-        published = _run_publisher(sequence_path, rate_hz, frames, qos)
+        publisher = _start_publisher(sequence_path, rate_hz, frames, qos, warmup)
+        try:
+            _warm_up(publisher, node, warmup)
+            baseline = NodeCounters.read(node)
+            load_at_start = [round(value, 2) for value in os.getloadavg()]
+            sampler = _QueueSampler(node, baseline)
+            sampler.start()
+            published = _finish_publisher(publisher)
+        finally:
+            if publisher.poll() is None:
+                publisher.kill()
+                publisher.wait()
         node.wait_for_completed(node.input_rate.count, COMPLETION_TIMEOUT_S)
         _wait(lambda: len(receipts) >= node.outcomes["published"], ODOMETRY_WAIT_S)
         sampler.stop()
         report = _build_report(sequence_path, qos, rate_hz, published, node, receipts,
-                               sampler.samples)
+                               sampler.samples, baseline)
         report.machine["load_average_start"] = load_at_start
+        report.warmup_frames = warmup
         return report
     finally:
         if node is not None:
@@ -409,30 +454,88 @@ def measure_latency(
         rclpy.try_shutdown(context=context)
 
 
-def _run_publisher(sequence_path: Path, rate_hz: float, frames: int | None, qos: str) -> dict:
+def _start_publisher(sequence_path: Path, rate_hz: float, frames: int | None, qos: str,
+                     warmup: int) -> subprocess.Popen:
     command = [sys.executable, "-m", "vo_node.ros.latency", "--publisher", str(sequence_path),
-               "--rate", str(rate_hz), "--qos", qos]
+               "--rate", str(rate_hz), "--qos", qos, "--warmup", str(warmup)]
     if frames is not None:
         command += ["--frames", str(frames)]
-    completed = subprocess.run(command, capture_output=True, text=True, check=False)
-    if completed.returncode != 0:
+    # stderr is inherited, so the publisher's log lines appear with this process's.
+    return subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+
+
+def _warm_up(publisher: subprocess.Popen, node, warmup: int) -> None:
+    """Release the publisher's warm-up frames one at a time, each after the node is done."""
+    for index in range(warmup):
+        received = node.input_rate.count
+        line = publisher.stdout.readline()
+        if line.strip() != WARMUP_SENT:
+            raise LatencyError(
+                f"the publisher process stopped before warm-up frame {index + 1} of {warmup} "
+                f"(status {publisher.poll()}); see its log above"
+            )
+        # A best-effort frame may be lost, so the wait for its arrival is bounded.
+        _wait(lambda: node.input_rate.count > received, WARMUP_RECEIVE_TIMEOUT_S)
+        if not node.wait_for_completed(node.input_rate.count, COMPLETION_TIMEOUT_S):
+            raise LatencyError(
+                f"the node did not finish warm-up frame {index + 1} within "
+                f"{COMPLETION_TIMEOUT_S:.0f} s"
+            )
+        publisher.stdin.write("\n")
+        publisher.stdin.flush()
+    logger.info("warm-up done: %d frames; the timed frames start now", warmup)
+
+
+def _finish_publisher(publisher: subprocess.Popen) -> dict:
+    """Wait for the publisher process to exit and return its record."""
+    output, _ = publisher.communicate()
+    if publisher.returncode != 0:
         raise LatencyError(
-            f"the publisher process failed with status {completed.returncode}: "
-            f"{completed.stderr.strip()[-2000:]}"
+            f"the publisher process failed with status {publisher.returncode}; see its log above"
         )
     try:
-        return json.loads(completed.stdout.strip().splitlines()[-1])
+        return json.loads(output.strip().splitlines()[-1])
     except (IndexError, ValueError):
-        raise LatencyError(
-            f"the publisher process printed no record: {completed.stdout[-500:]!r}"
-        ) from None
+        raise LatencyError(f"the publisher process printed no record: {output[-500:]!r}") from None
+
+
+@dataclass
+class NodeCounters:
+    """The node's frame counters at one time."""
+
+    received: int
+    completed: int
+    """Frames whose fate is decided (dropped, rejected, or taken by the worker)."""
+    processed: int
+    dropped: int
+    rejected: int
+    published: int
+    """Frames tracked with odometry published."""
+
+    @classmethod
+    def read(cls, node) -> "NodeCounters":
+        """Read the counters of a running ``VONode``."""
+        return cls(
+            received=node.input_rate.count,
+            completed=node.frames_completed,
+            processed=sum(node.outcomes.values()),
+            dropped=node.frames_dropped,
+            rejected=node.frames_rejected,
+            published=node.outcomes["published"],
+        )
+
+    def minus(self, other: "NodeCounters") -> "NodeCounters":
+        """Return the counts since ``other`` was read."""
+        return NodeCounters(**{name: value - getattr(other, name)
+                               for name, value in asdict(self).items()})
 
 
 class _QueueSampler:
     """Thread that samples the node's counters every :data:`QUEUE_SAMPLE_PERIOD_S`."""
 
-    def __init__(self, node) -> None:
+    def __init__(self, node, baseline: NodeCounters) -> None:
         self.node = node
+        self.baseline = baseline
         self.samples: list[QueueSample] = []
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="vo_latency_sampler", daemon=True)
@@ -452,47 +555,50 @@ class _QueueSampler:
             self._sample()
 
     def _sample(self) -> None:
-        node = self.node
-        completed = node.frames_completed
-        received = node.input_rate.count
+        counts = NodeCounters.read(self.node).minus(self.baseline)
         self.samples.append(QueueSample(
             time_s=time.monotonic() - self._start,
-            received=received,
-            completed=completed,
-            processed=sum(node.outcomes.values()),
-            dropped=node.frames_dropped,
-            backlog=received - completed,
+            received=counts.received,
+            completed=counts.completed,
+            processed=counts.processed,
+            dropped=counts.dropped,
+            backlog=counts.received - counts.completed,
         ))
 
 
-def _build_report(sequence_path, qos, rate_hz, published, node, receipts, samples):
+def _build_report(sequence_path, qos, rate_hz, published, node, receipts, samples, baseline):
     publish_ns = published["publish_ns"]
     sent = set(publish_ns)
-    latencies = [(receipt - stamp) / 1e6 for stamp, receipt in receipts if stamp in sent]
-    received = node.input_rate.count
-    processed = sum(node.outcomes.values())
-    not_received = published["published"] - received
-    dropped = node.frames_dropped + node.frames_rejected + not_received
-    engine_ms = [entry.wall_ms for entry in node.engine_times]
-    stage_names = sorted({name for entry in node.engine_times for name in entry.stages_ms})
-    stages = {name: _median([e.stages_ms.get(name, math.nan) for e in node.engine_times])
+    timed_receipts = [(stamp, receipt) for stamp, receipt in receipts if stamp in sent]
+    latencies = [(receipt - stamp) / 1e6 for stamp, receipt in timed_receipts]
+    counts = NodeCounters.read(node).minus(baseline)
+    not_received = published["published"] - counts.received
+    dropped = counts.dropped + counts.rejected + not_received
+    engine = [entry for entry in node.engine_times if entry.stamp_ns in sent]
+    engine_ms = [entry.wall_ms for entry in engine]
+    stage_names = sorted({name for entry in engine for name in entry.stages_ms})
+    stages = {name: _median([entry.stages_ms.get(name, math.nan) for entry in engine])
               for name in stage_names}
+    engine_by_stamp = {entry.stamp_ns: entry.wall_ms for entry in engine}
+    outside_engine = [(receipt - stamp) / 1e6 - engine_by_stamp[stamp]
+                      for stamp, receipt in timed_receipts if stamp in engine_by_stamp]
     node_median, node_p95 = node.latency.percentiles_ms()
     half = len(latencies) // 2
-    receipt_ns = [receipt for _, receipt in receipts]
+    receipt_ns = [receipt for _, receipt in timed_receipts]
+
     return LatencyReport(
         sequence=str(sequence_path),
         qos=qos,
         rate_hz=rate_hz,
         frames_published=published["published"],
-        frames_received=received,
-        frames_processed=processed,
+        frames_received=counts.received,
+        frames_processed=counts.processed,
         frames_dropped=dropped,
-        frames_dropped_in_slot=node.frames_dropped,
-        frames_rejected=node.frames_rejected,
+        frames_dropped_in_slot=counts.dropped,
+        frames_rejected=counts.rejected,
         frames_not_received=not_received,
-        odometry_published=node.outcomes["published"],
-        odometry_received=len(receipts),
+        odometry_published=counts.published,
+        odometry_received=len(timed_receipts),
         drop_ratio=dropped / published["published"] if published["published"] else math.nan,
         input_rate_hz=_rate(publish_ns),
         processed_rate_hz=_rate(receipt_ns),
@@ -505,6 +611,7 @@ def _build_report(sequence_path, qos, rate_hz, published, node, receipts, sample
         node_latency_p95_ms=node_p95,
         engine_time_median_ms=_median(engine_ms),
         engine_time_p95_ms=_percentile(engine_ms),
+        outside_engine_median_ms=_median(outside_engine),
         engine_stage_median_ms=stages,
         frame_period_ms=MILLISECONDS_PER_SECOND / rate_hz,
         publish_late_p95_ms=_percentile(published["late_ms"]),
@@ -580,9 +687,16 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--rate", type=float, default=DEFAULT_RATE_HZ,
                         help=f"publish rate, Hz (default {DEFAULT_RATE_HZ:g})")
     parser.add_argument("--frames", type=int, default=None,
-                        help="publish at most N frames (default: the whole sequence)")
+                        help="publish at most N timed frames (default: the rest of the sequence)")
+    parser.add_argument("--warmup", type=int, default=0, metavar="N",
+                        help="first send N frames one at a time, each after the node finished "
+                        "the previous one, so the engine initialises before the timed frames "
+                        "(default 0)")
     parser.add_argument("--config", default="small",
                         help="engine preset or YAML for the node's model.config (default: small)")
+    parser.add_argument("--override", action="append", default=[], metavar="KEY=VALUE",
+                        help="change one configuration value, e.g. "
+                        "frontend.motion_probe_threshold=0 (repeatable)")
     parser.add_argument("--model", type=Path, default=None,
                         help="model file (default: the shipped models/vo_small.pt)")
     parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"),
@@ -602,11 +716,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.frames is not None and args.frames < 1:
         logger.error("--frames must be at least 1, got %d", args.frames)
         return 2
+    if args.warmup < 0:
+        logger.error("--warmup must be 0 or more, got %d", args.warmup)
+        return 2
     if args.publisher:
-        record = publish_frames(args.sequence, args.rate, args.frames, args.qos)
+        try:
+            record = publish_frames(args.sequence, args.rate, args.frames, args.qos, args.warmup)
+        except LatencyError as error:
+            logger.error("%s", error)
+            return 1
         print(json.dumps(record))
         return 0
 
+    from vo_node.config import ConfigError
     from vo_node.io.atomic import atomic_write
 
     sequence = args.sequence
@@ -614,14 +736,23 @@ def main(argv: Sequence[str] | None = None) -> int:
         from vo_node.demo_data import render_demo_sequence
 
         sequence = render_demo_sequence(DEFAULT_SEQUENCE_FOLDER)
-    node_arguments = ["-p", f"model.config:={args.config}", "-p", f"model.device:={args.device}"]
-    if args.model is not None:
-        node_arguments += ["-p", f"model.weights:={args.model}"]
-    try:
-        report = measure_latency(sequence, args.rate, args.frames, node_arguments, args.qos)
-    except LatencyError as error:
-        logger.error("%s", error)
-        return 1
+    with tempfile.TemporaryDirectory(prefix="vo_latency_") as folder:
+        try:
+            config = engine_config_file(args.config, args.override, Path(folder))
+        except (ConfigError, FileNotFoundError) as error:
+            logger.error("%s", error)
+            return 2
+        node_arguments = ["-p", f"model.config:={config}", "-p", f"model.device:={args.device}"]
+        if args.model is not None:
+            node_arguments += ["-p", f"model.weights:={args.model}"]
+        try:
+            report = measure_latency(sequence, args.rate, args.frames, node_arguments, args.qos,
+                                     args.warmup)
+        except LatencyError as error:
+            logger.error("%s", error)
+            return 1
+    report.machine["config"] = args.config
+    report.machine["overrides"] = list(args.override)
     with atomic_write(args.output) as handle:
         json.dump(_json_ready(asdict(report)), handle, indent=2)
         handle.write("\n")
@@ -629,6 +760,25 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(line)
     print(f"report: {args.output}")
     return 0
+
+
+def engine_config_file(config: str, overrides: Sequence[str], folder: Path) -> str:
+    """Return ``config`` itself, or with ``overrides`` a YAML written to ``folder`` for the node.
+
+    Raises:
+        ConfigError: an invalid override or configuration.
+    """
+    if not overrides:
+        return config
+    import yaml
+
+    from vo_node.config import apply_overrides, load_engine_config, parse_override, to_dict
+
+    changed = apply_overrides(load_engine_config(config),
+                              dict(parse_override(text) for text in overrides))
+    path = folder / "engine.yaml"
+    path.write_text(yaml.safe_dump(to_dict(changed.validate())))
+    return str(path)
 
 
 def _json_ready(value: Any) -> Any:
