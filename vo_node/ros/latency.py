@@ -1,8 +1,8 @@
 """Latency of the ROS 2 node under a live-camera input: fixed-rate images from another process.
 
 ``python -m vo_node.ros.latency [SEQUENCE or BAG] [--rate 30] [--frames N] [--warmup N]
-[--config small] [--override KEY=VALUE ...] [--model PATH] [--device auto] [--qos sensor_data|reliable]
-[--output outputs/latency.json]``
+[--config small] [--override KEY=VALUE ...] [--model PATH] [--device auto]
+[--qos sensor_data|reliable] [--output outputs/latency.json]``
 
 A publisher process sends the frames of the sequence at a fixed rate, like a camera driver and
 unlike the lockstep replay of ``vo_replay --evaluate``. Each image (and its camera_info) is
