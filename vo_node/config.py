@@ -82,6 +82,11 @@ class FrontendConfig:
     final_iterations: int = 12
     motion_probe_threshold: float = 2.0
     """Median flow (1/4-resolution pixels) below which a frame is too static to initialise on."""
+    threshold_reference_width: float = 0.0
+    """Width of the 1/4-resolution image (pixels) at which ``keyframe_threshold`` and
+    ``motion_probe_threshold`` apply as given. At another width both scale with it, so they
+    measure flow as a share of the image width and a clip behaves the same at any resolution.
+    0 keeps them in absolute 1/4-resolution pixels, as DPVO does."""
     centroid_selection: str = "random"
     frame_memory: int = 36
     """Frames whose dense matching maps stay in the ring buffer."""
@@ -163,6 +168,11 @@ class EngineConfig:
         for key, value in positive.items():
             if value <= 0:
                 raise ConfigError(f"{key} must be positive, got {value}")
+        if self.frontend.threshold_reference_width < 0:
+            raise ConfigError(
+                "frontend.threshold_reference_width must be 0 (absolute thresholds) or a "
+                f"positive width in pixels, got {self.frontend.threshold_reference_width}"
+            )
         if self.ba.lm_damping_factor <= 1.0:
             raise ConfigError(
                 f"ba.lm_damping_factor must be above 1 so rejected steps get more damping, got "

@@ -38,6 +38,9 @@ logger = logging.getLogger(__name__)
 
 POSE_DOF = 6
 """Tangent dimension of a pose ``[v, w]``."""
+CONVERGED_COST_CHANGE = 1e-6
+"""A rejected step that changes the cost by less than this fraction ends the iteration's trials:
+the estimate has converged to the resolution of a float32 cost."""
 MIN_MARQUARDT_DAMPING = 1e-8
 """Lower bound of the adaptive Levenberg-Marquardt damping, so it can grow back quickly."""
 
@@ -526,9 +529,12 @@ def _levenberg_marquardt_step(
             trial_poses, trial_patches = _apply_step(
                 poses_cw, patches, pose_step, depth_step, problem.index, first_free, config
             )
-            if _trial_cost(problem, linearization, trial_poses, trial_patches) < cost:
+            trial_cost = _trial_cost(problem, linearization, trial_poses, trial_patches)
+            if trial_cost < cost:
                 next_damping = max(marquardt / factor, MIN_MARQUARDT_DAMPING)
                 return _StepOutcome(trial_poses, trial_patches, True, marquardt=next_damping)
+            if abs(trial_cost - cost) <= CONVERGED_COST_CHANGE * cost:
+                break  # converged: more damping only shortens a step that changes nothing
         marquardt *= factor
     return _StepOutcome(
         poses_cw, patches, False, cholesky_failed=not factorized, system=system,

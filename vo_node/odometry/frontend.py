@@ -443,7 +443,7 @@ class VisualOdometry:
         seen = weight.min(dim=-1).values > 0
         magnitudes = delta.float().norm(dim=-1)
         flow = float((magnitudes[seen] if bool(seen.any()) else magnitudes).median())
-        return flow < self.config.frontend.motion_probe_threshold
+        return flow < self._scaled_threshold(self.config.frontend.motion_probe_threshold)
 
     # -----------------------------------------------------------------------------------------
     # Optimisation
@@ -541,6 +541,13 @@ class VisualOdometry:
                 graph.patches[: graph.n] = snapshot[1]
                 raise _LostTracking(reason)
         return _newest_covariance(getattr(result, "pose_covariance", None)) if covariance else None
+
+    def _scaled_threshold(self, pixels: float) -> float:
+        """Scale a flow threshold by the graph width over ``threshold_reference_width``."""
+        reference = self.config.frontend.threshold_reference_width
+        if reference <= 0:
+            return pixels
+        return pixels * self._graph_image_size()[1] / reference
 
     def _graph_image_size(self) -> tuple[int, int]:
         assert self._image_shape is not None
@@ -649,7 +656,7 @@ class VisualOdometry:
             self._mean_flow(candidate - 1, candidate + 1)
             + self._mean_flow(candidate + 1, candidate - 1)
         )
-        if flow < self.config.frontend.keyframe_threshold:
+        if flow < self._scaled_threshold(self.config.frontend.keyframe_threshold):
             graph.remove_keyframe(candidate)
 
     def _mean_flow(self, source: int, target: int) -> float:

@@ -37,9 +37,9 @@ logger = logging.getLogger(__name__)
 MIN_PAIR_EDGES = 16
 """Fewest valid correspondences between two frames for estimating their relative rotation or
 their essential matrix."""
-REFINE_ITERATIONS = 24
-"""BA iterations spent on each hypothesis against the final measurements."""
-POSE_ONLY_ITERATIONS = 8
+REFINE_ITERATIONS = 12
+"""BA iterations spent on refining each start and each mirrored solution."""
+POSE_ONLY_ITERATIONS = 4
 """BA iterations that fit the poses to the mirrored depths before the joint refinement."""
 MIN_VALID_SHARE = 0.95
 """The mirrored hypothesis must keep at least this share of the current one's valid residuals,
@@ -73,6 +73,7 @@ def resolve_depth_reversal(
     config: BAConfig,
     image_size: tuple[int, int],
     first_free_pose: int = 1,
+    refine_current: bool = True,
 ) -> ReversalCheck:
     """Refine the current and the depth-mirrored solution and return the one with lower cost.
 
@@ -83,6 +84,8 @@ def resolve_depth_reversal(
             :func:`vo_node.ba.solver.bundle_adjust`.
         config: BA settings; the iteration count is replaced by this module's.
         first_free_pose: poses below this index stay fixed (1 during initialisation).
+        refine_current: refine the current solution too; False only evaluates its cost, for a
+            caller that has just refined it.
     """
     refine = replace(config, iterations=REFINE_ITERATIONS)
 
@@ -93,7 +96,7 @@ def resolve_depth_reversal(
             fixed_patches=fixed,
         )
 
-    current = solve(poses_cw, patches, refine)
+    current = solve(poses_cw, patches, refine if refine_current else replace(config, iterations=0))
     mirrored_patches = _mirror_depths(current.patches, kk, config.min_inverse_depth)
     start = se3.identity((poses_cw.shape[0],), dtype=poses_cw.dtype, device=poses_cw.device)
     start[:first_free_pose] = current.poses_cw[:first_free_pose]
@@ -197,8 +200,9 @@ def initialize_window(
         check = resolve_depth_reversal(
             refined.poses_cw, refined.patches, intrinsics, target, weight, ii, jj, kk,
             config=config, image_size=image_size, first_free_pose=first_free_pose,
+            refine_current=False,
         )
-        cost = min(check.current_cost, check.mirrored_cost) if check.reversed else check.current_cost
+        cost = check.mirrored_cost if check.reversed else check.current_cost
         logger.debug("initial window from the %s start: cost %.4g", name, cost)
         if best is None or cost < best.cost:
             best = InitialWindow(check.poses_cw, check.patches, name, check.reversed, cost)

@@ -41,7 +41,8 @@ class CorrespondenceOracle:
         poses_wc: np.ndarray | torch.Tensor,
         intrinsics: np.ndarray | torch.Tensor,
     ) -> None:
-        depths = torch.as_tensor(np.asarray(depths), dtype=torch.float64)
+        # Depth maps stay float32 (the renderer's precision); samples are promoted to float64.
+        depths = torch.as_tensor(np.asarray(depths), dtype=torch.float32)
         poses_wc = torch.as_tensor(np.asarray(poses_wc), dtype=torch.float64)
         intrinsics = torch.as_tensor(np.asarray(intrinsics), dtype=torch.float64).reshape(-1)
         if depths.dim() != 3:
@@ -158,13 +159,13 @@ class CorrespondenceOracle:
                 self.inverse_depths[frames, y0 + 1, x0 + 1],
             ],
             dim=-1,
-        )
+        ).double()
         weights = torch.stack([(1 - fx) * (1 - fy), fx * (1 - fy), (1 - fx) * fy, fx * fy], dim=-1)
         blended = (corners * weights).sum(dim=-1)
 
         low, high = corners.min(dim=-1).values, corners.max(dim=-1).values
         smooth = (low > 0) & (high <= low * DEPTH_EDGE_RATIO)
-        nearest = self.inverse_depths[frames, y.round().long(), x.round().long()]
+        nearest = self.inverse_depths[frames, y.round().long(), x.round().long()].double()
         inverse = torch.where(smooth, blended, nearest)
         depth = torch.where(inverse > 0, 1.0 / inverse.clamp(min=1e-12), torch.zeros_like(inverse))
         return torch.where(self._inside(pixels), depth, torch.zeros_like(depth))
