@@ -1,0 +1,145 @@
+"""Measure tracking accuracy on several sequences: the median of repeated runs per sequence.
+
+``python -m vo_node.accuracy [SEQUENCE ...] [--runs 3] [--config small] [--model PATH]
+[--stride N] [--max-frames N] [--output FILE.json]``
+
+Each run uses another patch-selection seed (``seed``, ``seed + 1``, ...), because the random patch
+centres are the main source of run-to-run spread. The table gives, per sequence, the median ATE
+(Sim(3)-aligned RMSE, ground-truth units) and the median ATE as a percentage of the ground-truth
+path length, with the spread of the runs. With no sequence given it measures the three real
+sequences under ``$VO_NODE_DATA`` (default ``../shared/data``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import os
+import statistics
+import sys
+from pathlib import Path
+from typing import Any, Sequence as TypingSequence
+
+from vo_node.io.atomic import atomic_write
+from vo_node.io.sequence import open_sequence
+from vo_node.run import EXIT_OK, EXIT_USAGE, evaluate_run, load_engine, run_sequence
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_DATA_ROOT = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+DEFAULT_SEQUENCES = (
+    "euroc_MH_05_difficult",
+    "kitti_odometry_07/sequences/07",
+    "tartanair_hospital",
+)
+DEFAULT_RUNS = 3
+
+
+def data_root() -> Path:
+    """Return the folder of the real sequences: ``$VO_NODE_DATA`` or ``../shared/data``."""
+    return Path(os.environ.get("VO_NODE_DATA", DEFAULT_DATA_ROOT))
+
+
+def measure_sequence(
+    path: Path, runs: int, config: Any, network: Any, device: str, stride: int, max_frames: int | None
+) -> dict[str, Any]:
+    """Track ``path`` ``runs`` times with consecutive seeds; return per-run and median figures."""
+    ate: list[float] = []
+    percent: list[float] = []
+    fps: list[float] = []
+    for run in range(runs):
+        seeded = dataclasses.replace(config, seed=config.seed + run)
+        sequence = open_sequence(path, stride=stride, max_frames=max_frames)
+        result = run_sequence(sequence, seeded, network, device, progress=False)
+        metrics = evaluate_run(result, sequence.ground_truth)
+        fps.append(result.frames_per_second)
+        if metrics is None:
+            logger.warning("%s run %d: no ATE (see the error above)", path, run)
+            continue
+        ate.append(metrics.ate_rmse)
+        percent.append(metrics.ate_percent)
+        logger.info(
+            "%s run %d: ATE %.3f (%.2f %% of path), %.1f frames/s",
+            path, run, metrics.ate_rmse, metrics.ate_percent, fps[-1],
+        )
+    return {
+        "sequence": str(path),
+        "runs": runs,
+        "evaluated_runs": len(ate),
+        "ate": ate,
+        "ate_percent": percent,
+        "median_ate": statistics.median(ate) if ate else None,
+        "median_ate_percent": statistics.median(percent) if percent else None,
+        "median_fps": statistics.median(fps),
+    }
+
+
+def format_table(rows: list[dict[str, Any]]) -> str:
+    """Return a markdown table of the per-sequence medians and ranges."""
+    lines = [
+        "| sequence | runs with ATE | median ATE | ATE range | median ATE % of path | median frames/s |",
+        "|---|---|---|---|---|---|",
+    ]
+    for row in rows:
+        if row["ate"]:
+            median = f"{row['median_ate']:.3f}"
+            spread = f"{min(row['ate']):.3f}-{max(row['ate']):.3f}"
+            percent = f"{row['median_ate_percent']:.2f}"
+        else:
+            median = spread = percent = "not computed"
+        lines.append(
+            f"| {Path(row['sequence']).name} | {row['evaluated_runs']}/{row['runs']} | {median} | "
+            f"{spread} | {percent} | {row['median_fps']:.1f} |"
+        )
+    return "\n".join(lines)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m vo_node.accuracy",
+        description="Median ATE over repeated runs on sequences with ground truth.",
+    )
+    parser.add_argument("sequences", nargs="*", type=Path, help="sequence paths (default: the "
+                        "three real sequences under $VO_NODE_DATA or ../shared/data)")
+    parser.add_argument("--runs", type=int, default=DEFAULT_RUNS,
+                        help="runs per sequence, each with the next patch-selection seed")
+    parser.add_argument("--config", default="small", help="engine preset name or YAML path")
+    parser.add_argument("--model", type=Path, default=None, help="model file (default: shipped)")
+    parser.add_argument("--device", default=None, help="auto, cpu or cuda (default: the preset's)")
+    parser.add_argument("--stride", type=int, default=1, help="keep every N-th frame")
+    parser.add_argument("--max-frames", type=int, default=None, help="frames per run (after stride)")
+    parser.add_argument("--override", action="append", default=[], metavar="KEY=VALUE",
+                        help="configuration override, repeatable")
+    parser.add_argument("--output", type=Path, default=None, help="JSON file for the results")
+    return parser
+
+
+def main(argv: TypingSequence[str] | None = None) -> int:
+    """Run the command; return the process exit status."""
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if args.runs < 1:
+        print(f"error: --runs must be at least 1, got {args.runs}", file=sys.stderr)
+        return EXIT_USAGE
+    paths = args.sequences or [data_root() / name for name in DEFAULT_SEQUENCES]
+    missing = [str(path) for path in paths if not path.exists()]
+    if missing:
+        print(f"error: sequence not found: {', '.join(missing)}", file=sys.stderr)
+        return EXIT_USAGE
+    config, network, device = load_engine(args.config, args.override, args.model, args.device)
+    rows = [
+        measure_sequence(path, args.runs, config, network, device, args.stride, args.max_frames)
+        for path in paths
+    ]
+    print(format_table(rows))
+    if args.output is not None:
+        with atomic_write(args.output) as handle:
+            json.dump({"config": config.name, "model": str(args.model or "default"), "rows": rows},
+                      handle, indent=2)
+    return EXIT_OK
+
+
+if __name__ == "__main__":
+    sys.exit(main())
