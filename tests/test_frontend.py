@@ -1,19 +1,28 @@
-"""Frontend pieces without a network: patch-graph bookkeeping, image preparation, motion model
-and the rebuilding of dropped frames' poses."""
+"""Frontend pieces without a network: patch-graph bookkeeping, image preparation, motion model,
+the rebuilding of dropped frames' poses and the estimate of the initial window."""
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass, replace
 
 import numpy as np
 import pytest
 import torch
 
-from vo_node.config import ConfigError, FrontendConfig, NetworkConfig
+from vo_node.ba.solver import bundle_adjust
+from vo_node.config import BAConfig, ConfigError, EngineConfig, FrontendConfig, NetworkConfig
 from vo_node.geometry import se3
+from vo_node.geometry.projection import reproject
 from vo_node.odometry.frontend import MAX_TIMESTAMP_RATIO, mean_patch_flow, predict_pose
 from vo_node.odometry.graph import PatchGraph
 from vo_node.odometry.image import prepare_image
+from vo_node.odometry.initialization import (
+    _mirror_depths,
+    _relative_pose,
+    initialize_window,
+    resolve_depth_reversal,
+)
 
 M = 4
 P = 3
@@ -426,3 +435,207 @@ def test_mean_patch_flow_discounts_rotation():
     full_flow = 50.0 * math.tan(0.1)
     flow = mean_patch_flow(se3.identity(), yaw, patches, intrinsics, beta=0.5)
     assert flow == pytest.approx(0.5 * full_flow, rel=1e-4)
+
+
+# ---------------------------------------------------------------------------------------------
+# Initial window
+
+
+WINDOW_INTRINSICS = torch.tensor([60.0, 60.0, 40.0, 30.0], dtype=torch.float64)
+WINDOW_SIZE = (60, 80)
+"""(height, width) of the 1/4-resolution image of the window tests."""
+TRUST_REGION = BAConfig(trust_region=True)
+
+
+@pytest.fixture
+def single_thread():
+    """Small tensors run faster on one thread, and the suite shares two cores."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@dataclass
+class Window:
+    poses_cw: torch.Tensor  # (N, 7) true poses
+    patches: torch.Tensor  # (M, 3, P, P) true patches
+    ii: torch.Tensor
+    jj: torch.Tensor
+    kk: torch.Tensor
+    target: torch.Tensor  # (E, 2) exact projections
+    weight: torch.Tensor  # (E, 2) 1 where the projection is in view
+
+
+def _look_at(position: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """``T_world_cam`` of a camera at ``position`` looking at ``target`` (world z up)."""
+    forward = (target - position) / (target - position).norm()
+    right = torch.linalg.cross(torch.tensor([0.0, 0.0, 1.0], dtype=torch.float64), forward)
+    right = right / right.norm()
+    down = torch.linalg.cross(forward, right)
+    rotation = torch.stack([right, down, forward], dim=1)
+    return torch.cat([position, se3.matrix_to_quaternion(rotation)])
+
+
+def _window(orbit: bool, frames: int = 8, per_frame: int = 48, seed: int = 0) -> Window:
+    """Eight frames orbiting a point 4 units away while looking at it (``orbit``), or turning
+    on the spot by the same angles; patches at depths 2.5 to 6.5, every patch seen from every
+    frame where it projects into the image."""
+    generator = torch.Generator().manual_seed(seed)
+    radius, step = 4.0, math.radians(4.0)
+    poses_wc = []
+    for frame in range(frames):
+        angle = step * frame
+        if orbit:
+            position = torch.tensor([radius * math.cos(angle), radius * math.sin(angle), 0.3])
+            target = torch.tensor([0.0, 0.0, 0.3])
+        else:
+            position = torch.tensor([radius, 0.0, 0.3])
+            target = position - radius * torch.tensor([math.cos(angle), math.sin(angle), 0.0])
+        poses_wc.append(_look_at(position.double(), target.double()))
+    poses_cw = se3.invert(torch.stack(poses_wc))
+
+    count = frames * per_frame
+    height, width = WINDOW_SIZE
+    border = 4.0
+    size = torch.tensor([width - 2 * border, height - 2 * border], dtype=torch.float64)
+    centres = torch.rand(count, 2, generator=generator, dtype=torch.float64) * size + border
+    inverse_depth = 1.0 / (2.5 + 4.0 * torch.rand(count, generator=generator, dtype=torch.float64))
+    offsets = torch.arange(P, dtype=torch.float64) - P // 2
+    u = centres[:, 0, None, None] + offsets[None, None, :].expand(count, P, P)
+    v = centres[:, 1, None, None] + offsets[None, :, None].expand(count, P, P)
+    patches = torch.stack([u, v, inverse_depth[:, None, None].expand(count, P, P)], dim=1)
+
+    source = torch.arange(frames).repeat_interleave(per_frame)
+    ii = source.repeat_interleave(frames)
+    jj = torch.arange(frames).repeat(count)
+    kk = torch.arange(count).repeat_interleave(frames)
+    projected = reproject(poses_cw, patches, WINDOW_INTRINSICS, ii, jj, kk)
+    target = projected.coords[:, :, P // 2, P // 2]
+    inside = (
+        (target[:, 0] > 0) & (target[:, 0] < width) & (target[:, 1] > 0) & (target[:, 1] < height)
+    )
+    visible = inside & projected.valid[:, P // 2, P // 2]
+    weight = visible.double()[:, None].expand(-1, 2).clone()
+    return Window(poses_cw, patches, ii, jj, kk, target, weight)
+
+
+def _max_rotation_error_deg(estimate: torch.Tensor, truth: torch.Tensor) -> float:
+    relative = se3.compose(estimate, se3.invert(truth))
+    angle = 2 * torch.atan2(relative[:, 3:6].norm(dim=-1), relative[:, 6].abs())
+    return float(angle.max()) * 180.0 / math.pi
+
+
+def _depth_correlation(patches: torch.Tensor, truth: torch.Tensor) -> float:
+    centre = P // 2
+    pair = torch.stack([patches[:, 2, centre, centre], truth[:, 2, centre, centre]])
+    return float(torch.corrcoef(pair)[0, 1])
+
+
+def _start_at_anchor(window: Window) -> tuple[torch.Tensor, torch.Tensor]:
+    """Every pose at the first frame's, every inverse depth 1: the frontend's start."""
+    poses = window.poses_cw[:1].repeat(len(window.poses_cw), 1)
+    patches = window.patches.clone()
+    patches[:, 2] = 1.0
+    return poses, patches
+
+
+def _initialize(window: Window, poses: torch.Tensor, patches: torch.Tensor):
+    times = torch.arange(len(poses), dtype=torch.float64) * 0.05
+    return initialize_window(
+        poses, patches, WINDOW_INTRINSICS, window.target, window.weight, window.ii, window.jj,
+        window.kk, times=times, config=TRUST_REGION, image_size=WINDOW_SIZE,
+    )
+
+
+@pytest.mark.parametrize("orbit", [True, False], ids=["orbit", "rotation"])
+def test_initial_window_recovers_poses(orbit, single_thread):
+    window = _window(orbit)
+    poses, patches = _start_at_anchor(window)
+    result = _initialize(window, poses, patches)
+    assert result.start == ("two_view" if orbit else "rotation")
+    assert result.cost < 1e-12
+    assert _max_rotation_error_deg(result.poses_cw, window.poses_cw) < 1e-4
+    torch.testing.assert_close(result.poses_cw[0], window.poses_cw[0], atol=0, rtol=0)
+    if orbit:  # without translation the depths are unobservable
+        assert _depth_correlation(result.patches, window.patches) > 0.999
+
+
+def test_relative_pose_from_essential_matrix(single_thread):
+    window = _window(orbit=True)
+    last = len(window.poses_cw) - 1
+    select = (window.ii == 0) & (window.jj == last) & (window.weight[:, 0] > 0)
+    centre = P // 2
+    pixels = window.patches[window.kk[select], :2, centre, centre]
+    fx, fy, cx, cy = WINDOW_INTRINSICS
+    rays_source = torch.stack(
+        [(pixels[:, 0] - cx) / fx, (pixels[:, 1] - cy) / fy, torch.ones(len(pixels))], dim=-1
+    )
+    target = window.target[select]
+    rays_target = torch.stack(
+        [(target[:, 0] - cx) / fx, (target[:, 1] - cy) / fy, torch.ones(len(target))], dim=-1
+    )
+    rotation, translation, inverse_depth = _relative_pose(rays_source, rays_target)
+
+    truth = se3.compose(window.poses_cw[last], se3.invert(window.poses_cw[0]))
+    torch.testing.assert_close(rotation, se3.quaternion_to_matrix(truth[3:]), atol=1e-9, rtol=0)
+    torch.testing.assert_close(translation, truth[:3] / truth[:3].norm(), atol=1e-9, rtol=0)
+    assert inverse_depth is not None
+    true_inverse_depth = window.patches[window.kk[select], 2, centre, centre]
+    torch.testing.assert_close(
+        inverse_depth, true_inverse_depth * truth[:3].norm(), atol=1e-9, rtol=1e-7
+    )
+
+
+def test_depth_reversal_check_restores_mirrored_scene(single_thread):
+    window = _window(orbit=True)
+    args = (WINDOW_INTRINSICS, window.target, window.weight, window.ii, window.jj, window.kk)
+    # Mirror the true depths, fit the poses to them and refine: a local minimum with the near
+    # patches far, the far ones near and tens of degrees of rotation error.
+    mirrored = _mirror_depths(window.patches, window.kk, TRUST_REGION.min_inverse_depth)
+    held = torch.ones(len(mirrored), dtype=torch.bool)
+    poses = window.poses_cw[:1].repeat(len(window.poses_cw), 1)
+    config = replace(TRUST_REGION, iterations=12)
+    fitted = bundle_adjust(
+        poses, mirrored, *args, first_free_pose=1, config=config, image_size=WINDOW_SIZE,
+        fixed_patches=held,
+    )
+    trapped = bundle_adjust(
+        fitted.poses_cw, fitted.patches, *args, first_free_pose=1, config=config,
+        image_size=WINDOW_SIZE,
+    )
+    assert _depth_correlation(trapped.patches, window.patches) < -0.5
+    assert _max_rotation_error_deg(trapped.poses_cw, window.poses_cw) > 10.0
+
+    check = resolve_depth_reversal(
+        trapped.poses_cw, trapped.patches, *args, config=TRUST_REGION, image_size=WINDOW_SIZE
+    )
+    assert check.reversed
+    assert check.mirrored_cost < 1e-6 * check.current_cost
+    assert _max_rotation_error_deg(check.poses_cw, window.poses_cw) < 1e-4
+    assert _depth_correlation(check.patches, window.patches) > 0.999
+
+
+def test_depth_reversal_check_keeps_true_solution(single_thread):
+    window = _window(orbit=True)
+    check = resolve_depth_reversal(
+        window.poses_cw, window.patches, WINDOW_INTRINSICS, window.target, window.weight,
+        window.ii, window.jj, window.kk, config=TRUST_REGION, image_size=WINDOW_SIZE,
+    )
+    assert not check.reversed
+    assert _max_rotation_error_deg(check.poses_cw, window.poses_cw) < 1e-6
+
+
+def test_initial_depth_choice_is_validated():
+    config = EngineConfig()
+    assert config.frontend.initial_depth == "constant"
+    config.frontend.initial_depth = "median"
+    with pytest.raises(ConfigError, match="initial_depth"):
+        config.validate()
+
+
+def test_negative_threshold_reference_width_is_rejected():
+    config = EngineConfig()
+    config.frontend.threshold_reference_width = -1.0
+    with pytest.raises(ConfigError, match="threshold_reference_width"):
+        config.validate()

@@ -146,6 +146,14 @@ class _Problem:
     config: BAConfig
     image_size: tuple[int, int]
 
+    @property
+    def rounding_cost(self) -> float:
+        """Cost that rounding of the pixel coordinates alone produces: every residual off by
+        one unit in the last place of the largest target coordinate."""
+        eps = torch.finfo(self.target.dtype).eps
+        largest = float(self.target.detach().abs().max()) if self.target.numel() else 0.0
+        return float(self.weight.detach().sum()) * (largest * eps) ** 2
+
     def linearize(
         self, poses_cw: torch.Tensor, patches: torch.Tensor, with_jacobians: bool = True
     ) -> _Linearization:
@@ -516,6 +524,8 @@ def _levenberg_marquardt_step(
     when every trial fails that way is it reported as a failure.
     """
     config = problem.config
+    if cost <= problem.rounding_cost:
+        return _StepOutcome(poses_cw, patches, False, marquardt=marquardt)  # converged
     normal = _assemble(linearization, problem.index)
     factor = config.lm_damping_factor
     system = None
