@@ -4,7 +4,9 @@ Per frame, the frontend prepares the image, cuts seeded patches, predicts the po
 model, initialises the patch depths and adds the frame as a keyframe with its edges. It then runs
 the update operator and the bundle adjustment (BA) over the optimisation window, removes a
 redundant keyframe and retires old edges. Before initialisation a motion probe drops frames that
-barely move.
+barely move. The first optimisation starts from poses and depths that
+:mod:`vo_node.odometry.initialization` estimates from the correspondences, because identity poses
+and equal depths often lead the BA into a local minimum.
 
 Tracking loss. After each optimisation the frontend checks the BA result: non-finite poses or
 depths, a BA that reports failure, or a jump of the newest pose that is both far larger than the
@@ -242,13 +244,13 @@ class VisualOdometry:
         times = StageTimes()
         with torch.no_grad():
             if self.graph.num_edges and self.graph.n >= 2:
-                iterations = self.config.frontend.final_iterations
-                if not self.is_initialized:
+                if self.is_initialized:
+                    self._optimize(self.config.frontend.final_iterations, times, guard=True)
+                else:
                     logger.info(
                         "finishing before initialisation: optimising %d keyframes", self.graph.n
                     )
-                    iterations = self.config.frontend.init_iterations
-                self._optimize(iterations, times, guard=True)
+                    self._initialize(times)
             _, stamps, poses_cw = self.graph.trajectory()
         if len(stamps) != self.frame_count:
             raise RuntimeError(

@@ -13,12 +13,12 @@ forward motion that is slow, but it falls into local minima in three common case
   ``c - d``. Only perspective effects separate the two. The mirrored scene has near points far
   and far points near, several degrees of rotation error and a clearly higher BA cost.
 
-:func:`initialize_window` therefore builds two starting points from the measured correspondences
-and refines both: one with the rotations that best explain the flow between consecutive frames
-and no translation, and one with the relative pose from the essential matrix between the first
-frame and the farthest frame it still shares enough patches with. Each start is refined with the
-BA and then checked for depth reversal (:func:`resolve_depth_reversal`); the result with the lowest
-cost wins.
+:func:`initialize_window` therefore builds two starting points from the measured correspondences.
+The rotation start has the rotations that best explain the flow between consecutive frames and no
+translation. The two-view start has the relative pose from the essential matrix between the first
+frame and the farthest frame that still shares enough patches with it. Each start is refined with
+the BA and then checked for depth reversal (:func:`resolve_depth_reversal`), and the result with
+the lowest cost wins.
 """
 
 from __future__ import annotations
@@ -98,10 +98,13 @@ def resolve_depth_reversal(
 
     current = solve(poses_cw, patches, refine if refine_current else replace(config, iterations=0))
     mirrored_patches = _mirror_depths(current.patches, kk, config.min_inverse_depth)
-    start = se3.identity((poses_cw.shape[0],), dtype=poses_cw.dtype, device=poses_cw.device)
-    start[:first_free_pose] = current.poses_cw[:first_free_pose]
-    held = torch.ones(patches.shape[0], dtype=torch.bool, device=patches.device)
-    fitted = solve(start, mirrored_patches, replace(config, iterations=POSE_ONLY_ITERATIONS), held)
+    # The free poses restart at the last fixed pose, as the frontend's motion model starts them.
+    anchor = max(first_free_pose - 1, 0)
+    start = current.poses_cw.clone()
+    start[first_free_pose:] = current.poses_cw[anchor]
+    depths_fixed = torch.ones(patches.shape[0], dtype=torch.bool, device=patches.device)
+    pose_only = replace(config, iterations=POSE_ONLY_ITERATIONS)
+    fitted = solve(start, mirrored_patches, pose_only, depths_fixed)
     mirrored = solve(fitted.poses_cw, fitted.patches, refine)
 
     keep_mirrored = (
@@ -112,9 +115,9 @@ def resolve_depth_reversal(
         "depth-reversal check: current cost %.4g (%d valid), mirrored cost %.4g (%d valid)",
         current.final_cost, current.num_valid, mirrored.final_cost, mirrored.num_valid,
     )
-    kept = mirrored if keep_mirrored else current
+    winner = mirrored if keep_mirrored else current
     return ReversalCheck(
-        kept.poses_cw, kept.patches, keep_mirrored, current.final_cost, mirrored.final_cost
+        winner.poses_cw, winner.patches, keep_mirrored, current.final_cost, mirrored.final_cost
     )
 
 
@@ -178,14 +181,13 @@ def initialize_window(
         config: BA settings; the iteration count is replaced by this module's.
         first_free_pose: poses below this index stay fixed (1 during initialisation).
     """
-    anchor = first_free_pose - 1 if first_free_pose > 0 else 0
-    per_frame = patches.shape[0] // poses_cw.shape[0]
+    anchor = max(first_free_pose - 1, 0)
     valid = (weight > 0).all(dim=-1)
     rotations = _chained_rotations(poses_cw, patches, intrinsics, target, valid, ii, jj, kk, anchor)
     starts = {"rotation": _rotation_start(poses_cw, patches, rotations, anchor, first_free_pose)}
     two_view = _two_view_start(
         poses_cw, patches, intrinsics, target, valid, ii, jj, kk, rotations, times, anchor,
-        per_frame, config,
+        first_free_pose, config,
     )
     if two_view is not None:
         starts["two_view"] = two_view
@@ -271,14 +273,15 @@ def _rotation_start(poses_cw, patches, rotations, anchor, first_free_pose):
 
 def _two_view_start(
     poses_cw, patches, intrinsics, target, valid, ii, jj, kk, rotations, times, anchor,
-    per_frame, config,
+    first_free_pose, config,
 ):
     """Start from the essential matrix between the anchor and the farthest frame that shares at
     least ``MIN_PAIR_EDGES`` correspondences with it, or None when no frame does.
 
     The far frame gets the decomposed relative pose (unit baseline). The frames in between and
     after keep their chained rotations and move along the baseline in proportion to their
-    times. The anchor's patches get triangulated inverse depths, the other patches the median.
+    times. The anchor's patches in front of both cameras get triangulated inverse depths, the
+    other patches their median.
     """
     count = poses_cw.shape[0]
     partner, rays = None, None
@@ -299,13 +302,14 @@ def _two_view_start(
     elapsed = (times.double() - times[anchor].double()).to(rotations.device)
     fraction = elapsed / elapsed[partner].clamp(min=1e-12)
     positions = fraction[:, None] * baseline[None, :]
-    poses = _poses_from_motion(poses_cw, rotations, positions, anchor, anchor + 1)
+    poses = _poses_from_motion(poses_cw, rotations, positions, anchor, first_free_pose)
 
     centre = patches.shape[-1] // 2
     depths = patches[:, 2, centre, centre].clone()
-    bounded = inverse_depth.clamp(config.min_inverse_depth, config.max_inverse_depth)
+    in_front = inverse_depth > 0
+    bounded = inverse_depth[in_front].clamp(config.min_inverse_depth, config.max_inverse_depth)
     depths[:] = bounded.median().to(depths)
-    depths[rays[2]] = bounded.to(depths)
+    depths[rays[2][in_front]] = bounded.to(depths)
     started = patches.clone()
     started[:, 2] = depths[:, None, None]
     return poses, started
@@ -318,6 +322,8 @@ def _relative_pose(rays_source: torch.Tensor, rays_destination: torch.Tensor):
 
     The convention is ``X_destination = R X_source + t``, and rays are ``(x, y, 1)``.
     """
+    # NOTE: plain linear least squares without outlier rejection: exact for the oracle's
+    # correspondences, but untested on a network's, where a robust fit may be needed.
     rows = (rays_destination[:, :, None] * rays_source[:, None, :]).reshape(-1, 9)
     essential = torch.linalg.svd(rows).Vh[-1].reshape(3, 3)
     u, _, vt = torch.linalg.svd(essential)
