@@ -16,7 +16,7 @@ import pytest
 from rosbags.rosbag2 import StoragePlugin, Writer
 from rosbags.typesys import Stores, get_typestore
 
-from vo_node.io import PinholeCamera, Undistorter, load_camera, open_sequence
+from vo_node.io import PinholeCamera, SequenceError, Undistorter, load_camera, open_sequence
 from vo_node.io.bag import BagSequence
 from vo_node.io.readers import (
     EurocSequence,
@@ -639,3 +639,57 @@ def test_image_folder_reads_groundtruth_tum(tmp_path):
     assert sequence.ground_truth is not None
     np.testing.assert_array_equal(sequence.ground_truth.timestamps_ns, sequence.timestamps_ns)
     np.testing.assert_allclose(sequence.ground_truth.poses, reference.poses, atol=1e-9)
+
+
+# --------------------------------------------------------------------------------------------
+# Dataset roots above a sequence folder
+
+
+def make_kitti_sequence(root: Path, name: str, frames: int = 3) -> Path:
+    """Write a tiny KITTI odometry sequence ``root/sequences/<name>`` with 64x48 images."""
+    folder = root / "sequences" / name
+    (folder / "image_0").mkdir(parents=True)
+    for index in range(frames):
+        cv2.imwrite(str(folder / "image_0" / f"{index:06d}.png"), textured_image(48, 64, index))
+    (folder / "calib.txt").write_text("P0: 60.0 0 32.0 0 0 60.0 24.0 0 0 0 1 0\n")
+    (folder / "times.txt").write_text("".join(f"{0.1 * index:.1f}\n" for index in range(frames)))
+    return folder
+
+
+def test_kitti_dataset_root_opens_only_sequence(tmp_path):
+    folder = make_kitti_sequence(tmp_path, "07")
+    for path in (tmp_path, tmp_path / "sequences"):
+        sequence = open_sequence(path)
+        assert isinstance(sequence, KittiSequence)
+        assert sequence.root == folder
+        assert len(sequence) == 3
+
+
+@needs(KITTI)
+def test_kitti_shared_dataset_root():
+    sequence = open_sequence(KITTI.parents[1], max_frames=2)
+    assert isinstance(sequence, KittiSequence)
+    assert sequence.root == KITTI
+    assert sequence.ground_truth is not None
+
+
+def test_dataset_root_with_several_sequences_lists_them(tmp_path):
+    first = make_kitti_sequence(tmp_path, "00")
+    second = make_kitti_sequence(tmp_path, "07")
+    with pytest.raises(SequenceError) as error:
+        open_sequence(tmp_path)
+    message = str(error.value)
+    assert f"{tmp_path} contains 2 sequences" in message
+    assert f"{first} (kitti)" in message
+    assert f"{second} (kitti)" in message
+    assert "pass one of them" in message
+
+
+def test_nested_image_folder_is_not_a_sequence(tmp_path):
+    # A folder of images below the given path is not taken as the sequence: many dataset
+    # layouts keep their images in such folders next to files the image-folder reader ignores.
+    images = tmp_path / "images"
+    images.mkdir()
+    cv2.imwrite(str(images / "000000.png"), textured_image(48, 64, 0))
+    with pytest.raises(SequenceError, match="matches no supported sequence layout"):
+        open_sequence(tmp_path)

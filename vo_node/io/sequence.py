@@ -254,7 +254,9 @@ def open_sequence(
     """Open ``path`` with the reader of its layout, detected from the folder contents.
 
     Args:
-        path: a dataset folder, an image folder, a video file or a ROS 2 bag folder.
+        path: a dataset folder, an image folder, a video file or a ROS 2 bag folder. A folder
+            that contains exactly one sequence of a dataset layout one or two levels down (a
+            KITTI odometry root with ``sequences/07``) opens that sequence.
         stride: keep every ``stride``-th frame.
         max_frames: keep at most this many frames (after ``stride``); None keeps all.
         camera_path: calibration YAML for layouts that carry none (image folder, video) or to
@@ -263,14 +265,15 @@ def open_sequence(
         image_topic: image topic of a ROS 2 bag with more than one.
 
     Raises:
-        SequenceError: the path does not exist or matches no supported layout; the message
-            lists the layouts.
+        SequenceError: the path does not exist, matches no supported layout (the message lists
+            the layouts) or contains several sequences (the message lists them).
     """
-    from vo_node.io.readers import detect_reader
+    from vo_node.io.readers import detect_reader, resolve_sequence_path
 
     path = Path(path)
     if not path.exists():
         raise SequenceError(f"sequence path {path} does not exist; check the path")
+    path = resolve_sequence_path(path)
     reader = detect_reader(path)
     options = {"camera_path": camera_path, "fps": fps, "image_topic": image_topic}
     accepted = {key: value for key, value in options.items() if value is not None}
