@@ -1,11 +1,11 @@
 """Track synthetic clips with the correspondence oracle and print a table of trajectory errors.
 
 With exact correspondences in place of the network, every remaining error comes from the
-frontend (initialisation, keyframe policy, motion probe) or the bundle adjustment. The table
-lists, per clip, the absolute trajectory error after Sim(3) alignment as a percentage of the
-ground-truth path length, the rotation error, and diagnostics: the frame at which tracking
-initialised, frames dropped as static, keyframes kept, patches whose inverse depth sits at a
-bound of the BA, and tracking losses.
+frontend (initialisation, keyframe policy, motion probe) or the bundle adjustment. Per clip, the
+table lists the absolute trajectory error after Sim(3) alignment as a percentage of the
+ground-truth path length and the rotation error. Its diagnostics are the largest true rotation
+between frames, the frame at which tracking initialised, frames dropped as static, keyframes
+kept, patches whose inverse depth sits on the BA's floor, and tracking losses.
 
 Example (the table in the report was produced with this command):
 
@@ -171,7 +171,7 @@ def evaluate_clip(config, motion: str, scene: str, seed: int, args) -> ClipRow:
 def format_row(row: ClipRow) -> str:
     return (
         f"| {row.motion:8s} | {row.scene:7s} | {row.seed:4d} | {row.ate_percent:8.3f} | "
-        f"{row.rotation_deg:7.3f} | {row.path_length:6.2f} | {row.max_rotation_step_deg:5.1f} | "
+        f"{row.rotation_deg:7.3f} | {row.path_length:6.2f} | {row.max_rotation_step_deg:7.1f} | "
         f"{row.init_frame:4d} | "
         f"{row.static_drops:6d} | {row.keyframes:4d} | {PERCENT * row.at_floor:5.1f} | "
         f"{row.losses:4d} | {row.seconds:5.1f} |"
@@ -179,9 +179,9 @@ def format_row(row: ClipRow) -> str:
 
 
 HEADER = (
-    "| motion   | scene   | seed |   ATE %  | rot deg |   path | step° | init | static |  kfs | "
+    "| motion   | scene   | seed |   ATE %  | rot deg |   path | stepdeg | init | static |  kfs | "
     "floor% | lost |     s |\n"
-    "|----------|---------|------|----------|---------|--------|-------|------|--------|------|"
+    "|----------|---------|------|----------|---------|--------|---------|------|--------|------|"
     "-------|------|-------|"
 )
 

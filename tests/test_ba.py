@@ -358,8 +358,8 @@ def test_trust_region_never_raises_cost():
     assert any(final > initial for initial, final in plain), "the start is too easy for this test"
     damped = _cost_changes(scene, poses, patches, BAConfig(trust_region=True), steps=12)
     assert all(final <= initial for initial, final in damped)
-    # From this start the damped solver stalls with a few patches on the inverse-depth floor
-    # (plain steps happen to jump past them); the frontend's initialisation avoids such starts.
+    # From this start the damped solver stalls with a few patches on the inverse-depth floor,
+    # which plain steps happen to jump past. The frontend's initialisation avoids such starts.
     assert damped[-1][1] < 0.1 * damped[0][0]
 
 

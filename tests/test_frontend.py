@@ -478,9 +478,11 @@ def _look_at(position: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 
 
 def _window(orbit: bool, frames: int = 8, per_frame: int = 48, seed: int = 0) -> Window:
-    """Eight frames orbiting a point 4 units away while looking at it (``orbit``), or turning
-    on the spot by the same angles; patches at depths 2.5 to 6.5, every patch seen from every
-    frame where it projects into the image."""
+    """Build eight frames that orbit a point 4 units away while looking at it (``orbit``) or
+    turn on the spot by the same angles.
+
+    Patches lie at depths 2.5 to 6.5, and every patch has an edge to every frame, with weight 1
+    where it projects into the image."""
     generator = torch.Generator().manual_seed(seed)
     radius, step = 4.0, math.radians(4.0)
     poses_wc = []
@@ -593,12 +595,12 @@ def test_depth_reversal_check_restores_mirrored_scene(single_thread):
     # Mirror the true depths, fit the poses to them and refine: a local minimum with the near
     # patches far, the far ones near and tens of degrees of rotation error.
     mirrored = _mirror_depths(window.patches, window.kk, TRUST_REGION.min_inverse_depth)
-    held = torch.ones(len(mirrored), dtype=torch.bool)
+    all_fixed = torch.ones(len(mirrored), dtype=torch.bool)
     poses = window.poses_cw[:1].repeat(len(window.poses_cw), 1)
     config = replace(TRUST_REGION, iterations=12)
     fitted = bundle_adjust(
         poses, mirrored, *args, first_free_pose=1, config=config, image_size=WINDOW_SIZE,
-        fixed_patches=held,
+        fixed_patches=all_fixed,
     )
     trapped = bundle_adjust(
         fitted.poses_cw, fitted.patches, *args, first_free_pose=1, config=config,

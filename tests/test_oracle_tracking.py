@@ -177,8 +177,8 @@ def test_rotation_error_of_known_offset():
 @pytest.mark.parametrize("case", CASES, ids=str)
 def test_oracle_tracking_table(case):
     run = tracked(case)
-    # Some shake clips turn by more than the field of view between two frames (the heading
-    # follows the jittering velocity); no tracker can follow those, so the table avoids them.
+    # Some shake clips turn by tens of degrees between two frames, because their heading follows
+    # the jittering velocity. No tracker can follow those, so the table avoids them.
     assert max_rotation_step_deg(run.clip.poses_wc) < MAX_TRUE_ROTATION_STEP_DEG
     states = [r.state for r in run.results]
     assert "tracking" in states, f"{case} never initialised"

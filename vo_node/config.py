@@ -119,8 +119,8 @@ class BAConfig:
     trainer take every Gauss-Newton step (False); the inference presets turn this on."""
     lm_damping: float = 1e-6
     """Initial Marquardt damping, a multiple of the normal equations' own diagonal. It is small,
-    so a step that lowers the cost is nearly the Gauss-Newton step; a larger start (1e-3) left
-    oracle tracking measurably less accurate because every BA call starts afresh."""
+    so a step that lowers the cost is nearly the Gauss-Newton step. Every BA call starts afresh
+    from it, and a start of 1e-3 left oracle tracking measurably less accurate."""
     lm_damping_factor: float = 10.0
     """A rejected step multiplies the damping by this factor; an accepted one divides it."""
     lm_max_trials: int = 6
@@ -128,7 +128,9 @@ class BAConfig:
     reset_bound_depths: bool = False
     """After each step, set inverse depths that reached ``min_inverse_depth`` or
     ``max_inverse_depth`` to the median inverse depth of their source frame's other patches.
-    A patch on a bound has lost its parallax and otherwise rarely leaves it. Off in training."""
+    A patch on a bound has lost its parallax and otherwise rarely leaves it. Off by default and
+    in the presets: with the frontend's estimated initial window, patches of translating oracle
+    clips stay off the bounds, and from poor starts the resets often raised the cost."""
 
 
 @dataclass

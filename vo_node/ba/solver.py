@@ -16,6 +16,12 @@ the residuals, assembles the normal equations blockwise
 the Schur complement ``S = B - E C^-1 E^T``, solves ``S`` by Cholesky and back-substitutes
 ``dz = C^-1 (w - E^T dxi)``.
 
+With ``config.trust_region`` each iteration becomes a Levenberg-Marquardt step: ``B`` and ``C``
+get ``lambda * diag`` added before the elimination, a step is kept only if it lowers the cost, and
+``lambda`` shrinks after a kept step and grows after a rejected one. With
+``config.reset_bound_depths`` an inverse depth that reaches a bound moves to the median of its
+source frame. Both are inference options; training takes every Gauss-Newton step as DPVO does.
+
 Everything is plain torch, so autograd differentiates the result with respect to ``target`` and
 ``weight`` (training), and the same code runs under ``torch.no_grad()`` at inference. The
 pose-depth block is stored densely as ``(6 * free poses, touched patches)``: with about 10-30 free
@@ -69,7 +75,7 @@ class BAResult:
     """True when a Cholesky factorisation failed, so that iteration's step was zero and the solver
     stopped early."""
     iterations: int
-    """Gauss-Newton steps that were applied."""
+    """Steps that were applied (with ``trust_region``, the accepted ones)."""
 
 
 @dataclass
@@ -195,7 +201,7 @@ def bundle_adjust(
     fixed_patches: torch.Tensor | None = None,
     compute_covariance: bool = False,
 ) -> BAResult:
-    """Run ``config.iterations`` Gauss-Newton steps on poses and patch inverse depths.
+    """Run ``config.iterations`` Gauss-Newton (or Levenberg-Marquardt) steps on poses and depths.
 
     Args:
         poses_cw: (N, 7) world-to-camera poses ``T_cam_world``.
@@ -216,7 +222,9 @@ def bundle_adjust(
     Returns:
         A :class:`BAResult`. The solver never raises on a singular system: a failed Cholesky
         factorisation logs a warning, applies a zero step, stops iterating and sets
-        ``cholesky_failed``.
+        ``cholesky_failed``. With ``trust_region`` a failed factorisation is retried with more
+        damping, and it counts as a failure only when every trial fails. Iterating also stops
+        when no trial lowers the cost, which is convergence rather than failure.
 
     A residual is masked out when the homogeneous depth of the transformed centre is at most
     ``config.min_depth``, its norm is at least ``config.max_residual``, or the projected centre
@@ -520,8 +528,8 @@ def _levenberg_marquardt_step(
 
     An accepted step divides the damping by ``lm_damping_factor`` for the next iteration. When
     ``lm_max_trials`` steps all fail, the estimate stays and ``accepted`` is False. A failed
-    Cholesky factorisation counts as a failed trial, because more damping can repair it; only
-    when every trial fails that way is it reported as a failure.
+    Cholesky factorisation counts as a failed trial, because more damping can repair it. It is
+    reported as a failure only when every trial fails that way.
     """
     config = problem.config
     if cost <= problem.rounding_cost:

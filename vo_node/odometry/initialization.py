@@ -35,8 +35,8 @@ from vo_node.geometry import se3
 logger = logging.getLogger(__name__)
 
 MIN_PAIR_EDGES = 16
-"""Fewest valid correspondences between two frames for estimating their relative rotation or
-their essential matrix."""
+"""Minimum number of valid correspondences between two frames for estimating their relative
+rotation or their essential matrix."""
 REFINE_ITERATIONS = 12
 """BA iterations spent on refining each start and each mirrored solution."""
 POSE_ONLY_ITERATIONS = 4
@@ -258,8 +258,9 @@ def _chained_rotations(poses_cw, patches, intrinsics, target, valid, ii, jj, kk,
 
 def _poses_from_motion(poses_cw, rotations, positions, anchor, first_free_pose):
     """Return (N, 7) poses ``T_k_world = T_k_anchor * T_anchor_world`` from rotations
-    ``R_k_anchor`` (N, 3, 3) and camera positions in the anchor frame (N, 3); the fixed poses
-    keep their values."""
+    ``R_k_anchor`` (N, 3, 3) and camera positions in the anchor frame (N, 3).
+
+    Poses below ``first_free_pose`` keep their values."""
     translation = -(rotations @ positions[:, :, None])[:, :, 0]
     relative = torch.cat([translation, se3.matrix_to_quaternion(rotations)], dim=-1)
     moved = se3.compose(relative.to(poses_cw.dtype), poses_cw[anchor].expand_as(poses_cw))
@@ -316,9 +317,11 @@ def _two_view_start(
 
 
 def _relative_pose(rays_source: torch.Tensor, rays_destination: torch.Tensor):
-    """Decompose the essential matrix of (n, 3) ray pairs into ``R``, unit ``t`` and the
-    source-frame inverse depths (n,) of the pose with the most points in front of both
-    cameras, or ``(R, t, None)`` when no pose puts most points in front.
+    """Decompose the essential matrix of (n, 3) ray pairs into ``R``, a unit ``t`` and the
+    source-frame inverse depths (n,).
+
+    Of the four decompositions, the one with the most points in front of both cameras wins.
+    The inverse depths are None when even that one has fewer than half of the points in front.
 
     The convention is ``X_destination = R X_source + t``, and rays are ``(x, y, 1)``.
     """
