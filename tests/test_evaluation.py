@@ -141,6 +141,15 @@ def test_two_associated_poses_are_too_few():
         evaluate_trajectory(Trajectory(ground_truth.timestamps_ns[:2], ground_truth.poses[:2]), ground_truth)
 
 
+def test_empty_trajectories_raise_evaluation_error():
+    ground_truth = helix(20)
+    empty = Trajectory(np.zeros(0, dtype=np.int64), np.zeros((0, 7)))
+    with pytest.raises(EvaluationError, match="only 0 poses associate.*estimate empty"):
+        evaluate_trajectory(empty, ground_truth)
+    with pytest.raises(EvaluationError, match="only 0 poses associate.*ground truth empty"):
+        evaluate_trajectory(ground_truth, empty)
+
+
 def test_static_estimate_is_degenerate():
     ground_truth = helix(20)
     static = np.tile([0.0, 0, 0, 0, 0, 0, 1], (20, 1))

@@ -113,15 +113,18 @@ def align_trajectories(
         EvaluationError: fewer than 3 poses associate, or the alignment is degenerate (all
             associated positions on one point or line).
     """
-    reference = to_evo(ground_truth, "ground truth")
-    estimated = to_evo(estimate, "estimate")
-    try:
-        reference, estimated = sync.associate_trajectories(
-            reference, estimated, max_diff=max_time_difference_s
-        )
-        count = reference.num_poses
-    except sync.SyncException:
-        count = 0
+    count = 0
+    # evo rejects a trajectory without poses, so an empty one is reported as 0 associated poses.
+    if len(estimate) and len(ground_truth):
+        reference = to_evo(ground_truth, "ground truth")
+        estimated = to_evo(estimate, "estimate")
+        try:
+            reference, estimated = sync.associate_trajectories(
+                reference, estimated, max_diff=max_time_difference_s
+            )
+            count = reference.num_poses
+        except sync.SyncException:
+            count = 0
     if count < MIN_ASSOCIATED_POSES:
         raise EvaluationError(
             f"only {count} poses associate within {max_time_difference_s} s (at least "
