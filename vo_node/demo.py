@@ -41,15 +41,20 @@ from vo_node.io.trajectory import TrajectoryError, write_tum
 from vo_node.model.network import ModelFileError, default_model_path
 from vo_node.run import (
     BYTES_PER_MEBIBYTE,
+    EXIT_FAILED,
     EXIT_OK,
     EXIT_USAGE,
     METRICS_FILE,
     SIGNAL_EXIT_BASE,
     TRAJECTORY_FILE,
+    OutputError,
     RunOutputs,
     RunResult,
     StopRequest,
+    exit_status,
     load_engine,
+    prepare_output_dir,
+    report_nothing_tracked,
     run_sequence,
     write_outputs,
 )
@@ -315,9 +320,10 @@ def run_through_node(args: argparse.Namespace) -> int:
 
     try:
         model_path = resolve_model(args.model)
+        prepare_output_dir(args.output)
         bag = prepare_bag(args.sequence, args.output, args.max_frames)
     except (MissingModelError, SequenceError, CalibrationError, TrajectoryError,
-            FileNotFoundError, FileExistsError) as error:
+            FileNotFoundError, FileExistsError, OutputError) as error:
         logger.error("%s", error)
         return EXIT_USAGE
     if bag.groundtruth_topic and "imu" in bag.groundtruth_topic and not args.groundtruth_extrinsic:
@@ -347,7 +353,11 @@ def run_through_node(args: argparse.Namespace) -> int:
         signal.signal(signal.SIGTERM, previous)
 
     extra = {"config": args.config, "device": args.device, "model": str(model_path)}
-    outputs = write_node_outputs(report, bag, args.output, extra)
+    try:
+        outputs = write_node_outputs(report, bag, args.output, extra)
+    except OSError as error:
+        logger.error("writing the outputs to %s failed: %s", args.output, error)
+        return EXIT_FAILED
     for line in format_node_summary(report, bag, outputs):
         print(line)
     return EXIT_OK
@@ -430,11 +440,12 @@ def run_offline(args: argparse.Namespace, tracker: Tracker = track_offline) -> i
     """Track the sequence in this process, write the outputs and print the summary."""
     try:
         model_path = resolve_model(args.model)
+        created = prepare_output_dir(args.output)
         sequence = open_demo_sequence(args.sequence, args.output, args.max_frames)
         config, network, device = load_engine(args.config, [], model_path, args.device)
     except (
         MissingModelError, SequenceError, CalibrationError, ConfigError, TrajectoryError,
-        ModelFileError, FileNotFoundError, FileExistsError,
+        ModelFileError, FileNotFoundError, FileExistsError, OutputError,
     ) as error:
         logger.error("%s", error)
         return EXIT_USAGE
@@ -446,14 +457,19 @@ def run_offline(args: argparse.Namespace, tracker: Tracker = track_offline) -> i
     finally:
         stop.restore()
 
+    if result.frames == 0:
+        report_nothing_tracked(args.output, created)
+        return exit_status(result, stop)
     extra = {"sequence": str(sequence.root), "config": to_dict(config), "device": device,
              "model": str(model_path)}
-    outputs = write_outputs(result, args.output, sequence.ground_truth, extra)
+    try:
+        outputs = write_outputs(result, args.output, sequence.ground_truth, extra)
+    except OSError as error:
+        logger.error("writing the outputs to %s failed: %s", args.output, error)
+        return EXIT_FAILED
     for line in format_demo_summary(result, outputs, length_unit(sequence)):
         print(line)
-    if stop.signal_number is not None:
-        return SIGNAL_EXIT_BASE + stop.signal_number
-    return EXIT_USAGE if result.input_error else EXIT_OK
+    return exit_status(result, stop)
 
 
 def main(argv: TypingSequence[str] | None = None, tracker: Tracker = track_offline) -> int:

@@ -20,6 +20,7 @@ import logging
 import resource
 import signal
 import sys
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -49,6 +50,8 @@ from vo_node.model.network import ModelFileError
 logger = logging.getLogger(__name__)
 
 EXIT_OK = 0
+EXIT_FAILED = 1
+"""Exit status when writing the outputs failed after tracking."""
 EXIT_USAGE = 2
 """Exit status for invalid input (arguments, paths, calibration, configuration, model file)."""
 SIGNAL_EXIT_BASE = 128
@@ -59,6 +62,10 @@ TRAJECTORY_FILE = "trajectory.tum"
 METRICS_FILE = "metrics.json"
 PLOT_FILE = "trajectory.png"
 DEFAULT_OUTPUT_ROOT = Path("outputs")
+
+
+class OutputError(ValueError):
+    """The output folder cannot be created or written; the message names it and the fix."""
 
 
 @dataclass
@@ -198,14 +205,15 @@ def write_outputs(
 
     Args:
         extra: additional JSON-ready fields for ``metrics.json`` (sequence, configuration).
+
+    Raises:
+        ValueError: the trajectory has no poses (check ``result.frames`` first).
+        OSError: a file could not be written.
     """
+    if len(result.trajectory) == 0:
+        raise ValueError(f"the run has no poses to write to {output_dir}; no frames were tracked")
     outputs = RunOutputs(trajectory_path=output_dir / TRAJECTORY_FILE, extra=dict(extra or {}))
-    if len(result.trajectory):
-        write_tum(outputs.trajectory_path, result.trajectory)
-    else:
-        logger.warning("no frames were tracked; %s is empty", outputs.trajectory_path)
-        with atomic_write(outputs.trajectory_path) as handle:
-            handle.write("")
+    write_tum(outputs.trajectory_path, result.trajectory)
     if ground_truth is None:
         return outputs
     outputs.metrics = evaluate_run(result, ground_truth)
@@ -224,13 +232,53 @@ def write_outputs(
     with atomic_write(outputs.metrics_path) as handle:
         json.dump(report, handle, indent=2)
         handle.write("\n")
-    if len(result.trajectory):
-        from vo_node.evaluation.plots import plot_trajectory
+    from vo_node.evaluation.plots import plot_trajectory
 
-        outputs.plot_path = plot_trajectory(
-            result.trajectory, ground_truth, outputs.metrics, output_dir / PLOT_FILE
-        )
+    outputs.plot_path = plot_trajectory(
+        result.trajectory, ground_truth, outputs.metrics, output_dir / PLOT_FILE
+    )
     return outputs
+
+
+def prepare_output_dir(path: Path) -> list[Path]:
+    """Create the output folder ``path`` and check that a file can be written in it.
+
+    Called before tracking, so a bad ``--output`` fails at once rather than after a long run.
+
+    Returns:
+        The folders this call created, outermost first, for :func:`remove_created_folders`.
+
+    Raises:
+        OutputError: the folder cannot be created (a parent is a file, no permission, a
+            read-only file system) or is not writable.
+    """
+    missing = [folder for folder in (path, *path.parents) if not folder.exists()]
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=path):
+            pass
+    except OSError as error:
+        reason = error.strerror or str(error)
+        raise OutputError(
+            f"output folder {path} cannot be written ({reason}); pass a writable folder with "
+            "--output"
+        ) from None
+    return list(reversed(missing))
+
+
+def remove_created_folders(folders: TypingSequence[Path]) -> None:
+    """Remove the folders of :func:`prepare_output_dir` that are still empty, innermost first."""
+    for folder in reversed(folders):
+        try:
+            folder.rmdir()
+        except OSError:
+            return
+
+
+def report_nothing_tracked(output_dir: Path, created: TypingSequence[Path]) -> None:
+    """Log that a run tracked no frame and remove the empty output folders it created."""
+    remove_created_folders(created)
+    logger.error("no frames were tracked, so nothing was written to %s", output_dir)
 
 
 def format_summary(result: RunResult, metrics: TrajectoryMetrics | None) -> list[str]:
@@ -391,9 +439,11 @@ def _run(args: argparse.Namespace, stop: StopRequest) -> int:
             image_topic=args.image_topic,
         )
         config, network, device = load_engine(args.config, args.override, args.model, args.device)
+        output_dir = args.output or DEFAULT_OUTPUT_ROOT / sequence.name
+        created = prepare_output_dir(output_dir)
     except (
         SequenceError, CalibrationError, ConfigError, TrajectoryError, ModelFileError,
-        FileNotFoundError,
+        FileNotFoundError, OutputError,
     ) as error:
         logger.error("%s", error)
         return EXIT_USAGE
@@ -401,7 +451,9 @@ def _run(args: argparse.Namespace, stop: StopRequest) -> int:
     result = run_sequence(
         sequence, config, network, device, progress=not args.no_progress, should_stop=stop
     )
-    output_dir = args.output or DEFAULT_OUTPUT_ROOT / sequence.name
+    if result.frames == 0:
+        report_nothing_tracked(output_dir, created)
+        return exit_status(result, stop)
     extra = {
         "sequence": str(args.sequence),
         "layout": sequence.layout,
@@ -410,10 +462,19 @@ def _run(args: argparse.Namespace, stop: StopRequest) -> int:
         "stride": args.stride,
         "max_frames": args.max_frames,
     }
-    outputs = write_outputs(result, output_dir, sequence.ground_truth, extra)
+    try:
+        outputs = write_outputs(result, output_dir, sequence.ground_truth, extra)
+    except OSError as error:
+        logger.error("writing the outputs to %s failed: %s", output_dir, error)
+        return EXIT_FAILED
     for line in format_summary(result, outputs.metrics):
         print(line)
     print(f"trajectory written to {outputs.trajectory_path}")
+    return exit_status(result, stop)
+
+
+def exit_status(result: RunResult, stop: StopRequest) -> int:
+    """Return ``128 + signal`` after a stop request, 2 after an input error, else 0."""
     if stop.signal_number is not None:
         return SIGNAL_EXIT_BASE + stop.signal_number
     return EXIT_USAGE if result.input_error else EXIT_OK

@@ -1,0 +1,128 @@
+"""Command-line error paths: bad output folders, runs that track nothing, bad files and flags.
+
+Each case checks the exit status, that the message names the value and the fix, and that no
+output file is left behind. The engine runs with a randomly initialised small network (seed 0),
+so only behaviour is checked, never accuracy.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+from vo_node import demo, run
+from vo_node.config import load_engine_config
+from vo_node.model.network import VONetwork, save_model
+
+WIDTH, HEIGHT = 64, 48
+MODEL_SEED = 0
+
+
+@pytest.fixture(scope="module")
+def model_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A randomly initialised small network (seed 0) in a model file."""
+    config = load_engine_config("small")
+    torch.manual_seed(MODEL_SEED)
+    path = tmp_path_factory.mktemp("model") / "random_small.pt"
+    save_model(path, VONetwork(config.network), config, {"note": "random weights for tests"})
+    return path
+
+
+def image_folder(root: Path, count: int = 3, calibrated_width: int = WIDTH) -> Path:
+    """Write ``count`` random 64x48 grey images and a camera.yaml of ``calibrated_width``."""
+    root.mkdir(parents=True, exist_ok=True)
+    generator = np.random.default_rng(0)
+    for index in range(count):
+        image = generator.integers(0, 256, size=(HEIGHT, WIDTH), dtype=np.uint8)
+        cv2.imwrite(str(root / f"frame_{index:03d}.png"), image)
+    (root / "camera.yaml").write_text(
+        f"image_width: {calibrated_width}\nimage_height: {HEIGHT}\n"
+        "camera_matrix: {rows: 3, cols: 3, data: [60.0, 0, 32.0, 0, 60.0, 24.0, 0, 0, 1]}\n"
+        "distortion_model: plumb_bob\n"
+        "distortion_coefficients: {rows: 1, cols: 5, data: [0, 0, 0, 0, 0]}\n"
+    )
+    return root
+
+
+def files_below(folder: Path) -> list[Path]:
+    """Return every file under ``folder`` (empty when the folder does not exist)."""
+    return sorted(path for path in folder.rglob("*") if path.is_file()) if folder.exists() else []
+
+
+# --------------------------------------------------------------------------------------------
+# Runner: output folder and runs that track nothing
+
+
+@pytest.mark.parametrize("below_file", [False, True])
+def test_run_unwritable_output_exits_2(tmp_path, caplog, model_path, below_file):
+    sequence = image_folder(tmp_path / "images")
+    blocker = tmp_path / "a_file"
+    blocker.write_text("not a folder")
+    output = blocker / "out" if below_file else blocker
+    argv = [str(sequence), "--model", str(model_path), "--device", "cpu", "--no-progress",
+            "--output", str(output)]
+    assert run.main(argv) == run.EXIT_USAGE
+    assert f"output folder {output} cannot be written" in caplog.text
+    assert "pass a writable folder with --output" in caplog.text
+    # The folder is checked before tracking starts.
+    assert "tracked" not in caplog.text
+    assert blocker.read_text() == "not a folder"
+
+
+def test_run_nothing_tracked_writes_nothing(tmp_path, caplog, model_path):
+    sequence = image_folder(tmp_path / "images", calibrated_width=WIDTH * 2)
+    output = tmp_path / "out"
+    argv = [str(sequence), "--model", str(model_path), "--device", "cpu", "--no-progress",
+            "--output", str(output)]
+    assert run.main(argv) == run.EXIT_USAGE
+    assert "is 64x48 pixels but the calibration is 128x48" in caplog.text
+    assert f"no frames were tracked, so nothing was written to {output}" in caplog.text
+    assert files_below(tmp_path / "out") == []
+    assert not output.exists()
+
+
+def test_write_outputs_rejects_empty_trajectory(tmp_path):
+    result = run.RunResult(run.empty_trajectory(), 0, 0.0, 0, "cpu_rss")
+    with pytest.raises(ValueError, match="no poses to write"):
+        run.write_outputs(result, tmp_path, None)
+    assert files_below(tmp_path) == []
+
+
+# --------------------------------------------------------------------------------------------
+# Demo: output folder
+
+
+def test_demo_offline_unwritable_output_exits_2(tmp_path, caplog, model_path):
+    sequence = image_folder(tmp_path / "images")
+    blocker = tmp_path / "a_file"
+    blocker.write_text("not a folder")
+    argv = [str(sequence), "--offline", "--model", str(model_path), "--device", "cpu",
+            "--no-progress", "--output", str(blocker / "out")]
+    assert demo.main(argv) == run.EXIT_USAGE
+    assert f"output folder {blocker / 'out'} cannot be written" in caplog.text
+    assert "tracked" not in caplog.text
+
+
+def test_demo_node_unwritable_output_exits_2(tmp_path, caplog, model_path):
+    # The check comes before any bag is written or DDS starts, so no network namespace is needed.
+    sequence = image_folder(tmp_path / "images")
+    blocker = tmp_path / "a_file"
+    blocker.write_text("not a folder")
+    argv = [str(sequence), "--model", str(model_path), "--device", "cpu", "--output", str(blocker)]
+    assert demo.main(argv) == run.EXIT_USAGE
+    assert f"output folder {blocker} cannot be written" in caplog.text
+    assert blocker.read_text() == "not a folder"
+
+
+def test_demo_offline_nothing_tracked_writes_nothing(tmp_path, caplog, model_path):
+    sequence = image_folder(tmp_path / "images", calibrated_width=WIDTH * 2)
+    output = tmp_path / "out"
+    argv = [str(sequence), "--offline", "--model", str(model_path), "--device", "cpu",
+            "--no-progress", "--output", str(output)]
+    assert demo.main(argv) == run.EXIT_USAGE
+    assert f"no frames were tracked, so nothing was written to {output}" in caplog.text
+    assert files_below(output) == []
