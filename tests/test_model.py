@@ -490,6 +490,29 @@ def test_load_rejects_missing_and_foreign_files(tmp_path):
         load_model(other)
 
 
+def test_load_error_is_short_and_names_fix(tmp_path, small_network):
+    text_file = tmp_path / "notes.pt"
+    text_file.write_text("not a model")
+    truncated = tmp_path / "truncated.pt"
+    save_model(truncated, small_network, load_engine_config("small"), {})
+    truncated.write_bytes(truncated.read_bytes()[:100_000])
+    for path in (text_file, truncated):
+        with pytest.raises(ModelFileError) as error:
+            load_model(path)
+        message = str(error.value)
+        assert message.startswith(f"{path} is not a vo_node model file or is truncated")
+        assert "python -m vo_node.train --export" in message
+        # torch's advice to pass weights_only=False would load arbitrary code; it is left out.
+        assert "weights_only" not in message
+        assert "\n" not in message
+        assert len(message) < 400
+
+
+def test_load_rejects_folder(tmp_path):
+    with pytest.raises(ModelFileError, match=f"model file {tmp_path} is a folder"):
+        load_model(tmp_path)
+
+
 def test_saved_config_is_plain_dict(tmp_path, small_network):
     config = load_engine_config("small")
     path = tmp_path / "model.pt"

@@ -27,6 +27,9 @@ MODEL_KEYS = ("format_version", "state_dict", "config", "metadata")
 DEFAULT_MODEL_NAME = "vo_small.pt"
 MODELS_DIR = Path(__file__).resolve().parents[2] / "models"
 """Model folder of a source checkout."""
+WEIGHTS_ONLY_MARKER = "WeightsUnpickler error:"
+"""Text before the cause in the error of a weights-only ``torch.load`` (torch 2.13)."""
+MAX_LOAD_ERROR_CHARS = 200
 
 
 class ModelFileError(ValueError):
@@ -117,6 +120,8 @@ def load_model(
         ConfigError: the stored configuration is invalid.
     """
     path = Path(path)
+    if path.is_dir():
+        raise ModelFileError(f"model file {path} is a folder; pass the model's .pt file")
     if not path.is_file():
         raise FileNotFoundError(
             f"model file {path} not found; train one with the trainer or pass --model PATH"
@@ -134,8 +139,9 @@ def _read_payload(path: Path) -> dict[str, Any]:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, OSError) as error:
         raise ModelFileError(
-            f"{path} is not a vo_node model file (torch.load failed: {error}); "
-            "pass a file written by vo_node.model.network.save_model"
+            f"{path} is not a vo_node model file or is truncated (torch.load failed: "
+            f"{_summarize_load_error(error)}); pass a file written by "
+            "vo_node.model.network.save_model or `python -m vo_node.train --export`"
         ) from None
     missing = [key for key in MODEL_KEYS if not isinstance(payload, dict) or key not in payload]
     if missing:
@@ -150,6 +156,20 @@ def _read_payload(path: Path) -> dict[str, Any]:
             f"{FORMAT_VERSION}; update vo_node"
         )
     return payload
+
+
+def _summarize_load_error(error: Exception) -> str:
+    """Return the cause of a ``torch.load`` failure in one short line.
+
+    torch's weights-only message spans several paragraphs and suggests ``weights_only=False``,
+    which would run arbitrary code from the file, so only its cause is kept.
+    """
+    text = str(error)
+    if WEIGHTS_ONLY_MARKER in text:
+        text = text.split(WEIGHTS_ONLY_MARKER, 1)[1]
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    summary = lines[0].split(". ")[0] if lines else type(error).__name__
+    return summary[:MAX_LOAD_ERROR_CHARS]
 
 
 def _check_state_dict(path: Path, network: VONetwork, state_dict: dict[str, Tensor]) -> None:
