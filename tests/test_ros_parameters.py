@@ -230,3 +230,72 @@ def test_launch_file_matches_node():
         for element in node.value.elts
     }
     assert remapped == {"image", "camera_info"}
+
+
+def test_camera_to_base_error_names_parameter_once():
+    with ros_context(["-p", NO_MODEL, "-p", "camera_to_base:=[0.0, 0.0, 1.0]"]) as context:
+        with pytest.raises(ParameterError) as error:
+            make_node(context)
+    message = str(error.value)
+    assert "camera_to_base must have 7 values [x, y, z, qx, qy, qz, qw], got 3" in message
+    assert "camera_to_base camera_to_base" not in message
+
+
+def test_misspelt_parameter_is_reported():
+    from vo_node.ros.parameters import unknown_parameter_overrides
+
+    arguments = ["-p", NO_MODEL, "-p", "path_max_lenght:=5", "-p", "use_sim_time:=true"]
+    with ros_context(arguments) as context:
+        node = make_node(context)
+        try:
+            unknown = unknown_parameter_overrides(node)
+        finally:
+            node.shutdown()
+            node.destroy_node()
+    assert unknown == ["path_max_lenght"]
+
+
+def test_missing_model_error_names_parameter():
+    with ros_context(["-p", NO_MODEL]) as context:
+        node = make_node(context)
+        try:
+            ready = node.wait_until_ready(30.0)
+            error = node.fatal_error
+        finally:
+            node.shutdown()
+            node.destroy_node()
+    assert not ready
+    assert "model file /nonexistent/vo_test_model.pt not found" in error
+    assert "-p model.weights:=PATH" in error
+    assert "--model" not in error
+
+
+@pytest.mark.parametrize("content", [None, "/**:\n  ros__parameters: [unclosed\n"])
+def test_bad_params_file_exits_2(tmp_path, content):
+    path = tmp_path / "params.yaml"
+    if content is not None:
+        path.write_text(content)
+    command = [sys.executable, "-m", "vo_node.node", "--ros-args", "--params-file", str(path)]
+    completed = subprocess.run(command, capture_output=True, text=True, timeout=60, cwd=REPO)
+    output = completed.stdout + completed.stderr
+    assert completed.returncode == 2, output
+    assert str(path) in output
+    assert "Traceback" not in output
+
+
+def test_missing_default_model_error_names_parameter(tmp_path, monkeypatch):
+    from vo_node.model import network
+
+    monkeypatch.setattr(network, "MODELS_DIR", tmp_path)
+    with ros_context(["-p", "model.weights:=''", "-p", "model.device:=cpu"]) as context:
+        node = make_node(context)
+        try:
+            ready = node.wait_until_ready(30.0)
+            error = node.fatal_error
+        finally:
+            node.shutdown()
+            node.destroy_node()
+    assert not ready
+    assert f"default model vo_small.pt not found (looked in {tmp_path / 'vo_small.pt'}" in error
+    assert "-p model.weights:=PATH" in error
+    assert error.count("train one") == 1

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 import sys
 import threading
 import time
@@ -26,6 +27,7 @@ import rclpy
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from nav_msgs.msg import Odometry, Path
 from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
+from rclpy.impl.implementation_singleton import rclpy_implementation
 from rclpy.node import Node
 from rclpy.qos import QoSProfile, qos_profile_sensor_data, qos_profile_system_default
 from rclpy.qos import ReliabilityPolicy
@@ -48,7 +50,12 @@ from vo_node.ros.messages import (
     ns_to_stamp,
     stamp_to_ns,
 )
-from vo_node.ros.parameters import ParameterError, declare_parameters, validate_update
+from vo_node.ros.parameters import (
+    ParameterError,
+    declare_parameters,
+    unknown_parameter_overrides,
+    validate_update,
+)
 from vo_node.ros.pipeline import (
     FrameSlot,
     InputFrame,
@@ -82,6 +89,11 @@ WORKER_POLL_S = 0.1
 ODOM_QOS_DEPTH = 10
 DEBUG_QOS_DEPTH = 1
 WORKER_JOIN_TIMEOUT_S = 10.0
+EXIT_INVALID_PARAMETERS = 2
+PARAMS_FILE_FLAG = "--params-file"
+TRAIN_COMMAND = "python -m vo_node.train --config config/train_small.yaml"
+RCLError = rclpy_implementation.RCLError
+"""Error of the rcl C layer; rclpy.init raises it for a malformed parameter file."""
 
 
 class VONode(Node):
@@ -95,6 +107,11 @@ class VONode(Node):
         """
         super().__init__(NODE_NAME, **node_kwargs)
         self.params = declare_parameters(self)
+        for name in unknown_parameter_overrides(self):
+            self.get_logger().warning(
+                f"parameter {name!r} is not a vo_node parameter and is ignored; check its "
+                "spelling against docs/ros2.md"
+            )
         self.add_on_set_parameters_callback(validate_update)
         self.add_post_set_parameters_callback(self._apply_parameters)
 
@@ -306,7 +323,22 @@ class VONode(Node):
         from vo_node.odometry.frontend import VisualOdometry
 
         device = resolve_device(self.params.model_device)
-        weights = self.params.model_weights or str(default_model_path())
+        weights = self.params.model_weights
+        if weights and not os.path.isfile(weights):
+            raise FileNotFoundError(
+                f"model file {weights} not found; pass an existing model file with "
+                "-p model.weights:=PATH"
+            )
+        if not weights:
+            try:
+                weights = str(default_model_path())
+            except FileNotFoundError as error:
+                # Keep "default model ... not found (looked in ...)" and replace the generic fix.
+                searched = str(error).split("; ")[0]
+                raise FileNotFoundError(
+                    f"{searched}; pass a model file with -p model.weights:=PATH, or train one "
+                    f"with `{TRAIN_COMMAND}`"
+                ) from None
         self.get_logger().info(f"loading model {weights} on {device}")
         network, config = load_model(weights, device)
         if self.params.model_config:
@@ -481,16 +513,35 @@ def _qos_fields(profile: QoSProfile) -> dict[str, Any]:
     }
 
 
+def missing_params_files(args: list[str]) -> list[str]:
+    """Return the ``--params-file`` arguments in ``args`` that are not existing files."""
+    return [
+        path for flag, path in zip(args, args[1:])
+        if flag == PARAMS_FILE_FLAG and not os.path.isfile(path)
+    ]
+
+
 def main(args: list[str] | None = None) -> int:
     """Run the node until SIGINT or SIGTERM; return the process exit status."""
     logging.basicConfig(level=logging.INFO, format="[%(levelname)s] [%(name)s]: %(message)s")
-    rclpy.init(args=args)
+    logger = rclpy.logging.get_logger(NODE_NAME)
+    missing = missing_params_files(sys.argv[1:] if args is None else args)
+    if missing:
+        logger.fatal(f"parameter file {missing[0]} not found; pass an existing YAML file to "
+                     f"{PARAMS_FILE_FLAG}")
+        return EXIT_INVALID_PARAMETERS
+    try:
+        rclpy.init(args=args)
+    except RCLError as error:
+        # rcl reports a malformed parameter file or ROS argument here.
+        logger.fatal(f"invalid ROS arguments: {error}")
+        return EXIT_INVALID_PARAMETERS
     try:
         node = VONode()
     except ParameterError as error:
-        rclpy.logging.get_logger(NODE_NAME).fatal(str(error))
+        logger.fatal(str(error))
         rclpy.try_shutdown()
-        return 2
+        return EXIT_INVALID_PARAMETERS
     executor = SingleThreadedExecutor()
     executor.add_node(node)
     try:

@@ -24,6 +24,7 @@ IMAGE_QOS_CHOICES = ("sensor_data", "reliable", "system_default")
 MODEL_DEVICES = ("auto", "cpu", "cuda")
 COVARIANCE_SIZE = 6
 INTRINSICS_SIZE = 4
+QOS_OVERRIDES_PREFIX = "qos_overrides."
 
 
 class ParameterError(ValueError):
@@ -92,10 +93,12 @@ def _positive_finite(value: Any) -> str | None:
 
 
 def _transform(value: Any) -> str | None:
+    name = "camera_to_base"
     try:
-        check_transform(value, "camera_to_base")
+        check_transform(value, name)
     except ValueError as error:
-        return str(error)
+        # The caller puts the parameter name in front of the message, so it is dropped here.
+        return str(error).removeprefix(f"{name} ")
     return None
 
 
@@ -310,6 +313,22 @@ def declare_parameters(node) -> NodeParameters:
     if problems:
         raise ParameterError("invalid parameter values:\n  " + "\n  ".join(problems))
     return NodeParameters(**{name.replace(".", "_"): value for name, value in values.items()})
+
+
+def unknown_parameter_overrides(node) -> list[str]:
+    """Return the names given with ``-p`` or ``--params-file`` that the node never declared.
+
+    rclpy ignores such values silently, so a misspelt name (``path_max_lenght``) would leave the
+    default in place without a word. ``qos_overrides.*`` names are left out because publishers
+    declare them only when they use them.
+    """
+    # NOTE: rclpy has no public accessor for the overrides. Jazzy's rclpy.node.Node keeps them
+    # in _parameter_overrides, and an rclpy without that attribute yields an empty list here.
+    overrides = getattr(node, "_parameter_overrides", {})
+    return sorted(
+        name for name in overrides
+        if not node.has_parameter(name) and not name.startswith(QOS_OVERRIDES_PREFIX)
+    )
 
 
 def check_value(name: str, value: Any) -> str | None:
