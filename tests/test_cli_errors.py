@@ -126,3 +126,19 @@ def test_demo_offline_nothing_tracked_writes_nothing(tmp_path, caplog, model_pat
     assert demo.main(argv) == run.EXIT_USAGE
     assert f"no frames were tracked, so nothing was written to {output}" in caplog.text
     assert files_below(output) == []
+
+
+# --------------------------------------------------------------------------------------------
+# Demo: model file
+
+
+def test_demo_missing_default_model_message(tmp_path, monkeypatch):
+    from vo_node.model import network
+
+    monkeypatch.setattr(network, "MODELS_DIR", tmp_path)
+    with pytest.raises(demo.MissingModelError) as error:
+        demo.resolve_model(None)
+    message = str(error.value)
+    assert f"default model vo_small.pt not found (looked in {tmp_path / 'vo_small.pt'})" in message
+    assert "--model PATH" in message
+    assert message.count("train one") == 1

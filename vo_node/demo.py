@@ -116,8 +116,10 @@ def resolve_model(model: Path | None) -> Path:
     try:
         return default_model_path()
     except FileNotFoundError as error:
+        # Keep "default model ... not found (looked in ...)" and replace the generic fix.
+        searched = str(error).split("; ")[0]
         raise MissingModelError(
-            f"{error}. The demo needs a trained model: train one with `{TRAIN_COMMAND}` (it "
+            f"{searched}. The demo needs a trained model: train one with `{TRAIN_COMMAND}` (it "
             "writes models/vo_small.pt), or pass a model file with --model PATH"
         ) from None
 
