@@ -222,3 +222,23 @@ def test_trajectory_type_for_reports():
     # The evaluation converts recorded odometry to this container; an empty run is valid.
     empty = Trajectory(np.zeros(0, dtype=np.int64), np.zeros((0, 7)))
     assert len(empty) == 0
+
+
+@pytest.mark.parametrize("kind", ["missing", "not_a_bag", "evaluate_not_a_bag"])
+def test_replay_command_line_bad_bag_path(tmp_path, kind):
+    path = tmp_path / "recording"
+    if kind != "missing":
+        path.mkdir()
+        (path / "notes.txt").write_text("not a bag")
+    extra = []
+    if kind.startswith("evaluate"):
+        extra = ["--evaluate", "--image-topic", "/cam0/image_raw"]
+    command = [sys.executable, "-m", "vo_node.ros.replay", str(path), *extra]
+    completed = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert completed.returncode == 1, completed.stderr
+    if kind == "missing":
+        assert f"bag {path} not found" in completed.stderr
+    else:
+        assert f"{path} could not be read as a bag" in completed.stderr
+    assert "pass a ROS 2 bag folder (with metadata.yaml) or a ROS 1 .bag file" in completed.stderr
+    assert "Traceback" not in completed.stderr

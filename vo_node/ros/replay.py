@@ -22,11 +22,15 @@ import shlex
 import sys
 import threading
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable, Iterator, Sequence
+from typing import TYPE_CHECKING, Callable, Iterable, Iterator, Sequence
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from rosbags.highlevel import AnyReader
 
 logger = logging.getLogger(__name__)
 
@@ -51,6 +55,9 @@ EUROC_CAM0_T_BODY_CAM = (
 which maps cam0 coordinates into the IMU body frame that the EuRoC ground truth tracks."""
 
 
+BAG_PATH_FIX = "pass a ROS 2 bag folder (with metadata.yaml) or a ROS 1 .bag file"
+
+
 class ReplayError(RuntimeError):
     """The bag cannot be played or evaluated; the message names the bag, topic and fix."""
 
@@ -72,11 +79,35 @@ class BagMessage:
 # Reading
 
 
-def bag_topics(path: str | Path) -> dict[str, str]:
-    """Return ``{topic: type}`` of the bag at ``path``."""
-    from rosbags.highlevel import AnyReader
+@contextmanager
+def open_bag(path: Path) -> Iterator[AnyReader]:
+    """Open the bag at ``path`` (a ROS 2 bag folder or a ROS 1 ``.bag`` file) for reading.
 
-    with AnyReader([Path(path)]) as reader:
+    Raises:
+        ReplayError: the path does not exist or is not a readable bag.
+    """
+    from rosbags.highlevel import AnyReader, AnyReaderError
+
+    if not path.exists():
+        raise ReplayError(f"bag {path} not found; {BAG_PATH_FIX}")
+    try:
+        reader = AnyReader([path])
+        reader.open()
+    except (AnyReaderError, OSError) as error:
+        raise ReplayError(f"{path} could not be read as a bag ({error}); {BAG_PATH_FIX}") from None
+    try:
+        yield reader
+    finally:
+        reader.close()
+
+
+def bag_topics(path: str | Path) -> dict[str, str]:
+    """Return ``{topic: type}`` of the bag at ``path``.
+
+    Raises:
+        ReplayError: the path does not exist or is not a readable bag.
+    """
+    with open_bag(Path(path)) as reader:
         return {connection.topic: connection.msgtype for connection in reader.connections}
 
 
@@ -86,14 +117,10 @@ def read_bag(path: str | Path, topics: Sequence[str] | None = None) -> Iterator[
     ROS 1 bags are converted to CDR on the fly. ``topics`` restricts the topics (default all).
 
     Raises:
-        ReplayError: when the bag is missing or a requested topic is not in it.
+        ReplayError: when the bag is missing or unreadable, or a requested topic is not in it.
     """
-    from rosbags.highlevel import AnyReader
-
     path = Path(path)
-    if not path.exists():
-        raise ReplayError(f"bag {path} not found; pass a bag folder (ROS 2) or .bag file (ROS 1)")
-    with AnyReader([path]) as reader:
+    with open_bag(path) as reader:
         connections = reader.connections
         if topics:
             available = {connection.topic for connection in connections}
@@ -388,6 +415,7 @@ def evaluate_bag(
     from vo_node.ros.tf import matrix_to_pose
 
     body_from_camera = extrinsic_matrix(groundtruth_extrinsic)
+    bag_topics(bag)  # a bad bag path fails here, before DDS starts and the model loads
     _check_groundtruth(bag, groundtruth)
     topics = [image_topic] + ([camera_info_topic] if camera_info_topic else [])
     arguments = ["--ros-args", "-r", f"image:={image_topic}", "-p", "image_qos:=reliable"]
@@ -749,6 +777,7 @@ def _play(args: argparse.Namespace) -> int:
     from rclpy.executors import ExternalShutdownException
     from rclpy.node import Node
 
+    bag_topics(args.bag)  # a bad bag path fails here, before DDS starts
     rclpy.init(args=["--ros-args"])
     node = Node("vo_replay")
     try:
