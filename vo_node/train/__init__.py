@@ -26,7 +26,12 @@ def build_parser() -> argparse.ArgumentParser:
         prog="python -m vo_node.train",
         description="Train the vo_node patch network on synthetic, TartanAir or TUM RGB-D clips.",
     )
-    parser.add_argument("--config", type=Path, help="training recipe YAML (config/train_*.yaml)")
+    parser.add_argument(
+        "--config", type=Path,
+        help="training recipe YAML: config/train_small.yaml for a CPU, config/train_full.yaml for "
+        "a GPU (default: the checkpoint's recipe with --resume, else the built-in defaults, which "
+        "match the full recipe and need a GPU)",
+    )
     parser.add_argument(
         "--output", type=Path,
         help="run folder (default: the recipe's output key); with --export, the model file",
@@ -36,12 +41,23 @@ def build_parser() -> argparse.ArgumentParser:
         help="continue from CKPT (a .pt file or a run folder); without CKPT, from "
         "OUTPUT/checkpoints/latest.pt",
     )
-    parser.add_argument("--max-steps", type=int, help="stop after this many more steps")
+    parser.add_argument("--max-steps", type=_positive_int,
+                        help="stop after this many more steps (default: train to optim.steps)")
     parser.add_argument("--export", type=Path, metavar="CKPT",
                         help="write a compact model file from a checkpoint and exit")
     parser.add_argument("overrides", nargs="*", metavar="key=value",
                         help="dotted configuration overrides, e.g. optim.lr=4e-4")
     return parser
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
 
 
 def _configure_logging() -> None:
@@ -73,6 +89,11 @@ def _resolve(args: argparse.Namespace):
         stored = ckpt.load_checkpoint(resume_path)["config"]
         config = apply_overrides(from_dict(TrainConfig, stored), overrides).validate()
     elif config is None:
+        logger.warning(
+            "no --config given: training with the built-in defaults (the full recipe: engine "
+            "full, 480x640 clips, 240,000 steps), which need a GPU; pass --config "
+            "config/train_small.yaml to train on a CPU"
+        )
         config = load_train_config(None, overrides)
     output = args.output if args.output else Path(config.output)
     return config, output, resume_path
@@ -89,7 +110,11 @@ def main(argv: list[str] | None = None) -> int:
         if args.output is None:
             logger.error("--export needs --output FILE.pt for the model file")
             return EXIT_USAGE
-        export_checkpoint(args.export, args.output)
+        try:
+            export_checkpoint(args.export, args.output)
+        except (ConfigError, FileNotFoundError, ValueError) as error:
+            logger.error("cannot export %s: %s", args.export, error)
+            return EXIT_USAGE
         logger.info("exported %s to %s", args.export, args.output)
         return 0
     try:

@@ -54,7 +54,8 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(
-            f"checkpoint {path} not found; pass an existing .pt file or the run folder to --resume"
+            f"checkpoint {path} not found; pass an existing checkpoint file (.pt), such as "
+            "RUN/checkpoints/latest.pt"
         )
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)

@@ -373,6 +373,9 @@ class Trainer:
             state = ckpt.load_checkpoint(self.resume_path, map_location="cpu")
             self.load_state(state)
             wall_s_known = "wall_s" in state
+        # Built before MetricsLog creates the run folder, so a missing dataset leaves no folder.
+        self.dataset = ClipDataset(config.data, config.seed, self.context.rank,
+                                   validation_seed=config.validation.seed)
         self.metrics = MetricsLog(
             self.output, self.context.is_main, self.step if self.resume_path else None
         )
@@ -668,9 +671,7 @@ class Trainer:
             self.save(INITIAL_CHECKPOINT_NAME)
         stop = config.optim.steps if max_steps is None else min(config.optim.steps,
                                                                 self.step + max_steps)
-        dataset = ClipDataset(config.data, config.seed, self.context.rank,
-                              validation_seed=config.validation.seed)
-        loader = make_loader(dataset, self.step, stop, config.data.num_workers,
+        loader = make_loader(self.dataset, self.step, stop, config.data.num_workers,
                              config.data.prefetch_factor,
                              derive_seed(config.seed, self.context.rank, self.step))
         flag = _SignalFlag()
