@@ -1,0 +1,23 @@
+"""Suite-wide test settings: torch runs on one CPU thread, here and in the commands tests start.
+
+The suite runs on two CPU cores shared with other jobs. With torch's default of one OpenMP
+thread per core, every small tensor operation ends in a thread barrier, and the threads spin there
+while the other core is busy. Measured on the 2-core machine while other jobs ran: the BA gradient
+check took 14.8 CPU seconds on two threads and 1.3 on one, and the EuRoC run of the runner
+test 18.1 against 3.1. ``OMP_NUM_THREADS`` is set before torch is imported, so the subprocesses
+that tests start (the runner, the trainer, the ROS 2 node) inherit it. A value already in the
+environment is kept, so ``OMP_NUM_THREADS=2 pytest ...`` still runs on two threads.
+"""
+
+from __future__ import annotations
+
+import os
+
+TEST_THREADS = "1"
+"""Torch's CPU thread count in the tests unless ``OMP_NUM_THREADS`` is already set."""
+
+os.environ.setdefault("OMP_NUM_THREADS", TEST_THREADS)
+
+import torch  # noqa: E402  (imported after OMP_NUM_THREADS is set, so OpenMP reads it)
+
+torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
