@@ -5,7 +5,8 @@ the small configuration's sizes (seed 0), saved with ``save_model`` into a tempo
 poses are meaningless; these tests check the runner's contract, not accuracy. The motion probe is
 disabled (``frontend.motion_probe_threshold=0``) so that frames enter the patch graph and the BA
 runs. To keep the runs short on a shared CPU, the frames are downscaled to 160 pixels wide and
-the patch graph is smaller (16 patches per frame, 4 initialisation frames, 2 iterations).
+the patch graph is smaller (16 patches per frame, 4 initialisation frames, 2 iterations). The
+EuRoC run tracks 12 frames: initialisation at the 4th, then 8 frames of tracking.
 """
 
 from __future__ import annotations
@@ -55,6 +56,8 @@ TUM_LINE = re.compile(r"^\d+\.\d{9}( -?\d+\.\d+){7}$")
 PROGRESS = re.compile(r"(\d+)/(\d+) \[")
 FRAMES_BEFORE_SIGINT = 3
 SIGINT_TIMEOUT_S = 120.0
+EUROC_STRIDE = 2
+EUROC_FRAMES = 12
 
 
 @pytest.fixture(scope="module")
@@ -120,12 +123,14 @@ def assert_no_temporary_files(folder: Path) -> None:
 @pytest.mark.skipif(not EUROC.exists(), reason=f"sample data {EUROC} is absent (set VO_NODE_DATA)")
 def test_run_euroc_end_to_end(model_path: Path, tmp_path: Path) -> None:
     output = tmp_path / "out"
-    status = run_main(EUROC, model_path, output, "--stride", "2", "--max-frames", "20")
+    status = run_main(
+        EUROC, model_path, output, "--stride", str(EUROC_STRIDE), "--max-frames", str(EUROC_FRAMES)
+    )
 
     assert status == run.EXIT_OK
-    sequence = open_sequence(EUROC, stride=2, max_frames=20)
+    sequence = open_sequence(EUROC, stride=EUROC_STRIDE, max_frames=EUROC_FRAMES)
     assert_tum_matches_input(output / run.TRAJECTORY_FILE, sequence.timestamps_ns)
-    assert_metrics_finite(output / run.METRICS_FILE, frames=20)
+    assert_metrics_finite(output / run.METRICS_FILE, frames=EUROC_FRAMES)
     assert (output / run.PLOT_FILE).stat().st_size > 0
     assert_no_temporary_files(output)
 
