@@ -111,3 +111,14 @@ def test_latency_summary_printed(latency_report):
     assert any(line.startswith("processed rate: ") for line in lines)
     assert any(line.startswith("frames published / received / processed / dropped: "
                                f"{FRAMES} / ") for line in lines)
+
+
+def test_latency_missing_sequence_exits_2(tmp_path):
+    missing = tmp_path / "no_such_sequence"
+    output = tmp_path / "latency.json"
+    command = [sys.executable, "-m", "vo_node.ros.latency", str(missing), "--output", str(output)]
+    completed = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert completed.returncode == 2, completed.stderr
+    assert f"sequence path {missing} does not exist" in completed.stderr
+    assert "Traceback" not in completed.stderr
+    assert not output.exists()

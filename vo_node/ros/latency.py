@@ -112,7 +112,13 @@ def publish_frames(
     from rclpy.qos import QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
     from sensor_msgs.msg import CameraInfo, Image
 
-    images, info = _prepare_messages(sequence_path, None if frames is None else warmup + frames)
+    from vo_node.io.camera import CalibrationError
+    from vo_node.io.sequence import SequenceError
+
+    try:
+        images, info = _prepare_messages(sequence_path, None if frames is None else warmup + frames)
+    except (SequenceError, CalibrationError) as error:
+        raise LatencyError(str(error)) from None
     if len(images) <= warmup:
         raise LatencyError(
             f"{sequence_path} has {len(images)} frames, not more than the {warmup} warm-up "
@@ -731,11 +737,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     from vo_node.config import ConfigError
     from vo_node.io.atomic import atomic_write
 
+    from vo_node.io.camera import CalibrationError
+    from vo_node.io.sequence import SequenceError, open_sequence
+
     sequence = args.sequence
     if sequence is None:
         from vo_node.demo_data import render_demo_sequence
 
         sequence = render_demo_sequence(DEFAULT_SEQUENCE_FOLDER)
+    try:
+        open_sequence(sequence, max_frames=1)  # a bad path fails here, before DDS starts
+    except (SequenceError, CalibrationError) as error:
+        logger.error("%s", error)
+        return 2
     with tempfile.TemporaryDirectory(prefix="vo_latency_") as folder:
         try:
             config = engine_config_file(args.config, args.override, Path(folder))
