@@ -7,6 +7,7 @@ so only behaviour is checked, never accuracy.
 
 from __future__ import annotations
 
+import argparse
 from pathlib import Path
 
 import cv2
@@ -142,3 +143,66 @@ def test_demo_missing_default_model_message(tmp_path, monkeypatch):
     assert f"default model vo_small.pt not found (looked in {tmp_path / 'vo_small.pt'})" in message
     assert "--model PATH" in message
     assert message.count("train one") == 1
+
+
+# --------------------------------------------------------------------------------------------
+# Help text
+
+
+def command_parsers() -> dict[str, argparse.ArgumentParser]:
+    """Return the argument parser of every command, study subcommands included."""
+    from vo_node import bench
+    from vo_node import study
+    from vo_node import train
+    from vo_node.ros import latency, replay
+
+    parsers = {
+        "run": run.build_parser(),
+        "demo": demo.build_parser(),
+        "bench": bench.build_parser(),
+        "train": train.build_parser(),
+        "replay": replay.build_parser(),
+        "latency": latency.build_parser(),
+    }
+    study_parser = study.build_parser()
+    for action in study_parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            parsers.update({f"study {name}": sub for name, sub in action.choices.items()})
+    return parsers
+
+
+def test_every_option_has_help():
+    missing = [
+        f"{command} {action.option_strings or action.dest}"
+        for command, parser in command_parsers().items()
+        for action in parser._actions
+        if action.help is None
+    ]
+    assert missing == []
+
+
+@pytest.mark.parametrize(
+    "command, option, expected",
+    [
+        ("run", "--stride", "(default 1)"),
+        ("run", "--max-frames", "(default: all)"),
+        ("run", "--model", "models/vo_small.pt"),
+        ("bench", "--stride", "(default 1)"),
+        ("replay", "--rate", "(default 1.0"),
+        ("replay", "--frame-timeout", "(default 120)"),
+        ("replay", "--start-delay", "(default 0)"),
+        ("replay", "--image-topic", "(default /cam0/image_raw)"),
+    ],
+)
+def test_help_states_default(command, option, expected):
+    parser = command_parsers()[command]
+    action = next(action for action in parser._actions if option in action.option_strings)
+    assert expected in action.help
+
+
+def test_count_options_name_their_metavar():
+    parser = command_parsers()["run"]
+    for option in ("--stride", "--max-frames"):
+        action = next(action for action in parser._actions if option in action.option_strings)
+        assert action.metavar == "N"
+        assert "N" in action.help

@@ -361,7 +361,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="preset names or YAML paths to measure (default: small)")
     parser.add_argument("--frames", type=_positive_int, default=DEFAULT_FRAMES,
                         help=f"frames to track per configuration (default: {DEFAULT_FRAMES})")
-    parser.add_argument("--stride", type=_positive_int, default=1, help="keep every N-th frame")
+    parser.add_argument("--stride", type=_positive_int, default=1, metavar="N",
+                        help="keep every N-th frame (default 1)")
     parser.add_argument(
         "--width", type=_positive_int, default=DEFAULT_WIDTH,
         help=f"downscale wider frames to this width in pixels (default: {DEFAULT_WIDTH}, EuRoC "

@@ -314,19 +314,25 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "sequence", type=Path,
         help="sequence folder (EuRoC, KITTI, TartanAir, TUM RGB-D, image folder), video file or "
-        "ROS 2 bag folder",
+        "ROS 2 bag folder; a dataset folder that contains one sequence, such as a KITTI odometry "
+        "root, opens that sequence",
     )
 
     parser.add_argument("--config", default="small", help="preset name or YAML path (default: small)")
-    parser.add_argument("--model", type=Path, default=None, help="model file (default: vo_small.pt)")
+    parser.add_argument(
+        "--model", type=Path, default=None,
+        help="model file (default: models/vo_small.pt of the checkout, or of the installed "
+        "package's share folder)",
+    )
     parser.add_argument(
         "--device", default=None, choices=("auto", "cpu", "cuda"),
         help="compute device (default: the configuration's, normally auto)",
     )
 
-    parser.add_argument("--stride", type=_positive_int, default=1, help="keep every N-th frame")
-    parser.add_argument("--max-frames", type=_positive_int, default=None,
-                        help="track at most N frames (after --stride)")
+    parser.add_argument("--stride", type=_positive_int, default=1, metavar="N",
+                        help="keep every N-th frame (default 1)")
+    parser.add_argument("--max-frames", type=_positive_int, default=None, metavar="N",
+                        help="track at most N frames, counted after --stride (default: all)")
     parser.add_argument("--output", type=Path, default=None,
                         help="output folder (default: outputs/<sequence name>)")
     parser.add_argument(

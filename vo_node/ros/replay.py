@@ -721,24 +721,28 @@ def build_parser() -> argparse.ArgumentParser:
         "vo_node on it. Run inside scripts/netns_run.sh.",
     )
     parser.add_argument("bag", type=Path, help="bag folder (sqlite3 or mcap) or ROS 1 .bag file")
-    parser.add_argument("--rate", type=float, default=1.0, help="playback speed factor")
+    parser.add_argument("--rate", type=float, default=1.0, metavar="FACTOR",
+                        help="playback speed factor (default 1.0, the recorded speed)")
     parser.add_argument("--loop", action="store_true", help="play again from the start at the end")
     parser.add_argument("--topics", nargs="+", help="topics to play (default: all)")
     parser.add_argument("--clock", action="store_true", help="publish /clock with the bag time")
     parser.add_argument("--start-delay", type=float, default=0.0, metavar="SECONDS",
-                        help="wait this long before the first message, seconds")
+                        help="wait this long before the first message, seconds (default 0)")
     parser.add_argument("--wait-for-subscribers", type=float, default=0.0, metavar="SECONDS",
                         help="before playing, wait up to this long until every played topic "
-                        "has a subscriber (reliable subscribers that join late miss messages)")
+                        "has a subscriber, seconds (default 0: no wait; reliable subscribers "
+                        "that join late miss messages)")
     parser.add_argument("--best-effort", action="store_true",
                         help="publish best effort instead of reliable")
     evaluation = parser.add_argument_group("evaluation")
     evaluation.add_argument("--evaluate", action="store_true",
                             help="run vo_node in this process on the bag in lockstep and report")
     evaluation.add_argument("--image-topic", default="/cam0/image_raw",
-                            help="image topic in the bag (sensor_msgs/Image)")
+                            help="image topic in the bag (sensor_msgs/Image) "
+                            "(default /cam0/image_raw)")
     evaluation.add_argument("--camera-info-topic", default="/cam0/camera_info",
-                            help="CameraInfo topic in the bag; 'none' to use -p intrinsics:=...")
+                            help="CameraInfo topic in the bag (default /cam0/camera_info); "
+                            "'none' to use -p intrinsics:=...")
     evaluation.add_argument("--groundtruth", help="ground-truth pose topic in the bag or TUM file")
     evaluation.add_argument(
         "--groundtruth-extrinsic", type=float, nargs=7, default=None,
@@ -750,7 +754,8 @@ def build_parser() -> argparse.ArgumentParser:
     evaluation.add_argument("--node-args", default="",
                             help="extra ROS arguments for the node, e.g. \"-p model.device:=cpu\"")
     evaluation.add_argument("--frame-timeout", type=float, default=120.0, metavar="SECONDS",
-                            help="maximum wait for the node to finish one frame, seconds")
+                            help="maximum wait for the node to finish one frame, seconds "
+                            "(default 120)")
     return parser
 
 

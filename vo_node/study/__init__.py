@@ -57,7 +57,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_common(snr)
 
     sources = commands.add_parser("sources", help="the three sources of gradient variance")
-    sources.add_argument("--checkpoint", type=Path, required=True)
+    sources.add_argument("--checkpoint", type=Path, required=True,
+                         help="training checkpoint (or model file) to measure")
     sources.add_argument("--clips", type=int, default=16, help="number of fixed clips (default 16)")
     sources.add_argument("--config", type=Path, help="training recipe (default: the checkpoint's)")
     sources.add_argument("--ba-iterations", type=int, nargs="+", default=[1, 2, 4],
@@ -78,7 +79,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     speedup = commands.add_parser("speedup", help="train both recipes and compare step counts")
     speedup.add_argument("--config", type=Path, required=True, help="training recipe YAML")
-    speedup.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    speedup.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2],
+                         help="training seeds; both variants train once per seed "
+                         "(default 0 1 2)")
     speedup.add_argument("--steps", type=int, required=True, help="step budget of every run")
     speedup.add_argument("--metric", default="pose_translation",
                          help="validation column compared (default pose_translation)")
