@@ -8,6 +8,9 @@ so only behaviour is checked, never accuracy.
 from __future__ import annotations
 
 import argparse
+import json
+import logging
+import os
 from pathlib import Path
 
 import cv2
@@ -206,3 +209,51 @@ def test_count_options_name_their_metavar():
         action = next(action for action in parser._actions if option in action.option_strings)
         assert action.metavar == "N"
         assert "N" in action.help
+
+
+# --------------------------------------------------------------------------------------------
+# Runner: ground truth of a ROS 2 bag
+
+DATA = Path(
+    os.environ.get("VO_NODE_DATA", Path(__file__).resolve().parents[1].parent / "shared" / "data")
+)
+BAG = DATA / "ros2_bags" / "euroc_MH_05_cam0_derived"
+EUROC_CAM0_T_BODY_CAM = ("-0.021640145", "-0.064676987", "0.009810731", "-0.007707180",
+                         "0.010499323", "0.701752800", "0.712301461")
+"""``T_BS`` of EuRoC MH_05 cam0 (``x y z qx qy qz qw``), the camera pose in the IMU body frame."""
+needs_bag = pytest.mark.skipif(
+    not BAG.exists(), reason=f"sample data {BAG} is absent (set VO_NODE_DATA)"
+)
+
+
+@needs_bag
+def test_run_bag_with_ground_truth_topic_writes_metrics(tmp_path, model_path):
+    output = tmp_path / "out"
+    argv = [str(BAG), "--model", str(model_path), "--device", "cpu", "--no-progress",
+            "--max-frames", "3", "--output", str(output),
+            "--groundtruth-topic", "/groundtruth/imu_pose",
+            "--groundtruth-extrinsic", *EUROC_CAM0_T_BODY_CAM]
+    assert run.main(argv) == run.EXIT_OK
+    assert (output / "trajectory.tum").is_file()
+    report = json.loads((output / "metrics.json").read_text())
+    assert report["frames"] == 3
+    assert report["groundtruth_topic"] == "/groundtruth/imu_pose"
+
+
+@needs_bag
+def test_run_bag_without_ground_truth_names_pose_topic(tmp_path, caplog, model_path):
+    caplog.set_level(logging.INFO, logger="vo_node.run")
+    argv = [str(BAG), "--model", str(model_path), "--device", "cpu", "--no-progress",
+            "--max-frames", "2", "--output", str(tmp_path / "out")]
+    assert run.main(argv) == run.EXIT_OK
+    assert "pose topic /groundtruth/imu_pose" in caplog.text
+    assert "--groundtruth-topic" in caplog.text
+
+
+def test_run_rejects_invalid_ground_truth_extrinsic(tmp_path, caplog, model_path):
+    sequence = image_folder(tmp_path / "images")
+    argv = [str(sequence), "--model", str(model_path), "--groundtruth-extrinsic",
+            "0", "0", "0", "0", "0", "0", "0.5"]
+    assert run.main(argv) == run.EXIT_USAGE
+    assert "--groundtruth-extrinsic quaternion" in caplog.text
+    assert "has norm 0.500000" in caplog.text

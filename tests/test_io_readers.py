@@ -693,3 +693,32 @@ def test_nested_image_folder_is_not_a_sequence(tmp_path):
     cv2.imwrite(str(images / "000000.png"), textured_image(48, 64, 0))
     with pytest.raises(SequenceError, match="matches no supported sequence layout"):
         open_sequence(tmp_path)
+
+
+@needs(BAG)
+@needs(EUROC)
+def test_open_sequence_passes_bag_ground_truth():
+    euroc = open_sequence(EUROC)
+    sequence = open_sequence(BAG, max_frames=4, groundtruth_topic="/groundtruth/imu_pose",
+                             T_body_cam=euroc.T_body_cam)
+    assert isinstance(sequence, BagSequence)
+    ground_truth = sequence.ground_truth
+    assert ground_truth is not None
+    np.testing.assert_array_equal(ground_truth.timestamps_ns, sequence.timestamps_ns)
+    rows = np.searchsorted(euroc.ground_truth.timestamps_ns, ground_truth.timestamps_ns)
+    np.testing.assert_allclose(ground_truth.poses, euroc.ground_truth.poses[rows], atol=1e-5)
+
+
+@needs(BAG)
+def test_bag_lists_pose_topics():
+    sequence = open_sequence(BAG, max_frames=1)
+    assert sequence.pose_topics == ["/groundtruth/imu_pose"]
+    assert sequence.ground_truth is None
+
+
+def test_ground_truth_topic_rejected_by_image_folder(tmp_path):
+    for index in range(2):
+        cv2.imwrite(str(tmp_path / f"{index:06d}.png"), textured_image(48, 64, index))
+    write_camera_yaml(tmp_path / "camera.yaml", 64, 48, (60.0, 60.0, 32.0, 24.0))
+    with pytest.raises(SequenceError, match="images sequences do not take groundtruth_topic"):
+        open_sequence(tmp_path, groundtruth_topic="/pose")

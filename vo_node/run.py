@@ -42,6 +42,7 @@ from vo_node.config import (
 )
 from vo_node.evaluation.metrics import EvaluationError, TrajectoryMetrics, evaluate_trajectory
 from vo_node.io.atomic import atomic_write
+from vo_node.io.bag import body_from_camera_pose
 from vo_node.io.camera import CalibrationError
 from vo_node.io.sequence import Sequence, SequenceError, open_sequence
 from vo_node.io.trajectory import Trajectory, TrajectoryError, write_tum
@@ -345,6 +346,17 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--fps", type=float, default=None,
                         help="frame rate (Hz) for image folders or videos without timestamps")
     parser.add_argument("--image-topic", default=None, help="image topic of a ROS 2 bag")
+    parser.add_argument(
+        "--groundtruth-topic", default=None, metavar="TOPIC",
+        help="pose topic of a ROS 2 bag to evaluate against (PoseStamped, "
+        "PoseWithCovarianceStamped, TransformStamped or Odometry; default: no ground truth)",
+    )
+    parser.add_argument(
+        "--groundtruth-extrinsic", type=float, nargs=7, default=None,
+        metavar=("X", "Y", "Z", "QX", "QY", "QZ", "QW"),
+        help="T_body_cam (metres, unit quaternion) when --groundtruth-topic carries the pose of a "
+        "body or IMU frame; see docs/ros2.md for EuRoC's value",
+    )
 
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     parser.add_argument("--log-level", default="INFO",
@@ -440,10 +452,17 @@ def main(argv: TypingSequence[str] | None = None) -> int:
 def _run(args: argparse.Namespace, stop: StopRequest) -> int:
     """Open, track, write and report; the body of :func:`main`."""
     try:
+        T_body_cam = None
+        if args.groundtruth_extrinsic is not None:
+            T_body_cam = body_from_camera_pose(
+                args.groundtruth_extrinsic, "--groundtruth-extrinsic"
+            )
         sequence = open_sequence(
             args.sequence, args.stride, args.max_frames, camera_path=args.camera, fps=args.fps,
-            image_topic=args.image_topic,
+            image_topic=args.image_topic, groundtruth_topic=args.groundtruth_topic,
+            T_body_cam=T_body_cam,
         )
+        _log_unused_pose_topics(sequence)
         config, network, device = load_engine(args.config, args.override, args.model, args.device)
         output_dir = args.output or DEFAULT_OUTPUT_ROOT / sequence.name
         created = prepare_output_dir(output_dir)
@@ -467,6 +486,8 @@ def _run(args: argparse.Namespace, stop: StopRequest) -> int:
         "device": device,
         "stride": args.stride,
         "max_frames": args.max_frames,
+        "groundtruth_topic": args.groundtruth_topic,
+        "groundtruth_extrinsic": args.groundtruth_extrinsic,
     }
     try:
         outputs = write_outputs(result, output_dir, sequence.ground_truth, extra)
@@ -477,6 +498,17 @@ def _run(args: argparse.Namespace, stop: StopRequest) -> int:
         print(line)
     print(f"trajectory written to {outputs.trajectory_path}")
     return exit_status(result, stop)
+
+
+def _log_unused_pose_topics(sequence: Sequence) -> None:
+    """Name the pose topics of a bag opened without ground truth, and the option that uses them."""
+    topics = getattr(sequence, "pose_topics", [])
+    if topics and sequence.ground_truth is None:
+        logger.info(
+            "%s has pose topic %s; pass it with --groundtruth-topic (and --groundtruth-extrinsic "
+            "when it is the pose of a body or IMU frame) to compute the ATE",
+            sequence.name, ", ".join(topics),
+        )
 
 
 def exit_status(result: RunResult, stop: StopRequest) -> int:

@@ -21,7 +21,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, Sequence
 
 import cv2
 import numpy as np
@@ -50,16 +50,24 @@ BAG_SUFFIXES = (".db3", ".mcap")
 MONO_ENCODINGS = ("mono8", "mono16", "8UC1", "16UC1")
 DEFAULT_MAX_GROUND_TRUTH_GAP_NS = 100_000_000
 """Largest distance (ns) from an image to its neighbouring ground-truth messages."""
+POSE_VALUES = 7
+QUATERNION_NORM_TOLERANCE = 1e-3
+"""Largest ``| |q| - 1 |`` of a given extrinsic quaternion before it is rejected."""
 DEFAULT_TYPESTORE = Stores.ROS2_JAZZY
 """Message definitions used when a bag does not embed its own."""
 
 
 class BagSequence(Sequence):
-    """The images of one topic in a ROS 2 bag folder (the folder with ``metadata.yaml``)."""
+    """The images of one topic in a ROS 2 bag folder (the folder with ``metadata.yaml``).
+
+    Attributes:
+        pose_topics: topics of the bag with a type of :data:`POSE_TYPES`, sorted, whether or
+            not one is the ground truth.
+    """
 
     layout = "ros2_bag"
     DESCRIPTION = "ROS 2 bag: folder with metadata.yaml and a .db3 (sqlite3) or .mcap file"
-    OPTIONS = ("camera_path", "image_topic")
+    OPTIONS = ("camera_path", "image_topic", "groundtruth_topic", "T_body_cam")
 
     def __init__(
         self,
@@ -79,6 +87,7 @@ class BagSequence(Sequence):
         self.max_ground_truth_gap_ns = max_ground_truth_gap_ns
         with self._open_reader() as reader:
             topics = {c.topic: c.msgtype for c in reader.connections}
+            self.pose_topics = sorted(t for t, kind in topics.items() if kind in POSE_TYPES)
             self.image_topic = select_image_topic(topics, image_topic, self.path)
             if groundtruth_topic is not None:
                 _check_topic(topics, groundtruth_topic, POSE_TYPES, self.path)
@@ -99,9 +108,11 @@ class BagSequence(Sequence):
     def open(
         cls, path: Path, stride: int = 1, max_frames: int | None = None,
         camera_path: str | Path | None = None, image_topic: str | None = None,
+        groundtruth_topic: str | None = None, T_body_cam: np.ndarray | None = None,
     ) -> "BagSequence":
         return cls(
-            path, image_topic=image_topic, camera_path=camera_path, stride=stride,
+            path, image_topic=image_topic, camera_path=camera_path,
+            groundtruth_topic=groundtruth_topic, T_body_cam=T_body_cam, stride=stride,
             max_frames=max_frames,
         )
 
@@ -235,6 +246,30 @@ def _check_topic(topics: dict[str, str], topic: str, types: tuple[str, ...], bag
         raise SequenceError(
             f"topic {topic} in bag {bag} has type {topics[topic]}; expected {' or '.join(types)}"
         )
+
+
+def body_from_camera_pose(pose: Sequence[float], source: str) -> np.ndarray:
+    """Convert ``[x, y, z, qx, qy, qz, qw]`` (metres, unit quaternion) to ``T_body_cam`` ``(4, 4)``.
+
+    Args:
+        source: where the values came from (a command-line option), for the error message.
+
+    Raises:
+        CalibrationError: not 7 finite values, or a quaternion whose norm is not 1 within
+            :data:`QUATERNION_NORM_TOLERANCE`.
+    """
+    values = np.asarray(pose, dtype=np.float64).reshape(-1)
+    if values.shape != (POSE_VALUES,) or not np.all(np.isfinite(values)):
+        raise CalibrationError(
+            f"{source} must be 7 finite values x y z qx qy qz qw, got {values.tolist()}"
+        )
+    norm = float(np.linalg.norm(values[3:]))
+    if abs(norm - 1.0) > QUATERNION_NORM_TOLERANCE:
+        raise CalibrationError(
+            f"{source} quaternion [qx, qy, qz, qw] = {values[3:].tolist()} has norm {norm:.6f}; "
+            "give a unit quaternion"
+        )
+    return poses_to_matrices(values)[0]
 
 
 def _check_transform(transform: np.ndarray | None) -> np.ndarray:

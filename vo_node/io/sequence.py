@@ -250,6 +250,8 @@ def open_sequence(
     camera_path: str | Path | None = None,
     fps: float | None = None,
     image_topic: str | None = None,
+    groundtruth_topic: str | None = None,
+    T_body_cam: np.ndarray | None = None,
 ) -> Sequence:
     """Open ``path`` with the reader of its layout, detected from the folder contents.
 
@@ -263,6 +265,9 @@ def open_sequence(
             replace the one they carry (TUM RGB-D, ROS 2 bag).
         fps: frame rate for image folders without timestamps and for videos without them.
         image_topic: image topic of a ROS 2 bag with more than one.
+        groundtruth_topic: pose topic of a ROS 2 bag to use as ground truth.
+        T_body_cam: ``(4, 4)`` camera pose in the body frame whose pose ``groundtruth_topic``
+            carries (ROS 2 bags); None when the topic carries the camera pose itself.
 
     Raises:
         SequenceError: the path does not exist, matches no supported layout (the message lists
@@ -275,7 +280,10 @@ def open_sequence(
         raise SequenceError(f"sequence path {path} does not exist; check the path")
     path = resolve_sequence_path(path)
     reader = detect_reader(path)
-    options = {"camera_path": camera_path, "fps": fps, "image_topic": image_topic}
+    options = {
+        "camera_path": camera_path, "fps": fps, "image_topic": image_topic,
+        "groundtruth_topic": groundtruth_topic, "T_body_cam": T_body_cam,
+    }
     accepted = {key: value for key, value in options.items() if value is not None}
     unsupported = sorted(set(accepted) - set(reader.OPTIONS))
     if unsupported:
