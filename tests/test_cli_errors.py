@@ -257,3 +257,16 @@ def test_run_rejects_invalid_ground_truth_extrinsic(tmp_path, caplog, model_path
     assert run.main(argv) == run.EXIT_USAGE
     assert "--groundtruth-extrinsic quaternion" in caplog.text
     assert "has norm 0.500000" in caplog.text
+
+
+# --------------------------------------------------------------------------------------------
+# Demo: signals
+
+
+def test_demo_sigterm_exit_status_is_143():
+    import signal
+
+    with pytest.raises(KeyboardInterrupt) as error:
+        demo._raise_terminated(signal.SIGTERM, None)
+    assert demo.interrupt_exit_status(error.value) == 143
+    assert demo.interrupt_exit_status(KeyboardInterrupt()) == 130

@@ -54,6 +54,7 @@ from vo_node.run import (
     exit_status,
     load_engine,
     prepare_output_dir,
+    remove_created_folders,
     report_nothing_tracked,
     run_sequence,
     write_outputs,
@@ -322,7 +323,7 @@ def run_through_node(args: argparse.Namespace) -> int:
 
     try:
         model_path = resolve_model(args.model)
-        prepare_output_dir(args.output)
+        created = prepare_output_dir(args.output)
         bag = prepare_bag(args.sequence, args.output, args.max_frames)
     except (MissingModelError, SequenceError, CalibrationError, TrajectoryError,
             FileNotFoundError, FileExistsError, OutputError) as error:
@@ -337,7 +338,7 @@ def run_through_node(args: argparse.Namespace) -> int:
     if SHM_PROFILE.is_file():
         os.environ.setdefault("FASTRTPS_DEFAULT_PROFILES_FILE", str(SHM_PROFILE))
     logger.info("replaying %s through vo_node (image topic %s)", bag.path, bag.image_topic)
-    previous = signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
+    previous = signal.signal(signal.SIGTERM, _raise_terminated)
     try:
         report = evaluate_bag(
             bag.path, bag.image_topic, bag.camera_info_topic, bag.groundtruth_topic,
@@ -346,11 +347,13 @@ def run_through_node(args: argparse.Namespace) -> int:
             groundtruth_extrinsic=args.groundtruth_extrinsic,
         )
     except ReplayError as error:
+        remove_created_folders(created)
         logger.error("%s", error)
         return EXIT_NODE_FAILED
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as error:
+        remove_created_folders(created)
         logger.warning("interrupted; nothing was written")
-        return SIGNAL_EXIT_BASE + signal.SIGINT
+        return interrupt_exit_status(error)
     finally:
         signal.signal(signal.SIGTERM, previous)
 
@@ -382,8 +385,18 @@ class ProgressLog:
         logger.info("the node has finished %d%s frames", index + 1, of_total)
 
 
-def _raise_keyboard_interrupt(_signal_number: int, _frame: FrameType | None) -> None:
-    raise KeyboardInterrupt
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised like Ctrl-C so that the same clean-up runs."""
+
+
+def _raise_terminated(_signal_number: int, _frame: FrameType | None) -> None:
+    raise Terminated
+
+
+def interrupt_exit_status(error: KeyboardInterrupt) -> int:
+    """Return ``128 + signal``: 143 for SIGTERM (:class:`Terminated`), else 130 for SIGINT."""
+    number = signal.SIGTERM if isinstance(error, Terminated) else signal.SIGINT
+    return SIGNAL_EXIT_BASE + number
 
 
 # --------------------------------------------------------------------------------------------
