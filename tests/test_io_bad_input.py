@@ -113,6 +113,17 @@ def test_euroc_copy_with_truncated_png(tmp_path):
         list(sequence)
 
 
+@needs_euroc
+def test_euroc_image_that_is_folder(tmp_path):
+    root = _small_euroc_copy(tmp_path, frames=3)
+    broken = sorted((root / "mav0" / "cam0" / "data").iterdir())[1]
+    broken.unlink()
+    broken.mkdir()
+    with pytest.raises(SequenceError) as error:
+        list(open_sequence(root))
+    assert f"image file {broken} is a folder, not an image" in str(error.value)
+
+
 def _small_euroc_copy(tmp_path: Path, frames: int) -> Path:
     root = tmp_path / "euroc"
     source = EUROC / "mav0" / "cam0"

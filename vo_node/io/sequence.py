@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import abc
 import logging
+import os
 from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 from functools import cached_property
@@ -177,11 +178,18 @@ def read_image(path: Path) -> np.ndarray:
     """Read an image file as ``(H, W)`` grayscale or ``(H, W, 3)`` RGB (uint8 or uint16).
 
     Raises:
-        SequenceError: the file is missing, empty, truncated or not an image.
+        SequenceError: the file is missing, a folder, not readable, empty, truncated or not an
+            image.
     """
     fix = "re-extract or re-copy the file, or remove it from the sequence"
+    if path.is_dir():
+        raise SequenceError(f"image file {path} is a folder, not an image; {fix}")
     if not path.is_file():
         raise SequenceError(f"image file {path} not found; {fix}")
+    if not os.access(path, os.R_OK):
+        raise SequenceError(
+            f"image file {path} is not readable (permission denied); make it readable with chmod"
+        )
     if path.suffix.lower() in JPEG_EXTENSIONS and not _jpeg_is_complete(path):
         raise SequenceError(f"image file {path} is truncated (no JPEG end marker); {fix}")
     image = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
