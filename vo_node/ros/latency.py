@@ -430,8 +430,7 @@ def measure_latency(
 
         publisher = _start_publisher(sequence_path, rate_hz, frames, qos, warmup)
         try:
-            _warm_up(publisher, node, warmup)
-            baseline = NodeCounters.read(node)
+            baseline = _warm_up(publisher, node, warmup)
             load_at_start = [round(value, 2) for value in os.getloadavg()]
             sampler = _QueueSampler(node, baseline)
             sampler.start()
@@ -470,8 +469,13 @@ def _start_publisher(sequence_path: Path, rate_hz: float, frames: int | None, qo
     return subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
 
 
-def _warm_up(publisher: subprocess.Popen, node, warmup: int) -> None:
-    """Release the publisher's warm-up frames one at a time, each after the node is done."""
+def _warm_up(publisher: subprocess.Popen, node, warmup: int) -> "NodeCounters":
+    """Release the publisher's warm-up frames one at a time, each after the node is done.
+
+    Returns the node's counters read while it is idle, just before the publisher is released
+    into the timed frames, so no timed frame can be counted in the baseline.
+    """
+    baseline = NodeCounters.read(node)
     for index in range(warmup):
         received = node.input_rate.count
         line = publisher.stdout.readline()
@@ -487,9 +491,11 @@ def _warm_up(publisher: subprocess.Popen, node, warmup: int) -> None:
                 f"the node did not finish warm-up frame {index + 1} within "
                 f"{COMPLETION_TIMEOUT_S:.0f} s"
             )
+        baseline = NodeCounters.read(node)
         publisher.stdin.write("\n")
         publisher.stdin.flush()
     logger.info("warm-up done: %d frames; the timed frames start now", warmup)
+    return baseline
 
 
 def _finish_publisher(publisher: subprocess.Popen) -> dict:
