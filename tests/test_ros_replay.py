@@ -116,7 +116,8 @@ def test_replay_keeps_stamps_and_publishes_clock(image_bag):
         thread.start()
         def finished():
             last_clock_seen = clocks and stamp_to_ns(clocks[-1].clock) == stamps[-1]
-            return len(images) == len(stamps) and last_clock_seen
+            # Images, camera infos and the clock travel on separate topics, so wait for all three.
+            return len(images) == len(stamps) and len(infos) == len(stamps) and last_clock_seen
 
         spin_until(executor, finished, 10.0)
         thread.join()
