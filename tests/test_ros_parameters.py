@@ -162,10 +162,14 @@ def test_namespace_remaps_and_params_file(tmp_path):
 
 
 def test_compressed_transport_subscribes_to_compressed_topic():
-    with ros_context(["-p", NO_MODEL, "-p", "image_transport:=compressed"]) as context:
+    # A node name of its own, so a vo_node left over from another test in the same ROS domain
+    # cannot answer the graph query.
+    name = "vo_node_compressed_test"
+    arguments = ["-r", f"__node:={name}", "-p", NO_MODEL, "-p", "image_transport:=compressed"]
+    with ros_context(arguments) as context:
         node = make_node(context)
         subscriptions = wait_for_graph(
-            lambda: node.get_subscriber_names_and_types_by_node("vo_node", "/"),
+            lambda: node.get_subscriber_names_and_types_by_node(name, "/"),
             {"/image/compressed", "/camera_info"},
         )
         node.shutdown()
