@@ -163,7 +163,7 @@ def test_namespace_remaps_and_params_file(tmp_path):
 
 def test_compressed_transport_subscribes_to_compressed_topic():
     # A node name of its own, so a vo_node left over from another test in the same ROS domain
-    # cannot answer the graph query.
+    # cannot be the one the graph query returns.
     name = "vo_node_compressed_test"
     arguments = ["-r", f"__node:={name}", "-p", NO_MODEL, "-p", "image_transport:=compressed"]
     with ros_context(arguments) as context:
