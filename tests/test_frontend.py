@@ -222,7 +222,7 @@ def test_old_keyframes_fold_out_and_memory_stays_bounded():
     assert graph.num_folded > 150
     assert max(capacities) <= 32
     assert_edges_consistent(graph)
-    # The ring buffer holds the dense maps of the newest frame_memory keyframes.
+    # The ring buffer contains the dense maps of the newest frame_memory keyframes.
     recent = torch.arange(graph.n - graph.frontend.frame_memory, graph.n)
     maps = graph.fmaps[0][graph.fmap_slots(recent), 0, 0, 0]
     assert maps.tolist() == graph.frame_ids[recent.numpy()].astype(float).tolist()

@@ -346,6 +346,8 @@ def default_sequence() -> Path:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from vo_node.run import positive_int
+
     """Return the argument parser of ``python -m vo_node.bench``."""
     parser = argparse.ArgumentParser(
         prog="python -m vo_node.bench",
@@ -359,16 +361,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     parser.add_argument("--configs", nargs="+", default=list(DEFAULT_CONFIGS),
                         help="preset names or YAML paths to measure (default: small)")
-    parser.add_argument("--frames", type=_positive_int, default=DEFAULT_FRAMES,
+    parser.add_argument("--frames", type=positive_int, default=DEFAULT_FRAMES,
                         help=f"frames to track per configuration (default: {DEFAULT_FRAMES})")
-    parser.add_argument("--stride", type=_positive_int, default=1, metavar="N",
+    parser.add_argument("--stride", type=positive_int, default=1, metavar="N",
                         help="keep every N-th frame (default 1)")
     parser.add_argument(
-        "--width", type=_positive_int, default=DEFAULT_WIDTH,
+        "--width", type=positive_int, default=DEFAULT_WIDTH,
         help=f"downscale wider frames to this width in pixels (default: {DEFAULT_WIDTH}, EuRoC "
         "half resolution)",
     )
-    parser.add_argument("--threads", type=_positive_int, default=None,
+    parser.add_argument("--threads", type=positive_int, default=None,
                         help="torch CPU threads (default: torch's choice)")
 
     parser.add_argument(
@@ -383,16 +385,6 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--log-level", default="INFO",
                         choices=("DEBUG", "INFO", "WARNING", "ERROR"), help="logging level")
     return parser
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
-    return value
 
 
 def measure_in_child(settings: BenchSettings, log_level: int = logging.INFO) -> dict[str, Any]:

@@ -53,6 +53,7 @@ from vo_node.run import (
     StopRequest,
     exit_status,
     load_engine,
+    positive_int,
     prepare_output_dir,
     remove_created_folders,
     report_nothing_tracked,
@@ -423,7 +424,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="model file (default: the shipped models/vo_small.pt)")
     parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"),
                         help="compute device (default: auto)")
-    parser.add_argument("--max-frames", type=_positive_int, default=None,
+    parser.add_argument("--max-frames", type=positive_int, default=None,
                         help="track at most N frames of a sequence (a bag is replayed whole)")
     parser.add_argument("--no-progress", action="store_true",
                         help="hide the progress bar (offline mode)")
@@ -439,16 +440,6 @@ def build_parser() -> argparse.ArgumentParser:
     node.add_argument("--frame-timeout", type=float, default=300.0, metavar="SECONDS",
                       help="maximum wait for the node to finish one frame, seconds (default 300)")
     return parser
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
-    return value
 
 
 def run_offline(args: argparse.Namespace, tracker: Tracker = track_offline) -> int:

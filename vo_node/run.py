@@ -330,9 +330,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="compute device (default: the configuration's, normally auto)",
     )
 
-    parser.add_argument("--stride", type=_positive_int, default=1, metavar="N",
+    parser.add_argument("--stride", type=positive_int, default=1, metavar="N",
                         help="keep every N-th frame (default 1)")
-    parser.add_argument("--max-frames", type=_positive_int, default=None, metavar="N",
+    parser.add_argument("--max-frames", type=positive_int, default=None, metavar="N",
                         help="track at most N frames, counted after --stride (default: all)")
     parser.add_argument("--output", type=Path, default=None,
                         help="output folder (default: outputs/<sequence name>)")
@@ -364,7 +364,8 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _positive_int(text: str) -> int:
+def positive_int(text: str) -> int:
+    """Parse an argparse value that must be a whole number of at least 1."""
     try:
         value = int(text)
     except ValueError:
