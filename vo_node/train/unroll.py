@@ -75,7 +75,7 @@ class UnrolledModel(nn.Module):
     ``target_transform``, when set, is applied to each iteration's BA targets (reprojected patch
     centres plus the predicted ``delta``, ``(E, 2)`` in 1/4-resolution pixels) just before the BA
     call, e.g. to add noise of known size. It must return a tensor of the same shape. Only the
-    BA sees the transformed targets, and the losses compare the post-BA reprojections as usual.
+    BA receives the transformed targets, and the losses compare the post-BA reprojections as usual.
     The attribute may be replaced between calls.
     """
 
