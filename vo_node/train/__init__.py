@@ -19,9 +19,19 @@ logger = logging.getLogger(__name__)
 
 EXIT_ERROR = 1
 EXIT_USAGE = 2
+DEFAULT_RECIPE = "train_small"
+"""Preset trained when neither --config nor --resume names a recipe: the CPU recipe."""
+GPU_RECIPE_PIXELS = 480 * 640
+"""Clip area (pixels) of the GPU recipe. Recipes with clips at least this large warn on the CPU."""
+FULL_RECIPE_CPU_MEMORY_GB = 20
+"""Resident memory (GB) that a CPU run of the full engine on 480x640 clips of 15 frames was
+observed to grow to (one observation, not a bound)."""
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """Return the argument parser of ``python -m vo_node.train``."""
+    from vo_node.run import positive_int
+
     parser = argparse.ArgumentParser(
         prog="python -m vo_node.train",
         description="Train the vo_node patch network on synthetic, TartanAir or TUM RGB-D clips.",
@@ -29,8 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--config", type=Path,
         help="training recipe YAML: config/train_small.yaml for a CPU, config/train_full.yaml for "
-        "a GPU (default: the checkpoint's recipe with --resume, else the built-in defaults, which "
-        "match the full recipe and need a GPU)",
+        "a GPU (default: the checkpoint's recipe with --resume, else config/train_small.yaml)",
     )
     parser.add_argument(
         "--output", type=Path,
@@ -41,23 +50,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="continue from CKPT (a .pt file or a run folder); without CKPT, from "
         "OUTPUT/checkpoints/latest.pt",
     )
-    parser.add_argument("--max-steps", type=_positive_int,
+    parser.add_argument("--max-steps", type=positive_int,
                         help="stop after this many more steps (default: train to optim.steps)")
     parser.add_argument("--export", type=Path, metavar="CKPT",
                         help="write a compact model file from a checkpoint and exit")
     parser.add_argument("overrides", nargs="*", metavar="key=value",
                         help="dotted configuration overrides, e.g. optim.lr=4e-4")
     return parser
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return value
 
 
 def _configure_logging() -> None:
@@ -73,7 +72,7 @@ def _resolve(args: argparse.Namespace):
 
     Without ``--config``, a resumed run takes the configuration stored in its checkpoint.
     """
-    from vo_node.config import apply_overrides, from_dict, parse_override
+    from vo_node.config import apply_overrides, find_preset, from_dict, parse_override
     from vo_node.train import checkpoint as ckpt
     from vo_node.train.config import TrainConfig, load_train_config
 
@@ -89,14 +88,36 @@ def _resolve(args: argparse.Namespace):
         stored = ckpt.load_checkpoint(resume_path)["config"]
         config = apply_overrides(from_dict(TrainConfig, stored), overrides).validate()
     elif config is None:
-        logger.warning(
-            "no --config given: training with the built-in defaults (the full recipe: engine "
-            "full, 480x640 clips, 240,000 steps), which need a GPU; pass --config "
-            "config/train_small.yaml to train on a CPU"
+        default_recipe = find_preset(DEFAULT_RECIPE)
+        logger.info(
+            "no --config given: training with the CPU recipe %s; pass --config "
+            "config/train_full.yaml for the GPU recipe", default_recipe,
         )
-        config = load_train_config(None, overrides)
+        config = load_train_config(default_recipe, overrides)
+    warn_if_too_large_for_cpu(config)
     output = args.output if args.output else Path(config.output)
     return config, output, resume_path
+
+
+def warn_if_too_large_for_cpu(config) -> bool:
+    """Warn when a GPU-sized recipe is about to train on the CPU; return whether it warned.
+
+    GPU-sized means the ``full`` engine or clips of at least 480x640 pixels, as in
+    ``config/train_full.yaml``.
+    """
+    from vo_node.config import resolve_device
+
+    large_clips = config.data.height * config.data.width >= GPU_RECIPE_PIXELS
+    if resolve_device(config.device) != "cpu" or not (config.engine == "full" or large_clips):
+        return False
+    logger.warning(
+        "training a GPU-sized recipe (engine %s, %dx%d clips of %d frames) on the CPU: expect "
+        "about %d GB of memory and minutes per step; pass --config config/train_small.yaml "
+        "for the CPU recipe",
+        config.engine, config.data.height, config.data.width, config.data.n_frames,
+        FULL_RECIPE_CPU_MEMORY_GB,
+    )
+    return True
 
 
 def main(argv: list[str] | None = None) -> int:
