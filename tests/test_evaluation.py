@@ -157,6 +157,24 @@ def test_static_estimate_is_degenerate():
         evaluate_trajectory(Trajectory(ground_truth.timestamps_ns, static), ground_truth)
 
 
+def test_standstill_reference_is_rms_about_centroid():
+    ground_truth = helix(60)
+    metrics = evaluate_trajectory(ground_truth, ground_truth)
+    positions = ground_truth.positions
+    expected = math.sqrt(np.mean(np.sum((positions - positions.mean(axis=0)) ** 2, axis=1)))
+    assert metrics.standstill_ate_rmse == pytest.approx(expected, rel=1e-9)
+    assert metrics.standstill_ate_percent == pytest.approx(100 * expected / metrics.path_length)
+    # A perfect estimate sits far below the standstill reference; one that only jitters in
+    # place, unrelated to the motion, cannot get below it and lands close to it.
+    assert metrics.ate_rmse < 1e-6 * metrics.standstill_ate_rmse
+    jitter = np.random.default_rng(0).normal(scale=1e-3, size=positions.shape)
+    frozen = evaluate_trajectory(
+        Trajectory(ground_truth.timestamps_ns, np.concatenate([jitter, ground_truth.poses[:, 3:]], axis=1)),
+        ground_truth,
+    )
+    assert 0.85 * expected < frozen.ate_rmse <= expected * (1 + 1e-9)
+
+
 def test_short_path_leaves_distance_rpe_undefined():
     ground_truth = helix(40)
     metrics = evaluate_trajectory(ground_truth, ground_truth, rpe_distance_m=1000.0)

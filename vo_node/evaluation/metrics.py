@@ -60,6 +60,12 @@ class TrajectoryMetrics:
     scale: float
     """Sim(3) scale that maps the estimate onto the ground truth."""
     associated_poses: int
+    standstill_ate_rmse: float = math.nan
+    """ATE of a tracker that never moves, on the same associated poses: the RMS distance of the
+    ground-truth positions from their centroid (the limit of the Sim(3) alignment as its scale goes
+    to 0). An estimate must be well below it to show any tracking."""
+    standstill_ate_percent: float = math.nan
+    """``standstill_ate_rmse`` as a percentage of ``path_length``."""
 
     def to_dict(self) -> dict[str, float | int]:
         """Return the fields as a JSON-ready dict (NaN becomes None)."""
@@ -181,6 +187,8 @@ def evaluate_trajectory(
     )
     path_length = float(pair.ground_truth.path_length)
     ate_percent = PERCENT * ate_stats["rmse"] / path_length if path_length > 0 else math.nan
+    standstill = standstill_rmse(pair.ground_truth.positions_xyz)
+    standstill_percent = PERCENT * standstill / path_length if path_length > 0 else math.nan
     return TrajectoryMetrics(
         ate_rmse=float(ate_stats["rmse"]),
         ate_mean=float(ate_stats["mean"]),
@@ -195,7 +203,19 @@ def evaluate_trajectory(
         ate_percent=float(ate_percent),
         scale=pair.scale,
         associated_poses=int(pair.ground_truth.num_poses),
+        standstill_ate_rmse=standstill,
+        standstill_ate_percent=float(standstill_percent),
     )
+
+
+def standstill_rmse(positions: np.ndarray) -> float:
+    """Return the ATE of a constant estimate: the RMS distance of ``positions`` from their mean.
+
+    Args:
+        positions: ``(N, 3)`` ground-truth positions (metres) of the associated poses.
+    """
+    deviations = positions - positions.mean(axis=0)
+    return float(np.sqrt(np.mean(np.sum(deviations**2, axis=1))))
 
 
 def _rpe(
