@@ -96,10 +96,10 @@ def format_table(rows: list[dict[str, Any]]) -> str:
         else:
             median = spread = percent = "not computed"
         standstill = row.get("standstill_ate_percent")
-        still = "not computed" if standstill is None else f"{standstill:.2f}"
+        standstill_text = "not computed" if standstill is None else f"{standstill:.2f}"
         lines.append(
             f"| {Path(row['sequence']).name} | {row['evaluated_runs']}/{row['runs']} | {median} | "
-            f"{spread} | {percent} | {still} | {row['median_fps']:.1f} |"
+            f"{spread} | {percent} | {standstill_text} | {row['median_fps']:.1f} |"
         )
     return "\n".join(lines)
 
