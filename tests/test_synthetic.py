@@ -264,3 +264,19 @@ def test_demo_flow_is_moderate():
     assert 8.0 < np.median(flows) < 20.0, np.percentile(flows, [0, 50, 100])
     assert flows.max() < 40.0, flows.max()
     assert flows.min() > 2.0, flows.min()
+
+
+@pytest.mark.parametrize("motion", [(1e5, 0.0), (np.nan, 1.0), (np.inf, 0.0)])
+def test_blur_bounded_for_extreme_motion(motion):
+    from vo_node.synthetic.render import MAX_BLUR_LENGTH_PX, CameraEffects, apply_camera_effects
+
+    radiance = np.full((48, 64, 3), 100.0, np.float32)
+    radiance[:, 32:] = 200.0
+    effects = CameraEffects(np.ones(2), 0.0, 0.5)
+    image = apply_camera_effects(radiance, 1, effects, np.array(motion), np.random.default_rng(0))
+    assert image.shape == (48, 64, 3)
+    assert image.dtype == np.uint8
+    # The step edge at column 32 stays sharp outside the longest allowed streak.
+    half = int(MAX_BLUR_LENGTH_PX) // 2 + 1
+    assert np.all(image[:, : 32 - half] == 100)
+    assert np.all(image[:, 32 + half :] == 200)

@@ -251,10 +251,11 @@ def mean_flow_matrix(clip: SyntheticClip, stride: int = 8) -> np.ndarray:
 def _mean_flow_vector(
     depth: np.ndarray, intrinsics: np.ndarray, poses_wc: np.ndarray, frame: int, previous: int
 ) -> np.ndarray:
-    """``(2,)`` mean image motion of frame ``frame`` since ``previous`` (signed, pixels)."""
+    """Return the ``(2,)`` median image motion of frame ``frame`` since ``previous`` (signed, pixels)."""
     transform = relative_transform(poses_wc, frame, previous)
     flow, valid = induced_flow(depth, intrinsics, transform, BLUR_FLOW_STRIDE)
     if not valid.any():
         return np.zeros(2)
     # Flow from frame to previous points backwards in time; the blur is symmetric either way.
-    return -flow[valid].mean(axis=0)
+    # The median ignores the few points near the previous camera's plane, whose flow explodes.
+    return -np.median(flow[valid], axis=0)

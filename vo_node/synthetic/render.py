@@ -36,6 +36,8 @@ MIN_SLANT_COSINE = 0.1
 """Lower bound of ``|cos|`` between ray and normal when choosing the mip level."""
 OVERLAY_RANGE = (0.3, 1.7)
 """Clip range of the multiplicative brightness overlay."""
+MAX_BLUR_LENGTH_PX = 31.0
+"""Longest motion-blur streak (pixels); longer image motion is blurred this much."""
 
 
 @dataclass
@@ -284,6 +286,9 @@ def apply_camera_effects(
     """
     image = radiance * np.float32(effects.exposure[frame])
     blur_length = effects.blur_fraction * float(np.hypot(*image_motion))
+    if not np.isfinite(blur_length):
+        blur_length = 0.0
+    blur_length = min(blur_length, MAX_BLUR_LENGTH_PX)
     if blur_length >= 1.5:
         image = cv2.filter2D(image, -1, _line_kernel(image_motion, blur_length),
                              borderType=cv2.BORDER_REFLECT_101)
