@@ -214,6 +214,29 @@ def test_nonfinite_steps_are_skipped_then_stop(tmp_path):
         trainer.train_step(broken)
 
 
+class FailingStepTrainer(Trainer):
+    """A trainer whose step ``fail_at`` raises, like a data worker that ran out of memory."""
+
+    fail_at = 3
+
+    def train_step(self, sample):
+        if self.step == self.fail_at:
+            raise MemoryError("worker could not allocate a clip")
+        return super().train_step(sample)
+
+
+def test_step_error_saves_checkpoint(tmp_path):
+    config = load_train_config(TINY, {**QUIET, "optim.steps": 6})
+    trainer = FailingStepTrainer(config, tmp_path)
+    with pytest.raises(MemoryError, match="could not allocate"):
+        trainer.train()
+
+    state = load_checkpoint(tmp_path / "checkpoints" / "latest.pt")
+    assert state["step"] == FailingStepTrainer.fail_at
+    for name, value in parameters(trainer).items():
+        assert torch.equal(state["model"][name], value), name
+
+
 def test_cli_rejects_unknown_key(tmp_path, caplog):
     code = main(["--config", TINY, "--output", str(tmp_path), "optim.bogus=1"])
     assert code == 2

@@ -662,7 +662,8 @@ class Trainer:
         """Train until ``optim.steps`` (or ``max_steps`` more steps); return the exit code.
 
         Returns 0 when finished, ``128 + signal`` after SIGINT/SIGTERM (a checkpoint is saved).
-        Raises :class:`TrainingError` after too many non-finite steps (a checkpoint is saved).
+        Raises :class:`TrainingError` after too many non-finite steps, and re-raises any other
+        error of a step or of the data loader, after saving a checkpoint in both cases.
         """
         config = self.config
         self.output.mkdir(parents=True, exist_ok=True)
@@ -700,7 +701,10 @@ class Trainer:
                     self.save(ckpt.LATEST_NAME)
                     logger.warning("stopped by signal %d at step %d", signum, self.step)
                     return SIGNAL_EXIT_BASE + signum
-        except TrainingError:
+        except Exception as error:
+            # Any failure (a data worker error, running out of memory) keeps the finished steps.
+            logger.error("training failed at step %d (%s): saving %s before stopping",
+                         self.step, error, ckpt.LATEST_NAME)
             self.save(ckpt.LATEST_NAME)
             raise
         finally:
