@@ -232,6 +232,29 @@ def test_correlation_zero_far_outside():
     assert torch.all(result == 0)
 
 
+def test_correlation_outside_edges_match_brute_force():
+    # Edges beside the 16x24 map: outside the finest level (skipped there) but inside the
+    # pooled one, a wide edge among them, and edges that only touch the border. The skipped
+    # and per-pixel edges share calls with shared-window edges, with and without gradients.
+    gmap, fmap, coords, kk, jj = correlation_case(num_edges=8, seed=6)
+    shifts = [(-12.0, 3.0), (30.0, 5.0), (4.0, -9.5), (6.0, 21.5), (-4.6, 2.0), (27.2, 18.3)]
+    for edge, (du, dv) in enumerate(shifts):
+        coords[edge] += torch.tensor([du, dv], dtype=torch.float64).view(2, 1, 1) - coords[
+            edge, :, 1, 1
+        ].view(2, 1, 1)
+    coords[0] = coords[0, :, 1:2, 1:2] + 2.5 * (coords[0] - coords[0, :, 1:2, 1:2])  # wide
+    pyramid = CorrelationPyramid.from_fmap(fmap, 2, 3)
+    expected = brute_force_correlation(gmap, fmap, coords, kk, jj, radius=3, levels=2)
+    result = correlate(gmap, pyramid, coords, kk, jj)
+    finest = result.view(8, 2, -1)[:, 0]
+    assert torch.all(finest[:4] == 0), "edges 0-3 lie outside the finest level"
+    pooled = expected.view(8, 2, -1)[:4, 1].abs().amax(dim=1)
+    assert torch.all(pooled > 0.1), "but not outside the pooled one"
+    assert torch.allclose(result, expected, atol=1e-10)
+    recorded = correlate(gmap.clone().requires_grad_(), pyramid, coords, kk, jj, chunk_size=3)
+    assert torch.allclose(recorded.detach(), expected, atol=1e-10)
+
+
 def test_correlation_chunked_equals_unchunked():
     gmap, fmap, coords, kk, jj = correlation_case(num_edges=23, seed=2, spread=1.6)
     pyramid = CorrelationPyramid.from_fmap(fmap, 2, 3)

@@ -11,8 +11,10 @@ Implementation: bilinear sampling is linear, so each window is a bilinear blend 
 on the ``G x G`` integer grid around it (``G = 2r + 2``). The ``P x P`` pixels of an edge usually
 land close together, so the dot products of all its pixels come from one shared ``U x U`` window
 (one gather and one batched matrix product per chunk of edges). Edges whose pixels spread wider
-than that take a per-pixel path. Maps are stored channels-last with a zero border of ``U`` pixels,
-so every gather stays in bounds and a window beyond the image reads only zeros. Chunks are kept
+than that take a per-pixel path, and edges whose windows all miss a level's map are skipped there
+(their products are zero). Maps are stored channels-last with a zero border of ``U`` pixels, so
+every gather stays in bounds and a window beyond the image reads only zeros. Each window row is
+one contiguous block of ``U * C`` values, copied in one piece. Chunks are kept
 small: on the CPU, large temporary buffers cost more in page faults than the copy itself.
 
 Backward: when gradients are recorded, the forward pass keeps no per-chunk tensors. The backward
@@ -36,7 +38,8 @@ PYRAMID_POOL = 4
 """Each pyramid level is the previous one average-pooled by this factor."""
 SPREAD_PIXELS = 3
 """Largest spread (finest-level pixels) of a patch's integer grid positions that fits the shared
-window. A spread of 3 fits a 3x3 patch scaled by up to 1.5. Wider edges take the per-pixel path."""
+window. A spread of 3 fits a 3x3 patch scaled by up to 1.5. Wider edges take the per-pixel path,
+unless none of their samples lies inside the map: those read only zeros and are skipped."""
 CHUNK_ELEMENTS = 1 << 20
 """Default gathered feature values per chunk on the CPU (4 MiB in float32), small enough to stay
 in cache and to reuse freed memory instead of page-faulting a fresh buffer."""
@@ -193,6 +196,21 @@ class _LevelReader:
         """Return rows ``flat_index`` ``(n,)`` of level ``level_index`` as ``(n, C)``."""
         return self.flat[level_index].index_select(0, flat_index)
 
+    def segments(self, level_index: int, starts: Tensor, length: int) -> Tensor:
+        """Return ``length`` consecutive rows from each of ``starts`` ``(n,)`` as
+        ``(n, length * C)``.
+
+        The rows are read through an overlapping strided view, one contiguous block per start,
+        which copies faster than ``length`` separate rows.
+        """
+        flat = self.flat[level_index]
+        if not flat.is_contiguous():
+            flat = flat.contiguous()
+            self.flat[level_index] = flat
+        count, channels = flat.shape
+        blocks = flat.as_strided((count - length + 1, length * channels), (channels, 1))
+        return blocks.index_select(0, starts)
+
 
 class _Level(NamedTuple):
     """One padded pyramid level ``(F, H_l + 2 U_l, W_l + 2 U_l, C)`` and how its rows are read."""
@@ -204,6 +222,11 @@ class _Level(NamedTuple):
     def rows(self, flat_index: Tensor) -> Tensor:
         """Return rows ``flat_index`` ``(n,)`` of the flattened level as ``(n, C)``."""
         return self.reader.rows(self.index, flat_index)
+
+    def segments(self, starts: Tensor, length: int) -> Tensor:
+        """Return ``length`` consecutive rows from each of ``starts`` ``(n,)`` as
+        ``(n, length * C)``."""
+        return self.reader.segments(self.index, starts, length)
 
 
 class _RecordingReader(_LevelReader):
@@ -224,6 +247,12 @@ class _RecordingReader(_LevelReader):
             values.requires_grad_()
             self.reads.append((level_index, flat_index, values))
         return values
+
+    def segments(self, level_index: int, starts: Tensor, length: int) -> Tensor:
+        # Read row by row, so that each recorded read is a plain list of rows for index_add_.
+        steps = torch.arange(length, device=starts.device)
+        flat_index = (starts[:, None] + steps).flatten()
+        return self.rows(level_index, flat_index).view(starts.shape[0], -1)
 
 
 class _Correlation(torch.autograd.Function):
@@ -362,19 +391,39 @@ def _level_products(
     anchor = corner.amin(dim=1)  # (n, 2) top-left corner of the shared window
     offset = corner - anchor[:, None]
     fits = (offset <= window - grid_size).flatten(1).all(dim=1)
-    if bool(fits.all()):
+    outside = _outside_map(anchor, corner.amax(dim=1), grid_size, height, width)
+    computed = fits & ~outside
+    if bool(computed.all()):
         geometry = (jj, anchor, offset, window, grid_size, height, width)
         return _shared_products(features, level, *geometry)
 
+    # Edges whose every grid position lies outside the map only read zeros: they are skipped.
     products = features.new_zeros(features.shape[:2] + (grid_size, grid_size))
-    shared = fits.nonzero().squeeze(1)
+    shared = computed.nonzero().squeeze(1)
     if shared.numel():
         geometry = (jj[shared], anchor[shared], offset[shared], window, grid_size, height, width)
         shared_products = _shared_products(features[shared], level, *geometry)
         products = products.index_put((shared,), shared_products)
-    single = (~fits).nonzero().squeeze(1)
-    geometry = (jj[single], corner[single], grid_size, height, width)
-    return products.index_put((single,), _pixel_products(features[single], level, *geometry))
+    single = (~fits & ~outside).nonzero().squeeze(1)
+    if single.numel():
+        geometry = (jj[single], corner[single], grid_size, height, width)
+        products = products.index_put(
+            (single,), _pixel_products(features[single], level, *geometry)
+        )
+    return products
+
+
+def _outside_map(
+    first: Tensor, last: Tensor, grid_size: int, height: int, width: int
+) -> Tensor:
+    """Return ``(n,)`` True for edges whose integer grids all lie outside the map.
+
+    ``first`` and ``last`` ``(n, 2)`` are the smallest and largest top-left grid positions
+    ``(x, y)`` over an edge's pixels; each grid spans ``grid_size`` map pixels from there.
+    """
+    before = last + grid_size - 1 < 0  # (n, 2) every grid ends left of / above the map
+    beyond = first > torch.tensor([width - 1, height - 1], device=first.device)
+    return (before | beyond).any(dim=1)
 
 
 def _shared_products(
@@ -433,8 +482,8 @@ def _gather_windows(
     y = corner[:, 1].clamp(-border, height + border - size) + border
     padded_height, padded_width = level.tensor.shape[1], level.tensor.shape[2]
     start = (frames * padded_height + y) * padded_width + x  # (n,) flat index of the corner
-    flat = start[:, None] + _window_offsets(size, padded_width, start.device)
-    values = level.rows(flat.flatten())
+    row_starts = start[:, None] + torch.arange(size, device=start.device) * padded_width
+    values = level.segments(row_starts.flatten(), size)  # (n * size, size * C)
     return values.view(corner.shape[0], size, size, -1)
 
 
