@@ -9,7 +9,16 @@ import pytest
 import torch
 
 from vo_node.study import main
-from vo_node.study.plots import Panel, Series, markdown_table, plot_panels, read_table, write_table
+from vo_node.study.plots import (
+    DPI,
+    PANEL_SIZE_INCHES,
+    Panel,
+    Series,
+    markdown_table,
+    plot_panels,
+    read_table,
+    write_table,
+)
 from vo_node.study.snr import (
     LOSS_VARIANTS,
     bootstrap_snr_db,
@@ -24,6 +33,7 @@ from vo_node.study.speedup import (
     Curve,
     compare_seed,
     plan_runs,
+    plot_curves_per_seed,
     read_curve,
     summarise,
     validation_interval,
@@ -187,6 +197,25 @@ def test_compare_seed_ratios():
     assert summary["step_ratio_median_bounded"] == pytest.approx(2.0)
 
 
+def png_size(path: Path) -> tuple[int, int]:
+    """Return ``(width, height)`` in pixels from a PNG file's IHDR chunk."""
+    header = path.read_bytes()[:24]
+    assert header.startswith(PNG_SIGNATURE)
+    return int.from_bytes(header[16:20], "big"), int.from_bytes(header[20:24], "big")
+
+
+def test_per_seed_plot_panel_count(tmp_path):
+    curve = Curve([10, 20], [1.0, 2.0], {"pose": [0.5, 0.4]})
+    curves = {("baseline", 0): curve, ("sigma", 0): curve, ("baseline", 2): curve,
+              ("sigma", 2): curve, ("baseline", 5): curve}
+
+    path = plot_curves_per_seed(curves, "pose", tmp_path / "per_seed.png")
+
+    width, height = png_size(path)
+    assert width == round(3 * PANEL_SIZE_INCHES[0] * DPI)
+    assert height == round(PANEL_SIZE_INCHES[1] * DPI)
+
+
 def test_read_curve_sums_wall_time(tmp_path):
     header = "step,split,loss,pose_translation,steps_per_s,ate\n"
     lines = ["2,train,1,,0.5,\n", "4,train,1,,2.0,\n", "4,val,1,0.3,,\n", "6,train,1,,1.0,\n",
@@ -323,6 +352,8 @@ def test_speedup_command_trains_and_reports(tmp_path):
     for key, value in _numbers(rows, skip=skip):
         assert math.isfinite(value), key
     assert (tmp_path / "validation_pose_translation.png").read_bytes().startswith(PNG_SIGNATURE)
+    assert png_size(tmp_path / "validation_pose_translation_per_seed.png")[0] == round(
+        PANEL_SIZE_INCHES[0] * DPI)
     for variant in ("baseline", "sigma"):
         assert (tmp_path / variant / "seed0" / "model.pt").is_file()
 

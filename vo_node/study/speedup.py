@@ -284,6 +284,34 @@ def plot_curves(curves: Mapping[tuple[str, int], Curve], metric: str, path: Path
     return plot_panels(panels, path, "baseline (none, no balance) vs sigma (+ balance)")
 
 
+def plot_curves_per_seed(
+    curves: Mapping[tuple[str, int], Curve], metric: str, path: Path
+) -> Path:
+    """Plot the validation metric over steps, one panel per seed with both variants in it.
+
+    A dashed line marks the seed's target (the baseline's final value), so the step at which
+    each curve first reaches it can be read off the panel.
+    """
+    seeds = sorted({seed for _, seed in curves})
+    panels = []
+    for seed in seeds:
+        series = []
+        for variant in (BASELINE, SIGMA):
+            curve = curves.get((variant, seed))
+            if curve is None:
+                continue
+            style = {"color": VARIANT_COLOURS.get(variant)}
+            series.append(Series(curve.steps, curve.metric(metric), variant, style))
+        baseline = curves.get((BASELINE, seed))
+        target = final_value(baseline, metric) if baseline is not None else math.nan
+        if baseline is not None and baseline.steps and math.isfinite(target):
+            ends = [baseline.steps[0], baseline.steps[-1]]
+            series.append(Series(ends, [target, target], "target",
+                                 {"color": "grey", "linestyle": "--", "marker": ""}))
+        panels.append(Panel(series, f"seed {seed}", "training step", metric))
+    return plot_panels(panels, path, f"validation {metric} per seed")
+
+
 SEED_COLUMNS = (
     "seed", "metric", "target", "baseline_final", "sigma_final", "baseline_steps", "sigma_steps",
     "step_ratio", "baseline_time_s", "sigma_time_s", "time_ratio", "sigma_reached",
@@ -305,8 +333,9 @@ def run_speedup_study(
     """Train (unless ``train`` is False) and compare; write tables and PNGs into ``output``.
 
     Returns ``(per-seed rows, summary rows)``. Writes ``speedup.csv/.md`` (per seed),
-    ``speedup_summary.csv/.md`` and ``validation_<metric>.png`` (and ``validation_ate.png``
-    when ATE was logged).
+    ``speedup_summary.csv/.md``, ``validation_<metric>.png`` (all runs in one panel) and
+    ``validation_<metric>_per_seed.png`` (one panel per seed), the same for ``ate`` when the runs
+    logged it.
     """
     output = Path(output)
     runs = plan_runs(seeds, steps, output, validation_points, extra_overrides)
@@ -325,6 +354,7 @@ def run_speedup_study(
             row = compare_seed(curves[(BASELINE, seed)], curves[(SIGMA, seed)], name)
             rows.append({"seed": seed, **row})
         plot_curves(curves, name, output / f"validation_{name}.png")
+        plot_curves_per_seed(curves, name, output / f"validation_{name}_per_seed.png")
     summary = summarise(rows)
     write_table(rows, output / "speedup", SEED_COLUMNS)
     write_table(summary, output / "speedup_summary")
