@@ -152,13 +152,13 @@ class EngineConfig:
 
     def validate(self) -> "EngineConfig":
         """Check value ranges and choices; raise :class:`ConfigError` on the first invalid one."""
-        _check_choice("device", self.device, DEVICES)
-        _check_choice("frontend.motion_model", self.frontend.motion_model, MOTION_MODELS)
-        _check_choice(
+        check_choice("device", self.device, DEVICES)
+        check_choice("frontend.motion_model", self.frontend.motion_model, MOTION_MODELS)
+        check_choice(
             "frontend.centroid_selection", self.frontend.centroid_selection, CENTROID_SELECTIONS
         )
-        _check_choice("frontend.initial_depth", self.frontend.initial_depth, INITIAL_DEPTHS)
-        positive = {
+        check_choice("frontend.initial_depth", self.frontend.initial_depth, INITIAL_DEPTHS)
+        check_positive({
             "network.matching_dim": self.network.matching_dim,
             "network.context_dim": self.network.context_dim,
             "network.encoder_dim": self.network.encoder_dim,
@@ -168,10 +168,7 @@ class EngineConfig:
             "frontend.init_frames": self.frontend.init_frames,
             "ba.iterations": self.ba.iterations,
             "ba.lm_max_trials": self.ba.lm_max_trials,
-        }
-        for key, value in positive.items():
-            if value <= 0:
-                raise ConfigError(f"{key} must be positive, got {value}")
+        })
         if self.frontend.threshold_reference_width < 0:
             raise ConfigError(
                 "frontend.threshold_reference_width must be 0 (absolute thresholds) or a "
@@ -197,9 +194,17 @@ class EngineConfig:
         return self
 
 
-def _check_choice(key: str, value: str, choices: tuple[str, ...]) -> None:
+def check_choice(key: str, value: str, choices: tuple[str, ...]) -> None:
+    """Raise :class:`ConfigError` naming ``key`` unless ``value`` is one of ``choices``."""
     if value not in choices:
         raise ConfigError(f"{key} must be one of {', '.join(choices)}; got {value!r}")
+
+
+def check_positive(values: Mapping[str, float]) -> None:
+    """Raise :class:`ConfigError` naming the first key of ``values`` whose value is not above 0."""
+    for key, value in values.items():
+        if value <= 0:
+            raise ConfigError(f"{key} must be positive, got {value}")
 
 
 def from_dict(cls: type, values: Mapping[str, Any], prefix: str = "") -> Any:
@@ -319,7 +324,7 @@ def resolve_device(device: str) -> str:
     """Map ``auto`` to ``cuda`` when a GPU is visible, else ``cpu``; reject unknown names."""
     import torch
 
-    _check_choice("device", device, DEVICES)
+    check_choice("device", device, DEVICES)
     if device == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
     if device == "cuda" and not torch.cuda.is_available():

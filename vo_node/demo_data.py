@@ -13,15 +13,14 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import shutil
-import tempfile
 from pathlib import Path
 
 import cv2
 import numpy as np
 
-from vo_node.io.atomic import atomic_write
+from vo_node.io.atomic import atomic_write, replace_folder, staging_folder
+from vo_node.io.camera import PinholeCamera, undistorted_camera_info
 from vo_node.io.trajectory import NANOSECONDS_PER_SECOND, Trajectory, write_tum
 from vo_node.synthetic.clip import SyntheticClip, generate_clip
 
@@ -96,12 +95,11 @@ def render_demo_sequence(
         return folder
     _check_replaceable(folder)
 
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}.new-", dir=folder.parent))
+    staging = staging_folder(folder)
     try:
         logger.info("rendering %d demo frames (%dx%d) into %s", num_frames, width, height, folder)
         write_sequence(staging, demo_clip(num_frames, height, width, seed), parameters)
-        _replace_folder(staging, folder)
+        replace_folder(staging, folder)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
@@ -130,22 +128,25 @@ def write_sequence(folder: Path, clip: SyntheticClip, parameters: dict) -> None:
 
 
 def camera_info_yaml(intrinsics: np.ndarray, width: int, height: int) -> str:
-    """Return a ROS ``camera_info`` YAML for an undistorted pinhole camera."""
-    fx, fy, cx, cy = (float(value) for value in intrinsics)
+    """Return a ROS ``camera_info`` YAML for an undistorted pinhole camera.
+
+    ``intrinsics`` is ``(4,)`` ``[fx, fy, cx, cy]`` in pixels of a ``width`` x ``height`` image.
+    """
+    info = undistorted_camera_info(PinholeCamera(width, height, *intrinsics))
 
     def matrix(rows: int, columns: int, values: list[float]) -> str:
         data = ", ".join(repr(float(value)) for value in values)
         return f"\n  rows: {rows}\n  cols: {columns}\n  data: [{data}]"
 
     return (
-        f"image_width: {width}\n"
-        f"image_height: {height}\n"
+        f"image_width: {info['width']}\n"
+        f"image_height: {info['height']}\n"
         f"camera_name: {CAMERA_NAME}\n"
-        f"camera_matrix:{matrix(3, 3, [fx, 0, cx, 0, fy, cy, 0, 0, 1])}\n"
-        "distortion_model: plumb_bob\n"
-        f"distortion_coefficients:{matrix(1, 5, [0, 0, 0, 0, 0])}\n"
-        f"rectification_matrix:{matrix(3, 3, [1, 0, 0, 0, 1, 0, 0, 0, 1])}\n"
-        f"projection_matrix:{matrix(3, 4, [fx, 0, cx, 0, 0, fy, cy, 0, 0, 0, 1, 0])}\n"
+        f"camera_matrix:{matrix(3, 3, info['k'])}\n"
+        f"distortion_model: {info['distortion_model']}\n"
+        f"distortion_coefficients:{matrix(1, len(info['d']), info['d'])}\n"
+        f"rectification_matrix:{matrix(3, 3, info['r'])}\n"
+        f"projection_matrix:{matrix(3, 4, info['p'])}\n"
     )
 
 
@@ -173,14 +174,3 @@ def _check_replaceable(folder: Path) -> None:
         f"{folder} already contains files that are not a synthetic demo sequence; "
         "choose another output folder or empty it"
     )
-
-
-def _replace_folder(staging: Path, folder: Path) -> None:
-    """Move ``staging`` to ``folder``; an existing ``folder`` is moved aside, then deleted."""
-    if not folder.exists():
-        os.replace(staging, folder)
-        return
-    retired = Path(tempfile.mkdtemp(prefix=f".{folder.name}.old-", dir=folder.parent))
-    os.replace(folder, retired / folder.name)
-    os.replace(staging, folder)
-    shutil.rmtree(retired, ignore_errors=True)

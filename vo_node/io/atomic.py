@@ -1,8 +1,9 @@
-"""Atomic file writes: a temporary file in the target folder, flushed, then renamed over."""
+"""Atomic writes: a temporary file or folder next to the target, then renamed over it."""
 
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
@@ -10,6 +11,7 @@ from typing import IO, Iterator
 
 
 _DEFAULT_MODE = 0o666
+_DEFAULT_FOLDER_MODE = 0o777
 
 
 def _read_umask() -> int:
@@ -46,3 +48,32 @@ def atomic_write(path: str | Path, mode: str = "w") -> Iterator[IO]:
         except FileNotFoundError:
             pass
         raise
+
+
+def staging_folder(target: str | Path) -> Path:
+    """Create an empty temporary folder next to ``target`` for :func:`replace_folder`.
+
+    Its permissions follow the umask, as for a folder made with ``mkdir``, so the folder that
+    replaces ``target`` is not left readable by the owner only as ``mkdtemp`` makes it.
+    """
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    folder = Path(tempfile.mkdtemp(prefix=f".{target.name}.new-", dir=target.parent))
+    os.chmod(folder, _DEFAULT_FOLDER_MODE & ~_UMASK)
+    return folder
+
+
+def replace_folder(staging: str | Path, folder: str | Path) -> None:
+    """Move ``staging`` to ``folder``; an existing ``folder`` is moved aside, then deleted.
+
+    Readers see the old folder or the new one, never a mix, except in the moment between the
+    two renames when ``folder`` does not exist.
+    """
+    staging, folder = Path(staging), Path(folder)
+    if not folder.exists():
+        os.replace(staging, folder)
+        return
+    retired = Path(tempfile.mkdtemp(prefix=f".{folder.name}.old-", dir=folder.parent))
+    os.replace(folder, retired / folder.name)
+    os.replace(staging, folder)
+    shutil.rmtree(retired, ignore_errors=True)

@@ -171,6 +171,30 @@ def _check_coefficient_count(model: str, coefficients: tuple[float, ...]) -> Non
 # Calibration files
 
 
+PLUMB_BOB_COEFFICIENTS = 5
+
+
+def undistorted_camera_info(camera: PinholeCamera) -> dict[str, Any]:
+    """Return the ROS ``sensor_msgs/CameraInfo`` fields of ``camera`` without distortion.
+
+    Returns:
+        ``width``, ``height`` (pixels), ``distortion_model`` (``plumb_bob``), ``d`` (5 zeros),
+        ``k`` (3x3 row-major), ``r`` (3x3 identity) and ``p`` (3x4 row-major, no baseline) as
+        lists of floats, keyed by the message's field names. ``camera``'s own distortion model
+        is left out, so the result describes frames that are already undistorted.
+    """
+    fx, fy, cx, cy = camera.fx, camera.fy, camera.cx, camera.cy
+    return {
+        "width": camera.width,
+        "height": camera.height,
+        "distortion_model": "plumb_bob",
+        "d": [0.0] * PLUMB_BOB_COEFFICIENTS,
+        "k": [fx, 0.0, cx, 0.0, fy, cy, 0.0, 0.0, 1.0],
+        "r": [1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0],
+        "p": [fx, 0.0, cx, 0.0, 0.0, fy, cy, 0.0, 0.0, 0.0, 1.0, 0.0],
+    }
+
+
 def load_camera(path: str | Path, distortion_model: str | None = None) -> PinholeCamera:
     """Load a camera from a ROS ``camera_info`` YAML or an EuRoC ``sensor.yaml``.
 

@@ -170,6 +170,28 @@ class Sequence(abc.ABC):
         )
 
 
+class ImageFileSequence(Sequence):
+    """A sequence stored as one image file per frame, listed in ``self.files`` in frame order.
+
+    Subclasses set ``files`` and call ``super().__init__``. :meth:`open` passes only ``stride``
+    and ``max_frames``, so a layout with further options overrides it.
+    """
+
+    files: list[Path]
+
+    @classmethod
+    def open(cls, path: Path, stride: int = 1, max_frames: int | None = None) -> "ImageFileSequence":
+        """Open the sequence at ``path`` with the layout's default camera and options."""
+        return cls(path, stride=stride, max_frames=max_frames)
+
+    def describe_frame(self, index: int) -> str:
+        return f"image {self.files[index]}"
+
+    def _read_images(self, indices: list[int]) -> Iterator[tuple[int, np.ndarray]]:
+        for index in indices:
+            yield index, read_image(self.files[index])
+
+
 # --------------------------------------------------------------------------------------------
 # Helpers for readers
 
@@ -248,6 +270,21 @@ def list_images(folder: Path) -> list[Path]:
     return sorted(
         p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS
     )
+
+
+def list_dataset_images(folder: Path, dataset: str) -> list[Path]:
+    """Return the images of a dataset's image folder, sorted by name.
+
+    Raises:
+        SequenceError: the folder does not exist or contains no images; the message starts with
+            ``dataset`` (``KITTI``, ``TartanAir``).
+    """
+    if not folder.is_dir():
+        raise SequenceError(f"{dataset} image folder {folder} not found")
+    files = list_images(folder)
+    if not files:
+        raise SequenceError(f"{dataset} image folder {folder} contains no images")
+    return files
 
 
 def open_sequence(

@@ -17,15 +17,14 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from vo_node.io.atomic import atomic_write
+from vo_node.io.atomic import atomic_write, replace_folder, staging_folder
+from vo_node.io.camera import undistorted_camera_info
 from vo_node.io.sequence import Sequence
 from vo_node.io.trajectory import NANOSECONDS_PER_SECOND
 
@@ -42,7 +41,6 @@ WORLD_FRAME = "world"
 IMAGE_TYPE = "sensor_msgs/msg/Image"
 CAMERA_INFO_TYPE = "sensor_msgs/msg/CameraInfo"
 POSE_TYPE = "geometry_msgs/msg/PoseStamped"
-PLUMB_BOB_COEFFICIENTS = 5
 
 
 class BagWriteError(ValueError):
@@ -87,13 +85,12 @@ def write_sequence_bag(
         raise BagWriteError(f"topic names must differ, got {topics}; rename one of them")
     _check_replaceable(path, overwrite)
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.new-", dir=path.parent))
+    staging = staging_folder(path)
     try:
         written = staging / path.name
         count = _write(sequence, written, plugin, image_topic, camera_info_topic,
                        groundtruth_topic, frame_id)
-        _replace_folder(written, path)
+        replace_folder(written, path)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     logger.info("wrote %d frames of %s to %s bag %s", count, sequence.name, storage, path)
@@ -119,17 +116,6 @@ def _check_replaceable(path: Path, overwrite: bool) -> None:
             f"{path} exists and is not a ROS 2 bag folder (no metadata.yaml); it is not replaced, "
             "so choose another bag folder"
         )
-
-
-def _replace_folder(staging: Path, folder: Path) -> None:
-    """Move ``staging`` to ``folder``; an existing ``folder`` is moved aside, then deleted."""
-    if not folder.exists():
-        os.replace(staging, folder)
-        return
-    retired = Path(tempfile.mkdtemp(prefix=f".{folder.name}.old-", dir=folder.parent))
-    os.replace(folder, retired / folder.name)
-    os.replace(staging, folder)
-    shutil.rmtree(retired, ignore_errors=True)
 
 
 def _write(
@@ -196,20 +182,19 @@ def image_message(store: Any, image: np.ndarray, stamp_ns: int, frame_id: str) -
 
 def camera_info_message(store: Any, sequence: Sequence, stamp_ns: int, frame_id: str) -> Any:
     """Build the ``CameraInfo`` of ``sequence.camera`` (``plumb_bob`` with zero coefficients)."""
-    camera = sequence.camera
-    fx, fy, cx, cy = camera.fx, camera.fy, camera.cx, camera.cy
+    info = undistorted_camera_info(sequence.camera)
     roi = store.types["sensor_msgs/msg/RegionOfInterest"](
         x_offset=0, y_offset=0, height=0, width=0, do_rectify=False
     )
     return store.types[CAMERA_INFO_TYPE](
         header=header(store, stamp_ns, frame_id),
-        height=camera.height,
-        width=camera.width,
-        distortion_model="plumb_bob",
-        d=np.zeros(PLUMB_BOB_COEFFICIENTS),
-        k=np.array([fx, 0.0, cx, 0.0, fy, cy, 0.0, 0.0, 1.0]),
-        r=np.eye(3).reshape(-1),
-        p=np.array([fx, 0.0, cx, 0.0, 0.0, fy, cy, 0.0, 0.0, 0.0, 1.0, 0.0]),
+        height=info["height"],
+        width=info["width"],
+        distortion_model=info["distortion_model"],
+        d=np.array(info["d"]),
+        k=np.array(info["k"]),
+        r=np.array(info["r"]),
+        p=np.array(info["p"]),
         binning_x=0,
         binning_y=0,
         roi=roi,

@@ -20,6 +20,8 @@ from vo_node.config import (
     ConfigError,
     EngineConfig,
     apply_overrides,
+    check_choice,
+    check_positive,
     from_dict,
     load_engine_config,
     to_dict,
@@ -224,10 +226,10 @@ class TrainConfig:
 
     def validate(self) -> "TrainConfig":
         """Check choices and ranges; raise :class:`ConfigError` naming the first invalid key."""
-        _check_choice("data.source", self.data.source, DATA_SOURCES)
-        _check_choice("loss.flow_weighting", self.loss.flow_weighting, FLOW_WEIGHTINGS)
-        _check_choice("loss.flow_edges", self.loss.flow_edges, FLOW_EDGE_SETS)
-        _check_choice("validation.best_mode", self.validation.best_mode, BEST_MODES)
+        check_choice("data.source", self.data.source, DATA_SOURCES)
+        check_choice("loss.flow_weighting", self.loss.flow_weighting, FLOW_WEIGHTINGS)
+        check_choice("loss.flow_edges", self.loss.flow_edges, FLOW_EDGE_SETS)
+        check_choice("validation.best_mode", self.validation.best_mode, BEST_MODES)
         _check_positive(self)
         _check_probabilities(self)
         _check_data(self.data)
@@ -272,13 +274,8 @@ def _check_data(data: DataConfig) -> None:
         )
 
 
-def _check_choice(key: str, value: str, choices: tuple[str, ...]) -> None:
-    if value not in choices:
-        raise ConfigError(f"{key} must be one of {', '.join(choices)}; got {value!r}")
-
-
 def _check_positive(config: TrainConfig) -> None:
-    positive = {
+    check_positive({
         "data.n_frames": config.data.n_frames,
         "data.height": config.data.height,
         "data.width": config.data.width,
@@ -295,10 +292,7 @@ def _check_positive(config: TrainConfig) -> None:
         "checkpoint.every_minutes": config.checkpoint.every_minutes,
         "log_every": config.log_every,
         "ba.iterations": config.ba.iterations,
-    }
-    for key, value in positive.items():
-        if value <= 0:
-            raise ConfigError(f"{key} must be positive, got {value}")
+    })
     if config.threads < 0:
         raise ConfigError(f"threads must be 0 (torch default) or more, got {config.threads}")
     if config.data.num_workers < 0:

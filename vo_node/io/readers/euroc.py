@@ -11,14 +11,16 @@ from __future__ import annotations
 
 import csv
 from pathlib import Path
-from typing import Iterator
-
 import numpy as np
 import yaml
 
 from vo_node.io.camera import CalibrationError, camera_from_euroc_sensor, euroc_body_from_sensor
-from vo_node.io.readers.poses import interpolate_poses, matrices_to_poses, poses_to_matrices
-from vo_node.io.sequence import Sequence, SequenceError, read_image
+from vo_node.io.readers.poses import (
+    interpolated_trajectory,
+    matrices_to_poses,
+    poses_to_matrices,
+)
+from vo_node.io.sequence import ImageFileSequence, SequenceError
 from vo_node.io.trajectory import Trajectory
 
 GROUND_TRUTH_FOLDER = "state_groundtruth_estimate0"
@@ -26,7 +28,7 @@ MAX_GROUND_TRUTH_GAP_NS = 50_000_000
 """Largest distance (ns) from an image to its neighbouring ground-truth samples (200 Hz: 5 ms)."""
 
 
-class EurocSequence(Sequence):
+class EurocSequence(ImageFileSequence):
     """One camera of an EuRoC MAV sequence folder (the folder holding ``mav0``)."""
 
     layout = "euroc"
@@ -51,25 +53,14 @@ class EurocSequence(Sequence):
     def detect(cls, path: Path) -> bool:
         return (path / "mav0" / "cam0" / "data.csv").is_file() or (path / "cam0" / "data.csv").is_file()
 
-    @classmethod
-    def open(cls, path: Path, stride: int = 1, max_frames: int | None = None) -> "EurocSequence":
-        return cls(path, stride=stride, max_frames=max_frames)
-
-    def describe_frame(self, index: int) -> str:
-        return f"image {self.files[index]}"
-
-    def _read_images(self, indices: list[int]) -> Iterator[tuple[int, np.ndarray]]:
-        for index in indices:
-            yield index, read_image(self.files[index])
-
     def _load_ground_truth(self, timestamps_ns: np.ndarray) -> Trajectory | None:
         path = self.mav / GROUND_TRUTH_FOLDER / "data.csv"
         if not path.is_file():
             return None
         stamps, body_poses = read_euroc_ground_truth(path)
-        valid, poses = interpolate_poses(stamps, body_poses, timestamps_ns, MAX_GROUND_TRUTH_GAP_NS)
-        camera_poses = matrices_to_poses(poses_to_matrices(poses) @ self.T_body_cam)
-        return Trajectory(timestamps_ns[valid], camera_poses)
+        body = interpolated_trajectory(stamps, body_poses, timestamps_ns, MAX_GROUND_TRUTH_GAP_NS)
+        camera_poses = matrices_to_poses(poses_to_matrices(body.poses) @ self.T_body_cam)
+        return Trajectory(body.timestamps_ns, camera_poses)
 
 
 def _read_sensor_yaml(path: Path) -> dict:

@@ -17,19 +17,17 @@ from __future__ import annotations
 import logging
 import re
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 
 from vo_node.io.camera import CalibrationError, PinholeCamera, load_camera
-from vo_node.io.readers.poses import interpolate_poses
+from vo_node.io.readers.poses import interpolated_trajectory
 from vo_node.io.sequence import (
     IMAGE_EXTENSIONS,
     NANOSECONDS_PER_SECOND,
-    Sequence,
+    ImageFileSequence,
     SequenceError,
     list_images,
-    read_image,
     seconds_to_ns,
 )
 from vo_node.io.trajectory import Trajectory, read_tum
@@ -46,7 +44,7 @@ SECONDS_NAME = re.compile(r"^\d+\.\d+$")
 NANOSECONDS_NAME = re.compile(r"^\d{18,19}$")
 
 
-class ImageFolderSequence(Sequence):
+class ImageFolderSequence(ImageFileSequence):
     """Images in one folder, sorted by file name."""
 
     layout = "images"
@@ -78,22 +76,14 @@ class ImageFolderSequence(Sequence):
     ) -> "ImageFolderSequence":
         return cls(path, camera_path=camera_path, fps=fps, stride=stride, max_frames=max_frames)
 
-    def describe_frame(self, index: int) -> str:
-        return f"image {self.files[index]}"
-
-    def _read_images(self, indices: list[int]) -> Iterator[tuple[int, np.ndarray]]:
-        for index in indices:
-            yield index, read_image(self.files[index])
-
     def _load_ground_truth(self, timestamps_ns: np.ndarray) -> Trajectory | None:
         path = self.root / GROUND_TRUTH_FILE
         if not path.is_file():
             return None
         reference = read_tum(path)
-        valid, poses = interpolate_poses(
+        return interpolated_trajectory(
             reference.timestamps_ns, reference.poses, timestamps_ns, GROUND_TRUTH_MAX_GAP_NS
         )
-        return Trajectory(timestamps_ns[valid], poses)
 
     def _timestamps(self, root: Path, fps: float | None) -> np.ndarray:
         times = root / TIMES_FILE

@@ -10,13 +10,17 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Iterator
-
 import numpy as np
 
 from vo_node.io.camera import CalibrationError, PinholeCamera
-from vo_node.io.readers.poses import matrices_to_poses
-from vo_node.io.sequence import Sequence, SequenceError, list_images, read_image, seconds_to_ns
+from vo_node.io.readers.poses import matrices_to_poses, read_pose_table, rows_with_poses
+from vo_node.io.sequence import (
+    ImageFileSequence,
+    SequenceError,
+    list_dataset_images,
+    read_image,
+    seconds_to_ns,
+)
 from vo_node.io.trajectory import Trajectory
 
 logger = logging.getLogger(__name__)
@@ -24,7 +28,7 @@ logger = logging.getLogger(__name__)
 PROJECTION_SIZE = 12
 
 
-class KittiSequence(Sequence):
+class KittiSequence(ImageFileSequence):
     """One grayscale or colour camera (``image_0`` .. ``image_3``) of a KITTI odometry sequence."""
 
     layout = "kitti"
@@ -37,11 +41,7 @@ class KittiSequence(Sequence):
     ) -> None:
         root = Path(root)
         self.image_folder = root / image_folder
-        if not self.image_folder.is_dir():
-            raise SequenceError(f"KITTI image folder {self.image_folder} not found")
-        self.files = list_images(self.image_folder)
-        if not self.files:
-            raise SequenceError(f"KITTI image folder {self.image_folder} contains no images")
+        self.files = list_dataset_images(self.image_folder, "KITTI")
         projection = read_kitti_projection(root / "calib.txt", f"P{image_folder[-1]}")
         timestamps, self.rows = _read_times(root / "times.txt", self.files)
         height, width = read_image(self.files[0]).shape[:2]
@@ -56,29 +56,13 @@ class KittiSequence(Sequence):
     def detect(cls, path: Path) -> bool:
         return (path / "calib.txt").is_file() and (path / "times.txt").is_file()
 
-    @classmethod
-    def open(cls, path: Path, stride: int = 1, max_frames: int | None = None) -> "KittiSequence":
-        return cls(path, stride=stride, max_frames=max_frames)
-
-    def describe_frame(self, index: int) -> str:
-        return f"image {self.files[index]}"
-
-    def _read_images(self, indices: list[int]) -> Iterator[tuple[int, np.ndarray]]:
-        for index in indices:
-            yield index, read_image(self.files[index])
-
     def _load_ground_truth(self, timestamps_ns: np.ndarray) -> Trajectory | None:
         if not self.poses_path.is_file():
             logger.info("no KITTI poses file at %s; running without ground truth", self.poses_path)
             return None
         matrices = read_kitti_poses(self.poses_path)
         rows = self.rows[self.indices]
-        keep = rows < len(matrices)
-        if not keep.all():
-            logger.warning(
-                "%s has %d poses, so %d selected frames have no ground truth",
-                self.poses_path, len(matrices), int((~keep).sum()),
-            )
+        keep = rows_with_poses(rows, len(matrices), self.poses_path)
         poses = matrices_to_poses(matrices[rows[keep]])
         return Trajectory(timestamps_ns[keep], poses)
 
@@ -124,14 +108,7 @@ def _read_times(path: Path, files: list[Path]) -> tuple[np.ndarray, np.ndarray]:
 
 def read_kitti_poses(path: Path) -> np.ndarray:
     """Read a KITTI poses file into ``(N, 4, 4)`` ``T_world_cam`` matrices."""
-    try:
-        rows = np.loadtxt(path, dtype=np.float64, ndmin=2)
-    except ValueError as error:
-        raise SequenceError(f"KITTI poses file {path} is malformed: {error}") from None
-    if rows.shape[1] != PROJECTION_SIZE:
-        raise SequenceError(
-            f"KITTI poses file {path} has {rows.shape[1]} values per line; expected 12 (3x4)"
-        )
+    rows = read_pose_table(path, PROJECTION_SIZE, "KITTI poses file", "12 (3x4)")
     matrices = np.tile(np.eye(4), (len(rows), 1, 1))
     matrices[:, :3, :] = rows.reshape(-1, 3, 4)
     return matrices

@@ -7,8 +7,16 @@ frame ``a``.
 
 from __future__ import annotations
 
+import logging
+from pathlib import Path
+
 import numpy as np
 from scipy.spatial.transform import Rotation
+
+from vo_node.io.sequence import SequenceError
+from vo_node.io.trajectory import Trajectory
+
+logger = logging.getLogger(__name__)
 
 POSE_SIZE = 7
 
@@ -90,3 +98,49 @@ def interpolate_poses(
     quaternions = rotation.as_quat()
     quaternions *= np.where(quaternions[:, 3:4] < 0.0, -1.0, 1.0)
     return valid, np.concatenate([translation, quaternions], axis=1)
+
+
+def read_pose_table(path: Path, columns: int, description: str, expected: str) -> np.ndarray:
+    """Read a whitespace-separated table with ``columns`` numbers per line as ``(N, columns)``.
+
+    Args:
+        description: the file's name in messages, e.g. ``KITTI poses file``.
+        expected: the expected line layout in messages, e.g. ``12 (3x4)``.
+
+    Raises:
+        SequenceError: a value is not a number or a line has another number of values.
+    """
+    try:
+        rows = np.loadtxt(path, dtype=np.float64, ndmin=2)
+    except ValueError as error:
+        raise SequenceError(f"{description} {path} is malformed: {error}") from None
+    if rows.shape[1] != columns:
+        raise SequenceError(
+            f"{description} {path} has {rows.shape[1]} values per line; expected {expected}"
+        )
+    return rows
+
+
+def rows_with_poses(rows: np.ndarray, pose_count: int, poses_path: Path) -> np.ndarray:
+    """Return which frame ``rows`` (line numbers of a pose file) have a pose; warn about the rest.
+
+    Args:
+        rows: ``(N,)`` int64 zero-based pose-file lines of the selected frames.
+        pose_count: number of poses in the file.
+        poses_path: the pose file, named in the warning.
+    """
+    keep = rows < pose_count
+    if not keep.all():
+        logger.warning(
+            "%s has %d poses, so %d selected frames have no ground truth",
+            poses_path, pose_count, int((~keep).sum()),
+        )
+    return keep
+
+
+def interpolated_trajectory(
+    source_ns: np.ndarray, source_poses: np.ndarray, query_ns: np.ndarray, max_gap_ns: int
+) -> Trajectory:
+    """Return the poses interpolated at the ``query_ns`` that :func:`interpolate_poses` covers."""
+    valid, poses = interpolate_poses(source_ns, source_poses, query_ns, max_gap_ns)
+    return Trajectory(np.asarray(query_ns)[valid], poses)

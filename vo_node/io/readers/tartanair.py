@@ -22,13 +22,17 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Iterator
-
 import numpy as np
 
 from vo_node.io.camera import PinholeCamera, load_camera
-from vo_node.io.readers.poses import POSE_SIZE, matrices_to_poses, poses_to_matrices
-from vo_node.io.sequence import Sequence, SequenceError, list_images, read_image
+from vo_node.io.readers.poses import (
+    POSE_SIZE,
+    matrices_to_poses,
+    poses_to_matrices,
+    read_pose_table,
+    rows_with_poses,
+)
+from vo_node.io.sequence import ImageFileSequence, SequenceError, list_dataset_images
 from vo_node.io.trajectory import Trajectory
 
 logger = logging.getLogger(__name__)
@@ -41,7 +45,7 @@ NED_BODY_FROM_OPTICAL = np.array([[0.0, 0.0, 1.0], [1.0, 0.0, 0.0], [0.0, 1.0, 0
 """``M`` above: maps optical camera coordinates to NED body coordinates."""
 
 
-class TartanAirSequence(Sequence):
+class TartanAirSequence(ImageFileSequence):
     """The left (or right) camera of one TartanAir trajectory folder."""
 
     layout = "tartanair"
@@ -53,11 +57,7 @@ class TartanAirSequence(Sequence):
     ) -> None:
         root = Path(root)
         self.image_folder = root / f"image_{side}"
-        if not self.image_folder.is_dir():
-            raise SequenceError(f"TartanAir image folder {self.image_folder} not found")
-        self.files = list_images(self.image_folder)
-        if not self.files:
-            raise SequenceError(f"TartanAir image folder {self.image_folder} contains no images")
+        self.files = list_dataset_images(self.image_folder, "TartanAir")
         self.rows = np.array([_frame_number(path) for path in self.files], dtype=np.int64)
         calibration = root / f"camera_info_{side}.yaml"
         if calibration.is_file():
@@ -72,28 +72,12 @@ class TartanAirSequence(Sequence):
     def detect(cls, path: Path) -> bool:
         return (path / "image_left").is_dir() and (path / "pose_left.txt").is_file()
 
-    @classmethod
-    def open(cls, path: Path, stride: int = 1, max_frames: int | None = None) -> "TartanAirSequence":
-        return cls(path, stride=stride, max_frames=max_frames)
-
-    def describe_frame(self, index: int) -> str:
-        return f"image {self.files[index]}"
-
-    def _read_images(self, indices: list[int]) -> Iterator[tuple[int, np.ndarray]]:
-        for index in indices:
-            yield index, read_image(self.files[index])
-
     def _load_ground_truth(self, timestamps_ns: np.ndarray) -> Trajectory | None:
         if not self.poses_path.is_file():
             return None
         ned_poses = read_tartanair_poses(self.poses_path)
         rows = self.rows[self.indices]
-        keep = rows < len(ned_poses)
-        if not keep.all():
-            logger.warning(
-                "%s has %d poses, so %d selected frames have no ground truth",
-                self.poses_path, len(ned_poses), int((~keep).sum()),
-            )
+        keep = rows_with_poses(rows, len(ned_poses), self.poses_path)
         return Trajectory(timestamps_ns[keep], ned_to_optical(ned_poses[rows[keep]]))
 
 
@@ -108,16 +92,7 @@ def _frame_number(path: Path) -> int:
 
 def read_tartanair_poses(path: Path) -> np.ndarray:
     """Read ``pose_left.txt`` into ``(N, 7)`` NED body poses ``[t, q_xyzw]``."""
-    try:
-        poses = np.loadtxt(path, dtype=np.float64, ndmin=2)
-    except ValueError as error:
-        raise SequenceError(f"TartanAir pose file {path} is malformed: {error}") from None
-    if poses.shape[1] != POSE_SIZE:
-        raise SequenceError(
-            f"TartanAir pose file {path} has {poses.shape[1]} values per line; "
-            "expected 7 (tx ty tz qx qy qz qw)"
-        )
-    return poses
+    return read_pose_table(path, POSE_SIZE, "TartanAir pose file", "7 (tx ty tz qx qy qz qw)")
 
 
 def ned_to_optical(ned_poses: np.ndarray) -> np.ndarray:

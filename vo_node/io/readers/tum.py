@@ -11,13 +11,11 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Iterator
-
 import numpy as np
 
 from vo_node.io.camera import PinholeCamera, load_camera
-from vo_node.io.readers.poses import interpolate_poses
-from vo_node.io.sequence import Sequence, SequenceError, read_image, seconds_to_ns
+from vo_node.io.readers.poses import interpolated_trajectory
+from vo_node.io.sequence import ImageFileSequence, SequenceError, seconds_to_ns
 from vo_node.io.trajectory import Trajectory
 
 logger = logging.getLogger(__name__)
@@ -42,7 +40,7 @@ MAX_GROUND_TRUTH_GAP_NS = 50_000_000
 """Largest distance (ns) from an image to its neighbouring ground-truth samples (100 Hz: 10 ms)."""
 
 
-class TumSequence(Sequence):
+class TumSequence(ImageFileSequence):
     """The colour images of a TUM RGB-D sequence folder."""
 
     layout = "tum"
@@ -70,19 +68,11 @@ class TumSequence(Sequence):
     ) -> "TumSequence":
         return cls(path, camera_path=camera_path, stride=stride, max_frames=max_frames)
 
-    def describe_frame(self, index: int) -> str:
-        return f"image {self.files[index]}"
-
-    def _read_images(self, indices: list[int]) -> Iterator[tuple[int, np.ndarray]]:
-        for index in indices:
-            yield index, read_image(self.files[index])
-
     def _load_ground_truth(self, timestamps_ns: np.ndarray) -> Trajectory | None:
         if not self.groundtruth_path.is_file():
             return None
         stamps, poses = read_tum_poses(self.groundtruth_path)
-        valid, poses = interpolate_poses(stamps, poses, timestamps_ns, MAX_GROUND_TRUTH_GAP_NS)
-        return Trajectory(timestamps_ns[valid], poses)
+        return interpolated_trajectory(stamps, poses, timestamps_ns, MAX_GROUND_TRUTH_GAP_NS)
 
 
 def _tum_camera(root: Path, camera_path: str | Path | None) -> PinholeCamera:
