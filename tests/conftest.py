@@ -21,3 +21,42 @@ os.environ.setdefault("OMP_NUM_THREADS", TEST_THREADS)
 import torch  # noqa: E402  (imported after OMP_NUM_THREADS is set, so OpenMP reads it)
 
 torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
+
+
+import pytest  # noqa: E402
+
+RANDOM_MODEL_SEED = 0
+
+
+def _save_random_model(folder, name: str, network=None):
+    """Save a randomly initialised ``small`` preset network (seed 0) as ``folder / name``.
+
+    ``network`` (a NetworkConfig) replaces the preset's network sizes.
+    """
+    import dataclasses
+
+    from vo_node.config import load_engine_config
+    from vo_node.model.network import VONetwork, save_model
+
+    config = load_engine_config("small")
+    if network is not None:
+        config = dataclasses.replace(config, network=network)
+    torch.manual_seed(RANDOM_MODEL_SEED)
+    path = folder / name
+    save_model(path, VONetwork(config.network), config, {"note": "random weights for tests"})
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory: pytest.TempPathFactory):
+    """A random network of tiny sizes in a model file, for tests of plumbing, not accuracy."""
+    from vo_node.config import NetworkConfig
+
+    network = NetworkConfig(matching_dim=16, context_dim=32, encoder_dim=8)
+    return _save_random_model(tmp_path_factory.mktemp("model"), "random_tiny.pt", network)
+
+
+@pytest.fixture(scope="session")
+def small_model(tmp_path_factory: pytest.TempPathFactory):
+    """A random network of the ``small`` preset's sizes in a model file."""
+    return _save_random_model(tmp_path_factory.mktemp("model"), "random_small.pt")

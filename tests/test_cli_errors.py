@@ -19,21 +19,8 @@ import pytest
 import torch
 
 from vo_node import demo, run
-from vo_node.config import load_engine_config
-from vo_node.model.network import VONetwork, save_model
 
 WIDTH, HEIGHT = 64, 48
-MODEL_SEED = 0
-
-
-@pytest.fixture(scope="module")
-def model_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A randomly initialised small network (seed 0) in a model file."""
-    config = load_engine_config("small")
-    torch.manual_seed(MODEL_SEED)
-    path = tmp_path_factory.mktemp("model") / "random_small.pt"
-    save_model(path, VONetwork(config.network), config, {"note": "random weights for tests"})
-    return path
 
 
 def image_folder(root: Path, count: int = 3, calibrated_width: int = WIDTH) -> Path:
@@ -62,12 +49,12 @@ def files_below(folder: Path) -> list[Path]:
 
 
 @pytest.mark.parametrize("below_file", [False, True])
-def test_run_unwritable_output_exits_2(tmp_path, caplog, model_path, below_file):
+def test_run_unwritable_output_exits_2(tmp_path, caplog, small_model, below_file):
     sequence = image_folder(tmp_path / "images")
     blocker = tmp_path / "a_file"
     blocker.write_text("not a folder")
     output = blocker / "out" if below_file else blocker
-    argv = [str(sequence), "--model", str(model_path), "--device", "cpu", "--no-progress",
+    argv = [str(sequence), "--model", str(small_model), "--device", "cpu", "--no-progress",
             "--output", str(output)]
     assert run.main(argv) == run.EXIT_USAGE
     assert f"output folder {output} cannot be written" in caplog.text
@@ -77,10 +64,10 @@ def test_run_unwritable_output_exits_2(tmp_path, caplog, model_path, below_file)
     assert blocker.read_text() == "not a folder"
 
 
-def test_run_nothing_tracked_writes_nothing(tmp_path, caplog, model_path):
+def test_run_nothing_tracked_writes_nothing(tmp_path, caplog, small_model):
     sequence = image_folder(tmp_path / "images", calibrated_width=WIDTH * 2)
     output = tmp_path / "out"
-    argv = [str(sequence), "--model", str(model_path), "--device", "cpu", "--no-progress",
+    argv = [str(sequence), "--model", str(small_model), "--device", "cpu", "--no-progress",
             "--output", str(output)]
     assert run.main(argv) == run.EXIT_USAGE
     assert "is 64x48 pixels but the calibration is 128x48" in caplog.text
@@ -100,32 +87,32 @@ def test_write_outputs_rejects_empty_trajectory(tmp_path):
 # Demo: output folder
 
 
-def test_demo_offline_unwritable_output_exits_2(tmp_path, caplog, model_path):
+def test_demo_offline_unwritable_output_exits_2(tmp_path, caplog, small_model):
     sequence = image_folder(tmp_path / "images")
     blocker = tmp_path / "a_file"
     blocker.write_text("not a folder")
-    argv = [str(sequence), "--offline", "--model", str(model_path), "--device", "cpu",
+    argv = [str(sequence), "--offline", "--model", str(small_model), "--device", "cpu",
             "--no-progress", "--output", str(blocker / "out")]
     assert demo.main(argv) == run.EXIT_USAGE
     assert f"output folder {blocker / 'out'} cannot be written" in caplog.text
     assert "tracked" not in caplog.text
 
 
-def test_demo_node_unwritable_output_exits_2(tmp_path, caplog, model_path):
+def test_demo_node_unwritable_output_exits_2(tmp_path, caplog, small_model):
     # The check comes before any bag is written or DDS starts, so no network namespace is needed.
     sequence = image_folder(tmp_path / "images")
     blocker = tmp_path / "a_file"
     blocker.write_text("not a folder")
-    argv = [str(sequence), "--model", str(model_path), "--device", "cpu", "--output", str(blocker)]
+    argv = [str(sequence), "--model", str(small_model), "--device", "cpu", "--output", str(blocker)]
     assert demo.main(argv) == run.EXIT_USAGE
     assert f"output folder {blocker} cannot be written" in caplog.text
     assert blocker.read_text() == "not a folder"
 
 
-def test_demo_offline_nothing_tracked_writes_nothing(tmp_path, caplog, model_path):
+def test_demo_offline_nothing_tracked_writes_nothing(tmp_path, caplog, small_model):
     sequence = image_folder(tmp_path / "images", calibrated_width=WIDTH * 2)
     output = tmp_path / "out"
-    argv = [str(sequence), "--offline", "--model", str(model_path), "--device", "cpu",
+    argv = [str(sequence), "--offline", "--model", str(small_model), "--device", "cpu",
             "--no-progress", "--output", str(output)]
     assert demo.main(argv) == run.EXIT_USAGE
     assert f"no frames were tracked, so nothing was written to {output}" in caplog.text
@@ -227,9 +214,9 @@ needs_bag = pytest.mark.skipif(
 
 
 @needs_bag
-def test_run_bag_with_ground_truth_topic_writes_metrics(tmp_path, model_path):
+def test_run_bag_with_ground_truth_topic_writes_metrics(tmp_path, small_model):
     output = tmp_path / "out"
-    argv = [str(BAG), "--model", str(model_path), "--device", "cpu", "--no-progress",
+    argv = [str(BAG), "--model", str(small_model), "--device", "cpu", "--no-progress",
             "--max-frames", "3", "--output", str(output),
             "--groundtruth-topic", "/groundtruth/imu_pose",
             "--groundtruth-extrinsic", *EUROC_CAM0_T_BODY_CAM]
@@ -241,18 +228,18 @@ def test_run_bag_with_ground_truth_topic_writes_metrics(tmp_path, model_path):
 
 
 @needs_bag
-def test_run_bag_without_ground_truth_names_pose_topic(tmp_path, caplog, model_path):
+def test_run_bag_without_ground_truth_names_pose_topic(tmp_path, caplog, small_model):
     caplog.set_level(logging.INFO, logger="vo_node.run")
-    argv = [str(BAG), "--model", str(model_path), "--device", "cpu", "--no-progress",
+    argv = [str(BAG), "--model", str(small_model), "--device", "cpu", "--no-progress",
             "--max-frames", "2", "--output", str(tmp_path / "out")]
     assert run.main(argv) == run.EXIT_OK
     assert "pose topic /groundtruth/imu_pose" in caplog.text
     assert "--groundtruth-topic" in caplog.text
 
 
-def test_run_rejects_invalid_ground_truth_extrinsic(tmp_path, caplog, model_path):
+def test_run_rejects_invalid_ground_truth_extrinsic(tmp_path, caplog, small_model):
     sequence = image_folder(tmp_path / "images")
-    argv = [str(sequence), "--model", str(model_path), "--groundtruth-extrinsic",
+    argv = [str(sequence), "--model", str(small_model), "--groundtruth-extrinsic",
             "0", "0", "0", "0", "0", "0", "0.5"]
     assert run.main(argv) == run.EXIT_USAGE
     assert "--groundtruth-extrinsic quaternion" in caplog.text
@@ -270,3 +257,47 @@ def test_demo_sigterm_exit_status_is_143():
         demo._raise_terminated(signal.SIGTERM, None)
     assert demo.interrupt_exit_status(error.value) == 143
     assert demo.interrupt_exit_status(KeyboardInterrupt()) == 130
+
+
+# --------------------------------------------------------------------------------------------
+# Configuration, device and model checked before the input is opened
+
+
+BAD_ENGINE_ARGUMENTS = [
+    (["--config", "no_such_preset"], "configuration preset 'no_such_preset' not found"),
+    (["--model", "/nonexistent/vo_model.pt"], "/nonexistent/vo_model.pt"),
+    pytest.param(
+        ["--device", "cuda"], "no CUDA device is visible",
+        marks=pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA"),
+    ),
+]
+
+
+@pytest.mark.parametrize("arguments, message", BAD_ENGINE_ARGUMENTS)
+def test_run_checks_engine_before_sequence(tmp_path, caplog, small_model, arguments, message):
+    missing_sequence = tmp_path / "no_such_sequence"
+    argv = [str(missing_sequence), "--model", str(small_model), *arguments,
+            "--output", str(tmp_path / "out")]
+    assert run.main(argv) == run.EXIT_USAGE
+    assert message in caplog.text
+    assert "does not exist" not in caplog.text
+    assert not (tmp_path / "out").exists()
+
+
+NETWORK_ISOLATED = os.environ.get("ROS_AUTOMATIC_DISCOVERY_RANGE") == "LOCALHOST"
+
+
+@pytest.mark.parametrize("offline", [
+    pytest.param(False, marks=pytest.mark.skipif(
+        not NETWORK_ISOLATED,
+        reason="if the check regressed, the demo would start DDS; run through scripts/netns_run.sh",
+    )),
+    True,
+])
+def test_demo_checks_config_before_rendering(tmp_path, caplog, small_model, offline):
+    # The check comes before any sequence is rendered, bag written or DDS started.
+    argv = ["--model", str(small_model), "--config", "no_such_preset", "--output", str(tmp_path)]
+    assert demo.main(argv + (["--offline"] if offline else [])) == run.EXIT_USAGE
+    assert "configuration preset 'no_such_preset' not found" in caplog.text
+    assert not (tmp_path / demo.SEQUENCE_FOLDER).exists()
+    assert not (tmp_path / demo.BAG_FOLDER).exists()

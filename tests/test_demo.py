@@ -7,38 +7,22 @@ tiny sizes (the model file's sizes replace the configuration's) and the sequence
 
 from __future__ import annotations
 
-import dataclasses
 import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
 from vo_node import demo, run
-from vo_node.config import NetworkConfig, load_engine_config
 from vo_node.demo_data import render_demo_sequence
 from vo_node.io.sequence import open_sequence
 from vo_node.io.trajectory import read_tum
-from vo_node.model.network import VONetwork, save_model
 
 REPO = Path(__file__).resolve().parents[1]
-MODEL_SEED = 0
-TINY_NETWORK = NetworkConfig(matching_dim=16, context_dim=32, encoder_dim=8)
 TINY_FRAMES = 10
 SUMMARY_PREFIXES = ("frames tracked:", "frames per second:", "peak memory", "ATE", "trajectory:")
 COMMAND_TIMEOUT_S = 300
-
-
-@pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A randomly initialised network of tiny sizes (seed 0) in a model file."""
-    config = dataclasses.replace(load_engine_config("small"), network=TINY_NETWORK)
-    torch.manual_seed(MODEL_SEED)
-    path = tmp_path_factory.mktemp("model") / "random_tiny.pt"
-    save_model(path, VONetwork(TINY_NETWORK), config, {"note": "random weights for tests"})
-    return path
 
 
 @pytest.fixture(scope="module")

@@ -7,10 +7,10 @@ reaches the node and is tracked, and the summary and output files are complete.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import shutil
+import stat
 import subprocess
 import sys
 from pathlib import Path
@@ -18,15 +18,12 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-import torch
 from test_ros_support import DATA, NETWORK_ISOLATED, NOT_ISOLATED_REASON, REPO, write_image_bag
 
-from vo_node.config import NetworkConfig, load_engine_config
 from vo_node.demo_data import CAMERA_FILE, TIMES_FILE, render_demo_sequence
 from vo_node.io.readers.poses import matrices_to_poses, poses_to_matrices
 from vo_node.io.sequence import open_sequence
 from vo_node.io.trajectory import read_tum
-from vo_node.model.network import VONetwork, save_model
 from vo_node.ros.bagwrite import (
     SOURCE_FILE,
     BagWriteError,
@@ -40,23 +37,11 @@ from vo_node.ros.replay import (
     read_groundtruth,
 )
 
-MODEL_SEED = 0
-TINY_NETWORK = NetworkConfig(matching_dim=16, context_dim=32, encoder_dim=8)
 DEMO_FRAMES = 20
 HEIGHT, WIDTH = 64, 96
 COMMAND_TIMEOUT_S = 300
 EUROC = DATA / "euroc_MH_05_difficult"
 EUROC_BAG = DATA / "ros2_bags" / "euroc_MH_05_cam0_derived"
-
-
-@pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A randomly initialised network of tiny sizes (seed 0) in a model file."""
-    config = dataclasses.replace(load_engine_config("small"), network=TINY_NETWORK)
-    torch.manual_seed(MODEL_SEED)
-    path = tmp_path_factory.mktemp("model") / "random_tiny.pt"
-    save_model(path, VONetwork(TINY_NETWORK), config, {"note": "random weights for tests"})
-    return path
 
 
 @pytest.fixture(scope="module")
@@ -151,6 +136,46 @@ def test_cached_bag_reused_until_sequence_changes(tiny_sequence, tmp_path):
     assert storage_file.stat().st_ino != first
     assert len(open_sequence(bag)) == 5
     assert json.loads((bag / SOURCE_FILE).read_text())["frames"] == 5
+
+
+def test_demo_folder_of_one_bag_replays_it(tiny_sequence, tmp_path):
+    from vo_node.demo import BAG_FOLDER, prepare_bag
+
+    recorded = write_sequence_bag(open_sequence(tiny_sequence), tmp_path / "recordings" / "run1")
+    output = tmp_path / "out"
+    bag = prepare_bag(tmp_path / "recordings", output, max_frames=None)
+    assert bag.path == recorded
+    assert bag.image_topic == "/camera/image_raw"
+    assert bag.groundtruth_topic == "/groundtruth/pose"
+    assert bag.frames == DEMO_FRAMES
+    assert not (output / BAG_FOLDER).exists()
+
+
+def test_demo_folder_of_several_bags_lists_them(tiny_sequence, tmp_path):
+    from vo_node.demo import prepare_bag
+    from vo_node.io.sequence import SequenceError
+
+    sequence = open_sequence(tiny_sequence)
+    first = write_sequence_bag(sequence, tmp_path / "recordings" / "run1")
+    second = write_sequence_bag(sequence, tmp_path / "recordings" / "run2")
+    with pytest.raises(SequenceError) as error:
+        prepare_bag(tmp_path / "recordings", tmp_path / "out", max_frames=None)
+    assert "contains 2 sequences" in str(error.value)
+    assert str(first) in str(error.value)
+    assert str(second) in str(error.value)
+    assert not (tmp_path / "out").exists()
+
+
+def test_written_folders_follow_umask(tiny_sequence, tmp_path):
+    from vo_node.demo_data import render_demo_sequence
+
+    umask = os.umask(0)
+    os.umask(umask)
+    expected = 0o777 & ~umask
+    rendered = render_demo_sequence(tmp_path / "sequence", num_frames=3, height=32, width=48)
+    bag = write_sequence_bag(open_sequence(rendered), tmp_path / "bags" / "demo")
+    for folder in (rendered, bag, bag.parent):
+        assert stat.S_IMODE(folder.stat().st_mode) == expected, folder
 
 
 # --------------------------------------------------------------------------------------------

@@ -204,6 +204,8 @@ def test_node_process_writes_trajectory_on_sigterm(euroc_bag, model_path, tmp_pa
         if process.poll() is None:
             process.kill()
     assert process.returncode == 0, output
+    assert "rosout" not in output
+    assert "Traceback" not in output
     written = read_tum(trajectory_file)
     assert list(written.timestamps_ns) == stamps[:2]
     assert clouds, "no debug/points message while subscribed"

@@ -8,18 +8,25 @@ import sys
 import time
 
 import pytest
+import torch
 import yaml
 from rclpy.executors import SingleThreadedExecutor
 from rclpy.node import Node
 from rclpy.parameter import Parameter
-from test_ros_support import NETWORK_ISOLATED, NOT_ISOLATED_REASON, REPO, ros_context, spin_until
+from test_ros_support import (
+    NETWORK_ISOLATED,
+    NO_MODEL,
+    NOT_A_MODEL,
+    NOT_ISOLATED_REASON,
+    REPO,
+    ros_context,
+    spin_until,
+)
 
 from vo_node.ros.parameters import PARAMETERS_BY_NAME, ParameterError
 
 pytestmark = pytest.mark.skipif(not NETWORK_ISOLATED, reason=NOT_ISOLATED_REASON)
 
-NO_MODEL = "model.weights:=/nonexistent/vo_test_model.pt"
-"""Makes the node's model load fail at once: these tests need no engine."""
 
 
 def wait_for_graph(query, expected: set[str], timeout_s: float = 5.0) -> dict[str, list[str]]:
@@ -259,19 +266,50 @@ def test_misspelt_parameter_is_reported():
     assert unknown == ["path_max_lenght"]
 
 
-def test_missing_model_error_names_parameter():
-    with ros_context(["-p", NO_MODEL]) as context:
-        node = make_node(context)
-        try:
-            ready = node.wait_until_ready(30.0)
-            error = node.fatal_error
-        finally:
-            node.shutdown()
-            node.destroy_node()
-    assert not ready
-    assert "model file /nonexistent/vo_test_model.pt not found" in error
-    assert "-p model.weights:=PATH" in error
-    assert "--model" not in error
+def test_missing_model_rejected_at_start_up():
+    missing = "/nonexistent/vo_test_model.pt"
+    with ros_context(["-p", f"model.weights:={missing}"]) as context:
+        with pytest.raises(ParameterError) as error:
+            make_node(context)
+    message = str(error.value)
+    assert f"model file {missing} not found" in message
+    assert "-p model.weights:=PATH" in message
+    assert "--model" not in message
+
+
+@pytest.mark.parametrize(
+    "argument, message",
+    [
+        ("model.config:=no_such_preset", "model.config 'no_such_preset' is invalid"),
+        ("model.config:=/nonexistent/engine.yaml", "configuration file /nonexistent/engine.yaml"),
+    ],
+)
+def test_model_config_checked_at_start_up(argument, message):
+    with ros_context(["-p", NO_MODEL, "-p", argument]) as context:
+        with pytest.raises(ParameterError) as error:
+            make_node(context)
+    assert message in str(error.value)
+    assert "-p model.config:=NAME" in str(error.value)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error without a CUDA device")
+def test_cuda_device_rejected_without_gpu():
+    with ros_context(["-p", NO_MODEL, "-p", "model.device:=cuda"]) as context:
+        with pytest.raises(ParameterError) as error:
+            make_node(context)
+    assert "model.device is 'cuda' but no CUDA device is visible" in str(error.value)
+    assert "-p model.device:=cpu" in str(error.value)
+
+
+def test_bad_model_config_exits_2_before_loading():
+    command = [sys.executable, "-m", "vo_node.node", "--ros-args",
+               "-p", f"model.weights:={NOT_A_MODEL}", "-p", "model.config:=no_such_preset"]
+    completed = subprocess.run(command, capture_output=True, text=True, timeout=60, cwd=REPO)
+    output = completed.stdout + completed.stderr
+    assert completed.returncode == 2, output
+    assert "model.config 'no_such_preset' is invalid" in output
+    assert "loading model" not in output
+    assert "Traceback" not in output
 
 
 @pytest.mark.parametrize("content", [None, "/**:\n  ros__parameters: [unclosed\n"])
@@ -292,14 +330,9 @@ def test_missing_default_model_error_names_parameter(tmp_path, monkeypatch):
 
     monkeypatch.setattr(network, "MODELS_DIR", tmp_path)
     with ros_context(["-p", "model.weights:=''", "-p", "model.device:=cpu"]) as context:
-        node = make_node(context)
-        try:
-            ready = node.wait_until_ready(30.0)
-            error = node.fatal_error
-        finally:
-            node.shutdown()
-            node.destroy_node()
-    assert not ready
-    assert f"default model vo_small.pt not found (looked in {tmp_path / 'vo_small.pt'}" in error
-    assert "-p model.weights:=PATH" in error
-    assert error.count("train one") == 1
+        with pytest.raises(ParameterError) as error:
+            make_node(context)
+    message = str(error.value)
+    assert f"default model vo_small.pt not found (looked in {tmp_path / 'vo_small.pt'}" in message
+    assert "-p model.weights:=PATH" in message
+    assert message.count("train one") == 1

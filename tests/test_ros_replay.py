@@ -15,6 +15,7 @@ from rosgraph_msgs.msg import Clock
 from sensor_msgs.msg import CameraInfo, Image
 from test_ros_support import (
     NETWORK_ISOLATED,
+    NO_MODEL,
     NOT_ISOLATED_REASON,
     REPO,
     ros_context,
@@ -39,7 +40,6 @@ pytestmark = pytest.mark.skipif(not NETWORK_ISOLATED, reason=NOT_ISOLATED_REASON
 START_NS = 1_403_638_543_577_829_376
 STEPS_NS = (0, 50_000_000, 100_000_001, 150_000_000, 400_000_000)
 """Irregular spacing, so pacing and stamps are both visible."""
-NO_MODEL = "model.weights:=/nonexistent/vo_test_model.pt"
 
 
 def small_frames(count: int) -> list[np.ndarray]:

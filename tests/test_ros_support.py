@@ -25,6 +25,11 @@ from rclpy.executors import SingleThreadedExecutor  # noqa: E402
 DATA = Path(os.environ.get("VO_NODE_DATA", REPO.parent / "shared" / "data"))
 NETWORK_ISOLATED = os.environ.get("ROS_AUTOMATIC_DISCOVERY_RANGE") == "LOCALHOST"
 NOT_ISOLATED_REASON = "ROS tests start DDS; run them through scripts/netns_run.sh (make test)"
+NOT_A_MODEL = REPO / "package.xml"
+"""An existing file that is not a model: it passes the node's start-up checks, and the model
+load in the worker then fails at once."""
+NO_MODEL = f"model.weights:={NOT_A_MODEL}"
+"""Node argument for tests that need no engine."""
 
 
 @contextmanager

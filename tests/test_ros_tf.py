@@ -10,7 +10,13 @@ from rclpy.executors import SingleThreadedExecutor
 from rclpy.node import Node
 from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
 from scipy.linalg import expm
-from test_ros_support import NETWORK_ISOLATED, NOT_ISOLATED_REASON, ros_context, spin_until
+from test_ros_support import (
+    NETWORK_ISOLATED,
+    NO_MODEL,
+    NOT_ISOLATED_REASON,
+    ros_context,
+    spin_until,
+)
 
 from vo_node.ros.messages import make_transform, ns_to_stamp, stamp_to_ns
 from vo_node.ros.tf import (
@@ -31,8 +37,6 @@ from vo_node.ros.tf import (
 )
 
 BASE_FROM_CAMERA = pose_to_matrix(DEFAULT_CAMERA_TO_BASE)
-NO_MODEL = "model.weights:=/nonexistent/vo_test_model.pt"
-"""Makes the node's model load fail at once: these tests need no engine."""
 
 
 def camera_pose(translation, rotation_vector_cam=(0.0, 0.0, 0.0)) -> np.ndarray:

@@ -24,19 +24,15 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
 from vo_node import run
-from vo_node.config import load_engine_config
 from vo_node.demo_data import render_demo_sequence
 from vo_node.io.sequence import open_sequence
 from vo_node.io.trajectory import read_tum
-from vo_node.model.network import VONetwork, save_model
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = Path(os.environ.get("VO_NODE_DATA", REPO.parent / "shared" / "data"))
 EUROC = DATA / "euroc_MH_05_difficult"
-MODEL_SEED = 0
 TEST_WIDTH = 160
 """Frames are downscaled to this width (pixels) so the runs stay short."""
 FAST_OVERRIDES = [
@@ -58,16 +54,6 @@ FRAMES_BEFORE_SIGINT = 3
 SIGINT_TIMEOUT_S = 120.0
 EUROC_STRIDE = 2
 EUROC_FRAMES = 12
-
-
-@pytest.fixture(scope="module")
-def model_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A randomly initialised small network (seed 0) in a model file."""
-    config = load_engine_config("small")
-    torch.manual_seed(MODEL_SEED)
-    path = tmp_path_factory.mktemp("model") / "random_small.pt"
-    save_model(path, VONetwork(config.network), config, {"note": "random weights for tests"})
-    return path
 
 
 @pytest.fixture(scope="module")
@@ -121,10 +107,10 @@ def assert_no_temporary_files(folder: Path) -> None:
 
 
 @pytest.mark.skipif(not EUROC.exists(), reason=f"sample data {EUROC} is absent (set VO_NODE_DATA)")
-def test_run_euroc_end_to_end(model_path: Path, tmp_path: Path) -> None:
+def test_run_euroc_end_to_end(small_model: Path, tmp_path: Path) -> None:
     output = tmp_path / "out"
     status = run_main(
-        EUROC, model_path, output, "--stride", str(EUROC_STRIDE), "--max-frames", str(EUROC_FRAMES)
+        EUROC, small_model, output, "--stride", str(EUROC_STRIDE), "--max-frames", str(EUROC_FRAMES)
     )
 
     assert status == run.EXIT_OK
@@ -136,10 +122,10 @@ def test_run_euroc_end_to_end(model_path: Path, tmp_path: Path) -> None:
 
 
 def test_run_demo_sequence_end_to_end(
-    model_path: Path, demo_sequence: Path, tmp_path: Path
+    small_model: Path, demo_sequence: Path, tmp_path: Path
 ) -> None:
     output = tmp_path / "out"
-    status = run_main(demo_sequence, model_path, output)
+    status = run_main(demo_sequence, small_model, output)
 
     assert status == run.EXIT_OK
     sequence = open_sequence(demo_sequence)
@@ -173,14 +159,14 @@ def _frames_done(stderr: list[str]) -> int:
     return max(counts, default=0)
 
 
-def test_run_sigint_writes_partial_trajectory(model_path: Path, tmp_path: Path) -> None:
+def test_run_sigint_writes_partial_trajectory(small_model: Path, tmp_path: Path) -> None:
     sequence_path = render_demo_sequence(
         tmp_path / "long", num_frames=120, height=64, width=96
     )
     output = tmp_path / "out"
     command = [
         sys.executable, "-m", "vo_node.run", str(sequence_path), "--config", "small",
-        "--model", str(model_path), "--device", "cpu", "--output", str(output),
+        "--model", str(small_model), "--device", "cpu", "--output", str(output),
     ]
     process = subprocess.Popen(
         command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,

@@ -52,6 +52,7 @@ from vo_node.run import (
     RunResult,
     StopRequest,
     exit_status,
+    load_configuration,
     load_engine,
     positive_int,
     prepare_output_dir,
@@ -195,10 +196,12 @@ def is_bag(path: Path) -> bool:
 def prepare_bag(path: Path | None, output_dir: Path, max_frames: int | None) -> DemoBag:
     """Return the bag to replay: ``path`` itself when it is a bag, else a written bag.
 
-    Without ``path`` the default sequence is rendered (or reused) and written as a bag; another
+    A folder that contains exactly one bag (one or two levels down) replays that bag. Without
+    ``path`` the default sequence is rendered (or reused) and written as a bag; another
     sequence is opened with ``max_frames`` and written as a bag. Written bags live in
     ``output_dir/bags`` and are reused while the sequence is unchanged.
     """
+    from vo_node.io.readers import resolve_sequence_path
     from vo_node.ros.bagwrite import (
         DEFAULT_CAMERA_INFO_TOPIC,
         DEFAULT_GROUNDTRUTH_TOPIC,
@@ -206,6 +209,10 @@ def prepare_bag(path: Path | None, output_dir: Path, max_frames: int | None) -> 
         cached_sequence_bag,
     )
 
+    if path is not None and not is_bag(path):
+        # A folder that contains one bag (such as a folder of recordings) replays that bag, and
+        # one that contains several raises an error that lists them.
+        path = resolve_sequence_path(path)
     if path is not None and is_bag(path):
         if max_frames is not None:
             logger.warning("--max-frames applies to sequences; bag %s is replayed whole", path)
@@ -323,10 +330,12 @@ def run_through_node(args: argparse.Namespace) -> int:
     from vo_node.ros.replay import ReplayError, evaluate_bag
 
     try:
+        # Checked before the bag is written and DDS starts; the node would find them only then.
+        load_configuration(args.config, [], args.device)
         model_path = resolve_model(args.model)
         created = prepare_output_dir(args.output)
         bag = prepare_bag(args.sequence, args.output, args.max_frames)
-    except (MissingModelError, SequenceError, CalibrationError, TrajectoryError,
+    except (MissingModelError, SequenceError, CalibrationError, TrajectoryError, ConfigError,
             FileNotFoundError, FileExistsError, OutputError) as error:
         logger.error("%s", error)
         return EXIT_USAGE
@@ -446,9 +455,9 @@ def run_offline(args: argparse.Namespace, tracker: Tracker = track_offline) -> i
     """Track the sequence in this process, write the outputs and print the summary."""
     try:
         model_path = resolve_model(args.model)
+        config, network, device = load_engine(args.config, [], model_path, args.device)
         created = prepare_output_dir(args.output)
         sequence = open_demo_sequence(args.sequence, args.output, args.max_frames)
-        config, network, device = load_engine(args.config, [], model_path, args.device)
     except (
         MissingModelError, SequenceError, CalibrationError, ConfigError, TrajectoryError,
         ModelFileError, FileNotFoundError, FileExistsError, OutputError,

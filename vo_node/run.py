@@ -63,6 +63,8 @@ TRAJECTORY_FILE = "trajectory.tum"
 METRICS_FILE = "metrics.json"
 PLOT_FILE = "trajectory.png"
 DEFAULT_OUTPUT_ROOT = Path("outputs")
+STOP_ACTION = "finishing the frames tracked so far and writing the trajectory"
+"""Log text for the runner's response to the first SIGINT or SIGTERM (see :class:`StopRequest`)."""
 
 
 class OutputError(ValueError):
@@ -383,8 +385,10 @@ class StopRequest:
 
     HANDLED = (signal.SIGINT, signal.SIGTERM)
 
-    def __init__(self) -> None:
+    def __init__(self, action: str = STOP_ACTION) -> None:
+        """``action`` completes the log line "received SIGINT: ACTION (send it again ...)"."""
         self.signal_number: int | None = None
+        self.action = action
         self._previous: dict[int, Any] = {}
 
     def install(self) -> None:
@@ -403,13 +407,28 @@ class StopRequest:
             raise SystemExit(SIGNAL_EXIT_BASE + signal_number)
         self.signal_number = signal_number
         logger.warning(
-            "received %s: finishing the frames tracked so far and writing the trajectory "
-            "(send it again to exit at once)",
-            signal.Signals(signal_number).name,
+            "received %s: %s (send it again to exit at once)",
+            signal.Signals(signal_number).name, self.action,
         )
 
     def __call__(self) -> bool:
         return self.signal_number is not None
+
+
+def load_configuration(
+    config_name: str, overrides: TypingSequence[str], device: str | None
+) -> tuple[EngineConfig, str]:
+    """Load the configuration with its overrides and resolve the device (``cpu`` or ``cuda``).
+
+    It loads no model, so commands call it to check these arguments before slow work.
+
+    Raises:
+        ConfigError: unknown preset, invalid YAML, key or value, or ``cuda`` without a GPU.
+    """
+    config = load_engine_config(config_name)
+    if overrides:
+        config = apply_overrides(config, dict(parse_override(text) for text in overrides))
+    return config, resolve_device(device or config.device)
 
 
 def load_engine(
@@ -422,10 +441,7 @@ def load_engine(
     """
     from vo_node.model.network import default_model_path, load_model
 
-    config = load_engine_config(config_name)
-    if overrides:
-        config = apply_overrides(config, dict(parse_override(text) for text in overrides))
-    resolved = resolve_device(device or config.device)
+    config, resolved = load_configuration(config_name, overrides, device)
     network, model_config = load_model(model_path or default_model_path(), resolved)
     if model_config.network != config.network:
         logger.warning(
@@ -453,6 +469,9 @@ def main(argv: TypingSequence[str] | None = None) -> int:
 def _run(args: argparse.Namespace, stop: StopRequest) -> int:
     """Open, track, write and report; the body of :func:`main`."""
     try:
+        # Configuration, device and model come first: they are quick to check, and a long
+        # sequence (a video, a large bag) can take a while to open.
+        config, network, device = load_engine(args.config, args.override, args.model, args.device)
         T_body_cam = None
         if args.groundtruth_extrinsic is not None:
             T_body_cam = body_from_camera_pose(
@@ -464,7 +483,6 @@ def _run(args: argparse.Namespace, stop: StopRequest) -> int:
             T_body_cam=T_body_cam,
         )
         _log_unused_pose_topics(sequence)
-        config, network, device = load_engine(args.config, args.override, args.model, args.device)
         output_dir = args.output or DEFAULT_OUTPUT_ROOT / sequence.name
         created = prepare_output_dir(output_dir)
     except (

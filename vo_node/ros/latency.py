@@ -47,6 +47,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from vo_node.ros.inprocess import node_in_process, wait_for
+
 logger = logging.getLogger(__name__)
 
 DEFAULT_RATE_HZ = 30.0
@@ -157,6 +159,7 @@ def _prepare_messages(sequence_path: Path, frames: int | None) -> tuple[list, An
     """Read the frames into Image messages and build the camera_info of the sequence."""
     from sensor_msgs.msg import CameraInfo
 
+    from vo_node.io.camera import undistorted_camera_info
     from vo_node.io.sequence import open_sequence
     from vo_node.ros.messages import array_to_image
 
@@ -166,14 +169,8 @@ def _prepare_messages(sequence_path: Path, frames: int | None) -> tuple[list, An
         encoding = "mono8" if frame.image.ndim == 2 else "rgb8"
         images.append(array_to_image(frame.image, encoding, frame_id=CAMERA_FRAME))
     camera = sequence.camera
-    info = CameraInfo()
+    info = CameraInfo(**undistorted_camera_info(camera))
     info.header.frame_id = CAMERA_FRAME
-    info.width, info.height = camera.width, camera.height
-    info.distortion_model = "plumb_bob"
-    info.d = [0.0] * 5
-    info.k = [camera.fx, 0.0, camera.cx, 0.0, camera.fy, camera.cy, 0.0, 0.0, 1.0]
-    info.r = [1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0]
-    info.p = [camera.fx, 0.0, camera.cx, 0.0, 0.0, camera.fy, camera.cy, 0.0, 0.0, 0.0, 1.0, 0.0]
     logger.info("publishing %d frames of %s (%dx%d)", len(images), sequence.name, camera.width,
                 camera.height)
     return images, info
@@ -397,24 +394,13 @@ def measure_latency(
     if PROFILE_VARIABLE not in os.environ and SHM_PROFILE.is_file():
         os.environ[PROFILE_VARIABLE] = str(SHM_PROFILE)
 
-    import rclpy
     from nav_msgs.msg import Odometry
-    from rclpy.executors import SingleThreadedExecutor
 
     arguments = ["--ros-args", "-r", f"image:={IMAGE_TOPIC}", "-r",
                  f"camera_info:={CAMERA_INFO_TOPIC}", "-p", f"image_qos:={qos}",
                  "-p", "publish_tf:=false", *node_arguments]
-    context = rclpy.Context()
-    rclpy.init(args=arguments, context=context)
-    executor = SingleThreadedExecutor(context=context)
-    node = recorder = spinner = None
-    try:
-        node = _timed_node_class()(context=context)
-        recorder = rclpy.create_node("vo_latency_recorder", context=context)
-        executor.add_node(node)
-        executor.add_node(recorder)
-        spinner = threading.Thread(target=executor.spin, daemon=True)
-        spinner.start()
+    with node_in_process(arguments, "vo_latency_recorder", LatencyError, MODEL_READY_TIMEOUT_S,
+                         _timed_node_class()) as (node, recorder):
         receipts: list[tuple[int, int]] = []
 
         def on_odometry(message: Odometry) -> None:
@@ -423,10 +409,7 @@ def measure_latency(
 
         recorder.create_subscription(Odometry, node.resolve_topic_name("odom"), on_odometry,
                                      ODOMETRY_QOS_DEPTH)
-        if not node.wait_until_ready(MODEL_READY_TIMEOUT_S):
-            reason = node.fatal_error or "the model load timed out"
-            raise LatencyError(f"the node did not start: {reason}")
-        _wait(lambda: recorder.count_publishers(node.resolve_topic_name("odom")) > 0, 10.0)
+        wait_for(lambda: recorder.count_publishers(node.resolve_topic_name("odom")) > 0, 10.0)
 
         publisher = _start_publisher(sequence_path, rate_hz, frames, qos, warmup)
         try:
@@ -440,23 +423,13 @@ def measure_latency(
                 publisher.kill()
                 publisher.wait()
         node.wait_for_completed(node.input_rate.count, COMPLETION_TIMEOUT_S)
-        _wait(lambda: len(receipts) >= node.outcomes["published"], ODOMETRY_WAIT_S)
+        wait_for(lambda: len(receipts) >= node.outcomes["published"], ODOMETRY_WAIT_S)
         sampler.stop()
         report = _build_report(sequence_path, qos, rate_hz, published, node, receipts,
                                sampler.samples, baseline)
         report.machine["load_average_start"] = load_at_start
         report.warmup_frames = warmup
         return report
-    finally:
-        if node is not None:
-            node.shutdown()
-        executor.shutdown()
-        if spinner is not None:
-            spinner.join(timeout=5.0)
-        for owned in (node, recorder):
-            if owned is not None:
-                owned.destroy_node()
-        rclpy.try_shutdown(context=context)
 
 
 def _start_publisher(sequence_path: Path, rate_hz: float, frames: int | None, qos: str,
@@ -485,7 +458,7 @@ def _warm_up(publisher: subprocess.Popen, node, warmup: int) -> "NodeCounters":
                 f"(status {publisher.poll()}); see its log above"
             )
         # A best-effort frame may be lost, so the wait for its arrival is bounded.
-        _wait(lambda: node.input_rate.count > received, WARMUP_RECEIVE_TIMEOUT_S)
+        wait_for(lambda: node.input_rate.count > received, WARMUP_RECEIVE_TIMEOUT_S)
         if not node.wait_for_completed(node.input_rate.count, COMPLETION_TIMEOUT_S):
             raise LatencyError(
                 f"the node did not finish warm-up frame {index + 1} within "
@@ -648,15 +621,6 @@ def _rate(times_ns: Sequence[int]) -> float:
     if len(times_ns) < 2 or times_ns[-1] <= times_ns[0]:
         return math.nan
     return (len(times_ns) - 1) * NANOSECONDS_PER_SECOND / (times_ns[-1] - times_ns[0])
-
-
-def _wait(condition, timeout_s: float) -> bool:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.01)
-    return condition()
 
 
 def machine_description() -> dict[str, Any]:

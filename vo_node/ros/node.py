@@ -31,6 +31,7 @@ from rclpy.impl.implementation_singleton import rclpy_implementation
 from rclpy.node import Node
 from rclpy.qos import QoSProfile, qos_profile_sensor_data, qos_profile_system_default
 from rclpy.qos import ReliabilityPolicy
+from rclpy.signals import SignalHandlerOptions
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image, PointCloud2
 from std_srvs.srv import Trigger
 
@@ -53,6 +54,7 @@ from vo_node.ros.messages import (
 from vo_node.ros.parameters import (
     ParameterError,
     declare_parameters,
+    resolve_model_weights,
     unknown_parameter_overrides,
     validate_update,
 )
@@ -74,6 +76,7 @@ from vo_node.ros.tf import (
     matrix_to_pose,
     pose_to_matrix,
 )
+from vo_node.run import StopRequest
 
 NODE_NAME = "vo_node"
 DEFAULT_CAMERA_FRAME = "camera_optical_frame"
@@ -89,9 +92,11 @@ WORKER_POLL_S = 0.1
 ODOM_QOS_DEPTH = 10
 DEBUG_QOS_DEPTH = 1
 WORKER_JOIN_TIMEOUT_S = 10.0
+SPIN_PERIOD_S = 0.2
+"""Maximum wait of one executor spin in seconds, so a stop request is seen within this time."""
+SHUTDOWN_ACTION = "stopping the node and writing trajectory_file if one is set"
 EXIT_INVALID_PARAMETERS = 2
 PARAMS_FILE_FLAG = "--params-file"
-TRAIN_COMMAND = "python -m vo_node.train --config config/train_small.yaml"
 RCLError = rclpy_implementation.RCLError
 """Error of the rcl C layer; rclpy.init raises it for a malformed parameter file."""
 
@@ -319,26 +324,11 @@ class VONode(Node):
 
     def _load_engine(self):
         from vo_node.config import load_engine_config, resolve_device
-        from vo_node.model.network import default_model_path, load_model
+        from vo_node.model.network import load_model
         from vo_node.odometry.frontend import VisualOdometry
 
         device = resolve_device(self.params.model_device)
-        weights = self.params.model_weights
-        if weights and not os.path.isfile(weights):
-            raise FileNotFoundError(
-                f"model file {weights} not found; pass an existing model file with "
-                "-p model.weights:=PATH"
-            )
-        if not weights:
-            try:
-                weights = str(default_model_path())
-            except FileNotFoundError as error:
-                # Keep "default model ... not found (looked in ...)" and replace the generic fix.
-                searched = str(error).split("; ")[0]
-                raise FileNotFoundError(
-                    f"{searched}; pass a model file with -p model.weights:=PATH, or train one "
-                    f"with `{TRAIN_COMMAND}`"
-                ) from None
+        weights = resolve_model_weights(self.params.model_weights)
         self.get_logger().info(f"loading model {weights} on {device}")
         network, config = load_model(weights, device)
         if self.params.model_config:
@@ -522,7 +512,12 @@ def missing_params_files(args: list[str]) -> list[str]:
 
 
 def main(args: list[str] | None = None) -> int:
-    """Run the node until SIGINT or SIGTERM; return the process exit status."""
+    """Run the node until SIGINT or SIGTERM; return the process exit status.
+
+    The status is 0 after SIGINT or SIGTERM, 1 when the model failed to load and 2 for invalid
+    parameters. A second SIGINT or SIGTERM exits at once with 128 + signal, without writing the
+    trajectory file.
+    """
     logging.basicConfig(level=logging.INFO, format="[%(levelname)s] [%(name)s]: %(message)s")
     logger = rclpy.logging.get_logger(NODE_NAME)
     missing = missing_params_files(sys.argv[1:] if args is None else args)
@@ -531,11 +526,23 @@ def main(args: list[str] | None = None) -> int:
                      f"{PARAMS_FILE_FLAG}")
         return EXIT_INVALID_PARAMETERS
     try:
-        rclpy.init(args=args)
+        # rclpy's own handlers would shut the context down on SIGINT/SIGTERM before the node
+        # could write its trajectory and log its last lines, so StopRequest handles them.
+        rclpy.init(args=args, signal_handler_options=SignalHandlerOptions.NO)
     except RCLError as error:
         # rcl reports a malformed parameter file or ROS argument here.
         logger.fatal(f"invalid ROS arguments: {error}")
         return EXIT_INVALID_PARAMETERS
+    stop = StopRequest(SHUTDOWN_ACTION)
+    stop.install()
+    try:
+        return _spin(logger, stop)
+    finally:
+        stop.restore()
+
+
+def _spin(logger, stop: StopRequest) -> int:
+    """Create the node and spin it until a stop request or a fatal error; shut down cleanly."""
     try:
         node = VONode()
     except ParameterError as error:
@@ -545,11 +552,12 @@ def main(args: list[str] | None = None) -> int:
     executor = SingleThreadedExecutor()
     executor.add_node(node)
     try:
-        while rclpy.ok() and node.fatal_error is None:
-            executor.spin_once(timeout_sec=0.2)
-    except (KeyboardInterrupt, ExternalShutdownException):
+        while rclpy.ok() and node.fatal_error is None and not stop():
+            executor.spin_once(timeout_sec=SPIN_PERIOD_S)
+    except ExternalShutdownException:
         pass
     finally:
+        # The context is still valid here, so the shutdown's log lines reach /rosout.
         node.shutdown()
         executor.shutdown()
         node.destroy_node()

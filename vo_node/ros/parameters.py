@@ -2,7 +2,9 @@
 
 Every parameter is declared once with a ``ParameterDescriptor`` carrying its description and unit.
 Values given at start-up (``--params-file``, ``-p``) are checked by :func:`declare_parameters`,
-which raises :class:`ParameterError` naming each invalid value. Later ``set_parameters`` requests
+which raises :class:`ParameterError` naming each invalid value. It also checks that the model
+file exists, the engine configuration loads and a ``cuda`` device is visible, so these fail
+before the node creates its topics. Later ``set_parameters`` requests
 pass through :func:`validate_update` (registered with ``add_on_set_parameters_callback``). Only
 the parameters marked dynamic can change while the node runs; the others are read-only.
 """
@@ -10,6 +12,7 @@ the parameters marked dynamic can change while the node runs; the others are rea
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
@@ -25,6 +28,7 @@ MODEL_DEVICES = ("auto", "cpu", "cuda")
 COVARIANCE_SIZE = 6
 INTRINSICS_SIZE = 4
 QOS_OVERRIDES_PREFIX = "qos_overrides."
+TRAIN_COMMAND = "python -m vo_node.train --config config/train_small.yaml"
 
 
 class ParameterError(ValueError):
@@ -310,9 +314,72 @@ def declare_parameters(node) -> NodeParameters:
         message = check_value(name, value)
         if message:
             problems.append(f"{name} {message}")
+    if not problems:
+        # Checked only once the values are well formed, and before any model is loaded.
+        problems += model_parameter_problems(
+            values["model.weights"], values["model.config"], values["model.device"]
+        )
     if problems:
         raise ParameterError("invalid parameter values:\n  " + "\n  ".join(problems))
     return NodeParameters(**{name.replace(".", "_"): value for name, value in values.items()})
+
+
+def model_parameter_problems(weights: str, config: str, device: str) -> list[str]:
+    """Check the model parameters before any model loads; return one message per problem.
+
+    The problems are a missing model file, an engine configuration that does not load, and
+    ``cuda`` without a visible CUDA device. Each message names the value and the fix.
+    """
+    problems = []
+    try:
+        resolve_model_weights(weights)
+    except FileNotFoundError as error:
+        problems.append(f"model.weights: {error}")
+    if config:
+        from vo_node.config import ConfigError, load_engine_config
+
+        try:
+            load_engine_config(config)
+        except ConfigError as error:
+            problems.append(
+                f"model.config {config!r} is invalid: {error}. Pass an engine preset name "
+                "(small, full) or an engine YAML path with -p model.config:=NAME"
+            )
+    if device == "cuda":
+        import torch
+
+        if not torch.cuda.is_available():
+            problems.append(
+                "model.device is 'cuda' but no CUDA device is visible; use "
+                "-p model.device:=cpu or -p model.device:=auto"
+            )
+    return problems
+
+
+def resolve_model_weights(weights: str) -> str:
+    """Return the model file to load: ``weights``, or the shipped model when it is empty.
+
+    Raises:
+        FileNotFoundError: the file does not exist; the message names it and the fix.
+    """
+    from vo_node.model.network import default_model_path
+
+    if weights:
+        if not os.path.isfile(weights):
+            raise FileNotFoundError(
+                f"model file {weights} not found; pass an existing model file with "
+                "-p model.weights:=PATH"
+            )
+        return weights
+    try:
+        return str(default_model_path())
+    except FileNotFoundError as error:
+        # Keep "default model ... not found (looked in ...)" and replace the generic fix.
+        searched = str(error).split("; ")[0]
+        raise FileNotFoundError(
+            f"{searched}; pass a model file with -p model.weights:=PATH, or train one "
+            f"with `{TRAIN_COMMAND}`"
+        ) from None
 
 
 def unknown_parameter_overrides(node) -> list[str]:

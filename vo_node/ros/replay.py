@@ -29,6 +29,8 @@ from typing import TYPE_CHECKING, Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 
+from vo_node.ros.inprocess import node_in_process, wait_for
+
 if TYPE_CHECKING:
     from rosbags.highlevel import AnyReader
 
@@ -405,13 +407,9 @@ def evaluate_bag(
         ReplayError: when the model does not load, a frame times out, a topic is missing, or
             ``groundtruth_extrinsic`` is invalid.
     """
-    import rclpy
     from nav_msgs.msg import Odometry, Path as PathMessage
-    from rclpy.executors import SingleThreadedExecutor
-    from rclpy.node import Node
 
     from vo_node.ros.messages import pose_msg_to_matrix, stamp_to_ns
-    from vo_node.ros.node import VONode
     from vo_node.ros.tf import matrix_to_pose
 
     body_from_camera = extrinsic_matrix(groundtruth_extrinsic)
@@ -421,18 +419,10 @@ def evaluate_bag(
     arguments = ["--ros-args", "-r", f"image:={image_topic}", "-p", "image_qos:=reliable"]
     if camera_info_topic:
         arguments += ["-r", f"camera_info:={camera_info_topic}"]
-    context = rclpy.Context()
-    rclpy.init(args=arguments + list(node_arguments), context=context)
-    executor = SingleThreadedExecutor(context=context)
-    node = recorder = spinner = None
-    try:
-        node = VONode(context=context)
-        recorder = Node("vo_evaluation", context=context)
-        executor.add_node(node)
-        executor.add_node(recorder)
-        spinner = threading.Thread(target=executor.spin, daemon=True)
-        spinner.start()
-
+    arguments += list(node_arguments)
+    with node_in_process(arguments, "vo_evaluation", ReplayError, ready_timeout_s) as (
+        node, recorder
+    ):
         odometry: list[Odometry] = []
         paths: list[int] = []
         recorder.create_subscription(Odometry, node.resolve_topic_name("odom"),
@@ -441,9 +431,6 @@ def evaluate_bag(
                                      lambda msg: paths.append(len(msg.poses)), PLAYBACK_QOS_DEPTH)
         tf_stamps: list[int] = []
         _record_tf(recorder, node.params.odom_frame, node.params.base_frame, tf_stamps)
-        if not node.wait_until_ready(ready_timeout_s):
-            reason = node.fatal_error or "model load timed out"
-            raise ReplayError(f"the node did not start: {reason}")
         player = BagPlayer(recorder, bag, topics=topics)
         if not player.wait_for_subscribers(topics, timeout_s=10.0):
             raise ReplayError(f"the node did not subscribe to {topics} within 10 s")
@@ -454,7 +441,7 @@ def evaluate_bag(
                                after_image)
         result = player.play(paced=False, before_publish=hooks.before, after_publish=hooks.after,
                              image_topics=[image_topic])
-        _wait_for(lambda: len(odometry) >= node.outcomes["published"], timeout_s=10.0)
+        wait_for(lambda: len(odometry) >= node.outcomes["published"], timeout_s=10.0)
         time.sleep(TRAILING_MESSAGES_WAIT_S)
 
         stamps = [stamp_to_ns(message.header.stamp) for message in odometry]
@@ -484,16 +471,6 @@ def evaluate_bag(
         )
         _add_ate(report, bag, groundtruth, body_from_camera, image_topic, camera_info_topic)
         return report
-    finally:
-        if node is not None:
-            node.shutdown()
-        executor.shutdown()
-        if spinner is not None:
-            spinner.join(timeout=5.0)
-        for owned in (node, recorder):
-            if owned is not None:
-                owned.destroy_node()
-        rclpy.try_shutdown(context=context)
 
 
 class _LockstepHooks:
@@ -515,7 +492,7 @@ class _LockstepHooks:
             return
         if self.camera_info_topic:
             # The first camera_info must reach the node before the first image.
-            _wait_for(lambda: self.node._camera is not None, timeout_s=5.0)
+            wait_for(lambda: self.node._camera is not None, timeout_s=5.0)
 
     def after(self, message: BagMessage) -> None:
         if message.topic != self.image_topic:
@@ -697,17 +674,8 @@ def _add_ate(
         report.ate_error = str(error)
 
 
-def _wait_for(condition: Callable[[], bool], timeout_s: float) -> bool:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.01)
-    return condition()
-
-
 def _wait_for_publisher_match(node, topic: str, timeout_s: float) -> None:
-    _wait_for(lambda: node.count_publishers(topic) > 0, timeout_s)
+    wait_for(lambda: node.count_publishers(topic) > 0, timeout_s)
 
 
 # --------------------------------------------------------------------------------------------

@@ -273,31 +273,35 @@ def _warn_missing_tf2(node) -> None:
         _warned_missing_tf2 = True
 
 
+def _create_tf_publisher(node, topic: str, depth: int, durability):
+    """Create a reliable ``tf2_msgs/TFMessage`` publisher on ``topic``.
+
+    Returns None, after a warning, when tf2_msgs is not importable.
+    """
+    from rclpy.qos import QoSProfile, ReliabilityPolicy
+
+    if not tf2_messages_available():
+        _warn_missing_tf2(node)
+        return None
+    from tf2_msgs.msg import TFMessage
+
+    qos = QoSProfile(depth=depth, reliability=ReliabilityPolicy.RELIABLE, durability=durability)
+    return node.create_publisher(TFMessage, topic, qos)
+
+
 class TransformPublisher:
     """Publisher of dynamic transforms on /tf (reliable, volatile, depth 100)."""
 
     def __init__(self, node, topic: str = "/tf") -> None:
-        from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
+        from rclpy.qos import DurabilityPolicy
 
-        self.enabled = tf2_messages_available()
-        self._publisher = None
-        if not self.enabled:
-            _warn_missing_tf2(node)
-            return
-        from tf2_msgs.msg import TFMessage
-
-        self._message_type = TFMessage
-        qos = QoSProfile(
-            depth=TF_DEPTH,
-            reliability=ReliabilityPolicy.RELIABLE,
-            durability=DurabilityPolicy.VOLATILE,
-        )
-        self._publisher = node.create_publisher(TFMessage, topic, qos)
+        self._publisher = _create_tf_publisher(node, topic, TF_DEPTH, DurabilityPolicy.VOLATILE)
+        self.enabled = self._publisher is not None
 
     def publish(self, transforms: Iterable) -> None:
         """Publish ``geometry_msgs/TransformStamped`` messages in one TFMessage."""
         if self._publisher is not None:
-            self._publisher.publish(self._message_type(transforms=list(transforms)))
+            self._publisher.publish(self._publisher.msg_type(transforms=list(transforms)))
 
 
 class StaticTransformPublisher:
@@ -308,23 +312,13 @@ class StaticTransformPublisher:
     """
 
     def __init__(self, node, topic: str = "/tf_static") -> None:
-        from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
+        from rclpy.qos import DurabilityPolicy
 
-        self.enabled = tf2_messages_available()
-        self._publisher = None
         self._transforms: dict[str, object] = {}
-        if not self.enabled:
-            _warn_missing_tf2(node)
-            return
-        from tf2_msgs.msg import TFMessage
-
-        self._message_type = TFMessage
-        qos = QoSProfile(
-            depth=TF_STATIC_DEPTH,
-            reliability=ReliabilityPolicy.RELIABLE,
-            durability=DurabilityPolicy.TRANSIENT_LOCAL,
+        self._publisher = _create_tf_publisher(
+            node, topic, TF_STATIC_DEPTH, DurabilityPolicy.TRANSIENT_LOCAL
         )
-        self._publisher = node.create_publisher(TFMessage, topic, qos)
+        self.enabled = self._publisher is not None
 
     def publish(self, transforms: Iterable) -> None:
         """Add or replace ``TransformStamped`` messages and publish the whole static set."""
@@ -332,4 +326,6 @@ class StaticTransformPublisher:
             return
         for transform in transforms:
             self._transforms[transform.child_frame_id] = transform
-        self._publisher.publish(self._message_type(transforms=list(self._transforms.values())))
+        self._publisher.publish(
+            self._publisher.msg_type(transforms=list(self._transforms.values()))
+        )
