@@ -75,3 +75,20 @@ def test_parse_override_reads_yaml_values():
     assert parse_override("device=cpu") == ("device", "cpu")
     with pytest.raises(ConfigError, match="key=value"):
         parse_override("ba.iterations")
+
+
+@pytest.mark.parametrize("recipe", ["engine", "training"])
+def test_bad_yaml_file_names_path(tmp_path, recipe):
+    from vo_node.train.config import load_train_config
+
+    load = load_engine_config if recipe == "engine" else load_train_config
+    description = "configuration file" if recipe == "engine" else "training configuration"
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("network: [unclosed\n")
+    with pytest.raises(ConfigError) as error:
+        load(broken)
+    assert f"{description} {broken} is not valid YAML" in str(error.value)
+    missing = tmp_path / "missing.yaml"
+    with pytest.raises(ConfigError) as error:
+        load(missing)
+    assert f"{description} {missing} not found" in str(error.value)

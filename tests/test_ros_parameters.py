@@ -62,6 +62,9 @@ def make_node(context):
         ("scale:=0.0", "scale must be a positive finite number; got 0.0"),
         ("scale:=2", "expected a floating-point number written with a decimal point"),
         ("model.device:=tpu", "model.device must be one of auto, cpu, cuda; got 'tpu'"),
+        ("model.config:=no_such_preset", "model.config 'no_such_preset' is invalid"),
+        ("model.config:=/nonexistent/engine.yaml", "configuration file /nonexistent/engine.yaml"),
+        ("model.config:=no_such_preset", "engine YAML path with -p model.config:=NAME"),
     ],
 )
 def test_invalid_start_up_value_rejected(argument, message):
@@ -275,21 +278,6 @@ def test_missing_model_rejected_at_start_up():
     assert f"model file {missing} not found" in message
     assert "-p model.weights:=PATH" in message
     assert "--model" not in message
-
-
-@pytest.mark.parametrize(
-    "argument, message",
-    [
-        ("model.config:=no_such_preset", "model.config 'no_such_preset' is invalid"),
-        ("model.config:=/nonexistent/engine.yaml", "configuration file /nonexistent/engine.yaml"),
-    ],
-)
-def test_model_config_checked_at_start_up(argument, message):
-    with ros_context(["-p", NO_MODEL, "-p", argument]) as context:
-        with pytest.raises(ParameterError) as error:
-            make_node(context)
-    assert message in str(error.value)
-    assert "-p model.config:=NAME" in str(error.value)
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error without a CUDA device")

@@ -283,14 +283,24 @@ def load_engine_config(name_or_path: str | Path) -> EngineConfig:
     path = Path(name_or_path)
     if path.suffix not in (".yaml", ".yml"):
         path = find_preset(str(name_or_path))
-    if not path.is_file():
-        raise ConfigError(f"configuration file {path} not found; pass a preset name or a YAML path")
-    try:
-        values = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as error:
-        raise ConfigError(f"configuration file {path} is not valid YAML: {error}") from None
+    values = read_config_yaml(path, "configuration file", "pass a preset name or a YAML path")
     values.setdefault("name", path.stem)
     return from_dict(EngineConfig, values).validate()
+
+
+def read_config_yaml(path: Path, description: str, fix: str) -> Any:
+    """Read the YAML document of ``path``, with None (an empty file) read as ``{}``.
+
+    Raises:
+        ConfigError: the file is missing (the message ends with ``fix``) or is not valid YAML;
+            the message starts with ``description`` and ``path``.
+    """
+    if not path.is_file():
+        raise ConfigError(f"{description} {path} not found; {fix}")
+    try:
+        return yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as error:
+        raise ConfigError(f"{description} {path} is not valid YAML: {error}") from None
 
 
 def apply_overrides(config: Any, overrides: Mapping[str, Any]) -> Any:

@@ -24,6 +24,7 @@ from vo_node.config import (
     check_positive,
     from_dict,
     load_engine_config,
+    read_config_yaml,
     to_dict,
 )
 
@@ -320,15 +321,9 @@ def load_train_config(
     """Load a training recipe from YAML (or the defaults when ``path`` is None) plus overrides."""
     values: dict[str, Any] = {}
     if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise ConfigError(
-                f"training configuration {path} not found; pass e.g. config/train_small.yaml"
-            )
-        try:
-            values = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as error:
-            raise ConfigError(f"training configuration {path} is not valid YAML: {error}") from None
+        values = read_config_yaml(
+            Path(path), "training configuration", "pass e.g. config/train_small.yaml"
+        )
     config = from_dict(TrainConfig, values)
     if overrides:
         config = apply_overrides(config, overrides)
