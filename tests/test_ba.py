@@ -382,6 +382,26 @@ def test_trust_region_recovers_exact_solution():
     assert (result.patches[:, 2] - scene.patches[:, 2]).abs().max() < 1e-5
 
 
+def test_trust_region_steps_past_image_margin():
+    # With no margin and the image edge 8 pixels inside the scene, the step towards the solution
+    # moves some valid residuals past the edge. They keep their small actual residuals in the
+    # trial cost, so the step is taken (charged max_residual, every step was rejected).
+    scene = _make_scene()
+    poses, patches = _perturb(scene, pose_sigma=0.02)
+    image_size = (HEIGHT, WIDTH - 8)
+    start = reproject(poses, patches, INTRINSICS, scene.ii, scene.jj, scene.kk).coords[:, 0, 1, 1]
+    crossing = (start < image_size[1]) & (scene.target[:, 0] >= image_size[1])
+    assert int(crossing.sum()) > 0, "no residual crosses the image edge: the test is too easy"
+    config = replace(EXACT, trust_region=True, image_margin=0.0)
+    result = bundle_adjust(
+        poses, patches, INTRINSICS, scene.target, torch.ones_like(scene.target), scene.ii,
+        scene.jj, scene.kk, first_free_pose=2, config=config, image_size=image_size,
+    )
+    assert result.iterations >= 2
+    assert result.final_cost < 1e-9 * result.initial_cost
+    assert _pose_errors(result.poses_cw, scene.poses).abs().max() < 1e-5
+
+
 def test_trust_region_keeps_gradients():
     scene, poses, patches = _tiny_problem()
     target = scene.target.clone().requires_grad_()

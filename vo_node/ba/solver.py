@@ -106,6 +106,10 @@ class _Linearization:
     ji: torch.Tensor | None = None
     jj: torch.Tensor | None = None
     jz: torch.Tensor | None = None
+    raw_residual: torch.Tensor | None = None
+    """(E, 2) ``target - centre`` before masking."""
+    in_front: torch.Tensor | None = None
+    """(E,) bool, the centre's homogeneous depth is above ``config.min_depth``."""
 
 
 @dataclass
@@ -393,10 +397,13 @@ def _linearize(
     small = (residual.detach() ** 2).sum(dim=-1) < config.max_residual**2
     valid = projected.valid[:, 0, 0] & inside & small
 
+    raw_residual = residual
     residual = torch.where(valid[:, None], residual, torch.zeros_like(residual))
     masked_weight = torch.where(valid[:, None], weight, torch.zeros_like(weight))
     if not with_jacobians:
-        return _Linearization(residual, masked_weight)
+        return _Linearization(
+            residual, masked_weight, raw_residual=raw_residual, in_front=projected.valid[:, 0, 0]
+        )
 
     depth_free_of_edge = index.depth_is_free[index.depth_of_edge]
     jz = projected.Jz
@@ -428,9 +435,9 @@ def _assemble(linearization: _Linearization, index: _EdgeIndex) -> _NormalEquati
 
     # Pose-pose blocks B: (slots * slots, 6, 6), one flat block index row * slots + column.
     row_i, row_j = index.free_i, index.free_j
-    block_ii = ji.transpose(1, 2) @ weighted_ji
-    block_ij = ji.transpose(1, 2) @ weighted_jj
-    block_jj = jj.transpose(1, 2) @ weighted_jj
+    block_ii = _outer_sum(ji, weighted_ji)
+    block_ij = _outer_sum(ji, weighted_jj)
+    block_jj = _outer_sum(jj, weighted_jj)
     blocks = torch.zeros(slots * slots, POSE_DOF, POSE_DOF, dtype=dtype, device=device)
     blocks = blocks.index_add(0, row_i * slots + row_i, block_ii)
     blocks = blocks.index_add(0, row_i * slots + row_j, block_ij)
@@ -443,8 +450,8 @@ def _assemble(linearization: _Linearization, index: _EdgeIndex) -> _NormalEquati
 
     # Pose-depth block E: one 6-vector per (pose, patch) pair, laid out as (6F, K).
     column = index.depth_of_edge
-    pair_i = (ji.transpose(1, 2) @ weighted_jz[:, :, None])[:, :, 0]  # (E, 6)
-    pair_j = (jj.transpose(1, 2) @ weighted_jz[:, :, None])[:, :, 0]
+    pair_i = (ji * weighted_jz[:, :, None]).sum(dim=1)  # (E, 6) = Ji^T W Jz
+    pair_j = (jj * weighted_jz[:, :, None]).sum(dim=1)
     pairs = torch.zeros(slots * num_depths, POSE_DOF, dtype=dtype, device=device)
     pairs = pairs.index_add(0, row_i * num_depths + column, pair_i)
     pairs = pairs.index_add(0, row_j * num_depths + column, pair_j)
@@ -462,6 +469,15 @@ def _assemble(linearization: _Linearization, index: _EdgeIndex) -> _NormalEquati
     pose_gradient = pose_gradient.index_add(0, row_i, gradient_i).index_add(0, row_j, gradient_j)
     pose_gradient = pose_gradient.reshape(-1)[:size]
     return _NormalEquations(pose_pose, pose_depth, depth_diagonal, pose_gradient, depth_gradient)
+
+
+def _outer_sum(left: torch.Tensor, right: torch.Tensor) -> torch.Tensor:
+    """Return ``left^T @ right`` ``(E, 6, 6)`` for ``(E, 2, 6)`` Jacobians.
+
+    Elementwise products take about 0.6 of the time of ``bmm`` for 6528 edges on one CPU
+    thread (torch 2.13), because ``bmm`` handles each tiny 6x2 by 2x6 product separately.
+    """
+    return left[:, 0, :, None] * right[:, 0, None, :] + left[:, 1, :, None] * right[:, 1, None, :]
 
 
 def _eliminate(
@@ -568,17 +584,19 @@ def _trial_cost(
 ) -> float:
     """Cost of a trial estimate over the residuals that are valid at the current estimate.
 
-    A residual that the trial pushes out of the masks (behind the camera, far outside the image
-    or above ``max_residual``) counts as ``max_residual`` on each axis, so no step can lower the
-    cost by invalidating measurements.
+    Each residual counts with its squared value capped at ``max_residual**2`` per axis, and a
+    residual whose centre the trial moves behind the camera counts as ``max_residual`` on each
+    axis. So no step can lower the cost by invalidating measurements. A residual that the trial
+    moves past the image margin keeps its actual value. Charging it the cap as well made a step
+    that moved a few far-outside patches across the margin look worse than no step. The BA then
+    rejected steps that lowered the cost of every other residual (seen on EuRoC MH_05).
     """
     trial = problem.linearize(poses_cw, patches, with_jacobians=False)
     counted = current.weight > 0  # (E, 2)
-    still_valid = trial.weight > 0
+    cap = problem.config.max_residual**2
+    usable = trial.in_front[:, None] & torch.isfinite(trial.raw_residual)
     squared = torch.where(
-        still_valid,
-        trial.residual**2,
-        torch.full_like(trial.residual, problem.config.max_residual**2),
+        usable, trial.raw_residual.square().clamp(max=cap), torch.full_like(trial.residual, cap)
     )
     return float((current.weight * torch.where(counted, squared, 0.0)).sum().item())
 
