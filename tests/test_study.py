@@ -360,3 +360,9 @@ def test_speedup_command_trains_and_reports(tmp_path):
     stamp = (tmp_path / "sigma" / "seed0" / "model.pt").stat().st_mtime_ns
     assert main(arguments) == 0  # finished runs are skipped, not retrained
     assert (tmp_path / "sigma" / "seed0" / "model.pt").stat().st_mtime_ns == stamp
+
+    pose_table = (tmp_path / "speedup.csv").read_bytes()
+    assert main([*arguments, "--report-only", "--metric", "flow_epe"]) == 0
+    assert (tmp_path / "speedup.csv").read_bytes() == pose_table
+    assert read_table(tmp_path / "speedup_flow_epe.csv")[0]["metric"] == "flow_epe"
+    assert (tmp_path / "speedup_flow_epe_summary.md").is_file()

@@ -332,8 +332,9 @@ def run_speedup_study(
 ) -> tuple[list[dict[str, object]], list[dict[str, object]]]:
     """Train (unless ``train`` is False) and compare; write tables and PNGs into ``output``.
 
-    Returns ``(per-seed rows, summary rows)``. Writes ``speedup.csv/.md`` (per seed),
-    ``speedup_summary.csv/.md``, ``validation_<metric>.png`` (all runs in one panel) and
+    Returns ``(per-seed rows, summary rows)``. Writes ``speedup.csv/.md`` (per seed) and
+    ``speedup_summary.csv/.md`` (named ``speedup_<metric>...`` for a metric other than
+    ``pose_translation``, see :func:`table_stem`), ``validation_<metric>.png`` (all runs in one panel) and
     ``validation_<metric>_per_seed.png`` (one panel per seed), the same for ``ate`` when the runs
     logged it.
     """
@@ -356,6 +357,16 @@ def run_speedup_study(
         plot_curves(curves, name, output / f"validation_{name}.png")
         plot_curves_per_seed(curves, name, output / f"validation_{name}_per_seed.png")
     summary = summarise(rows)
-    write_table(rows, output / "speedup", SEED_COLUMNS)
-    write_table(summary, output / "speedup_summary")
+    stem = table_stem(metric)
+    write_table(rows, output / stem, SEED_COLUMNS)
+    write_table(summary, output / f"{stem}_summary")
     return rows, summary
+
+
+def table_stem(metric: str) -> str:
+    """Return the file stem of the tables compared on ``metric``.
+
+    The default metric writes ``speedup``; any other writes ``speedup_<metric>``, so a
+    ``--report-only`` pass on a second metric keeps the first metric's tables.
+    """
+    return "speedup" if metric == DEFAULT_METRIC else f"speedup_{metric}"
