@@ -550,3 +550,20 @@ def test_encoder_norm_equals_instance_norm():
     x = torch.randn(2, 8, 12, 20, dtype=torch.float64)
     expected = torch.nn.functional.instance_norm(x)
     assert torch.allclose(_norm_layer(8, normalize=True)(x), expected, atol=1e-12)
+
+
+@pytest.mark.parametrize("dtype, tolerance", [(torch.float64, 1e-12), (torch.float32, 1e-4)])
+def test_encoder_channels_last_matches_contiguous(dtype, tolerance):
+    from vo_node.model.encoder import OUTPUT_SCALE, Encoder
+
+    torch.manual_seed(0)
+    encoder = Encoder(output_dim=16, encoder_dim=8, normalize=True).to(dtype).eval()
+    images = torch.rand(1, 3, 48, 64, dtype=dtype) * 2.0 - 0.5
+    with torch.no_grad():
+        result = encoder(images)
+        stages = encoder.stage2(encoder.stage1(encoder.stem(images.contiguous())))
+        expected = encoder.projection(stages) * OUTPUT_SCALE
+    assert result.is_contiguous(memory_format=torch.channels_last)
+    assert expected.is_contiguous()
+    assert expected.abs().max() > 0.1
+    assert torch.allclose(result, expected, atol=tolerance, rtol=0)

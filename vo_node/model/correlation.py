@@ -163,7 +163,83 @@ def correlate(
     if record:
         layout = (pyramid.windows, pyramid.radius, chunk_size)
         return _Correlation.apply(coords, gmap, kk, jj, order, layout, *pyramid.levels)
-    return _correlate_chunks(gmap, pyramid, coords, kk, jj, order, chunk_size)
+    return _correlate_levels(gmap, pyramid, coords, kk, jj, order, chunk_size)
+
+
+def _correlate_levels(
+    gmap: Tensor,
+    pyramid: CorrelationPyramid,
+    coords: Tensor,
+    kk: Tensor,
+    jj: Tensor,
+    order: Tensor,
+    chunk_size: int,
+) -> Tensor:
+    """Correlate without recording gradients; return ``(E, out_dim)`` in edge order.
+
+    Computes what :func:`_correlate_chunks` computes, with the same operations per edge, but
+    sorts the edges of each level into shared-window, per-pixel and skipped ones once for all
+    edges. Each chunk then runs a single path and writes its rows straight into the output.
+    """
+    num_edges, patch_pixels = kk.shape[0], gmap.shape[-1] ** 2
+    grid_size = 2 * pyramid.radius + 2
+    window_area = (grid_size - 1) ** 2
+    output = coords.new_zeros((num_edges, len(pyramid.levels), patch_pixels, window_area))
+    reader = _LevelReader(pyramid.levels)
+    pixel_coords = coords.flatten(2).transpose(1, 2)  # (E, P*P, 2) as (u, v)
+    for index in range(len(pyramid.levels)):
+        level = _Level(pyramid.levels[index], index, reader)
+        level_coords = pixel_coords / PYRAMID_POOL**index
+        plan = _plan_level(pyramid, index, level_coords)
+        height, width = pyramid.level_size(index)
+        target = output[:, index]  # (E, P*P, (2r+1)^2) view
+        for fits in (True, False):
+            selected = order[(plan.fits == fits)[order] & ~plan.outside[order]]
+            for start in range(0, selected.shape[0], chunk_size):
+                edges = selected[start : start + chunk_size]
+                features = _pixel_features(gmap[kk[edges]], pyramid)
+                if fits:
+                    geometry = (
+                        jj[edges], plan.anchor[edges], plan.corner[edges] - plan.anchor[edges, None],
+                        pyramid.windows[index], grid_size, height, width,
+                    )
+                    products = _shared_products(features, level, *geometry)
+                else:
+                    geometry = (jj[edges], plan.corner[edges], grid_size, height, width)
+                    products = _pixel_products(features, level, *geometry)
+                blended = _bilinear_blend(products.to(coords.dtype), level_coords[edges])
+                target.index_copy_(0, edges, blended.flatten(2))
+    return output.flatten(1)
+
+
+class _LevelPlan(NamedTuple):
+    """The correlation path of each edge at one pyramid level."""
+
+    corner: Tensor
+    """``(E, P*P, 2)`` top-left integer grid position of each pixel."""
+    anchor: Tensor
+    """``(E, 2)`` top-left corner of the edge's shared window."""
+    fits: Tensor
+    """``(E,)`` bool: the pixels' grids fit the shared window."""
+    outside: Tensor
+    """``(E,)`` bool: every grid position lies outside the map, so the products are zero."""
+
+
+def _plan_level(pyramid: CorrelationPyramid, index: int, coords: Tensor) -> _LevelPlan:
+    """Classify the edges at level ``index`` from their pixel coordinates ``(E, P*P, 2)``."""
+    grid_size = 2 * pyramid.radius + 2
+    height, width = pyramid.level_size(index)
+    corner = torch.floor(coords).long() - pyramid.radius
+    anchor = corner.amin(dim=1)
+    last = corner.amax(dim=1)
+    fits = (last - anchor <= pyramid.windows[index] - grid_size).all(dim=1)
+    outside = _outside_map(anchor, last, grid_size, height, width)
+    return _LevelPlan(corner, anchor, fits, outside)
+
+
+def _pixel_features(patch_features: Tensor, pyramid: CorrelationPyramid) -> Tensor:
+    """Return patch features ``(n, C, P, P)`` as ``(n, P*P, C)`` in the maps' dtype."""
+    return patch_features.flatten(2).transpose(1, 2).to(pyramid.levels[0].dtype)
 
 
 def _correlate_chunks(

