@@ -1,14 +1,16 @@
 """Measure the tracking speed and memory of one or more engine configurations.
 
 ``python -m vo_node.bench [SEQUENCE] [--configs small full] [--frames N] [--width 376]
-[--threads N] [--model PATH] [--device auto] [--output FILE.json]``
+[--threads N] [--model PATH] [--device auto] [--override KEY=VALUE ...] [--output FILE.json]``
 
 For each configuration a fresh child process loads the frames into memory, tracks them one by one
-and records the wall time of every :meth:`VisualOdometry.track` call and the per-stage times of its
-:class:`TrackResult`. The first ``frontend.init_frames`` frames are warm-up and are left out of the
+and records the wall time of every :meth:`VisualOdometry.track` call, its CPU time (all threads of
+the process) and the per-stage times of its :class:`TrackResult`. The first ``frontend.init_frames`` frames are warm-up and are left out of the
 statistics, because they include the initialisation. The command prints the median and 90th
 percentile per stage in milliseconds, frames per second, peak memory and the machine, and writes
-the same figures as JSON. Quote medians: a shared machine makes single frames noisy.
+the same figures as JSON. Quote medians: a shared machine makes single frames noisy. On a shared
+machine the CPU time per frame also varies less than the wall time, because time spent waiting
+for a core is not counted; contention still inflates it through shared caches.
 
 Without a trained model the network is randomly initialised with the configuration's sizes.
 The network's compute per frame does not depend on the weight values, but the tracking state
@@ -55,6 +57,7 @@ DEFAULT_WIDTH = 376
 DEFAULT_CONFIGS = ("small",)
 RANDOM_MODEL_SEED = 0
 STAGES = ("encoders", "correlation", "update", "ba", "bookkeeping")
+"""Stage times of :class:`TrackResult`, wall-clock seconds."""
 PERCENTILE = 90
 MILLISECONDS_PER_SECOND = 1000.0
 BYTES_PER_KIBIBYTE = 1024
@@ -75,6 +78,8 @@ class BenchSettings:
     threads: int | None
     model: str | None
     device: str
+    overrides: tuple[str, ...] = ()
+    """``key=value`` configuration overrides, applied after the preset and the model's sizes."""
 
 
 # --------------------------------------------------------------------------------------------
@@ -107,12 +112,13 @@ def measure(settings: BenchSettings) -> dict[str, Any]:
     odometry = VisualOdometry(config, network, device)
     records = []
     for image, timestamp_ns in tqdm(frames, desc=settings.config, unit="frame"):
-        start = time.perf_counter()
+        start, start_cpu = time.perf_counter(), time.process_time()
         result = odometry.track(image, timestamp_ns, intrinsics)
-        wall = time.perf_counter() - start
+        wall, cpu = time.perf_counter() - start, time.process_time() - start_cpu
         record = {stage: getattr(result.times, stage) for stage in STAGES}
         record.update(
-            wall=wall, state=result.state, keyframe=result.is_keyframe, edges=result.num_edges
+            wall=wall, cpu=cpu, state=result.state, keyframe=result.is_keyframe,
+            edges=result.num_edges,
         )
         records.append(record)
     start = time.perf_counter()
@@ -141,10 +147,11 @@ def _load_engine(settings: BenchSettings) -> tuple[Any, Any, str, dict[str, Any]
     """Return the configuration, network, device and a description of the weights."""
     import torch
 
-    from vo_node.config import apply_overrides, load_engine_config, resolve_device
+    from vo_node.config import apply_overrides, load_engine_config, parse_override, resolve_device
     from vo_node.model.network import VONetwork, load_model
 
     config = load_engine_config(settings.config)
+    overrides = dict(parse_override(text) for text in settings.overrides)
     device = resolve_device(settings.device)
     config = dataclasses.replace(config, max_image_width=settings.width, device=device)
     model_path = Path(settings.model) if settings.model else _find_default_model()
@@ -156,11 +163,12 @@ def _load_engine(settings: BenchSettings) -> tuple[Any, Any, str, dict[str, Any]
                 model_path, model_config.network, settings.config,
             )
         config = dataclasses.replace(config, network=model_config.network).validate()
+        config = apply_overrides(config, overrides) if overrides else config
         return config, network, device, {"kind": "model file", "path": str(model_path)}
 
     torch.manual_seed(RANDOM_MODEL_SEED)
     network = VONetwork(config.network).to(device).eval()
-    config = apply_overrides(config, {"frontend.motion_probe_threshold": 0.0})
+    config = apply_overrides(config, {"frontend.motion_probe_threshold": 0.0, **overrides})
     note = (
         "randomly initialised network (seed 0). The network costs the same per frame as trained "
         "weights, but the tracking state differs: poses are arbitrary, so more edges take the "
@@ -272,6 +280,8 @@ def summarize(measurement: dict[str, Any]) -> dict[str, Any]:
     columns = {stage: [record[stage] for record in measured] for stage in STAGES}
     columns["stages_total"] = [sum(record[stage] for stage in STAGES) for record in measured]
     columns["wall"] = [record["wall"] for record in measured]
+    if all("cpu" in record for record in measured):
+        columns["cpu"] = [record["cpu"] for record in measured]
     milliseconds = {
         name: {
             "median": MILLISECONDS_PER_SECOND * float(np.median(values)),
@@ -300,13 +310,16 @@ def summarize(measurement: dict[str, Any]) -> dict[str, Any]:
 
 def format_table(summaries: list[dict[str, Any]]) -> list[str]:
     """Return the text table: one row per configuration, median / p90 milliseconds per stage."""
-    columns = [*STAGES, "stages_total", "wall"]
+    columns = [*STAGES, "stages_total", "wall", "cpu"]
     header = ["config", *columns, "fps med", "fps all", "peak MiB"]
     rows = []
     for summary in summaries:
         cells = [summary["config"]]
         for name in columns:
-            times = summary["milliseconds"][name]
+            times = summary["milliseconds"].get(name)
+            if times is None:
+                cells.append("-")
+                continue
             cells.append(f"{times['median']:.1f}/{times[f'p{PERCENTILE}']:.1f}")
         cells += [
             f"{summary['fps_median']:.2f}",
@@ -380,6 +393,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"),
                         help="compute device (default: auto)")
+    parser.add_argument(
+        "--override", nargs="+", action="extend", default=[], metavar="KEY=VALUE",
+        help="configuration override for every configuration, e.g. "
+        "frontend.patches_per_frame=48 (repeatable; default: none)",
+    )
     parser.add_argument("--output", type=Path, default=DEFAULT_OUTPUT,
                         help=f"JSON report file (default: {DEFAULT_OUTPUT})")
     parser.add_argument("--log-level", default="INFO",
@@ -420,6 +438,7 @@ def main(argv: TypingSequence[str] | None = None) -> int:
             config=config_name, sequence=str(sequence), frames=args.frames, stride=args.stride,
             width=args.width, threads=args.threads,
             model=str(args.model) if args.model else None, device=args.device,
+            overrides=tuple(args.override),
         )
         logger.info("measuring %s on %d frames of %s", config_name, args.frames, sequence)
         try:

@@ -1,0 +1,75 @@
+"""Benchmark statistics, table and configuration overrides (no tracking)."""
+
+import pytest
+
+from vo_node import bench
+from vo_node.config import ConfigError
+
+
+def _measurement(frames, warmup=2):
+    return {
+        "config": "small",
+        "warmup_frames": warmup,
+        "frames": frames,
+        "finish_seconds": 0.5,
+        "peak_memory_bytes": 300 * bench.BYTES_PER_MEBIBYTE,
+        "memory_kind": "cpu_rss",
+    }
+
+
+def _frame(wall, cpu=None, edges=100):
+    record = {stage: wall / len(bench.STAGES) for stage in bench.STAGES}
+    record.update(wall=wall, state="tracking", keyframe=True, edges=edges)
+    if cpu is not None:
+        record["cpu"] = cpu
+    return record
+
+
+def test_summary_reports_cpu_time():
+    frames = [_frame(9.0, 9.0), _frame(9.0, 9.0)] + [
+        _frame(wall, cpu) for wall, cpu in [(0.2, 0.05), (0.4, 0.07), (0.3, 0.06)]
+    ]
+    summary = bench.summarize(_measurement(frames))
+    assert summary["measured_frames"] == 3
+    assert summary["milliseconds"]["cpu"]["median"] == pytest.approx(60.0)
+    assert summary["milliseconds"]["wall"]["median"] == pytest.approx(300.0)
+    assert summary["fps_median"] == pytest.approx(1000.0 / 300.0)
+    table = bench.format_table([summary])
+    assert "cpu" in table[1]
+    assert "60.0/" in table[3]
+
+
+def test_table_marks_missing_cpu_time():
+    # Reports written before the CPU column existed have no "cpu" per frame.
+    summary = bench.summarize(_measurement([_frame(0.1), _frame(0.2), _frame(0.3)], warmup=1))
+    assert "cpu" not in summary["milliseconds"]
+    row = bench.format_table([summary])[3].split()
+    assert row[-4] == "-"
+
+
+def _settings(*overrides):
+    return bench.BenchSettings(
+        config="small", sequence="unused", frames=1, stride=1, width=376, threads=1,
+        model=None, device="cpu", overrides=tuple(overrides),
+    )
+
+
+def test_overrides_reach_engine_config():
+    config, _, _, _ = bench._load_engine(
+        _settings("frontend.patches_per_frame=20", "ba.lm_max_trials=2")
+    )
+    assert config.frontend.patches_per_frame == 20
+    assert config.ba.lm_max_trials == 2
+    assert config.max_image_width == 376
+
+
+def test_unknown_override_raises():
+    with pytest.raises(ConfigError, match="frontend.bogus"):
+        bench._load_engine(_settings("frontend.bogus=1"))
+
+
+def test_override_option_collects_pairs():
+    args = bench.build_parser().parse_args(
+        ["--override", "frontend.patches_per_frame=20", "--override", "ba.iterations=1"]
+    )
+    assert args.override == ["frontend.patches_per_frame=20", "ba.iterations=1"]
