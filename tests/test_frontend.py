@@ -163,6 +163,27 @@ def test_remove_keyframe_shifts_indices_and_edges():
     assert graph.fmaps[1][slots[3], 0, 0, 0].item() == 4.0
 
 
+def test_ring_maps_follow_removals_and_folds():
+    # Remove keyframes at random positions, retire edges and fold, as tracking does. Every
+    # keyframe that an edge refers to still finds its own dense maps.
+    graph = make_graph(frame_memory=8)
+    generator = torch.Generator().manual_seed(0)
+    for frame in range(60):
+        add_frame(graph, frame)
+        if graph.n > 4 and bool(torch.rand(1, generator=generator) < 0.6):
+            index = int(torch.randint(1, graph.n - 1, (1,), generator=generator))
+            graph.remove_keyframe(index)
+        graph.retire_edges(graph.frontend.removal_window)
+        referenced = torch.unique(torch.cat([graph.ii, graph.jj]))
+        expected = graph.frame_ids[referenced.numpy()].astype(float).tolist()
+        slots = graph.fmap_slots(referenced)
+        assert graph.fmaps[0][slots, 0, 0, 0].tolist() == expected
+        assert graph.fmaps[1][slots, 0, 0, 0].tolist() == expected
+        assert len(set(slots.tolist())) == len(expected)
+    assert graph.num_folded > 0
+    assert len(graph.dropped) > 20
+
+
 def test_remove_keyframe_records_relative_pose():
     graph = make_graph()
     rotation = se3.exp(torch.tensor([0.1, -0.2, 0.3, 0.05, 0.1, -0.2]))

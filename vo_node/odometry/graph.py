@@ -58,7 +58,9 @@ class PatchGraph:
         context: ``(C, M, D)`` context vectors, or None without a network.
         timestamps_ns, frame_ids: ``(C,)`` int64 numpy arrays.
         fmaps: dense matching maps per pyramid level, ``(frame_memory, F, h_l, w_l)`` each, or
-            None without a network; keyframe ``g`` (global index) sits in slot ``g % frame_memory``.
+            None without a network. Keyframe ``g`` (global index) has ring position
+            ``g % frame_memory``, and :meth:`fmap_slots` maps that position to its slot in
+            ``fmaps``. Removing a keyframe permutes this table instead of moving maps.
         ii, jj, kk: ``(E,)`` int64 edge indices; hidden: ``(E, D)`` per-edge state or None.
     """
 
@@ -111,6 +113,8 @@ class PatchGraph:
         self.gmap: torch.Tensor | None = None
         self.context: torch.Tensor | None = None
         self.fmaps: list[torch.Tensor] | None = None
+        self._ring_slots = list(range(self.frontend.frame_memory))
+        self._ring_table = torch.arange(self.frontend.frame_memory, device=self.device)
         self.timestamps_ns = np.zeros(capacity, dtype=np.int64)
         self.frame_ids = np.zeros(capacity, dtype=np.int64)
         self.ii = torch.zeros(0, dtype=torch.long, device=self.device)
@@ -139,7 +143,7 @@ class PatchGraph:
 
     def fmap_slots(self, frames: torch.Tensor) -> torch.Tensor:
         """Ring-buffer slots ``(E,)`` of local keyframe indices ``frames`` ``(E,)``."""
-        return (frames + self.num_folded) % self.frontend.frame_memory
+        return self._ring_table[(frames + self.num_folded) % self.frontend.frame_memory]
 
     def last_frame_id(self) -> int | None:
         """Frame id of the newest keyframe (active or archived), None when there is none."""
@@ -204,7 +208,7 @@ class PatchGraph:
         if self.fmaps is None:
             memory = self.frontend.frame_memory
             self.fmaps = [level.new_zeros(memory, *level.shape) for level in pyramid]
-        slot = global_index % self.frontend.frame_memory
+        slot = self._ring_slots[global_index % self.frontend.frame_memory]
         for store, level in zip(self.fmaps, pyramid):
             store[slot] = level
 
@@ -307,11 +311,21 @@ class PatchGraph:
         self._shift_down(1, index)
 
     def _shift_fmaps(self, start: int, stop: int) -> None:
-        """Move ring-buffer maps of global keyframes ``start+1 .. stop-1`` down one slot."""
+        """Give global keyframes ``start+1 .. stop-1`` the ring positions one lower.
+
+        The maps stay where they are: the table of ring positions rotates, and the slot of
+        keyframe ``start`` (removed) becomes the slot of position ``stop - 1``, the next one
+        written. Only the newest ``frame_memory`` positions take part, because older ones have
+        been overwritten.
+        """
         memory = self.frontend.frame_memory
-        for global_index in range(start, stop - 1):
-            for store in self.fmaps or []:
-                store[global_index % memory] = store[(global_index + 1) % memory]
+        positions = [index % memory for index in range(max(start, stop - memory), stop)]
+        if len(positions) < 2:
+            return
+        slots = [self._ring_slots[position] for position in positions]
+        for position, slot in zip(positions, slots[1:] + slots[:1]):
+            self._ring_slots[position] = slot
+        self._ring_table = torch.tensor(self._ring_slots, device=self.device)
 
     def record_dropped(
         self,
