@@ -32,6 +32,8 @@ from vo_node.study.sources import row_cosines
 from vo_node.study.speedup import (
     Curve,
     compare_seed,
+    first_reaching,
+    first_sustained,
     plan_runs,
     plot_curves_per_seed,
     read_curve,
@@ -195,6 +197,22 @@ def test_compare_seed_ratios():
     assert summary["step_ratio_mean"] == pytest.approx(2.0)
     assert missed["step_ratio_bound"] == pytest.approx(40 / 20)
     assert summary["step_ratio_median_bounded"] == pytest.approx(2.0)
+    assert row["baseline_steps_sustained"] == 40
+    assert row["sigma_steps_sustained"] == 20
+    assert row["step_ratio_sustained"] == pytest.approx(2.0)
+    assert math.isnan(missed["sigma_steps_sustained"])
+    assert summary["sigma_sustained"] == 1
+    assert summary["step_ratio_sustained_mean"] == pytest.approx(2.0)
+
+
+def test_first_sustained_ignores_early_dip():
+    curve = Curve([10, 20, 30, 40, 50], [0.0] * 5, {"pose": [0.9, 0.4, 0.8, 0.45, 0.5]})
+
+    assert first_reaching(curve, "pose", 0.5) == (20, 0.0)
+    assert first_sustained(curve, "pose", 0.5) == 40
+    assert first_sustained(curve, "pose", 0.3) is None
+    curve.values["pose"][-1] = float("nan")
+    assert first_sustained(curve, "pose", 0.5) is None
 
 
 def png_size(path: Path) -> tuple[int, int]:

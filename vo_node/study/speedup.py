@@ -12,8 +12,9 @@ translation error of the last unrolled iteration). For each variant, the steps (
 wall time) to reach the target are those of the first validation at or below it. The speed-up is
 ``baseline steps / sigma steps``, and above 1 means the Sigma recipe got there sooner. Because a
 first crossing of a noisy curve can come early by chance, the mean of each validation curve is
-reported next to it. The same is
-reported for ``ate`` when the runs logged ATE on real sequences.
+reported next to it, and so is the sustained crossing: the first validation from which the curve
+stays at or below the target to the end. The same is reported for ``ate`` when the runs logged
+ATE on real sequences.
 
 Wall time is summed from the trainer's logged ``steps_per_s`` windows, so it includes the
 validation passes (the same schedule in both variants) and the beta-rule's extra backward passes.
@@ -204,6 +205,22 @@ def first_reaching(curve: Curve, metric: str, target: float) -> tuple[int, float
     return None
 
 
+def first_sustained(curve: Curve, metric: str, target: float) -> int | None:
+    """Return the first validation step from which every later value is ``<= target``.
+
+    Unlike :func:`first_reaching`, one low validation followed by higher ones does not count,
+    so a noisy curve cannot reach the target early by chance. A non-finite value counts as
+    above the target.
+    """
+    start = None
+    for step, value in zip(curve.steps, curve.metric(metric)):
+        if math.isfinite(value) and value <= target:
+            start = step if start is None else start
+        else:
+            start = None
+    return start
+
+
 def final_value(curve: Curve, metric: str) -> float:
     """Return the metric at the last validation (``nan`` when it was not logged)."""
     values = curve.metric(metric)
@@ -223,6 +240,15 @@ def compare_seed(baseline: Curve, sigma: Curve, metric: str) -> dict[str, object
         reached[name] = hit
         row[f"{name}_steps"] = hit[0] if hit else math.nan
         row[f"{name}_time_s"] = hit[1] if hit else math.nan
+    sustained = {}
+    for name, curve in ((BASELINE, baseline), (SIGMA, sigma)):
+        step = first_sustained(curve, metric, target) if math.isfinite(target) else None
+        sustained[name] = step
+        row[f"{name}_steps_sustained"] = step if step is not None else math.nan
+    if sustained[BASELINE] is not None and sustained[SIGMA] is not None:
+        row["step_ratio_sustained"] = sustained[BASELINE] / sustained[SIGMA]
+    else:
+        row["step_ratio_sustained"] = math.nan
     row["baseline_mean"] = _finite_mean(baseline.metric(metric))
     row["sigma_mean"] = _finite_mean(sigma.metric(metric))
     row["sigma_reached"] = reached[SIGMA] is not None
@@ -250,6 +276,9 @@ def summarise(rows: Sequence[Mapping[str, object]]) -> list[dict[str, object]]:
     Means, spreads and minima cover only the seeds where the Sigma run reached the target.
     ``step_ratio_median_bounded`` covers every seed, taking for a seed that missed the target
     the upper bound ``baseline steps / last validated step`` (which favours the baseline).
+    ``sigma_sustained`` counts the seeds whose Sigma curve stays at or below the target through
+    its last validation, and ``step_ratio_sustained_mean`` averages their ratios of
+    :func:`first_sustained` steps.
     """
     summary = []
     for metric in dict.fromkeys(str(row["metric"]) for row in rows):
@@ -260,6 +289,10 @@ def summarise(rows: Sequence[Mapping[str, object]]) -> list[dict[str, object]]:
         bounds = [float(row["step_ratio_bound"]) for row in selected]
         bounds = [value for value in bounds if math.isfinite(value)]
         entry["step_ratio_median_bounded"] = statistics.median(bounds) if bounds else math.nan
+        sustained = [float(row["step_ratio_sustained"]) for row in selected]
+        sustained = [value for value in sustained if math.isfinite(value)]
+        entry["sigma_sustained"] = len(sustained)
+        entry["step_ratio_sustained_mean"] = statistics.fmean(sustained) if sustained else math.nan
         for ratio in ("step_ratio", "time_ratio"):
             values = [float(row[ratio]) for row in reached]
             entry[f"{ratio}_mean"] = statistics.fmean(values) if values else math.nan
@@ -315,7 +348,8 @@ def plot_curves_per_seed(
 SEED_COLUMNS = (
     "seed", "metric", "target", "baseline_final", "sigma_final", "baseline_steps", "sigma_steps",
     "step_ratio", "baseline_time_s", "sigma_time_s", "time_ratio", "sigma_reached",
-    "step_ratio_bound", "baseline_mean", "sigma_mean",
+    "step_ratio_bound", "baseline_steps_sustained", "sigma_steps_sustained",
+    "step_ratio_sustained", "baseline_mean", "sigma_mean",
 )
 
 
@@ -333,10 +367,10 @@ def run_speedup_study(
     """Train (unless ``train`` is False) and compare; write tables and PNGs into ``output``.
 
     Returns ``(per-seed rows, summary rows)``. Writes ``speedup.csv/.md`` (per seed) and
-    ``speedup_summary.csv/.md`` (named ``speedup_<metric>...`` for a metric other than
-    ``pose_translation``, see :func:`table_stem`), ``validation_<metric>.png`` (all runs in one panel) and
-    ``validation_<metric>_per_seed.png`` (one panel per seed), the same for ``ate`` when the runs
-    logged it.
+    ``speedup_summary.csv/.md``, named ``speedup_<metric>...`` for a metric other than
+    ``pose_translation`` (see :func:`table_stem`). Draws ``validation_<metric>.png`` (all runs in
+    one panel) and ``validation_<metric>_per_seed.png`` (one panel per seed), and the same for
+    ``ate`` when the runs logged it.
     """
     output = Path(output)
     runs = plan_runs(seeds, steps, output, validation_points, extra_overrides)
