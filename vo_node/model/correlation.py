@@ -193,15 +193,22 @@ def _correlate_levels(
         plan = _plan_level(pyramid, index, level_coords)
         height, width = pyramid.level_size(index)
         target = output[:, index]  # (E, P*P, (2r+1)^2) view
-        for fits in (True, False):
-            selected = order[(plan.fits == fits)[order] & ~plan.outside[order]]
+        border = pyramid.windows[index]
+        for window in _path_windows(plan, border, grid_size):
+            if window:
+                chosen = plan.fits & (plan.spread <= window - grid_size)
+                if window == border:
+                    chosen &= plan.spread > window - 1 - grid_size
+            else:
+                chosen = ~plan.fits
+            selected = order[(chosen & ~plan.outside)[order]]
             for start in range(0, selected.shape[0], chunk_size):
                 edges = selected[start : start + chunk_size]
                 features = _pixel_features(gmap[kk[edges]], pyramid)
-                if fits:
+                if window:
                     geometry = (
                         jj[edges], plan.anchor[edges], plan.corner[edges] - plan.anchor[edges, None],
-                        pyramid.windows[index], grid_size, height, width,
+                        window, grid_size, height, width, border,
                     )
                     products = _shared_products(features, level, *geometry)
                 else:
@@ -223,6 +230,18 @@ class _LevelPlan(NamedTuple):
     """``(E,)`` bool: the pixels' grids fit the shared window."""
     outside: Tensor
     """``(E,)`` bool: every grid position lies outside the map, so the products are zero."""
+    spread: Tensor
+    """``(E,)`` largest distance between two pixels' grid positions along either axis."""
+
+
+def _path_windows(plan: _LevelPlan, border: int, grid_size: int) -> list[int]:
+    """Return the window sides of the shared-window paths, then 0 for the per-pixel path.
+
+    Edges whose pixels spread less than the level's window allows use a window one pixel
+    smaller, which cuts the gathered values and products by about a fifth.
+    """
+    windows = [border - 1, border] if border - 1 >= grid_size else [border]
+    return windows + [0]
 
 
 def _plan_level(pyramid: CorrelationPyramid, index: int, coords: Tensor) -> _LevelPlan:
@@ -234,7 +253,8 @@ def _plan_level(pyramid: CorrelationPyramid, index: int, coords: Tensor) -> _Lev
     last = corner.amax(dim=1)
     fits = (last - anchor <= pyramid.windows[index] - grid_size).all(dim=1)
     outside = _outside_map(anchor, last, grid_size, height, width)
-    return _LevelPlan(corner, anchor, fits, outside)
+    spread = (last - anchor).amax(dim=1)
+    return _LevelPlan(corner, anchor, fits, outside, spread)
 
 
 def _pixel_features(patch_features: Tensor, pyramid: CorrelationPyramid) -> Tensor:
@@ -512,9 +532,15 @@ def _shared_products(
     grid_size: int,
     height: int,
     width: int,
+    border: int | None = None,
 ) -> Tensor:
-    """Dot products ``(n, P*P, G, G)`` from one ``U x U`` window per edge."""
-    values = _gather_windows(level, window, frames, anchor, window, height, width)
+    """Dot products ``(n, P*P, G, G)`` from one ``U x U`` window per edge.
+
+    ``border`` is the zero border of the level, ``window`` when None; a window smaller than the
+    border serves edges whose pixels spread less.
+    """
+    border = window if border is None else border
+    values = _gather_windows(level, border, frames, anchor, window, height, width)
     dense = torch.bmm(features, values.flatten(1, 2).transpose(1, 2))  # (n, P*P, U*U)
     start = offset[..., 1] * window + offset[..., 0]  # (n, P*P) top-left of each pixel's grid
     index = start[..., None] + _window_offsets(grid_size, window, start.device)  # (n, P*P, G*G)
