@@ -145,9 +145,9 @@ def correlate(
     gradients are recorded, each chunk is recomputed in the backward pass, so memory stays
     bounded for large ``E``.
     """
-    # TODO: on the CPU this costs about 10 us of one core per edge (matching_dim 32, 240x368
-    # input, measured on a shared, loaded machine). A 20 frames/s budget therefore needs fewer
-    # edges or a fused gather-and-dot kernel.
+    # TODO: on the CPU this still costs about 15 us of CPU time per edge (matching_dim 32,
+    # 240x368 input, one thread on a shared, loaded 2-core machine), mostly the window copies and
+    # the small batched products. A fused gather-and-dot kernel would avoid the copies.
     _check_inputs(gmap, pyramid, coords, kk, jj)
     if chunk_size is None:
         budget = CHUNK_ELEMENTS_CUDA if gmap.is_cuda else CHUNK_ELEMENTS
