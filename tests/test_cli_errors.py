@@ -190,6 +190,20 @@ def test_help_states_default(command, option, expected):
     assert expected in action.help
 
 
+@pytest.mark.parametrize("value", ["0", "-5", "nan"])
+def test_run_fps_must_be_positive(value, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        run.build_parser().parse_args(["images", "--fps", value])
+    assert exit_info.value.code == run.EXIT_USAGE
+    assert f"fps must be positive, got {value}" in capsys.readouterr().err
+
+
+def test_run_fps_help_says_when_ignored():
+    action = next(a for a in run.build_parser()._actions if "--fps" in a.option_strings)
+    assert "without timestamps" in action.help
+    assert "ignored with a warning" in action.help
+
+
 def test_count_options_name_their_metavar():
     parser = command_parsers()["run"]
     for option in ("--stride", "--max-frames"):

@@ -606,6 +606,33 @@ def test_image_folder_times_and_names(tmp_path):
     np.testing.assert_array_equal(sequence.timestamps_ns, [1_500_000_000, 1_600_000_000, 1_750_000_000])
 
 
+@pytest.mark.parametrize("with_times_file", [False, True])
+def test_image_folder_keeps_timestamps_over_fps(tmp_path, caplog, with_times_file):
+    for index in range(3):
+        cv2.imwrite(str(tmp_path / f"{EUROC_FIRST_NS + index * PERIOD_NS}.png"), textured_image(48, 64, index))
+    write_camera_yaml(tmp_path / "camera.yaml", 64, 48, (60.0, 60.0, 32.0, 24.0))
+    expected = EUROC_FIRST_NS + np.arange(3) * PERIOD_NS
+    source = "the file names (nanoseconds)"
+    if with_times_file:
+        (tmp_path / "times.txt").write_text("1.5\n1.6\n1.75\n")
+        expected = np.array([1_500_000_000, 1_600_000_000, 1_750_000_000])
+        source = "times.txt"
+    with caplog.at_level(logging.WARNING):
+        sequence = open_sequence(tmp_path, fps=10)
+    np.testing.assert_array_equal(sequence.timestamps_ns, expected)
+    assert f"has timestamps in {source}" in caplog.text
+    assert "fps 10 (--fps) is ignored" in caplog.text
+
+
+@pytest.mark.parametrize("fps", [0.0, -5.0, float("nan")])
+def test_image_folder_rejects_nonpositive_fps(tmp_path, fps):
+    for index in range(2):
+        cv2.imwrite(str(tmp_path / f"frame_{index:04d}.png"), textured_image(48, 64, index))
+    write_camera_yaml(tmp_path / "camera.yaml", 64, 48, (60.0, 60.0, 32.0, 24.0))
+    with pytest.raises(SequenceError, match=f"fps must be positive, got {fps}"):
+        open_sequence(tmp_path, fps=fps)
+
+
 def test_video_file(tmp_path):
     path = tmp_path / "clip.avi"
     writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), 20.0, (64, 48))
@@ -626,7 +653,21 @@ def test_video_file(tmp_path):
     assert int(np.argmin(errors)) == 2
     assert errors[2] < 15.0
     assert errors[2] < 0.5 * np.abs(frames[1].image.astype(int) - images[2]).mean()
-    np.testing.assert_array_equal(open_sequence(path, fps=10).timestamps_ns[:2], [0, 100_000_000])
+
+
+
+def test_video_keeps_frame_times_over_fps(tmp_path, caplog):
+    path = tmp_path / "clip.avi"
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), 20.0, (64, 48))
+    for index in range(3):
+        writer.write(textured_image(48, 64, index, channels=3))
+    writer.release()
+    write_camera_yaml(tmp_path / "clip.yaml", 64, 48, (60.0, 60.0, 32.0, 24.0))
+    with caplog.at_level(logging.WARNING):
+        sequence = open_sequence(path, fps=10)
+    np.testing.assert_array_equal(sequence.timestamps_ns, [0, 50_000_000, 100_000_000])
+    assert "fps 10 (--fps) is ignored" in caplog.text
+    assert "decoder's frame times" in caplog.text
 
 
 def test_image_folder_reads_groundtruth_tum(tmp_path):

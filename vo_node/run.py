@@ -17,6 +17,7 @@ import argparse
 import dataclasses
 import json
 import logging
+import math
 import resource
 import signal
 import sys
@@ -345,8 +346,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     parser.add_argument("--camera", type=Path, default=None,
                         help="camera YAML (ROS camera_info) for image folders, videos or bags")
-    parser.add_argument("--fps", type=float, default=None,
-                        help="frame rate (Hz) for image folders or videos without timestamps")
+    parser.add_argument(
+        "--fps", type=positive_frame_rate, default=None, metavar="HZ",
+        help="frame rate (Hz, above 0) for image folders or videos without timestamps (default "
+        "20 for image folders); an input with its own timestamps (times.txt, timestamp file "
+        "names, the video's frame times) keeps them and --fps is ignored with a warning",
+    )
     parser.add_argument("--image-topic", default=None, help="image topic of a ROS 2 bag")
     parser.add_argument(
         "--groundtruth-topic", default=None, metavar="TOPIC",
@@ -374,6 +379,17 @@ def positive_int(text: str) -> int:
         raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
     if value < 1:
         raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+    return value
+
+
+def positive_frame_rate(text: str) -> float:
+    """Parse an argparse frame rate in Hz that must be a finite number above 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a frame rate in Hz, got {text!r}") from None
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"fps must be positive, got {text}")
     return value
 
 

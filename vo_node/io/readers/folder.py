@@ -8,6 +8,9 @@ Timestamps come from the first of these that applies:
    EuRoC and ROS convention);
 3. ``index / fps``, with ``fps`` defaulting to 20 Hz.
 
+``fps`` applies only to the third case: a folder with its own timestamps keeps them, and a
+given ``fps`` is ignored with a warning.
+
 An optional ``groundtruth.tum`` (TUM lines of ``T_world_cam``) gives the ground truth; its poses
 are interpolated to the image timestamps.
 """
@@ -61,6 +64,7 @@ class ImageFolderSequence(ImageFileSequence):
         self.files = list_images(root)
         if not self.files:
             raise SequenceError(f"image folder {root} contains no images ({', '.join(IMAGE_EXTENSIONS)})")
+        check_fps(fps)
         camera = find_camera(root, camera_path)
         timestamps = self._timestamps(root, fps)
         super().__init__(root, root.name, camera, timestamps, stride, max_frames)
@@ -86,21 +90,48 @@ class ImageFolderSequence(ImageFileSequence):
         )
 
     def _timestamps(self, root: Path, fps: float | None) -> np.ndarray:
+        stamps, source = self._recorded_timestamps(root)
+        if stamps is None:
+            return frame_times(len(self.files), DEFAULT_FPS if fps is None else fps)
+        if fps is not None:
+            warn_fps_ignored(root, source, fps)
+        return stamps
+
+    def _recorded_timestamps(self, root: Path) -> tuple[np.ndarray | None, str]:
+        """Return the timestamps from ``times.txt`` or the file names and their source name."""
         times = root / TIMES_FILE
-        if times.is_file() and fps is None:
-            return _read_times(times, len(self.files))
+        if times.is_file():
+            return _read_times(times, len(self.files)), TIMES_FILE
         stems = [path.stem for path in self.files]
-        if fps is None and all(SECONDS_NAME.match(stem) for stem in stems):
-            return np.array([seconds_to_ns(stem) for stem in stems], dtype=np.int64)
-        if fps is None and all(NANOSECONDS_NAME.match(stem) for stem in stems):
-            return np.array([int(stem) for stem in stems], dtype=np.int64)
-        return frame_times(len(self.files), fps or DEFAULT_FPS)
+        if all(SECONDS_NAME.match(stem) for stem in stems):
+            stamps = np.array([seconds_to_ns(stem) for stem in stems], dtype=np.int64)
+            return stamps, "the file names (seconds)"
+        if all(NANOSECONDS_NAME.match(stem) for stem in stems):
+            stamps = np.array([int(stem) for stem in stems], dtype=np.int64)
+            return stamps, "the file names (nanoseconds)"
+        return None, ""
+
+
+def check_fps(fps: float | None) -> None:
+    """Raise :class:`SequenceError` unless ``fps`` is None or a positive frame rate in Hz."""
+    if fps is not None and not fps > 0:
+        raise SequenceError(
+            f"fps must be positive, got {fps}; pass the frame rate in Hz (--fps) or leave it "
+            "out to use the input's own timestamps"
+        )
+
+
+def warn_fps_ignored(source_path: Path, source: str, fps: float) -> None:
+    """Log that ``fps`` is ignored because ``source_path`` has timestamps in ``source``."""
+    logger.warning(
+        "%s has timestamps in %s, so they are used and fps %g (--fps) is ignored; fps applies "
+        "only to inputs without timestamps", source_path, source, fps,
+    )
 
 
 def frame_times(count: int, fps: float) -> np.ndarray:
     """Return ``(count,)`` int64 timestamps ``i / fps`` in nanoseconds."""
-    if not fps > 0:
-        raise SequenceError(f"fps must be positive, got {fps}")
+    check_fps(fps)
     return np.round(np.arange(count) * (NANOSECONDS_PER_SECOND / fps)).astype(np.int64)
 
 
@@ -124,7 +155,8 @@ def _read_times(path: Path, count: int) -> np.ndarray:
     if len(lines) != count:
         raise SequenceError(
             f"{path} has {len(lines)} timestamps for {count} images; give one line of seconds per "
-            "image (in file name order) or delete it to use --fps"
+            "image (in file name order), or delete it to take the times from the file names or "
+            "--fps"
         )
     try:
         return np.array([seconds_to_ns(line.split()[0]) for line in lines], dtype=np.int64)

@@ -1,8 +1,9 @@
 """A video file read with ``cv2.VideoCapture`` and a camera YAML.
 
-Timestamps are the decoder's ``CAP_PROP_POS_MSEC`` of each frame. When ``fps`` is given, or the
-decoder reports no strictly increasing times, frame ``i`` gets ``i / fps`` with the container's
-frame rate. Opening scans the file once (``grab`` without colour conversion) to count frames and
+Timestamps are the decoder's ``CAP_PROP_POS_MSEC`` of each frame. Only when the decoder reports no
+strictly increasing times does frame ``i`` get ``i / fps``, with the given ``fps`` or else the
+container's frame rate; a given ``fps`` is ignored with a warning when the decoder's times
+increase. Opening scans the file once (``grab`` without colour conversion) to count frames and
 collect timestamps.
 """
 
@@ -15,7 +16,7 @@ from typing import Iterator
 import cv2
 import numpy as np
 
-from vo_node.io.readers.folder import find_camera, frame_times
+from vo_node.io.readers.folder import check_fps, find_camera, frame_times, warn_fps_ignored
 from vo_node.io.sequence import Sequence, SequenceError, to_rgb
 
 logger = logging.getLogger(__name__)
@@ -36,17 +37,14 @@ class VideoSequence(Sequence):
         stride: int = 1, max_frames: int | None = None,
     ) -> None:
         self.path = Path(path)
+        check_fps(fps)
         camera = find_camera(self.path.parent, camera_path, video=self.path)
         stamps_ms, container_fps = self._scan()
         timestamps = np.round(np.asarray(stamps_ms) * NANOSECONDS_PER_MILLISECOND).astype(np.int64)
-        if fps is not None:
-            timestamps = frame_times(len(stamps_ms), fps)
-        elif len(timestamps) > 1 and np.any(np.diff(timestamps) <= 0):
-            logger.warning(
-                "%s: the decoder's frame times do not increase; using %.3f fps from the container",
-                self.path, container_fps,
-            )
-            timestamps = frame_times(len(stamps_ms), container_fps)
+        if len(timestamps) > 1 and np.any(np.diff(timestamps) <= 0):
+            timestamps = frame_times(len(stamps_ms), self._fallback_fps(fps, container_fps))
+        elif fps is not None:
+            warn_fps_ignored(self.path, "the decoder's frame times", fps)
         super().__init__(self.path, self.path.stem, camera, timestamps, stride, max_frames)
 
     @classmethod
@@ -59,6 +57,23 @@ class VideoSequence(Sequence):
         camera_path: str | Path | None = None, fps: float | None = None,
     ) -> "VideoSequence":
         return cls(path, camera_path=camera_path, fps=fps, stride=stride, max_frames=max_frames)
+
+    def _fallback_fps(self, fps: float | None, container_fps: float) -> float:
+        """Return the frame rate for a video whose decoder times do not increase."""
+        if fps is not None:
+            logger.warning("%s: the decoder's frame times do not increase; using fps %g",
+                           self.path, fps)
+            return fps
+        if not container_fps > 0:
+            raise SequenceError(
+                f"video {self.path}: the decoder's frame times do not increase and the container "
+                f"reports frame rate {container_fps}; pass the frame rate in Hz with --fps"
+            )
+        logger.warning(
+            "%s: the decoder's frame times do not increase; using %.3f fps from the container",
+            self.path, container_fps,
+        )
+        return container_fps
 
     def describe_frame(self, index: int) -> str:
         return f"frame {index} of video {self.path}"
