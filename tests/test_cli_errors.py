@@ -57,8 +57,12 @@ def test_run_unwritable_output_exits_2(tmp_path, caplog, small_model, below_file
     argv = [str(sequence), "--model", str(small_model), "--device", "cpu", "--no-progress",
             "--output", str(output)]
     assert run.main(argv) == run.EXIT_USAGE
-    assert f"output folder {output} cannot be written" in caplog.text
-    assert "pass a writable folder with --output" in caplog.text
+    if below_file:
+        assert f"output folder {output} cannot be created because {blocker} is a file" in caplog.text
+    else:
+        assert f"output path {output} is a file, but --output takes a folder" in caplog.text
+        assert f"such as {tmp_path / 'vo_output'}" in caplog.text
+    assert "with --output" in caplog.text or "--output takes a folder" in caplog.text
     # The folder is checked before tracking starts.
     assert "tracked" not in caplog.text
     assert blocker.read_text() == "not a folder"
@@ -94,7 +98,9 @@ def test_demo_offline_unwritable_output_exits_2(tmp_path, caplog, small_model):
     argv = [str(sequence), "--offline", "--model", str(small_model), "--device", "cpu",
             "--no-progress", "--output", str(blocker / "out")]
     assert demo.main(argv) == run.EXIT_USAGE
-    assert f"output folder {blocker / 'out'} cannot be written" in caplog.text
+    assert f"output folder {blocker / 'out'} cannot be created because {blocker} is a file" in (
+        caplog.text
+    )
     assert "tracked" not in caplog.text
 
 
@@ -105,7 +111,7 @@ def test_demo_node_unwritable_output_exits_2(tmp_path, caplog, small_model):
     blocker.write_text("not a folder")
     argv = [str(sequence), "--model", str(small_model), "--device", "cpu", "--output", str(blocker)]
     assert demo.main(argv) == run.EXIT_USAGE
-    assert f"output folder {blocker} cannot be written" in caplog.text
+    assert f"output path {blocker} is a file, but --output takes a folder" in caplog.text
     assert blocker.read_text() == "not a folder"
 
 

@@ -7,6 +7,7 @@ tiny sizes (the model file's sizes replace the configuration's) and the sequence
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -54,7 +55,16 @@ def test_demo_prints_summary(tiny_model: Path, tiny_sequence: Path, tmp_path: Pa
         trajectory.timestamps_ns, open_sequence(tiny_sequence).timestamps_ns
     )
     assert f"trajectory: {output / run.TRAJECTORY_FILE}" in lines
-    assert (output / run.METRICS_FILE).is_file()
+    assert f"metrics: {output / run.METRICS_FILE}" in lines
+    assert f"plot: {output / run.PLOT_FILE}" in lines
+    # The random tiny network may not move, so the Sim(3) alignment can fail; with an ATE, the
+    # standstill reference comes next to it.
+    ate_computed = any(line.startswith("ATE RMSE: ") for line in lines)
+    has_standstill = any(line.startswith("standstill reference: ATE RMSE ") for line in lines)
+    assert has_standstill == ate_computed, lines
+    assert not any(" m " in line or line.endswith(" m") for line in lines), lines
+    assert "nan" not in completed.stdout
+    assert json.loads((output / run.METRICS_FILE).read_text())["length_unit"] == "scene units"
 
 
 def test_demo_missing_model_exit_code(tiny_sequence: Path, tmp_path: Path) -> None:

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import copy
 import json
+import logging
 import math
 
+import matplotlib.pyplot as plt
 import numpy as np
 import pytest
 from evo.core import metrics as evo_metrics
@@ -15,9 +17,9 @@ from scipy.spatial.transform import Rotation
 
 from vo_node.evaluation import EvaluationError, evaluate_trajectory
 from vo_node.evaluation.metrics import align_trajectories, to_evo
-from vo_node.evaluation.plots import plot_trajectory, top_view_axes
+from vo_node.evaluation.plots import plot_trajectory, top_view_axes, trajectory_figure
 from vo_node.io.trajectory import Trajectory, read_tum
-from vo_node.run import RunResult, format_summary, write_outputs
+from vo_node.run import RunOutputs, RunResult, format_summary, write_outputs
 
 PERIOD_NS = 50_000_000
 START_NS = 1_403_638_538_577_829_376
@@ -183,6 +185,19 @@ def test_short_path_leaves_distance_rpe_undefined():
     json.dumps(metrics.to_dict())
 
 
+def test_short_path_summary_states_why(tmp_path, caplog):
+    ground_truth = helix(40)
+    result = RunResult(ground_truth, frames=40, seconds=1.0, peak_memory_bytes=0, memory_kind="cpu_rss")
+    with caplog.at_level(logging.DEBUG):
+        metrics = evaluate_trajectory(ground_truth, ground_truth, rpe_distance_m=1000.0)
+    assert [record for record in caplog.records if record.levelno >= logging.WARNING] == []
+    assert "less strict tolerance" not in caplog.text
+    outputs = RunOutputs(tmp_path / "trajectory.tum", metrics=metrics)
+    lines = format_summary(result, outputs)
+    assert "RPE per 1000 m: n/a (ground-truth path shorter than 1000 m)" in lines
+    assert "nan" not in "\n".join(lines)
+
+
 def test_alignment_maps_positions():
     ground_truth = helix(60)
     estimate = transform_sim3(ground_truth, 3.0, Rotation.from_rotvec([1.0, 0.5, 0.0]), np.array([1.0, 2.0, 3.0]))
@@ -224,9 +239,15 @@ def test_write_outputs_with_ground_truth(tmp_path):
     assert report["metrics"]["ate_rmse"] < 1e-6
     assert report["metrics"]["scale"] == pytest.approx(2.0)
     assert outputs.plot_path.read_bytes().startswith(PNG_SIGNATURE)
-    summary = "\n".join(format_summary(result, outputs.metrics))
-    assert "30.00 frames/s" in summary
-    assert "ATE RMSE" in summary
+    assert report["length_unit"] == "m"
+    lines = format_summary(result, outputs)
+    assert "speed: 30.00 frames/s over 2.0 s" in lines
+    assert any(line.startswith("ATE RMSE: ") for line in lines)
+    standstill = outputs.metrics.standstill_ate_rmse
+    assert f"standstill reference: ATE RMSE {standstill:.4f} m" in "\n".join(lines)
+    assert f"trajectory: {tmp_path / 'trajectory.tum'}" in lines
+    assert f"metrics: {tmp_path / 'metrics.json'}" in lines
+    assert f"plot: {tmp_path / 'trajectory.png'}" in lines
 
 
 def test_write_outputs_without_ground_truth(tmp_path):
@@ -235,4 +256,41 @@ def test_write_outputs_without_ground_truth(tmp_path):
     outputs = write_outputs(result, tmp_path, None)
     assert outputs.metrics_path is None
     assert sorted(p.name for p in tmp_path.iterdir()) == ["trajectory.tum"]
-    assert "interrupted" in format_summary(result, None)[0]
+    lines = format_summary(result, outputs)
+    assert "interrupted" in lines[0]
+    assert "ATE: not computed (no ground truth)" in lines
+    assert [line for line in lines if line.startswith(("metrics:", "plot:"))] == []
+
+
+def test_reused_output_folder_drops_old_metrics(tmp_path, caplog):
+    ground_truth = helix(30)
+    result = RunResult(ground_truth, frames=30, seconds=1.0, peak_memory_bytes=0, memory_kind="cpu_rss")
+    (tmp_path / "notes.txt").write_text("kept")
+    write_outputs(result, tmp_path, ground_truth)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "metrics.json", "notes.txt", "trajectory.png", "trajectory.tum"
+    ]
+    with caplog.at_level(logging.INFO, logger="vo_node.run"):
+        outputs = write_outputs(result, tmp_path, None)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt", "trajectory.tum"]
+    assert outputs.removed == [tmp_path / "metrics.json", tmp_path / "trajectory.png"]
+    assert f"removed {tmp_path / 'metrics.json'} of an earlier run" in caplog.text
+    assert f"removed {tmp_path / 'trajectory.png'} of an earlier run" in caplog.text
+
+
+def test_scene_units_label_plot_and_metrics(tmp_path):
+    ground_truth = helix(40)
+    estimate = transform_sim3(ground_truth, 0.5, Rotation.identity(), np.zeros(3))
+    result = RunResult(estimate, frames=40, seconds=1.0, peak_memory_bytes=0, memory_kind="cpu_rss")
+    outputs = write_outputs(result, tmp_path, ground_truth, length_unit="scene units")
+    assert json.loads(outputs.metrics_path.read_text())["length_unit"] == "scene units"
+    assert all(" m " not in line and not line.endswith(" m") for line in format_summary(result, outputs))
+
+    figure = trajectory_figure(estimate, ground_truth, outputs.metrics, length_unit="scene units")
+    top, over_time = figure.axes
+    assert top.get_xlabel().endswith("[scene units]")
+    assert top.get_ylabel().endswith("[scene units]")
+    assert over_time.get_ylabel() == "ATE [scene units]"
+    assert "scene units" in over_time.get_title()
+    assert " m " not in over_time.get_title()
+    plt.close(figure)

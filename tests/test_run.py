@@ -117,12 +117,13 @@ def test_run_euroc_end_to_end(small_model: Path, tmp_path: Path) -> None:
     sequence = open_sequence(EUROC, stride=EUROC_STRIDE, max_frames=EUROC_FRAMES)
     assert_tum_matches_input(output / run.TRAJECTORY_FILE, sequence.timestamps_ns)
     assert_metrics_finite(output / run.METRICS_FILE, frames=EUROC_FRAMES)
+    assert json.loads((output / run.METRICS_FILE).read_text())["length_unit"] == "m"
     assert (output / run.PLOT_FILE).stat().st_size > 0
     assert_no_temporary_files(output)
 
 
 def test_run_demo_sequence_end_to_end(
-    small_model: Path, demo_sequence: Path, tmp_path: Path
+    small_model: Path, demo_sequence: Path, tmp_path: Path, capsys: pytest.CaptureFixture
 ) -> None:
     output = tmp_path / "out"
     status = run_main(demo_sequence, small_model, output)
@@ -130,12 +131,16 @@ def test_run_demo_sequence_end_to_end(
     assert status == run.EXIT_OK
     sequence = open_sequence(demo_sequence)
     assert_tum_matches_input(output / run.TRAJECTORY_FILE, sequence.timestamps_ns)
-    if sequence.ground_truth is not None:
-        assert_metrics_finite(output / run.METRICS_FILE, frames=len(sequence))
-        assert (output / run.PLOT_FILE).stat().st_size > 0
-    else:
-        assert not (output / run.METRICS_FILE).exists()
+    assert sequence.ground_truth is not None
+    assert_metrics_finite(output / run.METRICS_FILE, frames=len(sequence))
+    assert json.loads((output / run.METRICS_FILE).read_text())["length_unit"] == "scene units"
+    assert (output / run.PLOT_FILE).stat().st_size > 0
     assert_no_temporary_files(output)
+    lines = capsys.readouterr().out.splitlines()
+    for name in ("trajectory", "metrics", "plot"):
+        assert any(line.startswith(f"{name}: {output}") for line in lines), (name, lines)
+    assert any(line.startswith("standstill reference: ATE RMSE ") for line in lines), lines
+    assert any(line.startswith("RPE per 1 scene units: ") for line in lines), lines
 
 
 def test_run_missing_model_exit_code(demo_sequence: Path, tmp_path: Path) -> None:

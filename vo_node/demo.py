@@ -52,13 +52,18 @@ from vo_node.run import (
     RunResult,
     StopRequest,
     exit_status,
+    format_accuracy,
+    format_percent,
+    format_written_files,
     load_configuration,
     load_engine,
     positive_int,
     prepare_output_dir,
     remove_created_folders,
+    remove_stale_outputs,
     report_nothing_tracked,
     run_sequence,
+    sequence_length_unit,
     write_outputs,
 )
 
@@ -140,33 +145,21 @@ def open_demo_sequence(
 
 def length_unit(sequence: Sequence) -> str:
     """Return the unit of the sequence's ground truth: scene units for a rendered sequence."""
-    from vo_node.demo_data import PARAMETERS_FILE
-
-    return "scene units" if (sequence.root / PARAMETERS_FILE).is_file() else "m"
+    return sequence_length_unit(sequence)
 
 
-def format_demo_summary(result: RunResult, outputs: RunOutputs, unit: str = "m") -> list[str]:
-    """Return the summary lines: frames, speed, memory, ATE (in ``unit``) and the files written."""
+def format_demo_summary(result: RunResult, outputs: RunOutputs) -> list[str]:
+    """Return the summary lines: frames, speed, memory, accuracy and the files written.
+
+    Lengths are in ``outputs.length_unit``.
+    """
     lines = [
         f"frames tracked: {result.frames}{' (interrupted)' if result.interrupted else ''}",
         f"frames per second: {result.frames_per_second:.2f} ({result.seconds:.1f} s)",
         f"peak memory ({result.memory_kind}): "
         f"{result.peak_memory_bytes / BYTES_PER_MEBIBYTE:.0f} MiB",
     ]
-    metrics = outputs.metrics
-    if metrics is not None:
-        lines.append(
-            f"ATE RMSE: {metrics.ate_rmse:.3f} {unit} ({metrics.ate_percent:.2f} % of the "
-            f"{metrics.path_length:.2f} {unit} path)"
-        )
-    else:
-        lines.append("ATE: not computed (no ground truth, or too few poses to align)")
-    lines.append(f"trajectory: {outputs.trajectory_path}")
-    if outputs.metrics_path is not None:
-        lines.append(f"metrics: {outputs.metrics_path}")
-    if outputs.plot_path is not None:
-        lines.append(f"plot: {outputs.plot_path}")
-    return lines
+    return lines + format_accuracy(outputs) + format_written_files(outputs)
 
 
 # --------------------------------------------------------------------------------------------
@@ -283,21 +276,38 @@ def format_node_summary(report: Any, bag: DemoBag, outputs: dict[str, Path]) -> 
         "(image arrival to published odometry)",
     ]
     if report.ate is not None:
-        percent = report.ate["ate_percent"]
-        share = f"{percent:.2f} %" if percent is not None else "undefined share"
-        lines.append(
-            f"ATE RMSE: {report.ate['ate_rmse']:.3f} {bag.unit} ({share} of the "
-            f"{report.ate['path_length']:.2f} {bag.unit} path)"
-        )
+        lines += format_node_accuracy(report.ate, bag.unit)
     else:
         lines.append(f"ATE: not computed ({report.ate_error})")
     lines.extend(f"{name}: {path}" for name, path in outputs.items())
     return lines
 
 
+def format_node_accuracy(ate: dict[str, Any], unit: str) -> list[str]:
+    """Return the ATE line and its standstill reference from a metrics dict (``to_dict``)."""
+    lines = [
+        f"ATE RMSE: {ate['ate_rmse']:.3f} {unit} ({format_percent(ate['ate_percent'])} of the "
+        f"{ate['path_length']:.2f} {unit} path)"
+    ]
+    standstill = ate.get("standstill_ate_rmse")
+    if standstill is not None:
+        lines.append(
+            f"standstill reference: ATE RMSE {standstill:.3f} {unit} "
+            f"({format_percent(ate.get('standstill_ate_percent'))}) for an estimate that never "
+            "moves"
+        )
+    return lines
+
+
 def write_node_outputs(report: Any, bag: DemoBag, output_dir: Path,
                        extra: dict[str, Any]) -> dict[str, Path]:
-    """Write the recorded trajectory (TUM) and the report (JSON); return ``{name: path}``."""
+    """Write the recorded trajectory (TUM) and the report (JSON); return ``{name: path}``.
+
+    The files of an earlier run that this one does not write (a trajectory when no pose was
+    recorded, the plot of an offline run) are removed from ``output_dir``.
+    """
+    written = [METRICS_FILE] + ([TRAJECTORY_FILE] if len(report.trajectory) else [])
+    remove_stale_outputs(output_dir, written)
     outputs = {}
     if len(report.trajectory):
         outputs["trajectory"] = write_tum(output_dir / TRAJECTORY_FILE, report.trajectory)
@@ -478,11 +488,13 @@ def run_offline(args: argparse.Namespace, tracker: Tracker = track_offline) -> i
     extra = {"sequence": str(sequence.root), "config": to_dict(config), "device": device,
              "model": str(model_path)}
     try:
-        outputs = write_outputs(result, args.output, sequence.ground_truth, extra)
+        outputs = write_outputs(
+            result, args.output, sequence.ground_truth, extra, length_unit(sequence)
+        )
     except OSError as error:
         logger.error("writing the outputs to %s failed: %s", args.output, error)
         return EXIT_FAILED
-    for line in format_demo_summary(result, outputs, length_unit(sequence)):
+    for line in format_demo_summary(result, outputs):
         print(line)
     return exit_status(result, stop)
 

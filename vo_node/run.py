@@ -4,8 +4,10 @@
 [--max-frames N] [--output DIR] [--override key=value ...]``
 
 Writes ``DIR/trajectory.tum`` (one pose per input frame, at the input timestamps) and, when the
-sequence has ground truth, ``DIR/metrics.json`` and ``DIR/trajectory.png``. On SIGINT or SIGTERM
-the frames tracked so far are finished and written, and the process exits with 130 or 143.
+sequence has ground truth, ``DIR/metrics.json`` and ``DIR/trajectory.png``. Those of the three
+files that a run does not write are removed from ``DIR``, so a reused folder does not show the
+metrics of an earlier run next to a new trajectory. On SIGINT or SIGTERM the frames tracked so far are finished and written,
+and the process exits with 130 or 143.
 
 :func:`run_sequence` is the reusable part (the ROS replay evaluation and the benchmark call it);
 :func:`main` only parses arguments, configures logging and handles signals.
@@ -41,7 +43,14 @@ from vo_node.config import (
     resolve_device,
     to_dict,
 )
-from vo_node.evaluation.metrics import EvaluationError, TrajectoryMetrics, evaluate_trajectory
+from vo_node.evaluation.metrics import (
+    METRES,
+    SCENE_UNITS,
+    EvaluationError,
+    TrajectoryMetrics,
+    describe_distance_rpe,
+    evaluate_trajectory,
+)
 from vo_node.io.atomic import atomic_write
 from vo_node.io.bag import body_from_camera_pose
 from vo_node.io.camera import CalibrationError
@@ -63,13 +72,24 @@ BYTES_PER_MEBIBYTE = 1024 * 1024
 TRAJECTORY_FILE = "trajectory.tum"
 METRICS_FILE = "metrics.json"
 PLOT_FILE = "trajectory.png"
+OWNED_OUTPUTS = (TRAJECTORY_FILE, METRICS_FILE, PLOT_FILE)
+"""Files of an output folder that a run owns: a run removes those it does not write."""
 DEFAULT_OUTPUT_ROOT = Path("outputs")
+DEFAULT_OUTPUT_FOLDER_NAME = "vo_output"
+"""Folder name that the error for an ``--output`` that is a file suggests next to that file."""
 STOP_ACTION = "finishing the frames tracked so far and writing the trajectory"
 """Log text for the runner's response to the first SIGINT or SIGTERM (see :class:`StopRequest`)."""
 
 
 class OutputError(ValueError):
     """The output folder cannot be created or written; the message names it and the fix."""
+
+
+def sequence_length_unit(sequence: Sequence) -> str:
+    """Return the unit of the sequence's ground truth: scene units for a rendered sequence."""
+    from vo_node.demo_data import PARAMETERS_FILE
+
+    return SCENE_UNITS if (sequence.root / PARAMETERS_FILE).is_file() else METRES
 
 
 @dataclass
@@ -104,13 +124,29 @@ class RunResult:
 
 @dataclass
 class RunOutputs:
-    """Files written by :func:`write_outputs` and the metrics they contain."""
+    """Files written by :func:`write_outputs` and the metrics they contain.
+
+    Attributes:
+        length_unit: unit of the ground truth and of every length in ``metrics``.
+        removed: files of an earlier run that :func:`write_outputs` removed from the folder.
+    """
 
     trajectory_path: Path
     metrics_path: Path | None = None
     plot_path: Path | None = None
     metrics: TrajectoryMetrics | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    length_unit: str = METRES
+    removed: list[Path] = field(default_factory=list)
+
+    def written(self) -> list[tuple[str, Path]]:
+        """Return ``(label, path)`` of each file written: trajectory, metrics, plot."""
+        labelled = [
+            ("trajectory", self.trajectory_path),
+            ("metrics", self.metrics_path),
+            ("plot", self.plot_path),
+        ]
+        return [(label, path) for label, path in labelled if path is not None]
 
 
 def run_sequence(
@@ -204,19 +240,30 @@ def write_outputs(
     output_dir: Path,
     ground_truth: Trajectory | None,
     extra: dict[str, Any] | None = None,
+    length_unit: str = METRES,
 ) -> RunOutputs:
     """Write the trajectory and, with ground truth, the metrics JSON and the figure (atomically).
 
+    Files of :data:`OWNED_OUTPUTS` that this call does not write (the metrics and the figure of
+    an earlier run with ground truth) are removed first, and each removal is logged.
+
     Args:
         extra: additional JSON-ready fields for ``metrics.json`` (sequence, configuration).
+        length_unit: unit of the ground truth (``m``, or ``scene units`` for rendered
+            sequences), stored in ``metrics.json`` and used in the figure's labels.
 
     Raises:
         ValueError: the trajectory has no poses (check ``result.frames`` first).
-        OSError: a file could not be written.
+        OSError: a file could not be written or an old one removed.
     """
     if len(result.trajectory) == 0:
         raise ValueError(f"the run has no poses to write to {output_dir}; no frames were tracked")
-    outputs = RunOutputs(trajectory_path=output_dir / TRAJECTORY_FILE, extra=dict(extra or {}))
+    outputs = RunOutputs(
+        trajectory_path=output_dir / TRAJECTORY_FILE, extra=dict(extra or {}),
+        length_unit=length_unit,
+    )
+    planned = [TRAJECTORY_FILE] if ground_truth is None else list(OWNED_OUTPUTS)
+    outputs.removed = remove_stale_outputs(output_dir, planned)
     write_tum(outputs.trajectory_path, result.trajectory)
     if ground_truth is None:
         return outputs
@@ -229,6 +276,7 @@ def write_outputs(
         "memory_kind": result.memory_kind,
         "interrupted": result.interrupted,
         "input_error": result.input_error,
+        "length_unit": length_unit,
         "metrics": outputs.metrics.to_dict() if outputs.metrics is not None else None,
         **outputs.extra,
     }
@@ -239,9 +287,30 @@ def write_outputs(
     from vo_node.evaluation.plots import plot_trajectory
 
     outputs.plot_path = plot_trajectory(
-        result.trajectory, ground_truth, outputs.metrics, output_dir / PLOT_FILE
+        result.trajectory, ground_truth, outputs.metrics, output_dir / PLOT_FILE,
+        length_unit=length_unit,
     )
     return outputs
+
+
+def remove_stale_outputs(output_dir: Path, keep: TypingSequence[str]) -> list[Path]:
+    """Remove the files of :data:`OWNED_OUTPUTS` not named in ``keep``; return those removed.
+
+    A reused output folder would otherwise show, say, the metrics of an earlier run with ground
+    truth next to the trajectory of a run without it. Other files in the folder are left alone.
+
+    Raises:
+        OSError: a file could not be removed.
+    """
+    removed = []
+    for name in OWNED_OUTPUTS:
+        path = output_dir / name
+        if name in keep or not (path.is_file() or path.is_symlink()):
+            continue
+        path.unlink()
+        logger.info("removed %s of an earlier run: this run does not write %s", path, name)
+        removed.append(path)
+    return removed
 
 
 def prepare_output_dir(path: Path) -> list[Path]:
@@ -253,9 +322,10 @@ def prepare_output_dir(path: Path) -> list[Path]:
         The folders this call created, outermost first, for :func:`remove_created_folders`.
 
     Raises:
-        OutputError: the folder cannot be created (a parent is a file, no permission, a
-            read-only file system) or is not writable.
+        OutputError: ``path`` or one of its parents is a file, or the folder cannot be created
+            (no permission, a read-only file system) or is not writable.
     """
+    check_not_a_file(path)
     missing = [folder for folder in (path, *path.parents) if not folder.exists()]
     try:
         path.mkdir(parents=True, exist_ok=True)
@@ -268,6 +338,22 @@ def prepare_output_dir(path: Path) -> list[Path]:
             "--output"
         ) from None
     return list(reversed(missing))
+
+
+def check_not_a_file(path: Path) -> None:
+    """Raise :class:`OutputError` when ``path`` or one of its parents is an existing file."""
+    if path.exists() and not path.is_dir():
+        raise OutputError(
+            f"output path {path} is a file, but --output takes a folder (the run writes "
+            f"{', '.join(OWNED_OUTPUTS)} into it); pass the path of a new or existing folder, "
+            f"such as {path.parent / DEFAULT_OUTPUT_FOLDER_NAME}"
+        )
+    for parent in path.parents:
+        if parent.exists() and not parent.is_dir():
+            raise OutputError(
+                f"output folder {path} cannot be created because {parent} is a file; pass a "
+                "folder path with --output whose parents are folders"
+            )
 
 
 def remove_created_folders(folders: TypingSequence[Path]) -> None:
@@ -285,24 +371,50 @@ def report_nothing_tracked(output_dir: Path, created: TypingSequence[Path]) -> N
     logger.error("no frames were tracked, so nothing was written to %s", output_dir)
 
 
-def format_summary(result: RunResult, metrics: TrajectoryMetrics | None) -> list[str]:
+def format_summary(result: RunResult, outputs: RunOutputs) -> list[str]:
     """Return the human-readable result lines that :func:`main` prints."""
     lines = [
         f"frames tracked: {result.frames}{' (interrupted)' if result.interrupted else ''}",
         f"speed: {result.frames_per_second:.2f} frames/s over {result.seconds:.1f} s",
-        f"peak memory ({result.memory_kind}): {result.peak_memory_bytes / BYTES_PER_MEBIBYTE:.0f} MiB",
+        f"peak memory ({result.memory_kind}): "
+        f"{result.peak_memory_bytes / BYTES_PER_MEBIBYTE:.0f} MiB",
     ]
-    if metrics is not None:
-        lines += [
-            f"ATE RMSE: {metrics.ate_rmse:.4f} m ({metrics.ate_percent:.2f} % of "
-            f"{metrics.path_length:.2f} m path, {metrics.associated_poses} poses, "
-            f"Sim(3) scale {metrics.scale:.4f})",
-            f"RPE per frame: {metrics.rpe_translation_rmse:.4f} m, "
-            f"{metrics.rpe_rotation_rmse_deg:.3f} deg",
-            f"RPE per {metrics.rpe_distance_m:g} m: {metrics.rpe_distance_translation_rmse:.4f} m, "
-            f"{metrics.rpe_distance_rotation_rmse_deg:.3f} deg",
-        ]
-    return lines
+    return lines + format_accuracy(outputs) + format_written_files(outputs)
+
+
+def format_accuracy(outputs: RunOutputs) -> list[str]:
+    """Return the ATE with its standstill reference, and the RPE lines (``outputs.length_unit``).
+
+    The standstill reference is the ATE of an estimate that never moves; an ATE near it shows
+    no tracking.
+    """
+    metrics = outputs.metrics
+    if metrics is None:
+        reason = "no ground truth"
+        if outputs.metrics_path is not None:
+            reason = "the evaluation failed, see the error above"
+        return [f"ATE: not computed ({reason})"]
+    unit = outputs.length_unit
+    return [
+        f"ATE RMSE: {metrics.ate_rmse:.4f} {unit} ({format_percent(metrics.ate_percent)} of the "
+        f"{metrics.path_length:.2f} {unit} path, {metrics.associated_poses} poses, "
+        f"Sim(3) scale {metrics.scale:.4f})",
+        f"standstill reference: ATE RMSE {metrics.standstill_ate_rmse:.4f} {unit} "
+        f"({format_percent(metrics.standstill_ate_percent)}) for an estimate that never moves",
+        f"RPE per frame: {metrics.rpe_translation_rmse:.4f} {unit}, "
+        f"{metrics.rpe_rotation_rmse_deg:.3f} deg",
+        f"RPE per {metrics.rpe_distance_m:g} {unit}: {describe_distance_rpe(metrics, unit)}",
+    ]
+
+
+def format_percent(value: float | None) -> str:
+    """Return ``"1.23 %"``, or ``"n/a %"`` for a share of a path of length 0."""
+    return "n/a %" if value is None or math.isnan(value) else f"{value:.2f} %"
+
+
+def format_written_files(outputs: RunOutputs) -> list[str]:
+    """Return one ``label: path`` line per file written."""
+    return [f"{label}: {path}" for label, path in outputs.written()]
 
 
 # --------------------------------------------------------------------------------------------
@@ -525,13 +637,14 @@ def _run(args: argparse.Namespace, stop: StopRequest) -> int:
         "groundtruth_extrinsic": args.groundtruth_extrinsic,
     }
     try:
-        outputs = write_outputs(result, output_dir, sequence.ground_truth, extra)
+        outputs = write_outputs(
+            result, output_dir, sequence.ground_truth, extra, sequence_length_unit(sequence)
+        )
     except OSError as error:
         logger.error("writing the outputs to %s failed: %s", output_dir, error)
         return EXIT_FAILED
-    for line in format_summary(result, outputs.metrics):
+    for line in format_summary(result, outputs):
         print(line)
-    print(f"trajectory written to {outputs.trajectory_path}")
     return exit_status(result, stop)
 
 

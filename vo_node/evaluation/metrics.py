@@ -1,7 +1,8 @@
 """Trajectory accuracy with evo: ATE after Sim(3) alignment, and RPE over frames and distance.
 
 Monocular odometry has no metric scale, so the estimate is aligned to the ground truth with
-Umeyama's method including scale, and every error below is in ground-truth units (metres).
+Umeyama's method including scale, and every error below is in ground-truth units: metres for
+recorded data, scene units for rendered sequences.
 """
 
 from __future__ import annotations
@@ -28,6 +29,9 @@ MIN_ASSOCIATED_POSES = 3
 DEFAULT_MAX_TIME_DIFFERENCE_S = 0.02
 DEFAULT_RPE_DISTANCE_M = 1.0
 PERCENT = 100.0
+METRES = "m"
+SCENE_UNITS = "scene units"
+"""Length unit of rendered sequences, whose scale is arbitrary."""
 
 
 class EvaluationError(ValueError):
@@ -38,7 +42,8 @@ class EvaluationError(ValueError):
 class TrajectoryMetrics:
     """Accuracy of an estimated trajectory against ground truth, after Sim(3) alignment.
 
-    Lengths are in ground-truth units (metres), angles in degrees.
+    Lengths are in ground-truth units (metres, or scene units for rendered sequences), angles
+    in degrees.
     """
 
     ate_rmse: float
@@ -166,9 +171,11 @@ def evaluate_trajectory(
 
     Args:
         estimate: estimated ``T_world_cam`` (any scale, any world frame).
-        ground_truth: reference ``T_world_cam`` in metres.
+        ground_truth: reference ``T_world_cam`` in metres (or scene units).
         max_time_difference_s: largest timestamp difference for associating two poses.
-        rpe_distance_m: ground-truth path distance between the poses of the distance RPE.
+        rpe_distance_m: ground-truth path distance between the poses of the distance RPE, in
+            ground-truth units. The distance RPE is NaN when the associated ground-truth path is
+            shorter.
     """
     pair = align_trajectories(estimate, ground_truth, max_time_difference_s)
     data = (pair.ground_truth, pair.estimate)
@@ -179,13 +186,21 @@ def evaluate_trajectory(
 
     frame_translation = _rpe(data, evo_metrics.PoseRelation.translation_part, 1, Unit.frames)
     frame_rotation = _rpe(data, evo_metrics.PoseRelation.rotation_angle_deg, 1, Unit.frames)
-    distance_translation = _rpe(
-        data, evo_metrics.PoseRelation.translation_part, rpe_distance_m, Unit.meters
-    )
-    distance_rotation = _rpe(
-        data, evo_metrics.PoseRelation.rotation_angle_deg, rpe_distance_m, Unit.meters
-    )
     path_length = float(pair.ground_truth.path_length)
+    distance_translation = distance_rotation = math.nan
+    if path_length >= rpe_distance_m:
+        distance_translation = _rpe(
+            data, evo_metrics.PoseRelation.translation_part, rpe_distance_m, Unit.meters
+        )
+        distance_rotation = _rpe(
+            data, evo_metrics.PoseRelation.rotation_angle_deg, rpe_distance_m, Unit.meters
+        )
+    else:
+        # evo finds no pose pair this far apart and raises; the summaries state the reason.
+        logger.debug(
+            "RPE per %g is undefined: the ground-truth path is %.3f long", rpe_distance_m,
+            path_length,
+        )
     ate_percent = PERCENT * ate_stats["rmse"] / path_length if path_length > 0 else math.nan
     standstill = standstill_rmse(pair.ground_truth.positions_xyz)
     standstill_percent = PERCENT * standstill / path_length if path_length > 0 else math.nan
@@ -206,6 +221,17 @@ def evaluate_trajectory(
         standstill_ate_rmse=standstill,
         standstill_ate_percent=float(standstill_percent),
     )
+
+
+def describe_distance_rpe(metrics: TrajectoryMetrics, unit: str = METRES) -> str:
+    """Return the distance RPE as ``"0.1234 m, 0.567 deg"``, or why it is undefined."""
+    translation = metrics.rpe_distance_translation_rmse
+    rotation = metrics.rpe_distance_rotation_rmse_deg
+    if not (math.isnan(translation) or math.isnan(rotation)):
+        return f"{translation:.4f} {unit}, {rotation:.3f} deg"
+    if metrics.path_length < metrics.rpe_distance_m:
+        return f"n/a (ground-truth path shorter than {metrics.rpe_distance_m:g} {unit})"
+    return f"n/a (no pose pairs {metrics.rpe_distance_m:g} {unit} apart)"
 
 
 def standstill_rmse(positions: np.ndarray) -> float:

@@ -12,8 +12,11 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (the backend must be chosen first)
 import numpy as np  # noqa: E402
 
+from matplotlib.figure import Figure  # noqa: E402
+
 from vo_node.evaluation.metrics import (  # noqa: E402
     DEFAULT_MAX_TIME_DIFFERENCE_S,
+    METRES,
     EvaluationError,
     TrajectoryMetrics,
     align_trajectories,
@@ -41,13 +44,32 @@ def plot_trajectory(
     metrics: TrajectoryMetrics | None,
     path: str | Path,
     max_time_difference_s: float = DEFAULT_MAX_TIME_DIFFERENCE_S,
+    length_unit: str = METRES,
 ) -> Path:
     """Write a PNG: the top view (plane of largest ground-truth extent) and ATE over time.
 
     With ground truth, the estimate is Sim(3)-aligned onto it first; without it (or when the two
     cannot be associated) the raw estimate is drawn alone and the error panel states that.
+    ``length_unit`` labels the lengths: ``m``, or ``scene units`` for rendered sequences.
     """
     path = Path(path)
+    figure = trajectory_figure(estimate, ground_truth, metrics, max_time_difference_s, length_unit)
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=DPI)
+    plt.close(figure)
+    with atomic_write(path, "wb") as handle:
+        handle.write(buffer.getvalue())
+    return path
+
+
+def trajectory_figure(
+    estimate: Trajectory,
+    ground_truth: Trajectory | None,
+    metrics: TrajectoryMetrics | None,
+    max_time_difference_s: float = DEFAULT_MAX_TIME_DIFFERENCE_S,
+    length_unit: str = METRES,
+) -> Figure:
+    """Draw the figure of :func:`plot_trajectory`; the caller closes it (``plt.close``)."""
     aligned_positions = estimate.positions
     errors: tuple[np.ndarray, np.ndarray] | None = None
     if ground_truth is not None:
@@ -67,8 +89,8 @@ def plot_trajectory(
                  label="ground truth")
     label = "estimate (Sim(3) aligned)" if errors is not None else "estimate"
     top.plot(aligned_positions[:, first], aligned_positions[:, second], "tab:blue", label=label)
-    top.set_xlabel(f"{AXIS_NAMES[first]} [m]")
-    top.set_ylabel(f"{AXIS_NAMES[second]} [m]")
+    top.set_xlabel(f"{AXIS_NAMES[first]} [{length_unit}]")
+    top.set_ylabel(f"{AXIS_NAMES[second]} [{length_unit}]")
     top.set_aspect("equal", adjustable="datalim")
     top.legend(loc="best")
     top.set_title("top view")
@@ -76,25 +98,19 @@ def plot_trajectory(
     if errors is not None:
         over_time.plot(errors[0], errors[1], "tab:red")
         over_time.set_xlabel("time [s]")
-        over_time.set_ylabel("ATE [m]")
+        over_time.set_ylabel(f"ATE [{length_unit}]")
     else:
         over_time.text(0.5, 0.5, "no ground truth to compare", ha="center", va="center")
         over_time.set_axis_off()
-    over_time.set_title(_summary(metrics))
+    over_time.set_title(_summary(metrics, length_unit))
     figure.tight_layout()
-
-    buffer = io.BytesIO()
-    figure.savefig(buffer, format="png", dpi=DPI)
-    plt.close(figure)
-    with atomic_write(path, "wb") as handle:
-        handle.write(buffer.getvalue())
-    return path
+    return figure
 
 
-def _summary(metrics: TrajectoryMetrics | None) -> str:
+def _summary(metrics: TrajectoryMetrics | None, length_unit: str) -> str:
     if metrics is None:
         return "ATE over time"
     return (
-        f"ATE RMSE {metrics.ate_rmse:.3f} m ({metrics.ate_percent:.2f} % of "
-        f"{metrics.path_length:.1f} m), scale {metrics.scale:.3f}"
+        f"ATE RMSE {metrics.ate_rmse:.3f} {length_unit} ({metrics.ate_percent:.2f} % of "
+        f"{metrics.path_length:.1f} {length_unit}), scale {metrics.scale:.3f}"
     )
