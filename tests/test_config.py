@@ -70,6 +70,37 @@ def test_missing_preset_lists_available():
         load_engine_config("nonexistent")
 
 
+def test_missing_preset_lists_only_engine_presets():
+    with pytest.raises(ConfigError) as error:
+        load_engine_config("nope")
+    listed = str(error.value).split("available presets: ")[1].split(", ")
+    assert "small" in listed
+    assert "full" in listed
+    assert [name for name in listed if name.startswith("train_")] == []
+    assert "vo_node" not in listed
+
+
+def test_train_rejects_engine_preset_as_recipe():
+    from vo_node.train.config import load_train_config
+
+    with pytest.raises(ConfigError) as error:
+        load_train_config("config/small.yaml")
+    message = str(error.value)
+    assert "config/small.yaml is an engine preset, not a training recipe" in message
+    assert "config/train_*.yaml" in message
+    assert "engine: small" in message
+    assert "unknown configuration key" not in message
+
+
+def test_train_recipe_with_shared_keys_loads(tmp_path):
+    from vo_node.train.config import load_train_config
+
+    # device and seed exist in both schemas, so a recipe that sets only them is still a recipe.
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text("device: cpu\nseed: 3\n")
+    assert load_train_config(recipe).seed == 3
+
+
 def test_parse_override_reads_yaml_values():
     assert parse_override("ba.iterations=4") == ("ba.iterations", 4)
     assert parse_override("device=cpu") == ("device", "cpu")

@@ -257,6 +257,29 @@ def to_dict(config: Any) -> dict[str, Any]:
     return dataclasses.asdict(config)
 
 
+def is_engine_config(values: Any) -> bool:
+    """Check whether parsed YAML ``values`` is a non-empty mapping of engine configuration keys."""
+    engine_keys = {f.name for f in dataclasses.fields(EngineConfig)}
+    return isinstance(values, Mapping) and bool(values) and set(values) <= engine_keys
+
+
+def engine_preset_names(folder: Path) -> list[str]:
+    """Return the sorted names of the YAML files in ``folder`` that are engine configurations.
+
+    Training recipes (``train_*.yaml``) and node parameter files are left out, and so are files
+    that are not valid YAML.
+    """
+    names = []
+    for path in sorted(folder.glob("*.yaml")):
+        try:
+            values = yaml.safe_load(path.read_text())
+        except (OSError, yaml.YAMLError):
+            continue
+        if is_engine_config(values):
+            names.append(path.stem)
+    return names
+
+
 def find_preset(name: str) -> Path:
     """Return the YAML file of preset ``name`` from the checkout or the installed share folder."""
     candidates = [CONFIG_DIR / f"{name}.yaml"]
@@ -271,7 +294,7 @@ def find_preset(name: str) -> Path:
     for path in candidates:
         if path.is_file():
             return path
-    available = sorted(p.stem for p in CONFIG_DIR.glob("*.yaml")) if CONFIG_DIR.is_dir() else []
+    available = engine_preset_names(CONFIG_DIR) if CONFIG_DIR.is_dir() else []
     raise ConfigError(
         f"configuration preset {name!r} not found (looked in {', '.join(map(str, candidates))}); "
         f"available presets: {', '.join(available) or 'none'}"

@@ -9,7 +9,7 @@ so a trained model carries an ordinary :class:`vo_node.config.EngineConfig`.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -23,6 +23,7 @@ from vo_node.config import (
     check_choice,
     check_positive,
     from_dict,
+    is_engine_config,
     load_engine_config,
     read_config_yaml,
     to_dict,
@@ -324,10 +325,28 @@ def load_train_config(
         values = read_config_yaml(
             Path(path), "training configuration", "pass e.g. config/train_small.yaml"
         )
+        check_not_engine_preset(Path(path), values)
     config = from_dict(TrainConfig, values)
     if overrides:
         config = apply_overrides(config, overrides)
     return config.validate()
+
+
+def check_not_engine_preset(path: Path, values: Any) -> None:
+    """Raise :class:`ConfigError` when the YAML ``values`` of ``path`` are an engine preset.
+
+    An engine preset (``config/small.yaml``) sets keys such as ``name`` or ``network`` that no
+    training recipe has; a recipe names its preset with ``engine``.
+    """
+    recipe_keys = {f.name for f in fields(TrainConfig)}
+    if not is_engine_config(values) or set(values) <= recipe_keys:
+        return
+    raise ConfigError(
+        f"{path} is an engine preset, not a training recipe; pass a recipe "
+        "(config/train_*.yaml, such as config/train_small.yaml for the CPU or "
+        f"config/train_full.yaml for a GPU) and set its 'engine: {path.stem}' to train this "
+        "preset's network"
+    )
 
 
 def resolve_engine_config(config: TrainConfig) -> EngineConfig:
