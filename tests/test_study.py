@@ -248,6 +248,19 @@ def test_read_curve_sums_wall_time(tmp_path):
     assert math.isnan(curve.metric("ate")[0])
 
 
+def test_read_curve_prefers_logged_wall_time(tmp_path):
+    header = "step,split,loss,pose_translation,steps_per_s,ate,wall_s\n"
+    lines = ["2,train,1,,0.5,,3.5\n", "4,train,1,,2.0,,4.25\n", "4,val,1,0.3,,,4.25\n",
+             "6,train,1,,1.0,,6.0\n", "6,val,1,0.2,,1.5,6.0\n"]
+    (tmp_path / "metrics.csv").write_text(header + "".join(lines))
+
+    curve = read_curve(tmp_path)
+
+    # wall_s excludes validation passes, so it is taken as logged, not summed from steps_per_s.
+    assert curve.steps == [4, 6]
+    assert curve.times_s == pytest.approx([4.25, 6.0])
+
+
 def test_plan_runs_uses_equal_budgets(tmp_path):
     runs = plan_runs([0, 3], 40, tmp_path, validation_points=4)
 

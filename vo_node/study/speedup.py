@@ -16,8 +16,9 @@ reported next to it, and so is the sustained crossing: the first validation from
 stays at or below the target to the end. The same is reported for ``ate`` when the runs logged
 ATE on real sequences.
 
-Wall time is summed from the trainer's logged ``steps_per_s`` windows, so it includes the
-validation passes (the same schedule in both variants) and the beta-rule's extra backward passes.
+Wall time is the trainer's ``wall_s`` column: training seconds, including the beta rule's extra
+backward passes and excluding validation passes. For logs written before ``wall_s`` existed it
+is summed from the logged ``steps_per_s`` windows, which then included the validation passes.
 A run whose ``model.pt`` exists is skipped; one with only ``checkpoints/latest.pt`` is resumed.
 """
 
@@ -165,7 +166,11 @@ def _float(text: str) -> float:
 
 
 def read_curve(folder: str | Path) -> Curve:
-    """Read ``metrics.csv`` of a run into its validation curve with cumulative wall time."""
+    """Read ``metrics.csv`` of a run into its validation curve with cumulative wall time.
+
+    The wall time of a validation is its ``wall_s``; without that column it is estimated from
+    the ``steps_per_s`` of the train rows up to its step.
+    """
     path = Path(folder) / "metrics.csv"
     if not path.is_file():
         raise FileNotFoundError(
@@ -187,14 +192,22 @@ def read_curve(folder: str | Path) -> Curve:
             continue
         step = int(row["step"])
         curve.steps.append(step)
-        known = [s for s in elapsed if s <= step]
-        curve.times_s.append(elapsed[max(known)] if known else 0.0)
+        curve.times_s.append(_wall_seconds(row, elapsed, step))
         for name, text in row.items():
             if name not in ("step", "split"):
                 curve.values.setdefault(name, []).append(_float(text))
     if not curve.steps:
         raise ValueError(f"{path} has no validation rows; set validation.every below optim.steps")
     return curve
+
+
+def _wall_seconds(row: dict[str, str], estimated: dict[int, float], step: int) -> float:
+    """Return the row's logged ``wall_s``, else the ``steps_per_s`` estimate at ``step``."""
+    logged = _float(row.get("wall_s", ""))
+    if math.isfinite(logged):
+        return logged
+    known = [s for s in estimated if s <= step]
+    return estimated[max(known)] if known else 0.0
 
 
 def first_reaching(curve: Curve, metric: str, target: float) -> tuple[int, float] | None:
