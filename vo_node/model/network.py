@@ -7,7 +7,6 @@ engine configuration as nested dicts) and ``metadata``, written atomically.
 from __future__ import annotations
 
 import logging
-import pickle
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +29,12 @@ MODELS_DIR = Path(__file__).resolve().parents[2] / "models"
 WEIGHTS_ONLY_MARKER = "WeightsUnpickler error:"
 """Text before the cause in the error of a weights-only ``torch.load`` (torch 2.13)."""
 MAX_LOAD_ERROR_CHARS = 200
+MODEL_FILE_HELP = (
+    "A model file (network weights and engine configuration) is made from a training "
+    "checkpoint with `python -m vo_node.train --export CHECKPOINT --output MODEL.pt`"
+)
+"""Closing sentence of every error about an unreadable model file: what a model file is and how
+to make one."""
 
 
 class ModelFileError(ValueError):
@@ -135,19 +140,27 @@ def load_model(
 
 
 def _read_payload(path: Path) -> dict[str, Any]:
+    if path.stat().st_size == 0:
+        raise ModelFileError(f"model file {path} is empty. {MODEL_FILE_HELP}")
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, OSError) as error:
+    except OSError as error:
+        raise ModelFileError(
+            f"model file {path} could not be read ({error}); check that it is a readable file"
+        ) from None
+    except Exception as error:
+        # torch's weights-only unpickler runs on arbitrary bytes and fails with whatever its
+        # opcode handlers hit: UnpicklingError, EOFError, RuntimeError, but also KeyError
+        # ("hello") or IndexError ("this is not a model file") in torch 2.13. Any failure here
+        # means the file is not a readable model file.
         raise ModelFileError(
             f"{path} is not a vo_node model file or is truncated (torch.load failed: "
-            f"{_summarize_load_error(error)}); pass a file written by "
-            "vo_node.model.network.save_model or `python -m vo_node.train --export`"
+            f"{summarize_load_error(error)}). {MODEL_FILE_HELP}"
         ) from None
     missing = [key for key in MODEL_KEYS if not isinstance(payload, dict) or key not in payload]
     if missing:
         raise ModelFileError(
-            f"{path} is not a vo_node model file: missing {', '.join(missing)}; "
-            "pass a file written by vo_node.model.network.save_model"
+            f"{path} is not a vo_node model file: missing {', '.join(missing)}. {MODEL_FILE_HELP}"
         )
     version = payload["format_version"]
     if not isinstance(version, int) or version > FORMAT_VERSION:
@@ -158,7 +171,7 @@ def _read_payload(path: Path) -> dict[str, Any]:
     return payload
 
 
-def _summarize_load_error(error: Exception) -> str:
+def summarize_load_error(error: Exception) -> str:
     """Return the cause of a ``torch.load`` failure in one short line.
 
     torch's weights-only message spans several paragraphs and suggests ``weights_only=False``,
@@ -167,6 +180,9 @@ def _summarize_load_error(error: Exception) -> str:
     text = str(error)
     if WEIGHTS_ONLY_MARKER in text:
         text = text.split(WEIGHTS_ONLY_MARKER, 1)[1]
+    elif isinstance(error, LookupError) or not text.strip():
+        # A bare KeyError or IndexError message ("101") means nothing without its type.
+        text = f"{type(error).__name__}: {text}" if text.strip() else type(error).__name__
     lines = [line.strip() for line in text.splitlines() if line.strip()]
     summary = lines[0].split(". ")[0] if lines else type(error).__name__
     return summary[:MAX_LOAD_ERROR_CHARS]

@@ -28,6 +28,7 @@ import numpy as np
 import torch
 
 from vo_node.io.atomic import atomic_write
+from vo_node.model.network import summarize_load_error
 
 logger = logging.getLogger(__name__)
 
@@ -59,8 +60,13 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         )
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
-    except (RuntimeError, EOFError, ValueError) as error:
-        raise ValueError(f"checkpoint {path} could not be read ({error}); it may be truncated") from None
+    except Exception as error:
+        # The weights-only unpickler fails on foreign bytes with any error type (a text file
+        # gives KeyError or IndexError), so every failure means an unreadable checkpoint.
+        raise ValueError(
+            f"checkpoint {path} could not be read ({summarize_load_error(error)}); it is not a "
+            "training checkpoint or it is truncated"
+        ) from None
     if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
         raise ValueError(
             f"{path} is not a vo_node training checkpoint of format {CHECKPOINT_FORMAT}; "
