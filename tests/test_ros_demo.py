@@ -1,8 +1,9 @@
 """The demo through the ROS 2 node, bags written from sequences, and ground truth of a body frame.
 
 The demo runs as a subprocess on a tiny rendered sequence (20 frames of 96x64) with a randomly
-initialised network of tiny sizes (seed 0). So it checks the plumbing, not accuracy: every frame
-reaches the node and is tracked, and the summary and output files are complete.
+initialised network of tiny sizes (seed 0) and the engine configuration of ``quick_init_config``.
+So it checks the plumbing, not accuracy: every frame reaches the node, the engine initialises on
+the third frame and every later frame is tracked, and the summary and output files are complete.
 """
 
 from __future__ import annotations
@@ -18,7 +19,15 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-from test_ros_support import DATA, NETWORK_ISOLATED, NOT_ISOLATED_REASON, REPO, write_image_bag
+from test_ros_support import (
+    DATA,
+    NETWORK_ISOLATED,
+    NOT_ISOLATED_REASON,
+    QUICK_INIT_FRAMES,
+    REPO,
+    write_engine_config,
+    write_image_bag,
+)
 
 from vo_node.demo_data import CAMERA_FILE, TIMES_FILE, render_demo_sequence
 from vo_node.io.readers.poses import matrices_to_poses, poses_to_matrices
@@ -251,16 +260,20 @@ def test_euroc_bag_groundtruth_matches_euroc_reader():
 def test_demo_through_node(tiny_model, tiny_sequence, tmp_path):
     output = tmp_path / "out"
     command = [sys.executable, "-m", "vo_node.demo", str(tiny_sequence), "--model",
-               str(tiny_model), "--output", str(output), "--device", "cpu"]
+               str(tiny_model), "--output", str(output), "--device", "cpu",
+               "--config", str(write_engine_config(tmp_path))]
     completed = subprocess.run(command, cwd=REPO, capture_output=True, text=True,
                                timeout=COMMAND_TIMEOUT_S, env=dict(os.environ))
 
     assert completed.returncode == 0, completed.stderr[-3000:]
     lines = completed.stdout.splitlines()
     assert f"frames in bag: {DEMO_FRAMES}" in lines, completed.stdout
+    # The frames before the engine initialised give no odometry.
+    tracked = DEMO_FRAMES - (QUICK_INIT_FRAMES - 1)
     assert f"frames received: {DEMO_FRAMES}" in lines
-    assert f"frames processed: {DEMO_FRAMES}" in lines
+    assert f"frames processed: {tracked}" in lines
     assert "frames dropped: 0" in lines
+    assert "frames lost: 0" in lines
     assert any(line.startswith("latency median/p95: ") for line in lines)
     ate_lines = [line for line in lines if line.startswith("ATE")]
     assert len(ate_lines) == 1
@@ -272,7 +285,7 @@ def test_demo_through_node(tiny_model, tiny_sequence, tmp_path):
     assert (bag / "metadata.yaml").is_file()
     trajectory = read_tum(output / "trajectory.tum")
     np.testing.assert_array_equal(trajectory.timestamps_ns,
-                                  open_sequence(tiny_sequence).timestamps_ns)
+                                  open_sequence(tiny_sequence).timestamps_ns[-tracked:])
     report = json.loads((output / "metrics.json").read_text())
     assert report["frames_received"] == DEMO_FRAMES
     assert report["groundtruth_topic"] == "/groundtruth/pose"

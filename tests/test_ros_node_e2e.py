@@ -3,8 +3,10 @@
 The bag (written to a temporary folder, never committed) contains the first frames of EuRoC MH_05
 cam0 at half resolution with their camera_info and ground truth. The node runs in-process through
 ``evaluate_bag`` in lockstep. The shipped model is used when present, and a freshly initialised
-``small`` model otherwise. So the test checks the node's plumbing (one odometry message per
-tracked frame, stamps, frame ids, path bound, TF switch, trajectory file), not its accuracy.
+``small`` model otherwise, with the engine configuration of ``quick_init_config`` (it initialises
+on the third frame). So the test checks the node's plumbing (nothing published while the engine
+initialises, then one odometry message per tracked frame, stamps, frame ids, path bound, TF
+switch, trajectory file), not its accuracy.
 """
 
 from __future__ import annotations
@@ -16,7 +18,15 @@ import sys
 import cv2
 import numpy as np
 import pytest
-from test_ros_support import DATA, NETWORK_ISOLATED, NOT_ISOLATED_REASON, REPO, write_image_bag
+from test_ros_support import (
+    DATA,
+    NETWORK_ISOLATED,
+    NOT_ISOLATED_REASON,
+    QUICK_INIT_FRAMES,
+    REPO,
+    write_engine_config,
+    write_image_bag,
+)
 
 pytestmark = [
     pytest.mark.slow,
@@ -32,6 +42,13 @@ EUROC_INTRINSICS = (458.654, 457.296, 367.215, 248.375)
 EUROC_DISTORTION = (-0.28340811, 0.07395907, 0.00019359, 1.76187114e-05, 0.0)
 PATH_MAX_LENGTH = 4
 TF_OFF_AFTER_IMAGE = 4
+JUMP_FACTOR = 10.0
+"""A step between consecutive published positions above this multiple of the median step counts
+as a jump, such as the step from the engine's placeholder poses to its first initialised pose
+(about 36 times the median on EuRoC MH_05)."""
+PUBLISHED_IMAGES = 2
+"""Images the SIGTERM test sends after the engine's initialisation."""
+DIAGNOSTICS_INITIALISING = "frames used for initialisation"
 
 
 def engine_or_skip():
@@ -93,7 +110,12 @@ def _groundtruth(stamps: list[int]) -> dict[int, list[float]]:
     return poses
 
 
-def test_node_on_euroc_bag(euroc_bag, model_path, tmp_path):
+@pytest.fixture(scope="module")
+def engine_config(tmp_path_factory):
+    return write_engine_config(tmp_path_factory.mktemp("config"))
+
+
+def test_node_on_euroc_bag(euroc_bag, model_path, engine_config, tmp_path):
     from vo_node.io.trajectory import read_tum
     from vo_node.ros.replay import evaluate_bag
 
@@ -101,6 +123,7 @@ def test_node_on_euroc_bag(euroc_bag, model_path, tmp_path):
     trajectory_file = tmp_path / "vo.tum"
     arguments = [
         "-p", f"model.weights:={model_path}",
+        "-p", f"model.config:={engine_config}",
         "-p", "model.device:=cpu",
         "-p", "odom_frame:=vo_odom",
         "-p", "base_frame:=vo_base",
@@ -121,13 +144,17 @@ def test_node_on_euroc_bag(euroc_bag, model_path, tmp_path):
     assert report.frames_in_bag == FRAME_COUNT
     assert report.frames_received == FRAME_COUNT
     assert report.frames_dropped == 0
-    assert report.frames_processed + report.frames_skipped + report.frames_lost == FRAME_COUNT
+    assert (report.frames_processed + report.frames_initialising + report.frames_skipped
+            + report.frames_lost) == FRAME_COUNT
     assert report.frames_skipped == 0
+    assert report.frames_initialising >= QUICK_INIT_FRAMES - 1
     assert report.frames_processed >= 1
 
-    # One odometry message per processed frame, stamped with its image's stamp.
+    # Nothing while the engine initialises, then one odometry message per processed frame,
+    # stamped with its image's stamp.
     assert report.image_stamps_ns == stamps
     assert report.odometry_messages == report.frames_processed
+    assert report.odometry_stamps_ns[0] == stamps[QUICK_INIT_FRAMES - 1]
     assert report.odometry_stamps_ns == sorted(set(report.odometry_stamps_ns))
     assert set(report.odometry_stamps_ns) <= set(stamps)
     assert report.frame_ids == ("vo_odom", "vo_base")
@@ -142,16 +169,32 @@ def test_node_on_euroc_bag(euroc_bag, model_path, tmp_path):
     expected_tf = [s for s in report.odometry_stamps_ns if s <= switch_stamp]
     assert report.tf_stamps_ns == expected_tf
 
-    # The first pose is the odom origin; the trajectory file contains the published poses.
+    # The first pose is the odom origin and the odometry does not jump; the trajectory file
+    # contains the published poses.
     poses = report.trajectory.poses
     np.testing.assert_allclose(poses[0], [0, 0, 0, 0, 0, 0, 1], atol=1e-9)
+    steps = np.linalg.norm(np.diff(poses[:, :3], axis=0), axis=1)
+    if len(steps) >= 3:
+        assert steps.max() <= JUMP_FACTOR * np.median(steps), steps
     written = read_tum(trajectory_file)
     np.testing.assert_array_equal(written.timestamps_ns, report.trajectory.timestamps_ns)
     np.testing.assert_allclose(written.poses[:, :3], poses[:, :3], atol=1e-6)
     assert report.ate is not None or report.ate_error
 
 
-def test_node_process_writes_trajectory_on_sigterm(euroc_bag, model_path, tmp_path):
+def diagnostic_count(messages: list, key: str) -> int:
+    """Return the newest value of ``key`` in the received DiagnosticArray messages (0 if none)."""
+    for message in reversed(messages):
+        for status in message.status:
+            for value in status.values:
+                if value.key == key:
+                    return int(value.value)
+    return 0
+
+
+def test_node_process_writes_trajectory_on_sigterm(euroc_bag, model_path, engine_config,
+                                                     tmp_path):
+    from diagnostic_msgs.msg import DiagnosticArray
     from nav_msgs.msg import Odometry
     from rclpy.executors import SingleThreadedExecutor
     from rclpy.node import Node
@@ -165,18 +208,20 @@ def test_node_process_writes_trajectory_on_sigterm(euroc_bag, model_path, tmp_pa
     trajectory_file = tmp_path / "sigterm.tum"
     command = [
         sys.executable, "-m", "vo_node.ros.node", "--ros-args",
-        "-p", f"model.weights:={model_path}", "-p", "model.device:=cpu",
+        "-p", f"model.weights:={model_path}", "-p", f"model.config:={engine_config}",
+        "-p", "model.device:=cpu",
         "-p", "image_qos:=reliable", "-p", f"trajectory_file:={trajectory_file}",
         "-r", "image:=/cam0/image_raw", "-r", "camera_info:=/cam0/camera_info",
     ]
     process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE,
                                stderr=subprocess.STDOUT, text=True)
-    odometry = []
+    odometry, diagnostics = [], []
     try:
         with ros_context() as context:
             player_node = Node("vo_replay", context=context)
             listener = Node("listener", context=context)
             listener.create_subscription(Odometry, "/odom", odometry.append, 100)
+            listener.create_subscription(DiagnosticArray, "/diagnostics", diagnostics.append, 10)
             # Debug outputs are only produced while subscribed.
             clouds, debug_images = [], []
             listener.create_subscription(PointCloud2, "/debug/points", clouds.append, 10)
@@ -187,15 +232,23 @@ def test_node_process_writes_trajectory_on_sigterm(euroc_bag, model_path, tmp_pa
             topics = ["/cam0/camera_info", "/cam0/image_raw"]
             assert spin_until(executor, lambda: all(
                 player.publishers[t].get_subscription_count() > 0 for t in topics), 60.0)
-            # Camera info first, then two images, each after the previous odometry arrived.
+            # Camera info first, then the images, each after the node finished the previous
+            # one: the diagnostics count the initialisation frames, then odometry arrives.
             messages = list(read_bag(bag))
             info = next(m for m in messages if m.topic == "/cam0/camera_info")
-            images = [m for m in messages if m.topic == "/cam0/image_raw"][:2]
+            initialising = QUICK_INIT_FRAMES - 1
+            images = [m for m in messages if m.topic == "/cam0/image_raw"]
+            images = images[:initialising + PUBLISHED_IMAGES]
+
+            def frames_finished() -> int:
+                return diagnostic_count(diagnostics, DIAGNOSTICS_INITIALISING) + len(odometry)
+
             player.publishers[info.topic].publish(info.data)
             spin_until(executor, lambda: False, 0.5)
-            for count, image in enumerate(images, start=1):
+            for index, image in enumerate(images):
                 player.publishers[image.topic].publish(image.data)
-                assert spin_until(executor, lambda: len(odometry) >= count, 300.0), count
+                assert spin_until(executor, lambda: frames_finished() > index, 300.0), index
+            assert diagnostic_count(diagnostics, DIAGNOSTICS_INITIALISING) == initialising
             spin_until(executor, lambda: clouds and debug_images, 5.0)
             executor.shutdown()
         process.send_signal(signal.SIGTERM)
@@ -207,7 +260,7 @@ def test_node_process_writes_trajectory_on_sigterm(euroc_bag, model_path, tmp_pa
     assert "rosout" not in output
     assert "Traceback" not in output
     written = read_tum(trajectory_file)
-    assert list(written.timestamps_ns) == stamps[:2]
+    assert list(written.timestamps_ns) == stamps[QUICK_INIT_FRAMES - 1:][:PUBLISHED_IMAGES]
     assert clouds, "no debug/points message while subscribed"
     assert [field.name for field in clouds[0].fields] == ["x", "y", "z"]
     assert clouds[0].header.frame_id == "odom"

@@ -15,10 +15,10 @@ from rclpy.node import Node
 from rclpy.parameter import Parameter
 from test_ros_support import (
     NETWORK_ISOLATED,
-    NO_MODEL,
     NOT_A_MODEL,
     NOT_ISOLATED_REASON,
     REPO,
+    model_parameter,
     ros_context,
     spin_until,
 )
@@ -67,8 +67,8 @@ def make_node(context):
         ("model.config:=no_such_preset", "engine YAML path with -p model.config:=NAME"),
     ],
 )
-def test_invalid_start_up_value_rejected(argument, message):
-    with ros_context(["-p", NO_MODEL, "-p", argument]) as context:
+def test_invalid_start_up_value_rejected(tiny_model, argument, message):
+    with ros_context(["-p", model_parameter(tiny_model), "-p", argument]) as context:
         with pytest.raises(ParameterError) as error:
             make_node(context)
     assert message in str(error.value)
@@ -84,8 +84,8 @@ def test_command_line_rejects_and_exits_2():
     assert "image_qos must be one of sensor_data, reliable, system_default; got 'fast'" in output
 
 
-def test_runtime_updates_checked_and_applied():
-    with ros_context(["-p", NO_MODEL]) as context:
+def test_runtime_updates_checked_and_applied(tiny_model):
+    with ros_context(["-p", model_parameter(tiny_model)]) as context:
         node = make_node(context)
         try:
             rejected = node.set_parameters([Parameter("path_max_length", value=-1)])[0]
@@ -108,10 +108,10 @@ def test_runtime_updates_checked_and_applied():
     assert params.pose_covariance_diagonal == [0.5] * 6
 
 
-def test_parameter_service_rejects_with_reason():
+def test_parameter_service_rejects_with_reason(tiny_model):
     from rclpy.parameter_client import AsyncParameterClient
 
-    with ros_context(["-p", NO_MODEL]) as context:
+    with ros_context(["-p", model_parameter(tiny_model)]) as context:
         node = make_node(context)
         client_node = Node("parameter_client", context=context)
         executor = SingleThreadedExecutor(context=context)
@@ -129,13 +129,13 @@ def test_parameter_service_rejects_with_reason():
     assert "path_max_length must be at least 0; got -2" in results[0].reason
 
 
-def test_namespace_remaps_and_params_file(tmp_path):
+def test_namespace_remaps_and_params_file(tmp_path, tiny_model):
     override = tmp_path / "robot.yaml"
     override.write_text(yaml.safe_dump({"/**": {"ros__parameters": {"odom_frame": "robot1_odom"}}}))
     arguments = [
         "--params-file", str(REPO / "config" / "vo_node.yaml"),
         "--params-file", str(override),
-        "-p", NO_MODEL,
+        "-p", model_parameter(tiny_model),
         "-r", "__ns:=/robot1",
         "-r", "image:=/cam0/image_raw",
         "-r", "odom:=/vo/odom",
@@ -171,11 +171,12 @@ def test_namespace_remaps_and_params_file(tmp_path):
     assert path_max_length == 1000
 
 
-def test_compressed_transport_subscribes_to_compressed_topic():
+def test_compressed_transport_subscribes_to_compressed_topic(tiny_model):
     # A node name of its own, so a vo_node left over from another test in the same ROS domain
     # cannot be the one the graph query returns.
     name = "vo_node_compressed_test"
-    arguments = ["-r", f"__node:={name}", "-p", NO_MODEL, "-p", "image_transport:=compressed"]
+    arguments = ["-r", f"__node:={name}", "-p", model_parameter(tiny_model),
+                 "-p", "image_transport:=compressed"]
     with ros_context(arguments) as context:
         node = make_node(context)
         subscriptions = wait_for_graph(
@@ -246,8 +247,9 @@ def test_launch_file_matches_node():
     assert remapped == {"image", "camera_info"}
 
 
-def test_camera_to_base_error_names_parameter_once():
-    with ros_context(["-p", NO_MODEL, "-p", "camera_to_base:=[0.0, 0.0, 1.0]"]) as context:
+def test_camera_to_base_error_names_parameter_once(tiny_model):
+    arguments = ["-p", model_parameter(tiny_model), "-p", "camera_to_base:=[0.0, 0.0, 1.0]"]
+    with ros_context(arguments) as context:
         with pytest.raises(ParameterError) as error:
             make_node(context)
     message = str(error.value)
@@ -255,10 +257,11 @@ def test_camera_to_base_error_names_parameter_once():
     assert "camera_to_base camera_to_base" not in message
 
 
-def test_misspelt_parameter_is_reported():
+def test_misspelt_parameter_is_reported(tiny_model):
     from vo_node.ros.parameters import unknown_parameter_overrides
 
-    arguments = ["-p", NO_MODEL, "-p", "path_max_lenght:=5", "-p", "use_sim_time:=true"]
+    arguments = ["-p", model_parameter(tiny_model), "-p", "path_max_lenght:=5",
+                 "-p", "use_sim_time:=true"]
     with ros_context(arguments) as context:
         node = make_node(context)
         try:
@@ -281,17 +284,17 @@ def test_missing_model_rejected_at_start_up():
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error without a CUDA device")
-def test_cuda_device_rejected_without_gpu():
-    with ros_context(["-p", NO_MODEL, "-p", "model.device:=cuda"]) as context:
+def test_cuda_device_rejected_without_gpu(tiny_model):
+    with ros_context(["-p", model_parameter(tiny_model), "-p", "model.device:=cuda"]) as context:
         with pytest.raises(ParameterError) as error:
             make_node(context)
     assert "model.device is 'cuda' but no CUDA device is visible" in str(error.value)
     assert "-p model.device:=cpu" in str(error.value)
 
 
-def test_bad_model_config_exits_2_before_loading():
+def test_bad_model_config_exits_2_before_loading(tiny_model):
     command = [sys.executable, "-m", "vo_node.node", "--ros-args",
-               "-p", f"model.weights:={NOT_A_MODEL}", "-p", "model.config:=no_such_preset"]
+               "-p", model_parameter(tiny_model), "-p", "model.config:=no_such_preset"]
     completed = subprocess.run(command, capture_output=True, text=True, timeout=60, cwd=REPO)
     output = completed.stdout + completed.stderr
     assert completed.returncode == 2, output
@@ -324,3 +327,73 @@ def test_missing_default_model_error_names_parameter(tmp_path, monkeypatch):
     assert f"default model vo_small.pt not found (looked in {tmp_path / 'vo_small.pt'}" in message
     assert "-p model.weights:=PATH" in message
     assert message.count("train one") == 1
+
+
+@pytest.mark.parametrize("content", ["hello", "this is not a model file", None])
+def test_unreadable_model_rejected_at_start_up(tmp_path, content):
+    path = NOT_A_MODEL
+    if content is not None:
+        path = tmp_path / "model.pt"
+        path.write_text(content)
+    with ros_context(["-p", model_parameter(path)]) as context:
+        with pytest.raises(ParameterError) as error:
+            make_node(context)
+    message = str(error.value)
+    assert f"model.weights: {path} is not a vo_node model file" in message
+    assert "python -m vo_node.train --export" in message
+    assert "-p model.weights:=PATH" in message
+
+
+def test_unreadable_model_exits_2_before_subscribing(tmp_path):
+    path = tmp_path / "notes.pt"
+    path.write_text("this is not a model file")
+    command = [sys.executable, "-m", "vo_node.node", "--ros-args", "-p", model_parameter(path)]
+    completed = subprocess.run(command, capture_output=True, text=True, timeout=60, cwd=REPO)
+    output = completed.stdout + completed.stderr
+    assert completed.returncode == 2, output
+    assert f"{path} is not a vo_node model file" in output
+    assert "tracking images from" not in output
+    assert "Traceback" not in output
+
+
+@pytest.mark.parametrize("kind", ["parent_is_file", "folder", "ancestor_is_file"])
+def test_unwritable_trajectory_file_rejected(tiny_model, tmp_path, kind):
+    blocker = tmp_path / "outfile"
+    blocker.write_text("a regular file")
+    path, reason = {
+        "parent_is_file": (blocker / "x.tum", f"{blocker} is not a folder"),
+        "ancestor_is_file": (blocker / "deeper" / "x.tum", f"{blocker} is not a folder"),
+        "folder": (tmp_path, "is a folder; give a file path such as"),
+    }[kind]
+    arguments = ["-p", model_parameter(tiny_model), "-p", f"trajectory_file:={path}"]
+    with ros_context(arguments) as context:
+        with pytest.raises(ParameterError) as error:
+            make_node(context)
+    message = str(error.value)
+    assert f"trajectory_file {str(path)!r}" in message
+    assert reason in message
+
+
+def test_trajectory_file_in_new_folder_accepted(tiny_model, tmp_path):
+    path = tmp_path / "runs" / "today" / "vo.tum"
+    arguments = ["-p", model_parameter(tiny_model), "-p", f"trajectory_file:={path}"]
+    with ros_context(arguments) as context:
+        node = make_node(context)
+        node.shutdown()
+        node.destroy_node()
+    assert node.params.trajectory_file == str(path)
+    # Nothing was published, so nothing is written and no folder is created at start-up.
+    assert not (tmp_path / "runs").exists()
+
+
+def test_unwritable_trajectory_file_exits_2(tiny_model, tmp_path):
+    (tmp_path / "outfile").write_text("a regular file")
+    path = tmp_path / "outfile" / "x.tum"
+    command = [sys.executable, "-m", "vo_node.node", "--ros-args", "-p", model_parameter(tiny_model),
+               "-p", f"trajectory_file:={path}"]
+    completed = subprocess.run(command, capture_output=True, text=True, timeout=60, cwd=REPO)
+    output = completed.stdout + completed.stderr
+    assert completed.returncode == 2, output
+    assert f"trajectory_file {str(path)!r} cannot be written" in output
+    assert "choose a file path in a writable folder" in output
+    assert "Traceback" not in output

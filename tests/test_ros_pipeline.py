@@ -1,8 +1,11 @@
-"""The node's frame pipeline with the real engine: bad stamps, sizes, intrinsics, engine errors.
+"""The node's frame pipeline with the real engine: initialisation, bad stamps, sizes,
+intrinsics, engine errors, resets and tracking loss.
 
 No DDS traffic: the pipeline is the part of the node between the frame slot and the publishers.
-The engine runs a freshly initialised ``small`` network on small synthetic frames, so these tests
-check the handling of each input problem, not tracking accuracy.
+The engine runs a freshly initialised ``small`` network on small synthetic frames, with the
+motion probe off and ``init_frames`` = 2 so that it initialises on the second frame. So these
+tests check the handling of each input problem and the continuity of the odometry, not tracking
+accuracy.
 """
 
 from __future__ import annotations
@@ -12,6 +15,9 @@ import pytest
 
 from vo_node.io.camera import PinholeCamera
 from vo_node.ros.pipeline import (
+    CAMERA_INFO_GRACE_S,
+    STATE_INITIALISING,
+    DropReporter,
     FrameSlot,
     InputFrame,
     Outcome,
@@ -24,6 +30,8 @@ from vo_node.ros.tf import DEFAULT_CAMERA_TO_BASE, OdometryFrame, pose_to_matrix
 HEIGHT, WIDTH = 64, 96
 INTRINSICS = [80.0, 80.0, 47.5, 31.5]
 STEP_NS = 50_000_000
+INIT_FRAMES = 2
+"""The test engine initialises on its second frame after a start or reset."""
 
 
 @pytest.fixture(scope="module")
@@ -35,9 +43,12 @@ def engine():
         pytest.skip(f"the engine is not importable yet: {error}")
     import torch
 
-    from vo_node.config import load_engine_config
+    from vo_node.config import apply_overrides, load_engine_config
 
-    config = load_engine_config("small")
+    # A random network sees almost no flow, so the motion probe would never let it initialise.
+    config = apply_overrides(load_engine_config("small"), {
+        "frontend.motion_probe_threshold": 0.0, "frontend.init_frames": INIT_FRAMES,
+    })
     torch.manual_seed(0)
     return VisualOdometry(config, VONetwork(config.network).eval(), "cpu")
 
@@ -54,81 +65,201 @@ def camera(width: int = WIDTH, height: int = HEIGHT) -> PinholeCamera:
 
 
 class Harness:
-    """A pipeline plus the log lines it produced."""
+    """A pipeline plus the log lines it produced (warnings in ``messages``, info in ``infos``)."""
 
     def __init__(self, engine, fallback=None) -> None:
         engine.reset()
         self.messages: list[str] = []
-        self.problems = ProblemReporter(self.messages.append)
+        self.infos: list[str] = []
+        self.problems = ProblemReporter(self.messages.append, info=self.infos.append)
         frame = OdometryFrame(pose_to_matrix(DEFAULT_CAMERA_TO_BASE))
         self.pipeline = TrackingPipeline(engine, frame, fallback, self.problems, "/cam/image",
                                          "/cam/camera_info")
         self.stamp = 1_000_000_000
 
-    def track(self, image, stamp=None, camera_model="default"):
+    def track(self, image, stamp=None, camera_model="default", received_s=0.0):
         stamp = self.stamp if stamp is None else stamp
         self.stamp = stamp + STEP_NS
         model = camera(image.shape[1], image.shape[0]) if camera_model == "default" else camera_model
-        return self.pipeline.process(InputFrame(image, stamp, "cam", model, 0.0))
+        return self.pipeline.process(InputFrame(image, stamp, "cam", model, received_s))
+
+    def initialise(self, shift: int, height: int = HEIGHT, width: int = WIDTH):
+        """Track frames until the engine initialises; return the first published estimate.
+
+        Checks that every frame before it was used for initialisation and published nothing.
+        """
+        for index in range(INIT_FRAMES - 1):
+            outcome, estimate = self.track(textured_frame(shift + index, height, width))
+            assert outcome == Outcome.INITIALISING
+            assert estimate is None
+            assert self.pipeline.state == STATE_INITIALISING
+        outcome, estimate = self.track(textured_frame(shift + INIT_FRAMES, height, width))
+        assert outcome == Outcome.PUBLISHED
+        assert self.pipeline.state == "tracking"
+        return estimate
+
+
+def assert_same_pose(actual, expected) -> None:
+    np.testing.assert_allclose(actual.odom_from_base, expected.odom_from_base, atol=1e-9)
+
+
+def test_first_odometry_after_initialisation(engine):
+    # The engine's poses before it initialises are the identity and its first initialised pose
+    # lies away from it; the odometry starts at the origin on that first initialised frame.
+    harness = Harness(engine)
+    outcome, estimate = harness.track(textured_frame(0), stamp=10 * STEP_NS)
+    assert outcome == Outcome.INITIALISING
+    assert estimate is None
+    assert harness.pipeline.state == STATE_INITIALISING
+    outcome, first = harness.track(textured_frame(3), stamp=11 * STEP_NS)
+    assert outcome == Outcome.PUBLISHED
+    np.testing.assert_allclose(first.odom_from_base, np.eye(4), atol=1e-9)
+    np.testing.assert_allclose(first.twist, 0.0)
+    assert first.stamp_ns == 11 * STEP_NS
+    outcome, second = harness.track(textured_frame(6), stamp=12 * STEP_NS)
+    assert outcome == Outcome.PUBLISHED
+    assert second.stamp_ns == 12 * STEP_NS
+    assert harness.problems.counts == {}
 
 
 def test_pipeline_handles_input_problems(engine):
     # One sequence through every stamp and size problem keeps the number of (slow) engine calls
-    # low: two good frames, a duplicate stamp, a stamp jump back, a size change, an engine error
-    # and a recovery.
+    # low. After each reset the engine initialises again, and the first pose it then publishes
+    # is the last one published before the reset, with zero twist.
     harness = Harness(engine)
     counts = harness.problems.counts
-
-    outcome, first = harness.track(textured_frame(0), stamp=10 * STEP_NS)
+    harness.stamp = 10 * STEP_NS
+    harness.initialise(0)
+    outcome, second = harness.track(textured_frame(5), stamp=20 * STEP_NS)
     assert outcome == Outcome.PUBLISHED
-    np.testing.assert_allclose(first.odom_from_base, np.eye(4), atol=1e-9)
-    assert first.stamp_ns == 10 * STEP_NS
-    outcome, second = harness.track(textured_frame(3), stamp=11 * STEP_NS)
-    assert outcome == Outcome.PUBLISHED
-    assert second.stamp_ns == 11 * STEP_NS
     assert counts == {}
 
-    outcome, estimate = harness.track(textured_frame(4), stamp=11 * STEP_NS)
+    outcome, estimate = harness.track(textured_frame(6), stamp=20 * STEP_NS)
     assert outcome == Outcome.SKIPPED
     assert estimate is None
     assert counts == {"duplicate_stamp": 1}
-    assert "repeats stamp 550000000 ns" in harness.messages[-1]
+    assert "repeats stamp 1000000000 ns" in harness.messages[-1]
     assert "/cam/image" in harness.messages[-1]
 
     # A stamp jump back resets the tracker; the new segment starts at the last published pose.
-    outcome, restarted = harness.track(textured_frame(6), stamp=2 * STEP_NS)
-    assert outcome == Outcome.PUBLISHED
+    harness.stamp = 2 * STEP_NS
+    restarted = harness.initialise(8)
     assert counts["stamp_backwards"] == 1
-    np.testing.assert_allclose(restarted.odom_from_base, second.odom_from_base, atol=1e-9)
+    assert_same_pose(restarted, second)
     np.testing.assert_allclose(restarted.twist, 0.0)
 
-    outcome, resized = harness.track(textured_frame(8, height=48, width=80))
+    outcome, before_resize = harness.track(textured_frame(11))
     assert outcome == Outcome.PUBLISHED
+    resized = harness.initialise(12, height=48, width=80)
     assert counts["image_size_change"] == 1
-    assert "from 96x64 to 80x48" in harness.messages[-1]
-    np.testing.assert_allclose(resized.odom_from_base, restarted.odom_from_base, atol=1e-9)
+    assert "from 96x64 to 80x48" in " ".join(harness.messages)
+    assert_same_pose(resized, before_resize)
 
     outcome, _ = harness.track(np.zeros((48, 80, 2), dtype=np.uint8))
     assert outcome == Outcome.FAILED
     assert counts["engine_error"] == 1
     assert "ValueError" in harness.messages[-1]
-    outcome, recovered = harness.track(textured_frame(10, height=48, width=80))
+    recovered = harness.initialise(16, height=48, width=80)
+    assert_same_pose(recovered, resized)
+
+
+def test_reset_continues_from_last_pose(engine):
+    # What ~/reset does: the engine initialises again and odom continues without a jump.
+    harness = Harness(engine)
+    harness.initialise(0)
+    outcome, before = harness.track(textured_frame(5))
     assert outcome == Outcome.PUBLISHED
-    np.testing.assert_allclose(recovered.odom_from_base, resized.odom_from_base, atol=1e-9)
+    harness.pipeline.reset()
+    assert harness.pipeline.state == STATE_INITIALISING
+    after = harness.initialise(7)
+    assert_same_pose(after, before)
+    np.testing.assert_allclose(after.twist, 0.0)
+    outcome, following = harness.track(textured_frame(11))
+    assert outcome == Outcome.PUBLISHED
+    assert following.stamp_ns > after.stamp_ns
+
+
+class ScriptedEngine:
+    """Engine stand-in that replays ``(state, position)`` results in the engine's contract.
+
+    A tracking loss of the real engine cannot be caused on demand, so this replays the results
+    it gives around one: ``lost`` on the failing frame and on every frame until it has
+    initialised again, then ``tracking`` with poses of a new segment (a new origin and scale).
+    """
+
+    def __init__(self, script) -> None:
+        self.script = list(script)
+        self.resets = 0
+
+    def reset(self) -> None:
+        self.resets += 1
+
+    def track(self, image, stamp_ns, intrinsics):
+        from vo_node.odometry.frontend import TrackResult
+
+        state, position = self.script.pop(0)
+        pose = np.array([*position, 0.0, 0.0, 0.0, 1.0])
+        return TrackResult(timestamp_ns=stamp_ns, pose=pose, is_keyframe=True, state=state,
+                           num_edges=0)
+
+
+def test_tracking_loss_continues_from_last_pose():
+    script = [
+        ("initializing", (0.0, 0.0, 0.0)),
+        ("tracking", (0.0, 0.0, 1.0)),
+        ("tracking", (0.0, 0.0, 2.0)),
+        ("lost", (0.0, 0.0, 2.0)),
+        ("lost", (0.0, 0.0, 2.0)),
+        ("lost", (0.0, 0.0, 2.0)),
+        # The re-initialised segment: another origin and a scale of 10 units per step.
+        ("tracking", (5.0, 5.0, 50.0)),
+        ("tracking", (5.0, 5.0, 60.0)),
+    ]
+    engine = ScriptedEngine(script)
+    harness = Harness(engine)
+    results = [harness.track(textured_frame(0)) for _ in script]
+    outcomes = [outcome for outcome, _ in results]
+    assert outcomes == [
+        Outcome.INITIALISING, Outcome.PUBLISHED, Outcome.PUBLISHED, Outcome.LOST,
+        Outcome.INITIALISING, Outcome.INITIALISING, Outcome.PUBLISHED, Outcome.PUBLISHED,
+    ]
+    assert harness.problems.counts == {"tracking_lost": 1}
+    published = [estimate for _, estimate in results if estimate is not None]
+    # Optical z forward is body x forward: one unit per step along x, then no jump at the
+    # re-initialisation, then the new segment's steps of 10 units.
+    x = [estimate.odom_from_base[0, 3] for estimate in published]
+    np.testing.assert_allclose(x, [0.0, 1.0, 1.0, 11.0], atol=1e-9)
+    np.testing.assert_allclose(published[2].twist, 0.0)
+    # The engine re-initialises by itself; the pipeline does not reset it (one reset: Harness).
+    assert engine.resets == 1
 
 
 def test_missing_intrinsics_skipped(engine):
+    # The first image of a replay often arrives just before its camera_info: that is an info
+    # line. Later images without any camera_info get the warning with the remap hint.
     harness = Harness(engine)
-    outcome, _ = harness.track(textured_frame(0), camera_model=None)
+    outcome, _ = harness.track(textured_frame(0), camera_model=None, received_s=100.0)
     assert outcome == Outcome.SKIPPED
     assert harness.problems.counts == {"no_intrinsics": 1}
-    assert "/cam/camera_info" in harness.messages[0]
+    assert harness.messages == []
+    assert len(harness.infos) == 1
+    assert "/cam/camera_info" in harness.infos[0]
+
+    late = 100.0 + CAMERA_INFO_GRACE_S + 0.1
+    outcome, _ = harness.track(textured_frame(1), camera_model=None, received_s=late)
+    assert outcome == Outcome.SKIPPED
+    assert harness.problems.counts == {"no_intrinsics": 2}
+    assert len(harness.messages) == 1
+    warning = harness.messages[0]
+    assert "no valid camera_info received on /cam/camera_info" in warning
+    assert "-r camera_info:=<topic>" in warning
+    assert "-p intrinsics:=[fx, fy, cx, cy]" in warning
 
 
 def test_camera_info_size_mismatch_uses_fallback(engine):
     harness = Harness(engine, fallback=INTRINSICS)
     outcome, _ = harness.track(textured_frame(0), camera_model=camera(640, 480))
-    assert outcome == Outcome.PUBLISHED
+    assert outcome == Outcome.INITIALISING
     assert harness.problems.counts == {"camera_info_size": 1}
     assert "640x480" in harness.messages[0]
     assert "using the intrinsics parameter" in harness.messages[0]
@@ -145,6 +276,32 @@ def test_problem_log_is_throttled():
     reporter._last_logged["bad_image"] = -1e9
     reporter.report("bad_image", "broken")
     assert messages[-1] == "[bad_image] broken (4 more since the last report)"
+
+
+def test_drop_warning_waits_for_first_frame():
+    messages = []
+    reporter = DropReporter(messages.append, interval_s=3600.0)
+    # At start-up frames replace each other while the engine is built: counted, not warned.
+    assert not reporter.report(dropped=1, input_hz=5.0, processed_hz=0.0, processed=0)
+    assert messages == []
+    assert reporter.report(dropped=3, input_hz=30.0, processed_hz=9.5, processed=4)
+    assert len(messages) == 1
+    assert messages[0].startswith("dropped 3 frames so far")
+    assert "(30.0 Hz in, 9.5 Hz processed)" in messages[0]
+    # Throttled within the interval.
+    assert not reporter.report(dropped=4, input_hz=30.0, processed_hz=9.5, processed=5)
+    assert len(messages) == 1
+
+
+def test_problem_expected_logged_as_info():
+    warnings, infos = [], []
+    reporter = ProblemReporter(warnings.append, interval_s=3600.0, info=infos.append)
+    reporter.report("no_intrinsics", "waiting", expected=True)
+    reporter.report("no_intrinsics", "still none")
+    assert reporter.counts == {"no_intrinsics": 2}
+    assert infos == ["[no_intrinsics] waiting"]
+    # The first unexpected occurrence is warned about at once.
+    assert warnings == ["[no_intrinsics] still none"]
 
 
 def test_frame_slot_keeps_newest():

@@ -15,9 +15,10 @@ from rosgraph_msgs.msg import Clock
 from sensor_msgs.msg import CameraInfo, Image
 from test_ros_support import (
     NETWORK_ISOLATED,
-    NO_MODEL,
+    NOT_A_MODEL,
     NOT_ISOLATED_REASON,
     REPO,
+    model_parameter,
     ros_context,
     spin_until,
     write_image_bag,
@@ -26,9 +27,12 @@ from test_ros_support import (
 from vo_node.io.trajectory import Trajectory, write_tum
 from vo_node.ros.messages import image_to_array, stamp_to_ns
 from vo_node.ros.replay import (
+    SCENE_UNITS,
     BagMessage,
     BagPlayer,
+    EvaluationReport,
     ReplayError,
+    bag_length_unit,
     images_after_other_topics,
     message_class,
     read_bag,
@@ -168,7 +172,7 @@ def test_replay_command_line_missing_topic(tmp_path):
     assert "topics ['/nope'] are not in bag" in completed.stderr
 
 
-def test_node_sim_time_follows_replay_clock(tmp_path):
+def test_node_sim_time_follows_replay_clock(tmp_path, tiny_model):
     # Two seconds of bag time played at rate 4: the node's clock and its 1 s diagnostics timer
     # follow /clock, so diagnostics are stamped with bag times.
     stamps = [START_NS + step for step in range(0, 2_000_000_001, 250_000_000)]
@@ -179,7 +183,7 @@ def test_node_sim_time_follows_replay_clock(tmp_path):
     from vo_node.ros.node import VONode
 
     diagnostics = []
-    with ros_context(["-p", NO_MODEL, "-p", "use_sim_time:=true"]) as context:
+    with ros_context(["-p", model_parameter(tiny_model), "-p", "use_sim_time:=true"]) as context:
         node = VONode(context=context)
         player_node = Node("vo_replay", context=context)
         listener = Node("listener", context=context)
@@ -187,7 +191,7 @@ def test_node_sim_time_follows_replay_clock(tmp_path):
         executor = SingleThreadedExecutor(context=context)
         executor.add_node(node)
         executor.add_node(listener)
-        assert not node.wait_until_ready(30.0)
+        assert node.wait_until_ready(60.0)
         player = BagPlayer(player_node, path, rate=4.0, publish_clock=True)
         assert spin_until(executor, lambda: player.clock_publisher.get_subscription_count() > 0,
                           5.0)
@@ -205,18 +209,79 @@ def test_node_sim_time_follows_replay_clock(tmp_path):
     diagnostic_stamps = [stamp_to_ns(d.header.stamp) for d in diagnostics]
     in_bag_time = [s for s in diagnostic_stamps if stamps[0] <= s <= stamps[-1]]
     assert len(in_bag_time) >= 1, diagnostic_stamps
+    # The images went to /other/image, so the node is still waiting for its first image.
     status = diagnostics[-1].status[0]
-    assert status.level == status.ERROR
-    assert "loading the model failed" in status.message
+    assert status.level == status.WARN
+    assert status.message == "waiting for images"
 
 
-def test_evaluate_reports_missing_model(tmp_path):
+def test_evaluate_reports_unreadable_model(tmp_path):
     from vo_node.ros.replay import evaluate_bag
 
     path = write_image_bag(tmp_path / "bag", "sqlite3", [START_NS], small_frames(1))
-    with pytest.raises(ReplayError, match="the node did not start: loading the model failed"):
-        evaluate_bag(path, "/cam0/image_raw", "/cam0/camera_info", None, ["-p", NO_MODEL],
-                     ready_timeout_s=30.0)
+    with pytest.raises(ReplayError) as error:
+        evaluate_bag(path, "/cam0/image_raw", "/cam0/camera_info", None,
+                     ["-p", model_parameter(NOT_A_MODEL)], ready_timeout_s=30.0)
+    message = str(error.value)
+    assert message.startswith("the node did not start: invalid parameter values")
+    assert f"model.weights: {NOT_A_MODEL} is not a vo_node model file" in message
+
+
+METRICS = {
+    "ate_rmse": 0.11828080697882999, "ate_mean": 0.1, "ate_median": 0.09, "ate_max": 0.3,
+    "rpe_translation_rmse": 0.0123, "rpe_rotation_rmse_deg": 0.456,
+    "rpe_distance_translation_rmse": None, "rpe_distance_rotation_rmse_deg": None,
+    "rpe_distance_m": 1.0, "path_length": 5.03, "ate_percent": 2.3515, "scale": 1.2345678,
+    "associated_poses": 120, "standstill_ate_rmse": 0.9, "standstill_ate_percent": 17.89,
+}
+
+
+def evaluation_report(**fields) -> EvaluationReport:
+    values = dict(
+        frames_in_bag=20, frames_received=20, frames_processed=17, frames_dropped=0,
+        frames_skipped=1, frames_lost=0, odometry_messages=17, latency_median_ms=12.34,
+        latency_p95_ms=20.0, wall_time_s=3.21, odometry_stamps_ns=[], image_stamps_ns=[],
+        frame_ids=("odom", "base_link"), trajectory=None, frames_initialising=2,
+    )
+    values.update(fields)
+    return EvaluationReport(**values)
+
+
+def test_evaluation_summary_has_units():
+    lines = evaluation_report(ate=METRICS).summary().splitlines()
+    assert "frames initialising:   2 (used to initialise, no odometry)" in lines
+    assert "latency median / p95:  12.3 / 20.0 ms" in lines
+    assert ("ATE RMSE:              0.118 m (2.35 % of the 5.030 m path, Sim(3)-aligned)"
+            in lines)
+    assert "ATE mean / median / max: 0.100 m / 0.090 m / 0.300 m" in lines
+    assert "RPE between frames:    0.012 m, 0.46 deg (RMSE)" in lines
+    assert "RPE over 1 m: n/a, n/a (RMSE)" in lines
+    assert "standstill ATE RMSE:   0.900 m (17.89 %), for an estimate that never moves" in lines
+    assert "alignment scale:       1.235" in lines
+    assert "associated poses:      120" in lines
+    # No raw key or unrounded float is printed.
+    text = "\n".join(lines)
+    assert "ate_rmse" not in text
+    assert "0.11828" not in text
+
+
+def test_evaluation_summary_scene_units():
+    text = evaluation_report(ate=METRICS, length_unit=SCENE_UNITS).summary()
+    assert "ATE RMSE:              0.118 scene units (2.35 % of the 5.030 scene units path" in text
+    missing = evaluation_report(ate=None, ate_error="no ground truth given").summary()
+    assert missing.splitlines()[-1] == "ATE: not computed (no ground truth given)"
+
+
+def test_bag_length_unit_from_source(tmp_path):
+    from vo_node.demo_data import render_demo_sequence
+    from vo_node.io.sequence import open_sequence
+    from vo_node.ros.bagwrite import cached_sequence_bag
+
+    rendered = render_demo_sequence(tmp_path / "sequence", num_frames=3, height=32, width=48)
+    bag = cached_sequence_bag(open_sequence(rendered), tmp_path / "bag")
+    assert bag_length_unit(bag) == SCENE_UNITS
+    other = write_image_bag(tmp_path / "other", "sqlite3", [START_NS], small_frames(1))
+    assert bag_length_unit(other) == "m"
 
 
 def test_trajectory_type_for_reports():

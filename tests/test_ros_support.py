@@ -26,10 +26,39 @@ DATA = Path(os.environ.get("VO_NODE_DATA", REPO.parent / "shared" / "data"))
 NETWORK_ISOLATED = os.environ.get("ROS_AUTOMATIC_DISCOVERY_RANGE") == "LOCALHOST"
 NOT_ISOLATED_REASON = "ROS tests start DDS; run them through scripts/netns_run.sh (make test)"
 NOT_A_MODEL = REPO / "package.xml"
-"""An existing file that is not a model: it passes the node's start-up checks, and the model
-load in the worker then fails at once."""
-NO_MODEL = f"model.weights:={NOT_A_MODEL}"
-"""Node argument for tests that need no engine."""
+"""An existing text file that is not a model: the node rejects it at start-up."""
+QUICK_INIT_FRAMES = 3
+"""Frames the engine of :func:`quick_init_config` uses to initialise: it initialises on the
+third frame, so the node publishes odometry from that frame on."""
+
+
+def model_parameter(path: Path | str) -> str:
+    """Return the node argument that selects the model file ``path``."""
+    return f"model.weights:={path}"
+
+
+def quick_init_config(init_frames: int = QUICK_INIT_FRAMES):
+    """Return the ``small`` preset with the motion probe off and ``init_frames`` frames.
+
+    A random network sees almost no flow, so the motion probe would drop every frame as static
+    and the engine would never initialise. With the probe off, the engine initialises on frame
+    ``init_frames`` exactly (unless a frame fails).
+    """
+    from vo_node.config import apply_overrides, load_engine_config
+
+    overrides = {"frontend.motion_probe_threshold": 0.0, "frontend.init_frames": init_frames}
+    return apply_overrides(load_engine_config("small"), overrides)
+
+
+def write_engine_config(folder: Path, init_frames: int = QUICK_INIT_FRAMES) -> Path:
+    """Write :func:`quick_init_config` as an engine YAML for ``-p model.config:=`` or --config."""
+    import yaml
+
+    from vo_node.config import to_dict
+
+    path = Path(folder) / f"quick_init_{init_frames}.yaml"
+    path.write_text(yaml.safe_dump(to_dict(quick_init_config(init_frames))))
+    return path
 
 
 @contextmanager

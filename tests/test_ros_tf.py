@@ -12,8 +12,8 @@ from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
 from scipy.linalg import expm
 from test_ros_support import (
     NETWORK_ISOLATED,
-    NO_MODEL,
     NOT_ISOLATED_REASON,
+    model_parameter,
     ros_context,
     spin_until,
 )
@@ -234,10 +234,11 @@ def test_tf_and_late_joining_tf_static():
 @pytestmark_dds
 @pytest.mark.skipif(not tf2_messages_available(), reason="tf2_msgs not built; run make")
 @pytest.mark.parametrize("publish_camera_tf", [True, False])
-def test_node_static_camera_transform(publish_camera_tf):
+def test_node_static_camera_transform(tiny_model, publish_camera_tf):
     from vo_node.ros.node import VONode
 
-    arguments = ["-p", NO_MODEL, "-p", "camera_frame:=front_optical", "-p", "base_frame:=body",
+    arguments = ["-p", model_parameter(tiny_model), "-p", "camera_frame:=front_optical",
+                 "-p", "base_frame:=body",
                  "-p", f"publish_camera_tf:={str(publish_camera_tf).lower()}",
                  "-p", "camera_to_base:=[0.1, 0.0, 0.2, -0.5, 0.5, -0.5, 0.5]"]
     with ros_context(arguments) as context:

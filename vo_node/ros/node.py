@@ -3,11 +3,15 @@
 Run it with ``vo_node --ros-args ...`` or ``python -m vo_node.ros.node --ros-args ...``; see
 docs/ros2.md for topics, parameters, frames and the handling of bad input.
 
+Start-up: the parameters are checked and the model file is read on the CPU before any topic is
+created, so an invalid value or an unreadable model file stops the node with exit status 2.
+
 Threads: the executor runs the subscriptions, the reset service and the diagnostics timer. The
-image callback only decodes the message and hands it to a one-frame slot. A worker thread loads
-the model, takes the newest frame from the slot, tracks it and publishes the results, so
-inference never blocks the executor. Frames replaced in the slot before the worker took them are
-counted as dropped.
+image callback only decodes the message and hands it to a one-frame slot. A worker thread moves
+the model to its device and builds the engine, then takes the newest frame from the slot, tracks
+it and publishes the results, so inference never blocks the executor. Frames replaced in the slot
+before the worker took them are counted as dropped. Nothing is published until the engine has
+initialised (see :class:`vo_node.ros.pipeline.TrackingPipeline`).
 """
 
 from __future__ import annotations
@@ -54,11 +58,14 @@ from vo_node.ros.messages import (
 from vo_node.ros.parameters import (
     ParameterError,
     declare_parameters,
+    load_model_file,
     resolve_model_weights,
     unknown_parameter_overrides,
     validate_update,
 )
 from vo_node.ros.pipeline import (
+    STATE_INITIALISING,
+    DropReporter,
     FrameSlot,
     InputFrame,
     LatencyWindow,
@@ -87,7 +94,6 @@ They are placeholders of the right order for short-range VO, not calibrated valu
 DEFAULT_TWIST_VARIANCES = (1e-2, 1e-2, 1e-2, 1e-2, 1e-2, 1e-2)
 """Twist variances ((m/s)^2, (rad/s)^2) used when no override is set; placeholders as above."""
 DIAGNOSTICS_PERIOD_S = 1.0
-DROP_LOG_INTERVAL_S = 10.0
 WORKER_POLL_S = 0.1
 ODOM_QOS_DEPTH = 10
 DEBUG_QOS_DEPTH = 1
@@ -96,6 +102,8 @@ SPIN_PERIOD_S = 0.2
 """Maximum wait of one executor spin in seconds, so a stop request is seen within this time."""
 SHUTDOWN_ACTION = "stopping the node and writing trajectory_file if one is set"
 EXIT_INVALID_PARAMETERS = 2
+EXIT_FAILURE = 1
+"""Exit status when the engine failed to start or the trajectory file could not be written."""
 PARAMS_FILE_FLAG = "--params-file"
 RCLError = rclpy_implementation.RCLError
 """Error of the rcl C layer; rclpy.init raises it for a malformed parameter file."""
@@ -108,7 +116,7 @@ class VONode(Node):
         """Create the node; ``node_kwargs`` go to ``rclpy.node.Node`` (context, cli_args, ...).
 
         Raises:
-            ParameterError: when a parameter value is invalid.
+            ParameterError: when a parameter value is invalid or the model file is unreadable.
         """
         super().__init__(NODE_NAME, **node_kwargs)
         self.params = declare_parameters(self)
@@ -117,26 +125,30 @@ class VONode(Node):
                 f"parameter {name!r} is not a vo_node parameter and is ignored; check its "
                 "spelling against docs/ros2.md"
             )
+        # Read before any topic exists, so a bad model file fails like an invalid parameter.
+        self._network, self._model_config = load_model_file(self.params.model_weights)
         self.add_on_set_parameters_callback(validate_update)
         self.add_post_set_parameters_callback(self._apply_parameters)
 
         self.base_from_camera = pose_to_matrix(
             check_transform(self.params.camera_to_base, "camera_to_base")
         )
-        self.problems = ProblemReporter(self.get_logger().warning)
+        self.problems = ProblemReporter(self.get_logger().warning, info=self.get_logger().info)
         self.model_state = "loading"
         self.fatal_error: str | None = None
+        self.trajectory_error: str | None = None
+        """Error message of a failed ``trajectory_file`` write at shutdown, or None."""
         self.tracking_state = "waiting for images"
         self.input_rate = RateMeter()
         self.processing_rate = RateMeter()
         self.latency = LatencyWindow()
-        self.outcomes = {name: 0 for name in (Outcome.PUBLISHED, Outcome.SKIPPED,
-                                              Outcome.LOST, Outcome.FAILED)}
+        self.outcomes = {name: 0 for name in (Outcome.PUBLISHED, Outcome.INITIALISING,
+                                              Outcome.SKIPPED, Outcome.LOST, Outcome.FAILED)}
         self.frames_dropped = 0
         self.frames_rejected = 0
+        self._drops = DropReporter(self.get_logger().warning)
         self._completed = 0
         self._completed_condition = threading.Condition()
-        self._last_drop_log = 0.0
         self._camera = None
         self._camera_frame: str | None = None
         self._path: deque = deque(maxlen=max(1, self.params.path_max_length))
@@ -245,8 +257,8 @@ class VONode(Node):
         self._reset_requested.set()
         response.success = True
         response.message = (
-            "tracker reset requested; tracking restarts with the next frame and odom continues "
-            "from the last published pose"
+            "tracker reset requested; the engine re-initialises on the next frames, and odom "
+            "continues from the last published pose once it tracks again"
         )
         self.get_logger().info("reset requested through ~/reset")
         return response
@@ -261,15 +273,11 @@ class VONode(Node):
                 self._path = deque(self._path, maxlen=max(1, self.params.path_max_length))
 
     def _log_drops(self) -> None:
-        now = time.monotonic()
-        if now - self._last_drop_log < DROP_LOG_INTERVAL_S:
-            return
-        self._last_drop_log = now
-        self.get_logger().warning(
-            f"dropped {self.frames_dropped} frames so far because tracking is slower than the "
-            f"input ({self.input_rate.rate_hz():.1f} Hz in, "
-            f"{self.processing_rate.rate_hz():.1f} Hz processed); only the newest frame is "
-            "tracked"
+        self._drops.report(
+            self.frames_dropped,
+            self.input_rate.rate_hz(),
+            self.processing_rate.rate_hz(),
+            self.processing_rate.count,
         )
 
     # ----------------------------------------------------------------------------------------
@@ -310,6 +318,8 @@ class VONode(Node):
         outcome, estimate = pipeline.process(frame, with_points)
         self.outcomes[outcome] += 1
         self.tracking_state = pipeline.state
+        if outcome in (Outcome.PUBLISHED, Outcome.INITIALISING):
+            self.processing_rate.tick()
         if estimate is not None:
             # Recorded before publishing, so a shutdown during the publish still keeps the pose.
             self._record(estimate)
@@ -318,19 +328,17 @@ class VONode(Node):
             except Exception as error:  # publishing fails once the context shuts down
                 if self.context.ok():
                     self.get_logger().error(f"publishing odometry failed: {error}")
-            self.processing_rate.tick()
             self.latency.add(time.monotonic() - frame.received_s)
         self._mark_completed()
 
     def _load_engine(self):
         from vo_node.config import load_engine_config, resolve_device
-        from vo_node.model.network import load_model
         from vo_node.odometry.frontend import VisualOdometry
 
         device = resolve_device(self.params.model_device)
         weights = resolve_model_weights(self.params.model_weights)
         self.get_logger().info(f"loading model {weights} on {device}")
-        network, config = load_model(weights, device)
+        network, config = self._network.to(device), self._model_config
         if self.params.model_config:
             chosen = load_engine_config(self.params.model_config)
             config = dataclasses.replace(chosen, network=config.network)
@@ -413,6 +421,7 @@ class VONode(Node):
             "tracking state": self.tracking_state,
             "frames received": self.input_rate.count,
             "frames processed": self.outcomes[Outcome.PUBLISHED],
+            "frames used for initialisation": self.outcomes[Outcome.INITIALISING],
             "frames dropped (newer frame arrived first)": self.frames_dropped,
             "frames rejected (undecodable image)": self.frames_rejected,
             "frames skipped (bad stamp or intrinsics)": self.outcomes[Outcome.SKIPPED],
@@ -444,6 +453,11 @@ class VONode(Node):
             return DiagnosticStatus.WARN, "loading the model"
         if self.tracking_state == "tracking":
             return DiagnosticStatus.OK, "tracking"
+        if self.tracking_state == STATE_INITIALISING:
+            return DiagnosticStatus.WARN, (
+                f"initialising ({self.outcomes[Outcome.INITIALISING]} frames so far); no odometry "
+                "is published until tracking starts"
+            )
         return DiagnosticStatus.WARN, self.tracking_state
 
     # ----------------------------------------------------------------------------------------
@@ -478,7 +492,10 @@ class VONode(Node):
         return Trajectory(np.array(stamps, dtype=np.int64), np.array(poses))
 
     def shutdown(self) -> None:
-        """Stop the worker and write the trajectory file if one is configured."""
+        """Stop the worker and write the trajectory file if one is configured.
+
+        A failed write is logged as one error and kept in :attr:`trajectory_error`.
+        """
         self._stop.set()
         self._slot.close()
         if self._worker.is_alive():
@@ -490,7 +507,16 @@ class VONode(Node):
         if len(trajectory) == 0:
             self.get_logger().warning(f"no pose was published, so {path} was not written")
             return
-        write_tum(path, trajectory)
+        try:
+            write_tum(path, trajectory)
+        except OSError as error:
+            # The path was checked at start-up, but its folders may have changed since.
+            self.trajectory_error = (
+                f"writing trajectory_file {path} failed: {error}; the {len(trajectory)} "
+                "published poses were not saved"
+            )
+            self.get_logger().error(self.trajectory_error)
+            return
         self.get_logger().info(f"wrote {len(trajectory)} poses to {path}")
 
 
@@ -514,9 +540,9 @@ def missing_params_files(args: list[str]) -> list[str]:
 def main(args: list[str] | None = None) -> int:
     """Run the node until SIGINT or SIGTERM; return the process exit status.
 
-    The status is 0 after SIGINT or SIGTERM, 1 when the model failed to load and 2 for invalid
-    parameters. A second SIGINT or SIGTERM exits at once with 128 + signal, without writing the
-    trajectory file.
+    The status is 0 after SIGINT or SIGTERM, 1 when the engine failed to start or the trajectory
+    file could not be written, and 2 for invalid parameters or an unreadable model file. A second
+    SIGINT or SIGTERM exits at once with 128 + signal, without writing the trajectory file.
     """
     logging.basicConfig(level=logging.INFO, format="[%(levelname)s] [%(name)s]: %(message)s")
     logger = rclpy.logging.get_logger(NODE_NAME)
@@ -562,7 +588,7 @@ def _spin(logger, stop: StopRequest) -> int:
         executor.shutdown()
         node.destroy_node()
         rclpy.try_shutdown()
-    return 1 if node.fatal_error else 0
+    return EXIT_FAILURE if node.fatal_error or node.trajectory_error else 0
 
 
 if __name__ == "__main__":

@@ -3,7 +3,8 @@
 Every parameter is declared once with a ``ParameterDescriptor`` carrying its description and unit.
 Values given at start-up (``--params-file``, ``-p``) are checked by :func:`declare_parameters`,
 which raises :class:`ParameterError` naming each invalid value. It also checks that the model
-file exists, the engine configuration loads and a ``cuda`` device is visible, so these fail
+file exists, the engine configuration loads, a ``cuda`` device is visible and the
+``trajectory_file`` can be written, and :func:`load_model_file` reads the model. So these fail
 before the node creates its topics. Later ``set_parameters`` requests
 pass through :func:`validate_update` (registered with ``add_on_set_parameters_callback``). Only
 the parameters marked dynamic can change while the node runs; the others are read-only.
@@ -14,6 +15,7 @@ from __future__ import annotations
 import math
 import os
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from rcl_interfaces.msg import ParameterDescriptor, SetParametersResult
@@ -130,6 +132,28 @@ def _intrinsics(value: Any) -> str | None:
             "needs positive finite focal lengths and a finite principal point; "
             f"got {list(value)}"
         )
+    return None
+
+
+def _writable_file(value: Any) -> str | None:
+    if not value:
+        return None
+    path = Path(value)
+    fix = "choose a file path in a writable folder that exists or can be created"
+    try:
+        if path.is_dir():
+            return f"{value!r} is a folder; give a file path such as {path / 'trajectory.tum'}"
+        # The writer creates missing parent folders, so the nearest existing one must be a
+        # writable folder.
+        folder = path.parent
+        while not folder.exists():
+            folder = folder.parent
+    except OSError as error:
+        return f"{value!r} cannot be checked ({error}); {fix}"
+    if not folder.is_dir():
+        return f"{value!r} cannot be written because {folder} is not a folder; {fix}"
+    if not os.access(folder, os.W_OK | os.X_OK):
+        return f"{value!r} cannot be written because folder {folder} is not writable; {fix}"
     return None
 
 
@@ -257,8 +281,9 @@ PARAMETERS: tuple[ParameterSpec, ...] = (
         "trajectory_file",
         "",
         "TUM file (timestamp tx ty tz qx qy qz qw, camera optical axes) written atomically on "
-        "shutdown, SIGINT or SIGTERM; empty writes none",
+        "shutdown, SIGINT or SIGTERM; empty writes none. Missing parent folders are created",
         unit="path",
+        check=_writable_file,
     ),
 )
 
@@ -354,6 +379,27 @@ def model_parameter_problems(weights: str, config: str, device: str) -> list[str
                 "-p model.device:=cpu or -p model.device:=auto"
             )
     return problems
+
+
+def load_model_file(weights: str) -> tuple[Any, Any]:
+    """Read and check the model file on the CPU; return ``(VONetwork, EngineConfig)``.
+
+    The node calls this at start-up, so an unreadable file stops it before it subscribes.
+
+    Raises:
+        ParameterError: the file is missing, is not a vo_node model or does not match its stored
+            configuration. The message names the file and how to make one.
+    """
+    from vo_node.config import ConfigError
+    from vo_node.model.network import ModelFileError, load_model
+
+    try:
+        return load_model(resolve_model_weights(weights), "cpu")
+    except FileNotFoundError as error:
+        problem = str(error)
+    except (ModelFileError, ConfigError) as error:
+        problem = f"{error}. Pass a vo_node model file with -p model.weights:=PATH"
+    raise ParameterError(f"invalid parameter values:\n  model.weights: {problem}")
 
 
 def resolve_model_weights(weights: str) -> str:

@@ -25,6 +25,16 @@ logger = logging.getLogger(__name__)
 
 PROBLEM_LOG_INTERVAL_S = 10.0
 """A repeated input problem of one kind is logged at most once per this many seconds."""
+CAMERA_INFO_GRACE_S = 1.0
+"""Within this many seconds of the first image, an image without any camera_info yet is skipped
+with an info line rather than a warning. In a bag replay or a driver start-up the first image
+often arrives just before its camera_info."""
+ENGINE_STATE_INITIALIZING = "initializing"
+ENGINE_STATE_LOST = "lost"
+STATE_INITIALISING = "initialising"
+"""Tracking state the node reports until the engine has initialised."""
+DROP_LOG_INTERVAL_S = 10.0
+"""Dropped frames are logged at most once per this many seconds."""
 RATE_WINDOW_S = 5.0
 """Input and processing rates are averaged over this many seconds."""
 LATENCY_WINDOW = 200
@@ -37,10 +47,14 @@ class Outcome:
 
     PUBLISHED = "published"
     """Tracked; odometry was produced."""
+    INITIALISING = "initialising"
+    """Used by the engine to initialise after a start, a reset or a tracking loss. Nothing was
+    published, because the engine's poses before initialisation are placeholders."""
     SKIPPED = "skipped"
     """Rejected before tracking (bad stamp, no intrinsics); the tracker state is kept."""
     LOST = "lost"
-    """The engine reported lost tracking (it re-initialises by itself); nothing was published."""
+    """The engine reported lost tracking on this frame; nothing was published. The frames of
+    the re-initialisation that follows count as :attr:`INITIALISING`."""
     FAILED = "failed"
     """The engine raised or returned a non-finite pose; the tracker was reset."""
 
@@ -133,19 +147,32 @@ class ProblemReporter:
     suppressed since the previous line, at most once per ``interval_s``.
     """
 
-    def __init__(self, warn: Callable[[str], Any], interval_s: float = PROBLEM_LOG_INTERVAL_S):
+    def __init__(
+        self,
+        warn: Callable[[str], Any],
+        interval_s: float = PROBLEM_LOG_INTERVAL_S,
+        info: Callable[[str], Any] | None = None,
+    ):
         self._warn = warn
+        self._info = info or logger.info
         self._interval_s = interval_s
         self._lock = threading.Lock()
         self.counts: dict[str, int] = {}
         self._last_logged: dict[str, float] = {}
         self._suppressed: dict[str, int] = {}
 
-    def report(self, kind: str, message: str) -> None:
-        """Count one problem of ``kind`` and log ``message`` unless throttled."""
+    def report(self, kind: str, message: str, expected: bool = False) -> None:
+        """Count one problem of ``kind`` and log ``message`` unless throttled.
+
+        ``expected`` marks a normal start-up event: it is counted and logged at info level,
+        without throttling, so the first unexpected occurrence is still warned about at once.
+        """
         now = time.monotonic()
         with self._lock:
             self.counts[kind] = self.counts.get(kind, 0) + 1
+            if expected:
+                self._info(f"[{kind}] {message}")
+                return
             last = self._last_logged.get(kind)
             if last is not None and now - last < self._interval_s:
                 self._suppressed[kind] = self._suppressed.get(kind, 0) + 1
@@ -154,6 +181,46 @@ class ProblemReporter:
             self._last_logged[kind] = now
         suffix = f" ({suppressed} more since the last report)" if suppressed else ""
         self._warn(f"[{kind}] {message}{suffix}")
+
+
+class DropReporter:
+    """Warns about frames replaced in the slot, at most once per interval.
+
+    No warning is given before the first frame is processed: frames that arrive while the
+    engine is built or runs its first, slow frame are the normal start-up, not a slow model.
+    They are still counted by the caller.
+    """
+
+    def __init__(self, warn: Callable[[str], Any], interval_s: float = DROP_LOG_INTERVAL_S):
+        self._warn = warn
+        self._interval_s = interval_s
+        self._last_logged: float | None = None
+
+    def report(
+        self,
+        dropped: int,
+        input_hz: float,
+        processed_hz: float,
+        processed: int,
+        now: float | None = None,
+    ) -> bool:
+        """Log the drop count unless throttled or nothing was processed yet; return if logged.
+
+        ``dropped`` and ``processed`` are totals since start-up, the rates are in Hz and ``now``
+        is ``time.monotonic()`` seconds by default.
+        """
+        now = time.monotonic() if now is None else now
+        if processed == 0:
+            return False
+        if self._last_logged is not None and now - self._last_logged < self._interval_s:
+            return False
+        self._last_logged = now
+        self._warn(
+            f"dropped {dropped} frames so far because tracking is slower than the input "
+            f"({input_hz:.1f} Hz in, {processed_hz:.1f} Hz processed); only the newest frame is "
+            "tracked"
+        )
+        return True
 
 
 class RateMeter:
@@ -223,14 +290,18 @@ class TrackingPipeline:
     * ``image_size_change``: a frame of another size than the segment's; the tracker is reset.
     * ``camera_info_size``: camera_info for another image size; the ``intrinsics`` fallback is
       used, or the frame is skipped without one.
-    * ``no_intrinsics``: no valid camera_info yet and no fallback; the frame is skipped.
+    * ``no_intrinsics``: no valid camera_info yet and no fallback; the frame is skipped. Within
+      :data:`CAMERA_INFO_GRACE_S` of the first image this is logged at info level only.
     * ``camera_change``: new intrinsics or distortion from camera_info; the tracker is reset.
     * ``tracking_lost``: the engine reports ``lost`` (it re-initialises by itself); nothing is
       published until it tracks again.
     * ``non_finite_pose`` and ``engine_error``: the tracker is reset and the frame dropped.
 
-    Every reset starts a new segment of :class:`OdometryFrame`, so odometry continues from the
-    last published pose.
+    Nothing is published until the engine has initialised, after the start, every reset and
+    every tracking loss: before that its poses are placeholders (the identity), and the first
+    initialised pose would jump away from them. Every reset and loss starts a new segment of
+    :class:`OdometryFrame` at the first initialised pose, so odometry continues from the last
+    published pose.
     """
 
     def __init__(
@@ -248,8 +319,9 @@ class TrackingPipeline:
         self.problems = problems
         self.image_topic = image_topic
         self.camera_info_topic = camera_info_topic
-        self.state = "initializing"
+        self.state = STATE_INITIALISING
         self._last_stamp_ns: int | None = None
+        self._first_image_s: float | None = None
         self._segment_size: tuple[int, int] | None = None
         self._previous: tuple[int, np.ndarray] | None = None
         self._undistorter: Undistorter | None = None
@@ -260,7 +332,7 @@ class TrackingPipeline:
         """Reset the engine and start a new odometry segment at the last published pose."""
         self.engine.reset()
         self.frame.start_segment()
-        self.state = "initializing"
+        self.state = STATE_INITIALISING
         self._segment_size = None
         self._previous = None
         self._lost = False
@@ -272,6 +344,8 @@ class TrackingPipeline:
 
         ``with_points`` adds the engine's patch points (odom frame) to the estimate.
         """
+        if self._first_image_s is None:
+            self._first_image_s = frame.received_s
         if not self._check_stamp(frame):
             return Outcome.SKIPPED, None
         camera = self._select_camera(frame)
@@ -352,10 +426,14 @@ class TrackingPipeline:
                 self.problems.report("no_intrinsics", f"intrinsics parameter unusable: {error}")
                 return None
         if camera is None:
+            starting = frame.received_s - self._first_image_s < CAMERA_INFO_GRACE_S
             self.problems.report(
                 "no_intrinsics",
                 f"no valid camera_info received on {self.camera_info_topic} and the intrinsics "
-                "parameter is unset; frame skipped",
+                "parameter is unset; frame skipped. If the camera publishes camera_info on "
+                "another topic, remap it with -r camera_info:=<topic>, or set "
+                "-p intrinsics:=[fx, fy, cx, cy]",
+                expected=starting,
             )
         return None
 
@@ -369,17 +447,22 @@ class TrackingPipeline:
         self, frame: InputFrame, result: Any, size: tuple[int, int], with_points: bool
     ) -> tuple[str, OdometryEstimate | None]:
         state = str(getattr(result, "state", "tracking"))
-        if state == "lost":
-            # The engine re-initialises by itself after a loss. Nothing is published until it
-            # tracks again, and the next published pose is anchored at the last published one.
+        if state == ENGINE_STATE_LOST and not self._lost:
+            # The engine re-initialises by itself after a loss, and reports "lost" until it has.
+            # Nothing is published until it tracks again, and the next published pose is
+            # anchored at the last published one.
             self.problems.report(
                 "tracking_lost",
                 f"tracking lost at stamp {frame.stamp_ns} ns; the engine re-initialises and "
                 "odometry resumes from the last published pose",
             )
-            self.state = "lost"
+            self.state = ENGINE_STATE_LOST
             self._lost = True
             return Outcome.LOST, None
+        if state in (ENGINE_STATE_INITIALIZING, ENGINE_STATE_LOST):
+            self.state = STATE_INITIALISING
+            self._segment_size = size
+            return Outcome.INITIALISING, None
         pose = np.asarray(getattr(result, "pose", None), dtype=np.float64)
         if pose.shape != (7,) or not np.all(np.isfinite(pose)):
             self.problems.report(

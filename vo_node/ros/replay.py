@@ -58,6 +58,11 @@ which maps cam0 coordinates into the IMU body frame that the EuRoC ground truth 
 
 
 BAG_PATH_FIX = "pass a ROS 2 bag folder (with metadata.yaml) or a ROS 1 .bag file"
+METRES = "m"
+SCENE_UNITS = "scene units"
+"""Length unit of the ground truth of a rendered sequence, whose scene has no metric scale. Both
+units are the strings of ``vo_node.evaluation.metrics``, repeated so that playback does not
+import evo."""
 
 
 class ReplayError(RuntimeError):
@@ -327,6 +332,7 @@ class EvaluationReport:
     frames_in_bag: int
     frames_received: int
     frames_processed: int
+    """Frames tracked with odometry published."""
     frames_dropped: int
     frames_skipped: int
     frames_lost: int
@@ -350,27 +356,90 @@ class EvaluationReport:
     """Stamps of the odom -> base transforms received on /tf (empty without tf2_msgs)."""
     groundtruth_extrinsic: list[float] | None = None
     """``T_body_cam`` ``[x, y, z, qx, qy, qz, qw]`` applied to the ground truth, or None."""
+    frames_initialising: int = 0
+    """Frames the engine used to initialise (after the start, a reset or a loss); the node
+    publishes no odometry for them."""
+    length_unit: str = METRES
+    """Unit of the ground truth and so of the ATE: :data:`METRES` or :data:`SCENE_UNITS`."""
 
     def summary(self) -> str:
+        """Return the counts, latency and accuracy as aligned lines with units."""
         lines = [
-            f"frames in bag:      {self.frames_in_bag}",
-            f"frames received:    {self.frames_received}",
-            f"frames processed:   {self.frames_processed}",
-            f"frames dropped:     {self.frames_dropped}",
-            f"frames skipped:     {self.frames_skipped}",
-            f"frames lost:        {self.frames_lost}",
-            f"odometry messages:  {self.odometry_messages}",
-            f"latency median/p95: {self.latency_median_ms:.1f} / {self.latency_p95_ms:.1f} ms",
-            f"wall time:          {self.wall_time_s:.1f} s",
+            f"frames in bag:         {self.frames_in_bag}",
+            f"frames received:       {self.frames_received}",
+            f"frames processed:      {self.frames_processed} (odometry published)",
+            f"frames initialising:   {self.frames_initialising} (used to initialise, no odometry)",
+            f"frames dropped:        {self.frames_dropped}",
+            f"frames skipped:        {self.frames_skipped}",
+            f"frames lost:           {self.frames_lost}",
+            f"odometry messages:     {self.odometry_messages}",
+            f"latency median / p95:  {self.latency_median_ms:.1f} / {self.latency_p95_ms:.1f} ms",
+            f"wall time:             {self.wall_time_s:.1f} s",
         ]
         if self.groundtruth_extrinsic is not None:
             values = " ".join(f"{value:.9g}" for value in self.groundtruth_extrinsic)
             lines.append(f"ground truth T_body_cam: {values}")
         if self.ate is not None:
-            lines.extend(f"{key}: {value}" for key, value in self.ate.items())
+            lines.extend(format_metrics(self.ate, self.length_unit))
         else:
             lines.append(f"ATE: not computed ({self.ate_error})")
         return "\n".join(lines)
+
+
+def format_metrics(metrics: dict, unit: str) -> list[str]:
+    """Return rounded accuracy lines with units from a ``TrajectoryMetrics.to_dict()``.
+
+    Lengths are in ``unit`` (the ground truth's), angles in degrees. A value that is None
+    (NaN in the metrics, such as an RPE over a distance longer than the path) prints as n/a.
+    """
+
+    def length(key: str) -> str:
+        value = metrics.get(key)
+        return "n/a" if value is None else f"{value:.3f} {unit}"
+
+    def angle(key: str) -> str:
+        value = metrics.get(key)
+        return "n/a" if value is None else f"{value:.2f} deg"
+
+    def percent(key: str) -> str:
+        value = metrics.get(key)
+        return "n/a" if value is None else f"{value:.2f} %"
+
+    scale = metrics.get("scale")
+    distance = metrics.get("rpe_distance_m")
+    distance_text = "n/a" if distance is None else f"{distance:g} {unit}"
+    return [
+        f"ATE RMSE:              {length('ate_rmse')} ({percent('ate_percent')} of the "
+        f"{length('path_length')} path, Sim(3)-aligned)",
+        f"ATE mean / median / max: {length('ate_mean')} / {length('ate_median')} / "
+        f"{length('ate_max')}",
+        f"RPE between frames:    {length('rpe_translation_rmse')}, "
+        f"{angle('rpe_rotation_rmse_deg')} (RMSE)",
+        f"RPE over {distance_text}: {length('rpe_distance_translation_rmse')}, "
+        f"{angle('rpe_distance_rotation_rmse_deg')} (RMSE)",
+        f"standstill ATE RMSE:   {length('standstill_ate_rmse')} "
+        f"({percent('standstill_ate_percent')}), for an estimate that never moves",
+        f"alignment scale:       {'n/a' if scale is None else f'{scale:.4g}'}",
+        f"associated poses:      {metrics.get('associated_poses')}",
+    ]
+
+
+def bag_length_unit(bag: str | Path) -> str:
+    """Return :data:`SCENE_UNITS` for a bag written from a rendered sequence, else metres.
+
+    Only bags written by :func:`vo_node.ros.bagwrite.cached_sequence_bag` (the demo's) record
+    their source sequence; any other bag is taken to carry metric ground truth.
+    """
+    import json
+
+    from vo_node.demo_data import PARAMETERS_FILE
+    from vo_node.ros.bagwrite import SOURCE_FILE
+
+    try:
+        source = Path(json.loads((Path(bag) / SOURCE_FILE).read_text())["source"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return METRES
+    return SCENE_UNITS if (source / PARAMETERS_FILE).is_file() else METRES
 
 
 def evaluate_bag(
@@ -383,6 +452,7 @@ def evaluate_bag(
     ready_timeout_s: float = 300.0,
     after_image: Callable[[int, object], None] | None = None,
     groundtruth_extrinsic: Sequence[float] | None = None,
+    length_unit: str | None = None,
 ) -> EvaluationReport:
     """Run the node in this process on a bag, in lockstep, and evaluate its odometry.
 
@@ -402,6 +472,8 @@ def evaluate_bag(
             quaternion) when the ground truth is the pose of a body frame (an IMU, a robot base)
             rather than of the optical camera frame. The ground truth then becomes
             ``T_world_cam = T_world_body * T_body_cam``. None means it already is the camera.
+        length_unit: unit of the ground truth for the report (:data:`METRES` or
+            :data:`SCENE_UNITS`); None takes it from :func:`bag_length_unit`.
 
     Raises:
         ReplayError: when the model does not load, a frame times out, a topic is missing, or
@@ -451,6 +523,7 @@ def evaluate_bag(
             frames_in_bag=result.counts[image_topic],
             frames_received=node.input_rate.count,
             frames_processed=node.outcomes["published"],
+            frames_initialising=node.outcomes["initialising"],
             frames_dropped=node.frames_dropped,
             frames_skipped=node.outcomes["skipped"] + node.frames_rejected,
             frames_lost=node.outcomes["lost"] + node.outcomes["failed"],
@@ -468,6 +541,7 @@ def evaluate_bag(
                 None if body_from_camera is None
                 else [float(value) for value in matrix_to_pose(body_from_camera)]
             ),
+            length_unit=length_unit or bag_length_unit(bag),
         )
         _add_ate(report, bag, groundtruth, body_from_camera, image_topic, camera_info_topic)
         return report
@@ -719,6 +793,9 @@ def build_parser() -> argparse.ArgumentParser:
         "or IMU frame: the camera pose compared is T_world_body * T_body_cam. EuRoC cam0: "
         + " ".join(str(value) for value in EUROC_CAM0_T_BODY_CAM),
     )
+    evaluation.add_argument("--length-unit", choices=(METRES, SCENE_UNITS), default=None,
+                            help="unit of the ground truth in the report (default: scene units "
+                            "for a bag the demo wrote from a rendered sequence, else m)")
     evaluation.add_argument("--node-args", default="",
                             help="extra ROS arguments for the node, e.g. \"-p model.device:=cpu\"")
     evaluation.add_argument("--frame-timeout", type=float, default=120.0, metavar="SECONDS",
@@ -736,7 +813,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             camera_info = None if args.camera_info_topic == "none" else args.camera_info_topic
             report = evaluate_bag(args.bag, args.image_topic, camera_info, args.groundtruth,
                                   shlex.split(args.node_args), frame_timeout_s=args.frame_timeout,
-                                  groundtruth_extrinsic=args.groundtruth_extrinsic)
+                                  groundtruth_extrinsic=args.groundtruth_extrinsic,
+                                  length_unit=args.length_unit)
             print(report.summary())
             return 0
         return _play(args)
