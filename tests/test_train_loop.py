@@ -316,6 +316,30 @@ def test_cli_export_missing_checkpoint_exits_2(tmp_path, caplog):
     assert not (tmp_path / "model.pt").exists()
 
 
+def test_cli_export_carries_engine_preset(tmp_path, caplog):
+    trainer = Trainer(load_train_config(TINY, QUIET), tmp_path / "run")
+    checkpoint = trainer.save("latest.pt")
+    preset = tmp_path / "tuned.yaml"
+    preset.write_text(
+        "name: tuned\n"
+        "network: {matching_dim: 16, context_dim: 32, encoder_dim: 8}\n"
+        "frontend: {patches_per_frame: 20, patch_lifetime: 5}\n"
+    )
+    model = tmp_path / "model.pt"
+    assert main(["--export", str(checkpoint), "--output", str(model), "--engine", str(preset)]) == 0
+    network, engine = load_model(model)
+    assert engine.name == "tuned"
+    assert engine.frontend.patches_per_frame == 20
+    assert engine.frontend.patch_lifetime == 5
+    assert network.config == trainer.engine.network
+
+    mismatched = tmp_path / "mismatched.pt"
+    code = main(["--export", str(checkpoint), "--output", str(mismatched), "--engine", "small"])
+    assert code == 2
+    assert "network sizes" in caplog.text
+    assert not mismatched.exists()
+
+
 @pytest.mark.parametrize("steps", ["0", "-3", "x"])
 def test_cli_rejects_non_positive_max_steps(tmp_path, capsys, steps):
     with pytest.raises(SystemExit) as exit_info:

@@ -4,7 +4,7 @@ Command line (see docs/training.md)::
 
     python -m vo_node.train --config config/train_small.yaml [--output DIR] [--resume [CKPT]]
         [--max-steps N] [key=value ...]
-    python -m vo_node.train --export CHECKPOINT --output models/NAME.pt
+    python -m vo_node.train --export CHECKPOINT --output models/NAME.pt [--engine small]
     torchrun --nproc_per_node=N -m vo_node.train --config config/train_full.yaml
 """
 
@@ -54,6 +54,10 @@ def build_parser() -> argparse.ArgumentParser:
                         help="stop after this many more steps (default: train to optim.steps)")
     parser.add_argument("--export", type=Path, metavar="CKPT",
                         help="write a compact model file from a checkpoint and exit")
+    parser.add_argument("--engine", metavar="PRESET",
+                        help="with --export: engine preset (name or YAML) whose frontend and BA "
+                        "settings the model file carries; its network sizes must match the "
+                        "checkpoint (default: the settings the checkpoint was trained with)")
     parser.add_argument("overrides", nargs="*", metavar="key=value",
                         help="dotted configuration overrides, e.g. optim.lr=4e-4")
     return parser
@@ -132,7 +136,7 @@ def main(argv: list[str] | None = None) -> int:
             logger.error("--export needs --output FILE.pt for the model file")
             return EXIT_USAGE
         try:
-            export_checkpoint(args.export, args.output)
+            export_checkpoint(args.export, args.output, engine_preset=args.engine)
         except (ConfigError, FileNotFoundError, ValueError) as error:
             logger.error("cannot export %s: %s", args.export, error)
             return EXIT_USAGE

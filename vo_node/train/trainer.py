@@ -38,7 +38,9 @@ import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
-from vo_node.config import EngineConfig, from_dict, resolve_device, to_dict
+from vo_node.config import (
+    ConfigError, EngineConfig, from_dict, load_engine_config, resolve_device, to_dict,
+)
 from vo_node.io.atomic import atomic_write
 from vo_node.model.network import VONetwork, save_model
 from vo_node.train import checkpoint as ckpt
@@ -752,10 +754,30 @@ class Trainer:
             save_model(path, self.network, self.engine, metadata)
 
 
-def export_checkpoint(checkpoint_path: str | Path, model_path: str | Path) -> Path:
-    """Write a compact model file (``save_model``) from a training checkpoint; return its path."""
+def export_checkpoint(
+    checkpoint_path: str | Path, model_path: str | Path, engine_preset: str | Path | None = None
+) -> Path:
+    """Write a compact model file (``save_model``) from a training checkpoint; return its path.
+
+    Args:
+        engine_preset: preset name or YAML whose frontend and BA settings the model file
+            carries, so that users of the file track with the tuned inference settings rather
+            than those of the training run. None keeps the checkpoint's settings.
+
+    Raises:
+        ConfigError: the preset's network sizes differ from the checkpoint's.
+    """
     state = ckpt.load_checkpoint(checkpoint_path)
     engine = from_dict(EngineConfig, state["engine"]).validate()
+    if engine_preset is not None:
+        preset = load_engine_config(engine_preset)
+        if preset.network != engine.network:
+            raise ConfigError(
+                f"engine preset {engine_preset} has network sizes {preset.network}, but the "
+                f"checkpoint {checkpoint_path} was trained with {engine.network}; pick the preset "
+                "the checkpoint's recipe names"
+            )
+        engine = preset
     network = VONetwork(engine.network)
     network.load_state_dict(state["model"])
     metadata = {"step": state["step"], "code_version": state.get("code_version", "unknown"),
