@@ -281,8 +281,10 @@ def test_problem_log_is_throttled():
 def test_drop_warning_waits_for_first_frame():
     messages = []
     reporter = DropReporter(messages.append, interval_s=3600.0)
-    # At start-up frames replace each other while the engine is built: counted, not warned.
+    # At start-up frames replace each other while the engine is built and runs its first frame:
+    # counted, not warned.
     assert not reporter.report(dropped=1, input_hz=5.0, processed_hz=0.0, processed=0)
+    assert not reporter.report(dropped=21, input_hz=16.5, processed_hz=0.0, processed=1)
     assert messages == []
     assert reporter.report(dropped=3, input_hz=30.0, processed_hz=9.5, processed=4)
     assert len(messages) == 1

@@ -249,16 +249,17 @@ def evaluation_report(**fields) -> EvaluationReport:
 
 def test_evaluation_summary_has_units():
     lines = evaluation_report(ate=METRICS).summary().splitlines()
-    assert "frames initialising:   2 (used to initialise, no odometry)" in lines
-    assert "latency median / p95:  12.3 / 20.0 ms" in lines
-    assert ("ATE RMSE:              0.118 m (2.35 % of the 5.030 m path, Sim(3)-aligned)"
+    assert "frames initialising:      2 (used to initialise, no odometry)" in lines
+    assert "latency median / p95:     12.3 / 20.0 ms" in lines
+    assert ("ATE RMSE:                 0.118 m (2.35 % of the 5.030 m path, Sim(3)-aligned)"
             in lines)
-    assert "ATE mean / median / max: 0.100 m / 0.090 m / 0.300 m" in lines
-    assert "RPE between frames:    0.012 m, 0.46 deg (RMSE)" in lines
-    assert "RPE over 1 m: n/a, n/a (RMSE)" in lines
-    assert "standstill ATE RMSE:   0.900 m (17.89 %), for an estimate that never moves" in lines
-    assert "alignment scale:       1.235" in lines
-    assert "associated poses:      120" in lines
+    assert "ATE mean / median / max:  0.100 m / 0.090 m / 0.300 m" in lines
+    assert "RPE between frames:       0.012 m, 0.46 deg (RMSE)" in lines
+    assert "RPE over 1 m:             n/a, n/a (RMSE)" in lines
+    assert ("standstill ATE RMSE:      0.900 m (17.89 %), for an estimate that never moves"
+            in lines)
+    assert "alignment scale:          1.235" in lines
+    assert "associated poses:         120" in lines
     # No raw key or unrounded float is printed.
     text = "\n".join(lines)
     assert "ate_rmse" not in text
@@ -267,7 +268,8 @@ def test_evaluation_summary_has_units():
 
 def test_evaluation_summary_scene_units():
     text = evaluation_report(ate=METRICS, length_unit=SCENE_UNITS).summary()
-    assert "ATE RMSE:              0.118 scene units (2.35 % of the 5.030 scene units path" in text
+    assert ("ATE RMSE:                 0.118 scene units (2.35 % of the 5.030 scene units path"
+            in text)
     missing = evaluation_report(ate=None, ate_error="no ground truth given").summary()
     assert missing.splitlines()[-1] == "ATE: not computed (no ground truth given)"
 

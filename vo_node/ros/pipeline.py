@@ -35,6 +35,8 @@ STATE_INITIALISING = "initialising"
 """Tracking state the node reports until the engine has initialised."""
 DROP_LOG_INTERVAL_S = 10.0
 """Dropped frames are logged at most once per this many seconds."""
+MIN_PROCESSED_FOR_DROP_WARNING = 2
+"""Processed frames before drops are warned about: the processed rate needs two frames."""
 RATE_WINDOW_S = 5.0
 """Input and processing rates are averaged over this many seconds."""
 LATENCY_WINDOW = 200
@@ -186,9 +188,10 @@ class ProblemReporter:
 class DropReporter:
     """Warns about frames replaced in the slot, at most once per interval.
 
-    No warning is given before the first frame is processed: frames that arrive while the
-    engine is built or runs its first, slow frame are the normal start-up, not a slow model.
-    They are still counted by the caller.
+    No warning is given before :data:`MIN_PROCESSED_FOR_DROP_WARNING` frames are processed.
+    Frames that arrive while the engine is built or runs its first, slow frame are the normal
+    start-up, not a slow model, and the processed rate cannot be measured yet. The caller still
+    counts them.
     """
 
     def __init__(self, warn: Callable[[str], Any], interval_s: float = DROP_LOG_INTERVAL_S):
@@ -210,7 +213,7 @@ class DropReporter:
         is ``time.monotonic()`` seconds by default.
         """
         now = time.monotonic() if now is None else now
-        if processed == 0:
+        if processed < MIN_PROCESSED_FOR_DROP_WARNING:
             return False
         if self._last_logged is not None and now - self._last_logged < self._interval_s:
             return False

@@ -365,25 +365,35 @@ class EvaluationReport:
     def summary(self) -> str:
         """Return the counts, latency and accuracy as aligned lines with units."""
         lines = [
-            f"frames in bag:         {self.frames_in_bag}",
-            f"frames received:       {self.frames_received}",
-            f"frames processed:      {self.frames_processed} (odometry published)",
-            f"frames initialising:   {self.frames_initialising} (used to initialise, no odometry)",
-            f"frames dropped:        {self.frames_dropped}",
-            f"frames skipped:        {self.frames_skipped}",
-            f"frames lost:           {self.frames_lost}",
-            f"odometry messages:     {self.odometry_messages}",
-            f"latency median / p95:  {self.latency_median_ms:.1f} / {self.latency_p95_ms:.1f} ms",
-            f"wall time:             {self.wall_time_s:.1f} s",
+            _format_row("frames in bag", self.frames_in_bag),
+            _format_row("frames received", self.frames_received),
+            _format_row("frames processed", f"{self.frames_processed} (odometry published)"),
+            _format_row("frames initialising",
+                 f"{self.frames_initialising} (used to initialise, no odometry)"),
+            _format_row("frames dropped", self.frames_dropped),
+            _format_row("frames skipped", self.frames_skipped),
+            _format_row("frames lost", self.frames_lost),
+            _format_row("odometry messages", self.odometry_messages),
+            _format_row("latency median / p95",
+                 f"{self.latency_median_ms:.1f} / {self.latency_p95_ms:.1f} ms"),
+            _format_row("wall time", f"{self.wall_time_s:.1f} s"),
         ]
         if self.groundtruth_extrinsic is not None:
             values = " ".join(f"{value:.9g}" for value in self.groundtruth_extrinsic)
-            lines.append(f"ground truth T_body_cam: {values}")
+            lines.append(_format_row("ground truth T_body_cam", values))
         if self.ate is not None:
             lines.extend(format_metrics(self.ate, self.length_unit))
         else:
             lines.append(f"ATE: not computed ({self.ate_error})")
         return "\n".join(lines)
+
+
+SUMMARY_LABEL_WIDTH = 25
+"""Width of the label column of the evaluation summary, colon included."""
+
+
+def _format_row(label: str, value: object) -> str:
+    return f"{label + ':':<{SUMMARY_LABEL_WIDTH}} {value}"
 
 
 def format_metrics(metrics: dict, unit: str) -> list[str]:
@@ -409,18 +419,19 @@ def format_metrics(metrics: dict, unit: str) -> list[str]:
     distance = metrics.get("rpe_distance_m")
     distance_text = "n/a" if distance is None else f"{distance:g} {unit}"
     return [
-        f"ATE RMSE:              {length('ate_rmse')} ({percent('ate_percent')} of the "
-        f"{length('path_length')} path, Sim(3)-aligned)",
-        f"ATE mean / median / max: {length('ate_mean')} / {length('ate_median')} / "
-        f"{length('ate_max')}",
-        f"RPE between frames:    {length('rpe_translation_rmse')}, "
-        f"{angle('rpe_rotation_rmse_deg')} (RMSE)",
-        f"RPE over {distance_text}: {length('rpe_distance_translation_rmse')}, "
-        f"{angle('rpe_distance_rotation_rmse_deg')} (RMSE)",
-        f"standstill ATE RMSE:   {length('standstill_ate_rmse')} "
-        f"({percent('standstill_ate_percent')}), for an estimate that never moves",
-        f"alignment scale:       {'n/a' if scale is None else f'{scale:.4g}'}",
-        f"associated poses:      {metrics.get('associated_poses')}",
+        _format_row("ATE RMSE", f"{length('ate_rmse')} ({percent('ate_percent')} of the "
+                         f"{length('path_length')} path, Sim(3)-aligned)"),
+        _format_row("ATE mean / median / max",
+             f"{length('ate_mean')} / {length('ate_median')} / {length('ate_max')}"),
+        _format_row("RPE between frames",
+             f"{length('rpe_translation_rmse')}, {angle('rpe_rotation_rmse_deg')} (RMSE)"),
+        _format_row(f"RPE over {distance_text}", f"{length('rpe_distance_translation_rmse')}, "
+                                          f"{angle('rpe_distance_rotation_rmse_deg')} (RMSE)"),
+        _format_row("standstill ATE RMSE", f"{length('standstill_ate_rmse')} "
+                                    f"({percent('standstill_ate_percent')}), for an estimate "
+                                    "that never moves"),
+        _format_row("alignment scale", "n/a" if scale is None else f"{scale:.4g}"),
+        _format_row("associated poses", metrics.get("associated_poses")),
     ]
 
 
