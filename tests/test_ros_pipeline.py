@@ -299,8 +299,9 @@ def test_problem_expected_logged_as_info():
     warnings, infos = [], []
     reporter = ProblemReporter(warnings.append, interval_s=3600.0, info=infos.append)
     reporter.report("no_intrinsics", "waiting", expected=True)
+    reporter.report("no_intrinsics", "waiting again", expected=True)
     reporter.report("no_intrinsics", "still none")
-    assert reporter.counts == {"no_intrinsics": 2}
+    assert reporter.counts == {"no_intrinsics": 3}
     assert infos == ["[no_intrinsics] waiting"]
     # The first unexpected occurrence is warned about at once.
     assert warnings == ["[no_intrinsics] still none"]

@@ -162,25 +162,32 @@ class ProblemReporter:
         self.counts: dict[str, int] = {}
         self._last_logged: dict[str, float] = {}
         self._suppressed: dict[str, int] = {}
+        self._expected_logged: set[str] = set()
 
     def report(self, kind: str, message: str, expected: bool = False) -> None:
         """Count one problem of ``kind`` and log ``message`` unless throttled.
 
-        ``expected`` marks a normal start-up event: it is counted and logged at info level,
-        without throttling, so the first unexpected occurrence is still warned about at once.
+        ``expected`` marks a normal start-up event: it is counted, and only its first occurrence
+        per kind is logged, at info level. It leaves the throttle alone, so the first unexpected
+        occurrence is still warned about at once.
         """
         now = time.monotonic()
         with self._lock:
             self.counts[kind] = self.counts.get(kind, 0) + 1
             if expected:
+                first_expected = kind not in self._expected_logged
+                self._expected_logged.add(kind)
+            else:
+                last = self._last_logged.get(kind)
+                if last is not None and now - last < self._interval_s:
+                    self._suppressed[kind] = self._suppressed.get(kind, 0) + 1
+                    return
+                suppressed = self._suppressed.pop(kind, 0)
+                self._last_logged[kind] = now
+        if expected:
+            if first_expected:
                 self._info(f"[{kind}] {message}")
-                return
-            last = self._last_logged.get(kind)
-            if last is not None and now - last < self._interval_s:
-                self._suppressed[kind] = self._suppressed.get(kind, 0) + 1
-                return
-            suppressed = self._suppressed.pop(kind, 0)
-            self._last_logged[kind] = now
+            return
         suffix = f" ({suppressed} more since the last report)" if suppressed else ""
         self._warn(f"[{kind}] {message}{suffix}")
 
