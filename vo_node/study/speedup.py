@@ -38,6 +38,8 @@ from vo_node.study.plots import Panel, Series, plot_panels, read_table, write_ta
 
 logger = logging.getLogger(__name__)
 
+# TODO: plan the two ablation arms too (Sigma weighting without the beta rule, the beta rule
+# without Sigma weighting); the sigma arm changes both at once, so it cannot tell them apart.
 VARIANT_OVERRIDES: dict[str, dict[str, str]] = {
     "baseline": {"loss.flow_weighting": "none", "balance.enabled": "false"},
     "sigma": {"loss.flow_weighting": "sigma", "balance.enabled": "true"},
