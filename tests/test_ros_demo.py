@@ -272,6 +272,8 @@ def test_demo_through_node(tiny_model, tiny_sequence, tmp_path):
     tracked = DEMO_FRAMES - (QUICK_INIT_FRAMES - 1)
     assert f"frames received: {DEMO_FRAMES}" in lines
     assert f"frames processed: {tracked}" in lines
+    initialising = DEMO_FRAMES - tracked
+    assert f"frames used to initialise (no odometry): {initialising}" in lines
     assert "frames dropped: 0" in lines
     assert "frames lost: 0" in lines
     assert any(line.startswith("latency median/p95: ") for line in lines)
@@ -288,6 +290,8 @@ def test_demo_through_node(tiny_model, tiny_sequence, tmp_path):
                                   open_sequence(tiny_sequence).timestamps_ns[-tracked:])
     report = json.loads((output / "metrics.json").read_text())
     assert report["frames_received"] == DEMO_FRAMES
+    assert report["frames_initialising"] == initialising
+    assert report["frames_processed"] + report["frames_initialising"] == DEMO_FRAMES
     assert report["groundtruth_topic"] == "/groundtruth/pose"
     assert (report["metrics"] is None) == (report["metrics_error"] is not None)
 

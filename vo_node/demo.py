@@ -269,6 +269,7 @@ def format_node_summary(report: Any, bag: DemoBag, outputs: dict[str, Path]) -> 
         f"frames in bag: {report.frames_in_bag}",
         f"frames received: {report.frames_received}",
         f"frames processed: {report.frames_processed}",
+        f"frames used to initialise (no odometry): {report.frames_initialising}",
         f"frames dropped: {report.frames_dropped}",
         f"frames skipped: {report.frames_skipped}",
         f"frames lost: {report.frames_lost}",
@@ -313,7 +314,8 @@ def write_node_outputs(report: Any, bag: DemoBag, output_dir: Path,
         outputs["trajectory"] = write_tum(output_dir / TRAJECTORY_FILE, report.trajectory)
     counts = {
         name: getattr(report, name)
-        for name in ("frames_in_bag", "frames_received", "frames_processed", "frames_dropped",
+        for name in ("frames_in_bag", "frames_received", "frames_processed",
+                     "frames_initialising", "frames_dropped",
                      "frames_skipped", "frames_lost", "odometry_messages", "latency_median_ms",
                      "latency_p95_ms", "wall_time_s", "groundtruth_extrinsic")
     }
