@@ -1,6 +1,7 @@
 """Training runs on the generator: learning, outputs, exact resume, signals, NaN steps and DDP."""
 
 import csv
+import math
 import os
 import signal
 import socket
@@ -235,6 +236,24 @@ def test_step_error_saves_checkpoint(tmp_path):
     assert state["step"] == FailingStepTrainer.fail_at
     for name, value in parameters(trainer).items():
         assert torch.equal(state["model"][name], value), name
+
+
+def test_validation_logs_sequence_ate(tmp_path):
+    from vo_node.demo_data import render_demo_sequence
+
+    sequence = render_demo_sequence(tmp_path / "sequence", num_frames=24, height=96, width=128)
+    # Every frame enters the patch graph (no motion probe), so the untrained network's estimate
+    # moves and the Sim(3) alignment is defined.
+    engine = {"network.matching_dim": 16, "network.context_dim": 32, "network.encoder_dim": 8,
+              "frontend.motion_probe_threshold": 0.0}
+    overrides = {**QUIET, "optim.steps": 1, "validation.every": 1, "engine_overrides": engine,
+                 "validation.sequences": [str(sequence)], "validation.sequence_stride": 1}
+    Trainer(load_train_config(TINY, overrides), tmp_path / "run").train()
+
+    (row,) = read_rows(tmp_path / "run", "val")
+    ate_percent = float(row["ate"])
+    assert math.isfinite(ate_percent)
+    assert ate_percent > 0.0
 
 
 def test_cli_rejects_unknown_key(tmp_path, caplog):
