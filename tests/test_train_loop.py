@@ -256,6 +256,17 @@ def test_validation_logs_sequence_ate(tmp_path):
     assert ate_percent > 0.0
 
 
+def test_small_recipe_step_completes(tmp_path):
+    # A child process, because a heap corruption in a backward pass aborts the interpreter.
+    command = [sys.executable, "-m", "vo_node.train", "--config", str(REPO / "config" /
+               "train_small.yaml"), "--output", str(tmp_path / "run"), "--max-steps", "1",
+               "data.num_workers=0", "validation.every=1000"]
+    completed = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=300,
+                               env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert completed.returncode == 0, completed.stderr[-2000:]
+    assert load_checkpoint(tmp_path / "run" / "checkpoints" / "latest.pt")["step"] == 1
+
+
 def test_cli_rejects_unknown_key(tmp_path, caplog):
     code = main(["--config", TINY, "--output", str(tmp_path), "optim.bogus=1"])
     assert code == 2

@@ -115,11 +115,13 @@ class Encoder(nn.Module):
     def forward(self, images: Tensor) -> Tensor:
         """Encode normalised images ``(N, 3, H, W)`` to ``(N, output_dim, H/4, W/4)``.
 
-        On the CPU the maps are computed channels-last: oneDNN's convolutions then run about a
-        fifth faster (torch 2.13, one thread, 240x368 input). The output is channels-last too.
-        Results match the contiguous layout to float32 rounding, not bit for bit.
+        At inference on the CPU the maps are computed channels-last: oneDNN's convolutions then
+        run about a fifth faster (torch 2.13, one thread, 240x368 input), and the output is
+        channels-last too. Results match the contiguous layout to float32 rounding, not bit for
+        bit. Training keeps the contiguous layout: the channels-last backward pass corrupted the
+        heap (glibc "double free or corruption") on the training recipe's 192x256 clips.
         """
-        if images.device.type == "cpu":
+        if images.device.type == "cpu" and not torch.is_grad_enabled():
             images = images.contiguous(memory_format=torch.channels_last)
         x = self.stage2(self.stage1(self.stem(images)))
         return self.projection(x) * OUTPUT_SCALE
