@@ -123,3 +123,15 @@ def test_bad_yaml_file_names_path(tmp_path, recipe):
     with pytest.raises(ConfigError) as error:
         load(missing)
     assert f"{description} {missing} not found" in str(error.value)
+
+
+def test_small_fast_preset_differs_only_in_speed_settings():
+    small = load_engine_config("small")
+    fast = load_engine_config("small_fast")
+    assert fast.name == "small_fast"
+    assert fast.network == small.network
+    assert fast.ba.iterations == 1
+    assert small.ba.iterations == 2
+    assert fast.frontend.patch_lifetime == small.frontend.patch_lifetime - 1
+    assert fast.frontend.patches_per_frame == small.frontend.patches_per_frame
+    assert fast.ba.trust_region == small.ba.trust_region
