@@ -166,8 +166,8 @@ def test_standstill_reference_is_rms_about_centroid():
     expected = math.sqrt(np.mean(np.sum((positions - positions.mean(axis=0)) ** 2, axis=1)))
     assert metrics.standstill_ate_rmse == pytest.approx(expected, rel=1e-9)
     assert metrics.standstill_ate_percent == pytest.approx(100 * expected / metrics.path_length)
-    # A perfect estimate sits far below the standstill reference; one that only jitters in
-    # place, unrelated to the motion, cannot get below it and lands close to it.
+    # A perfect estimate sits far below the standstill reference. An estimate that only jitters
+    # in place, unrelated to the motion, cannot get below it and lands close to it.
     assert metrics.ate_rmse < 1e-6 * metrics.standstill_ate_rmse
     jitter = np.random.default_rng(0).normal(scale=1e-3, size=positions.shape)
     frozen = evaluate_trajectory(

@@ -45,7 +45,7 @@ def engine():
 
     from vo_node.config import apply_overrides, load_engine_config
 
-    # A random network sees almost no flow, so the motion probe would never let it initialise.
+    # A random network predicts almost no flow, so the motion probe would never let it initialise.
     config = apply_overrides(load_engine_config("small"), {
         "frontend.motion_probe_threshold": 0.0, "frontend.init_frames": INIT_FRAMES,
     })

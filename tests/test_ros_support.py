@@ -40,7 +40,7 @@ def model_parameter(path: Path | str) -> str:
 def quick_init_config(init_frames: int = QUICK_INIT_FRAMES):
     """Return the ``small`` preset with the motion probe off and ``init_frames`` frames.
 
-    A random network sees almost no flow, so the motion probe would drop every frame as static
+    A random network predicts almost no flow, so the motion probe would drop every frame as static
     and the engine would never initialise. With the probe off, the engine initialises on frame
     ``init_frames`` exactly (unless a frame fails).
     """

@@ -37,7 +37,7 @@ MIN_SLANT_COSINE = 0.1
 OVERLAY_RANGE = (0.3, 1.7)
 """Clip range of the multiplicative brightness overlay."""
 MAX_BLUR_LENGTH_PX = 31.0
-"""Longest motion-blur streak (pixels); longer image motion is blurred this much."""
+"""Maximum motion-blur streak length (pixels). Longer image motion is blurred by this much."""
 
 
 @dataclass
