@@ -215,3 +215,49 @@ def test_reproject_rejects_bad_shapes():
         projection.reproject(poses, patches, INTRINSICS[:3], *edges)
     with pytest.raises(ValueError, match="patches"):
         projection.reproject(poses, patches[:, :2], INTRINSICS, *edges)
+
+
+def test_shared_frame_pairs_match_per_edge_relative_poses():
+    """Relative poses computed once per frame pair give bit-identical coordinates and Jacobians
+    to computing them for every edge, with many edges per pair and reversed pairs."""
+    poses = _poses(4, seed=7)
+    patches = _patches(6, seed=8)
+    generator = _generator(9)
+    ii = torch.randint(0, 4, (40,), generator=generator)
+    jj = torch.randint(0, 4, (40,), generator=generator)
+    kk = torch.randint(0, 6, (40,), generator=generator)
+    shared = projection.reproject(poses, patches, INTRINSICS, ii, jj, kk, with_jacobians=True)
+
+    source, target, of_edge = projection.frame_pairs(ii, jj, poses.shape[0])
+    assert source.shape[0] < ii.shape[0]
+    assert torch.equal(source[of_edge], ii) and torch.equal(target[of_edge], jj)
+
+    # Per-edge reference: every edge its own pair.
+    per_edge = torch.arange(ii.shape[0])
+    relative = se3.compose(poses[jj], se3.invert(poses[ii]))
+    rotation = se3.quaternion_to_matrix(relative[:, 3:])
+    points = projection.inverse_project(patches[kk], INTRINSICS.expand(ii.shape[0], 4))
+    xyz = torch.einsum("eab,ebpq->eapq", rotation, points[:, :3])
+    xyz = xyz + relative[:, :3, None, None] * points[:, 3:4]
+    transformed = torch.cat([xyz, points[:, 3:4]], dim=1)
+    coords = projection.project(transformed, INTRINSICS.expand(ii.shape[0], 4))
+    jacobians = projection._centre_jacobians(
+        transformed[:, :, 1, 1], relative, per_edge, INTRINSICS.expand(ii.shape[0], 4)
+    )
+    assert torch.equal(shared.coords, coords)
+    for got, expected in zip((shared.Ji, shared.Jj, shared.Jz), jacobians):
+        assert torch.equal(got, expected)
+
+
+def test_reproject_gradcheck_through_shared_pairs():
+    """Gradients reach every pose through the per-pair relative poses (float64 gradcheck)."""
+    poses = _poses(3, seed=3).requires_grad_()
+    patches = _patches(3, seed=4)
+    ii = torch.tensor([0, 0, 1, 2, 0, 1])
+    jj = torch.tensor([1, 1, 2, 0, 2, 2])
+    kk = torch.tensor([0, 1, 2, 0, 1, 2])
+
+    def centres(pose_values):
+        return _centre(pose_values, patches, ii, jj, kk)
+
+    assert torch.autograd.gradcheck(centres, (poses,), eps=1e-6, atol=1e-5)

@@ -138,10 +138,11 @@ def reproject(
         ``ii == jj`` it is the identity and the coordinates equal the patch's own pixels.
     """
     _check_reproject_inputs(poses_cw, patches, intrinsics, ii, jj, kk)
-    relative = se3.compose(poses_cw[jj], se3.invert(poses_cw[ii]))  # (E, 7) T_j_i
+    pair_source, pair_target, pair_of_edge = frame_pairs(ii, jj, poses_cw.shape[0])
+    relative = se3.compose(poses_cw[pair_target], se3.invert(poses_cw[pair_source]))  # (Q, 7)
     points = inverse_project(patches[kk], _per_edge_intrinsics(intrinsics, ii))  # (E, 4, P, P)
-    rotation = se3.quaternion_to_matrix(relative[:, 3:])  # (E, 3, 3)
-    translation = relative[:, :3]
+    rotation = se3.quaternion_to_matrix(relative[:, 3:])[pair_of_edge]  # (E, 3, 3)
+    translation = relative[pair_of_edge, :3]
 
     xyz = torch.einsum("eab,ebpq->eapq", rotation, points[:, :3])
     xyz = xyz + translation[:, :, None, None] * points[:, 3:4]
@@ -156,15 +157,39 @@ def reproject(
 
     centre = patches.shape[-1] // 2
     ji, jj_jacobian, jz = _centre_jacobians(
-        transformed[:, :, centre, centre], relative, target_intrinsics
+        transformed[:, :, centre, centre], relative, pair_of_edge, target_intrinsics
     )
     return Reprojection(coords, depth, valid, ji, jj_jacobian, jz)
 
 
+def frame_pairs(
+    ii: torch.Tensor, jj: torch.Tensor, num_poses: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Return the distinct ``(source, target)`` frame pairs of the edges and each edge's pair.
+
+    Args:
+        ii, jj: (E,) long source and target frames.
+        num_poses: number of poses ``N``; frames lie in ``[0, N)``.
+
+    Returns:
+        ``source`` and ``target`` (Q,) of the ``Q`` distinct pairs, and ``of_edge`` (E,), the
+        pair of each edge. The engine has about 30 edges per pair, so relative poses and their
+        adjoints are computed once per pair and then indexed per edge.
+    """
+    pair_ids, of_edge = torch.unique(jj * num_poses + ii, return_inverse=True)
+    return pair_ids % num_poses, pair_ids // num_poses, of_edge
+
+
 def _centre_jacobians(
-    point: torch.Tensor, relative: torch.Tensor, intrinsics: torch.Tensor
+    point: torch.Tensor,
+    relative: torch.Tensor,
+    pair_of_edge: torch.Tensor,
+    intrinsics: torch.Tensor,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Return ``Ji, Jj`` (E, 2, 6) and ``Jz`` (E, 2, 1) of the pixel of ``point`` (E, 4).
+
+    ``relative`` (Q, 7) holds the relative pose ``T_j_i`` of each frame pair and
+    ``pair_of_edge`` (E,) the pair of each edge.
 
     With ``X' = T_j_i X``: a left update of pose ``jj`` moves ``X'`` by ``[W I, -skew(X'_xyz)] xi``.
     A left update of pose ``ii`` right-multiplies ``T_j_i`` by ``exp(-xi)``, which equals
@@ -191,6 +216,6 @@ def _centre_jacobians(
     point_jacobian = torch.cat([w[:, None, None] * eye, -se3.skew(point[:, :3])], dim=-1)
 
     jj_jacobian = projection_jacobian @ point_jacobian
-    ji = -jj_jacobian @ se3.adjoint(relative)
-    jz = projection_jacobian @ relative[:, :3, None]
+    ji = -jj_jacobian @ se3.adjoint(relative)[pair_of_edge]
+    jz = projection_jacobian @ relative[pair_of_edge, :3, None]
     return ji, jj_jacobian, jz
