@@ -217,7 +217,7 @@ def test_reproject_rejects_bad_shapes():
         projection.reproject(poses, patches[:, :2], INTRINSICS, *edges)
 
 
-def test_shared_frame_pairs_match_per_edge_relative_poses():
+def test_frame_pairs_match_per_edge_poses():
     """Relative poses computed once per frame pair give bit-identical coordinates and Jacobians
     to computing them for every edge, with many edges per pair and reversed pairs."""
     poses = _poses(4, seed=7)
@@ -230,7 +230,8 @@ def test_shared_frame_pairs_match_per_edge_relative_poses():
 
     source, target, of_edge = projection.frame_pairs(ii, jj, poses.shape[0])
     assert source.shape[0] < ii.shape[0]
-    assert torch.equal(source[of_edge], ii) and torch.equal(target[of_edge], jj)
+    assert torch.equal(source[of_edge], ii)
+    assert torch.equal(target[of_edge], jj)
 
     # Per-edge reference: every edge its own pair.
     per_edge = torch.arange(ii.shape[0])
@@ -249,7 +250,7 @@ def test_shared_frame_pairs_match_per_edge_relative_poses():
         assert torch.equal(got, expected)
 
 
-def test_reproject_gradcheck_through_shared_pairs():
+def test_reproject_gradcheck_shared_pairs():
     """Gradients reach every pose through the per-pair relative poses (float64 gradcheck)."""
     poses = _poses(3, seed=3).requires_grad_()
     patches = _patches(3, seed=4)

@@ -173,8 +173,8 @@ def frame_pairs(
 
     Returns:
         ``source`` and ``target`` (Q,) of the ``Q`` distinct pairs, and ``of_edge`` (E,), the
-        pair of each edge. The engine has about 30 edges per pair, so relative poses and their
-        adjoints are computed once per pair and then indexed per edge.
+        pair of each edge. The engine's patch graph has tens of edges per pair (an estimate from
+        EuRoC runs), so relative poses and their adjoints are computed once per pair.
     """
     pair_ids, of_edge = torch.unique(jj * num_poses + ii, return_inverse=True)
     return pair_ids % num_poses, pair_ids // num_poses, of_edge
