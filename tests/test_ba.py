@@ -472,3 +472,33 @@ def test_training_defaults_take_plain_steps():
     for config in (BAConfig(), TrainBAConfig()):
         assert not config.trust_region
         assert not config.reset_bound_depths
+
+
+def test_trust_region_reprojects_accepted_trial_once(monkeypatch):
+    """An accepted trial's linearisation serves the next iteration and the covariance. With three
+    accepted steps and the covariance, the solver reprojects once per trial plus once at the start."""
+    import vo_node.ba.solver as solver
+
+    scene = _make_scene()
+    poses, patches = _perturb(scene)
+    calls = []
+
+    def counting_reproject(*args, **kwargs):
+        calls.append(args[-1] if len(args) > 6 else kwargs.get("with_jacobians", False))
+        return reproject(*args, **kwargs)
+
+    monkeypatch.setattr(solver, "reproject", counting_reproject)
+    config = BAConfig(iterations=3, trust_region=True)
+    result = _run(scene, poses, patches, config=config, compute_covariance=True)
+    assert result.iterations == 3
+    assert len(calls) == 4
+    assert result.pose_covariance is not None
+
+    # The same estimate and covariance as a fresh linearisation at the returned estimate.
+    monkeypatch.setattr(solver, "reproject", reproject)
+    fresh = _run(
+        scene, result.poses_cw, result.patches, config=replace(config, iterations=0),
+        compute_covariance=True,
+    )
+    assert torch.equal(fresh.pose_covariance, result.pose_covariance)
+    assert fresh.final_cost == result.final_cost

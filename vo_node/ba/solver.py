@@ -186,6 +186,8 @@ class _StepOutcome:
     """The system whose factorisation failed, for the warning."""
     marquardt: float = 0.0
     """Marquardt damping to start the next iteration with."""
+    linearization: "_Linearization | None" = None
+    """Linearisation at the accepted estimate when the step already computed it, else None."""
 
 
 def bundle_adjust(
@@ -253,14 +255,19 @@ def bundle_adjust(
     failed = False
     steps = 0
     marquardt = config.lm_damping
+    linearization = None  # at (poses_cw, patches) with Jacobians, when already computed
     for iteration in range(config.iterations):
-        linearization = problem.linearize(poses_cw, patches)
+        if linearization is None:
+            linearization = problem.linearize(poses_cw, patches)
         cost = _cost(linearization)
         if initial_cost is None:
             initial_cost = cost
         if config.trust_region:
+            # A trial that will be linearised again next (another iteration or the covariance)
+            # computes its Jacobians at once, so an accepted trial is not reprojected twice.
+            reuse = iteration + 1 < config.iterations or compute_covariance
             outcome = _levenberg_marquardt_step(problem, poses_cw, patches, linearization, cost,
-                                                marquardt, first_free_pose)
+                                                marquardt, first_free_pose, reuse)
             marquardt = outcome.marquardt
         else:
             outcome = _gauss_newton_step(problem, poses_cw, patches, linearization, first_free_pose)
@@ -271,13 +278,17 @@ def bundle_adjust(
         if not outcome.accepted:
             break
         poses_cw, patches = outcome.poses_cw, outcome.patches
+        linearization = outcome.linearization
         if config.reset_bound_depths:
-            patches = _reset_bound_depths(patches, index, config)
+            reset = _reset_bound_depths(patches, index, config)
+            linearization = linearization if reset is patches else None
+            patches = reset
         steps += 1
 
-    final = problem.linearize(
-        poses_cw, patches, with_jacobians=compute_covariance and index.num_free > 0
-    )
+    needs_jacobians = compute_covariance and index.num_free > 0
+    final = linearization
+    if final is None or (needs_jacobians and final.ji is None):
+        final = problem.linearize(poses_cw, patches, with_jacobians=needs_jacobians)
     final_cost = _cost(final)
     if initial_cost is None:
         initial_cost = final_cost
@@ -398,17 +409,18 @@ def _linearize(
     valid = projected.valid[:, 0, 0] & inside & small
 
     raw_residual = residual
+    in_front = projected.valid[:, 0, 0]
     residual = torch.where(valid[:, None], residual, torch.zeros_like(residual))
     masked_weight = torch.where(valid[:, None], weight, torch.zeros_like(weight))
     if not with_jacobians:
-        return _Linearization(
-            residual, masked_weight, raw_residual=raw_residual, in_front=projected.valid[:, 0, 0]
-        )
+        return _Linearization(residual, masked_weight, raw_residual=raw_residual, in_front=in_front)
 
     depth_free_of_edge = index.depth_is_free[index.depth_of_edge]
     jz = projected.Jz
     jz = torch.where(depth_free_of_edge[:, None, None], jz, torch.zeros_like(jz))
-    return _Linearization(residual, masked_weight, projected.Ji, projected.Jj, jz)
+    return _Linearization(
+        residual, masked_weight, projected.Ji, projected.Jj, jz, raw_residual, in_front
+    )
 
 
 def _cost(linearization: _Linearization) -> float:
@@ -539,13 +551,15 @@ def _levenberg_marquardt_step(
     cost: float,
     marquardt: float,
     first_free: int,
+    with_jacobians: bool = False,
 ) -> _StepOutcome:
     """Try steps with growing Marquardt damping until one lowers the cost.
 
     An accepted step divides the damping by ``lm_damping_factor`` for the next iteration. When
     ``lm_max_trials`` steps all fail, the estimate stays and ``accepted`` is False. A failed
     Cholesky factorisation counts as a failed trial, because more damping can repair it. It is
-    reported as a failure only when every trial fails that way.
+    reported as a failure only when every trial fails that way. With ``with_jacobians`` each trial
+    is linearised with its Jacobians, and an accepted step returns that linearisation.
     """
     config = problem.config
     if cost <= problem.rounding_cost:
@@ -563,10 +577,13 @@ def _levenberg_marquardt_step(
             trial_poses, trial_patches = _apply_step(
                 poses_cw, patches, pose_step, depth_step, problem.index, first_free, config
             )
-            trial_cost = _trial_cost(problem, linearization, trial_poses, trial_patches)
+            trial = problem.linearize(trial_poses, trial_patches, with_jacobians)
+            trial_cost = _trial_cost(problem, linearization, trial)
             if trial_cost < cost:
                 next_damping = max(marquardt / factor, MIN_MARQUARDT_DAMPING)
-                return _StepOutcome(trial_poses, trial_patches, True, marquardt=next_damping)
+                return _StepOutcome(
+                    trial_poses, trial_patches, True, marquardt=next_damping, linearization=trial
+                )
             if abs(trial_cost - cost) <= CONVERGED_COST_CHANGE * cost:
                 break  # converged: more damping only shortens a step that changes nothing
         marquardt *= factor
@@ -576,13 +593,9 @@ def _levenberg_marquardt_step(
     )
 
 
-def _trial_cost(
-    problem: _Problem,
-    current: _Linearization,
-    poses_cw: torch.Tensor,
-    patches: torch.Tensor,
-) -> float:
-    """Cost of a trial estimate over the residuals that are valid at the current estimate.
+def _trial_cost(problem: _Problem, current: _Linearization, trial: _Linearization) -> float:
+    """Cost of a trial estimate (its linearisation ``trial``) over the residuals that are valid
+    at the current estimate.
 
     Each residual counts with its squared value capped at ``max_residual**2`` per axis, and a
     residual whose centre the trial moves behind the camera counts as ``max_residual`` on each
@@ -591,7 +604,6 @@ def _trial_cost(
     that moved a few far-outside patches across the margin look worse than no step. The BA then
     rejected steps that lowered the cost of every other residual (seen on EuRoC MH_05).
     """
-    trial = problem.linearize(poses_cw, patches, with_jacobians=False)
     counted = current.weight > 0  # (E, 2)
     cap = problem.config.max_residual**2
     usable = trial.in_front[:, None] & torch.isfinite(trial.raw_residual)
