@@ -289,6 +289,39 @@ def test_trajectory_rebuilds_chained_dropped_frames():
     np.testing.assert_allclose(poses, expected, atol=1e-6)
 
 
+def test_removed_keyframe_follows_both_neighbours():
+    """When the BA later moves a removed keyframe's two neighbours apart, its rebuilt pose lies
+    between them by timestamp instead of staying fixed to the predecessor."""
+    graph = make_graph(removal_window=50, frame_memory=60)
+    for frame in range(4):
+        add_frame(graph, frame)  # x = frame id at 1000 * (frame + 1) ns
+    graph.remove_keyframe(1)  # anchored to frames 0 and 2
+    graph.poses[1] = translation_pose(4.0)  # frame 2 moves from x = 2 to x = 4
+    graph.poses[2] = translation_pose(5.0)
+
+    frame_ids, _, poses_cw = graph.trajectory()
+    assert frame_ids.tolist() == [0, 1, 2, 3]
+    # From frame 0 the removed frame would sit at x = 1, from frame 2 at x = 3: halfway is 2.
+    np.testing.assert_allclose(poses_cw[1, :3], [2.0, 0.0, 0.0], atol=1e-9)
+    np.testing.assert_allclose(poses_cw[1, 3:], [0.0, 0.0, 0.0, 1.0], atol=1e-9)
+
+
+def test_removed_keyframe_chain_via_successor():
+    """A removed keyframe whose successor was removed later resolves through that successor."""
+    graph = make_graph(removal_window=50, frame_memory=60)
+    for frame in range(5):
+        add_frame(graph, frame)
+    graph.remove_keyframe(1)  # anchors 0 and 2
+    graph.remove_keyframe(1)  # frame 2: anchors 0 and 3
+    graph.poses[1] = translation_pose(6.0)  # frame 3 moves from x = 3 to x = 6
+
+    frame_ids, _, poses_cw = graph.trajectory()
+    assert frame_ids.tolist() == [0, 1, 2, 3, 4]
+    # Frame 2: from 0 at x = 2, from 3 at x = 5, alpha = 2/3, so x = 4. Frame 1: from 0 at
+    # x = 1, from frame 2 (x = 4) at x = 3, alpha = 1/2, so x = 2.
+    np.testing.assert_allclose(poses_cw[:4, 0], [0.0, 2.0, 4.0, 6.0], atol=1e-9)
+
+
 def test_static_frames_are_interpolated_by_timestamp():
     graph = make_graph()
     add_frame(graph, 0)  # x = 0 at 1000 ns

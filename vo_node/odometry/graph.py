@@ -11,9 +11,10 @@ its source. Older keyframes are *folded out*: their poses are final and move to 
 and their patches and features are released. The active store therefore grows in chunks until it
 covers the working window and then stays at that size, so long sequences need no buffer tuning.
 
-Removed keyframes keep their pose relative to their predecessor keyframe, ``T_cam_anchor``, and
-frames skipped as static keep only their timestamp. :meth:`PatchGraph.trajectory` rebuilds both at
-the end, the static ones by interpolation between their neighbours.
+Removed keyframes keep their pose relative to the keyframes before and after them,
+``T_cam_anchor``, and frames skipped as static keep only their timestamp.
+:meth:`PatchGraph.trajectory` rebuilds both at the end: a removed keyframe from both neighbours,
+blended by timestamp, and a static frame by interpolation between its neighbours.
 """
 
 from __future__ import annotations
@@ -46,6 +47,10 @@ class DroppedFrame:
     relative_pose: np.ndarray | None
     """``(7,)`` float64 ``T_cam_anchor``: the frame's pose is ``relative_pose * T_anchor_world``.
     None: interpolate the pose by timestamp between the neighbouring frames."""
+    successor_frame_id: int | None = None
+    """A second, later anchor frame (a removed keyframe's successor), or None."""
+    successor_relative_pose: np.ndarray | None = None
+    """``(7,)`` float64 ``T_cam_successor``, set together with ``successor_frame_id``."""
 
 
 class PatchGraph:
@@ -292,23 +297,37 @@ class PatchGraph:
 
     def remove_keyframe(self, index: int) -> None:
         """Remove active keyframe ``index`` (not the first), keeping its pose relative to its
-        predecessor so the trajectory can be rebuilt; its edges go, later keyframes shift down.
+        predecessor and successor so the trajectory can be rebuilt; its edges go, later
+        keyframes shift down.
+
+        Both anchors matter when the predecessor is much older, as when slow motion removes
+        every new keyframe. The BA may later move the two anchors apart. A pose kept relative
+        to the old predecessor alone would then jump away from the frames after it.
         """
         if not 0 < index < self.n:
             raise ValueError(f"keyframe index must be in 1..{self.n - 1}, got {index}")
-        relative = se3.compose(
-            self.poses[index].double(), se3.invert(self.poses[index - 1].double())
-        )
         frame_id = int(self.frame_ids[index])
+        successor = index + 1 if index + 1 < self.n else None
         self.dropped[frame_id] = DroppedFrame(
             timestamp_ns=int(self.timestamps_ns[index]),
             anchor_frame_id=int(self.frame_ids[index - 1]),
-            relative_pose=relative.cpu().numpy(),
+            relative_pose=self._relative_pose(index, index - 1),
+            successor_frame_id=None if successor is None else int(self.frame_ids[successor]),
+            successor_relative_pose=None if successor is None else self._relative_pose(
+                index, successor
+            ),
         )
         self.remove_edges((self.ii == index) | (self.jj == index))
         if self.fmaps is not None:
             self._shift_fmaps(self.num_folded + index, self.num_folded + self.n)
         self._shift_down(1, index)
+
+    def _relative_pose(self, index: int, anchor: int) -> np.ndarray:
+        """Return ``T_cam_anchor`` ``(7,)`` float64 of active keyframe ``index`` to ``anchor``."""
+        relative = se3.compose(
+            self.poses[index].double(), se3.invert(self.poses[anchor].double())
+        )
+        return relative.cpu().numpy()
 
     def _shift_fmaps(self, start: int, stop: int) -> None:
         """Give global keyframes ``start+1 .. stop-1`` the ring positions one lower.
@@ -423,8 +442,9 @@ class PatchGraph:
 
         for frame_id, dropped in self.dropped.items():
             stamps[frame_id] = dropped.timestamp_ns
+        for frame_id, dropped in self.dropped.items():
             if dropped.relative_pose is not None:
-                self._resolve(frame_id, known)
+                self._resolve(frame_id, known, stamps)
         self._interpolate_static(known, stamps)
 
         order = sorted(known)
@@ -434,21 +454,33 @@ class PatchGraph:
             np.stack([known[f] for f in order]) if order else np.zeros((0, 7)),
         )
 
-    def _resolve(self, frame_id: int, known: dict[int, np.ndarray]) -> np.ndarray:
-        """Compute a dropped frame's pose through its chain of anchors (iteratively)."""
-        chain = []
-        current = frame_id
-        while current not in known:
+    def _resolve(
+        self, frame_id: int, known: dict[int, np.ndarray], stamps: dict[int, int]
+    ) -> np.ndarray:
+        """Compute a dropped frame's pose from its anchors, resolving dropped anchors first.
+
+        A depth-first walk with an explicit stack, so long chains of removed keyframes need no
+        recursion. Anchors are keyframes that were active when the frame was removed, so the
+        walk always ends at active or archived keyframes.
+        """
+        stack = [frame_id]
+        while stack:
+            current = stack[-1]
+            if current in known:
+                stack.pop()
+                continue
             dropped = self.dropped.get(current)
-            if dropped is None or dropped.relative_pose is None:
+            if dropped is None or dropped.relative_pose is None or len(stack) > len(self.dropped):
                 raise RuntimeError(f"frame {frame_id} has no pose: anchor {current} is unknown")
-            chain.append(current)
-            current = dropped.anchor_frame_id
-        pose = torch.from_numpy(known[current])
-        for link in reversed(chain):
-            relative = torch.from_numpy(self.dropped[link].relative_pose)
-            pose = se3.compose(relative, pose)
-            known[link] = pose.numpy()
+            anchors = [dropped.anchor_frame_id]
+            if dropped.successor_frame_id is not None:
+                anchors.append(dropped.successor_frame_id)
+            missing = [anchor for anchor in anchors if anchor not in known]
+            if missing:
+                stack.extend(missing)
+                continue
+            known[current] = _pose_from_anchors(dropped, known, stamps)
+            stack.pop()
         return known[frame_id]
 
     def _interpolate_static(self, known: dict[int, np.ndarray], stamps: dict[int, int]) -> None:
@@ -477,3 +509,26 @@ class PatchGraph:
         blended = se3.invert(se3.interpolate(start, end, torch.from_numpy(alpha)))
         for frame, pose in zip(static, blended.numpy()):
             known[frame] = pose
+
+
+def _pose_from_anchors(
+    dropped: DroppedFrame, known: dict[int, np.ndarray], stamps: dict[int, int]
+) -> np.ndarray:
+    """Return the ``T_cam_world`` ``(7,)`` of a dropped frame whose anchors are ``known``.
+
+    With a successor the poses implied by the two anchors are blended by timestamp, in
+    camera-to-world form as for static frames, so each anchor counts more the closer it is.
+    """
+    relative = torch.from_numpy(dropped.relative_pose)
+    from_predecessor = se3.compose(relative, torch.from_numpy(known[dropped.anchor_frame_id]))
+    if dropped.successor_frame_id is None or dropped.successor_relative_pose is None:
+        return from_predecessor.numpy()
+    successor = torch.from_numpy(known[dropped.successor_frame_id])
+    from_successor = se3.compose(torch.from_numpy(dropped.successor_relative_pose), successor)
+    start_ns = stamps[dropped.anchor_frame_id]
+    end_ns = stamps[dropped.successor_frame_id]
+    alpha = (dropped.timestamp_ns - start_ns) / max(end_ns - start_ns, 1)
+    blended = se3.interpolate(
+        se3.invert(from_predecessor), se3.invert(from_successor), min(max(alpha, 0.0), 1.0)
+    )
+    return se3.invert(blended).numpy()
