@@ -159,6 +159,8 @@ class VisualOdometry:
         self._intrinsics: torch.Tensor | None = None
         self._last_timestamp_ns: int | None = None
         self._last_good_pose_cw: torch.Tensor | None = None
+        # Median flow (1/4-resolution pixels) that the last motion probe measured, or None.
+        self.last_probe_flow: float | None = None
 
     @property
     def state(self) -> str:
@@ -445,6 +447,7 @@ class VisualOdometry:
         seen = weight.min(dim=-1).values > 0
         magnitudes = delta.float().norm(dim=-1)
         flow = float((magnitudes[seen] if bool(seen.any()) else magnitudes).median())
+        self.last_probe_flow = flow
         return flow < self._scaled_threshold(self.config.frontend.motion_probe_threshold)
 
     # -----------------------------------------------------------------------------------------
