@@ -502,3 +502,33 @@ def test_trust_region_reprojects_accepted_trial_once(monkeypatch):
     )
     assert torch.equal(fresh.pose_covariance, result.pose_covariance)
     assert fresh.final_cost == result.final_cost
+
+
+def test_trial_cost_behind_camera_keeps_value():
+    """A residual that a trial moves behind the camera keeps its current squared value: it can
+    neither lower the trial cost nor veto the step with the max_residual cap."""
+    import vo_node.ba.solver as solver
+
+    scene = _make_scene(num_poses=3, per_frame=2)
+    config = BAConfig(trust_region=True)
+    index = solver._index_edges(scene.ii, scene.jj, scene.kk, 1, 3, None, scene.patches)
+    problem = solver._Problem(
+        INTRINSICS, scene.target, torch.ones_like(scene.target), scene.ii, scene.jj, scene.kk,
+        index, config, (HEIGHT, WIDTH),
+    )
+    count = scene.ii.shape[0]
+    current = solver._Linearization(
+        residual=torch.full((count, 2), 2.0, dtype=DOUBLE),
+        weight=torch.ones(count, 2, dtype=DOUBLE),
+    )
+    trial_residual = torch.full((count, 2), 1.0, dtype=DOUBLE)
+    in_front = torch.ones(count, dtype=torch.bool)
+    in_front[0] = False
+    trial = solver._Linearization(
+        residual=trial_residual, weight=torch.ones(count, 2, dtype=DOUBLE),
+        raw_residual=trial_residual, in_front=in_front,
+    )
+    cost = solver._trial_cost(problem, current, trial)
+    # Edge 0 keeps 2^2 per axis, every other edge has 1^2 per axis.
+    assert cost == pytest.approx(2 * 4.0 + (count - 1) * 2 * 1.0)
+    assert cost < solver._cost(current)

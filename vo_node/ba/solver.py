@@ -597,18 +597,20 @@ def _trial_cost(problem: _Problem, current: _Linearization, trial: _Linearizatio
     """Cost of a trial estimate (its linearisation ``trial``) over the residuals that are valid
     at the current estimate.
 
-    Each residual counts with its squared value capped at ``max_residual**2`` per axis, and a
-    residual whose centre the trial moves behind the camera counts as ``max_residual`` on each
-    axis. So no step can lower the cost by invalidating measurements. A residual that the trial
-    moves past the image margin keeps its actual value. Charging it the cap as well made a step
-    that moved a few far-outside patches across the margin look worse than no step. The BA then
-    rejected steps that lowered the cost of every other residual (seen on EuRoC MH_05).
+    Each residual counts with its squared value capped at ``max_residual**2`` per axis. A
+    residual whose centre the trial moves behind the camera (or to a non-finite value) keeps its
+    value at the current estimate. So no step can lower the cost by invalidating measurements,
+    and a few such residuals cannot veto a step either. Charging them the cap made every step
+    look worse than none when two of 2800 patches crossed the camera plane, and the newest pose
+    then stopped moving for dozens of frames (seen on TartanAir hospital). A residual that the
+    trial moves past the image margin keeps its actual value for the same reason (seen on EuRoC
+    MH_05).
     """
     counted = current.weight > 0  # (E, 2)
     cap = problem.config.max_residual**2
     usable = trial.in_front[:, None] & torch.isfinite(trial.raw_residual)
     squared = torch.where(
-        usable, trial.raw_residual.square().clamp(max=cap), torch.full_like(trial.residual, cap)
+        usable, trial.raw_residual.square().clamp(max=cap), current.residual.square()
     )
     return float((current.weight * torch.where(counted, squared, 0.0)).sum().item())
 
