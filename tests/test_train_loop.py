@@ -427,3 +427,31 @@ def test_cli_small_recipe_on_cpu_does_not_warn(tmp_path, caplog):
     large = load_train_config(TINY, {"data.height": 480, "data.width": 640})
     assert warn_if_too_large_for_cpu(large)
     assert "480x640 clips" in caplog.text
+
+
+def test_cli_validate_matches_trainer_validation(tmp_path, capsys):
+    """--validate on a checkpoint and on its exported model file gives the trainer's own
+    synthetic validation loss for the same clips."""
+    from vo_node.train.trainer import validate_checkpoint
+
+    config = load_train_config(TINY, {**QUIET, "validation.sequences": []})
+    trainer = Trainer(config, tmp_path / "run")
+    expected = trainer.validate()
+    checkpoint = trainer.save("latest.pt")
+    model = tmp_path / "model.pt"
+    assert main(["--export", str(checkpoint), "--output", str(model)]) == 0
+
+    for path in (checkpoint, model):
+        metrics = validate_checkpoint(path, config.validation.clips)
+        assert metrics["step"] == 0
+        assert metrics["loss"] == pytest.approx(expected["loss"], rel=1e-6)
+        assert metrics["flow_epe"] == pytest.approx(expected["flow_epe"], rel=1e-6)
+
+    assert main(["--validate", str(checkpoint), "--clips", "1"]) == 0
+    assert str(checkpoint) in capsys.readouterr().out
+
+
+def test_cli_validate_missing_checkpoint_exits_2(tmp_path, caplog):
+    missing = tmp_path / "missing.pt"
+    assert main(["--validate", str(missing)]) == 2
+    assert f"checkpoint {missing} not found" in caplog.text

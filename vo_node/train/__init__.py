@@ -5,6 +5,7 @@ Command line (see docs/training.md)::
     python -m vo_node.train --config config/train_small.yaml [--output DIR] [--resume [CKPT]]
         [--max-steps N] [key=value ...]
     python -m vo_node.train --export CHECKPOINT --output models/NAME.pt [--engine small]
+    python -m vo_node.train --validate CHECKPOINT [CHECKPOINT ...] [--clips 64]
     torchrun --nproc_per_node=N -m vo_node.train --config config/train_full.yaml
 """
 
@@ -21,6 +22,8 @@ EXIT_ERROR = 1
 EXIT_USAGE = 2
 DEFAULT_RECIPE = "train_small"
 """Preset trained when neither --config nor --resume names a recipe: the CPU recipe."""
+DEFAULT_VALIDATE_CLIPS = 64
+"""Held-out clips per checkpoint for ``--validate``: eight times the CPU recipe's 8."""
 GPU_RECIPE_PIXELS = 480 * 640
 """Clip area (pixels) of the GPU recipe. Recipes with clips at least this large warn on the CPU."""
 FULL_RECIPE_CPU_MEMORY_GB = 20
@@ -58,6 +61,12 @@ def build_parser() -> argparse.ArgumentParser:
                         help="with --export: engine preset (name or YAML) whose frontend and BA "
                         "settings the model file carries; its network sizes must match the "
                         "checkpoint (default: the settings the checkpoint was trained with)")
+    parser.add_argument("--validate", type=Path, nargs="+", metavar="CKPT",
+                        help="print the held-out synthetic validation loss of each checkpoint "
+                        "on --clips clips and exit")
+    parser.add_argument("--clips", type=positive_int, default=DEFAULT_VALIDATE_CLIPS,
+                        help="with --validate: held-out synthetic clips per checkpoint "
+                        f"(default {DEFAULT_VALIDATE_CLIPS})")
     parser.add_argument("overrides", nargs="*", metavar="key=value",
                         help="dotted configuration overrides, e.g. optim.lr=4e-4")
     return parser
@@ -124,6 +133,23 @@ def warn_if_too_large_for_cpu(config) -> bool:
     return True
 
 
+def _validate(paths: list[Path], clips: int) -> int:
+    """Print the validation metrics of each checkpoint; return the exit code."""
+    from vo_node.config import ConfigError
+    from vo_node.train.trainer import validate_checkpoint
+
+    print(f"checkpoint  step  loss  flow_epe  pose_translation  pose_rotation  ({clips} clips)")
+    for path in paths:
+        try:
+            metrics = validate_checkpoint(path, clips)
+        except (ConfigError, FileNotFoundError, ValueError, KeyError) as error:
+            logger.error("cannot validate %s: %s", path, error)
+            return EXIT_USAGE
+        print(f"{path}  {metrics['step']:.0f}  {metrics['loss']:.3f}  {metrics['flow_epe']:.3f}  "
+              f"{metrics['pose_translation']:.4f}  {metrics['pose_rotation']:.4f}", flush=True)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the trainer command; return the process exit code."""
     args = build_parser().parse_args(argv)
@@ -131,6 +157,8 @@ def main(argv: list[str] | None = None) -> int:
     from vo_node.config import ConfigError
     from vo_node.train.trainer import Trainer, TrainingError, export_checkpoint
 
+    if args.validate:
+        return _validate(args.validate, args.clips)
     if args.export is not None:
         if args.output is None:
             logger.error("--export needs --output FILE.pt for the model file")

@@ -42,7 +42,7 @@ from vo_node.config import (
     ConfigError, EngineConfig, from_dict, load_engine_config, resolve_device, to_dict,
 )
 from vo_node.io.atomic import atomic_write
-from vo_node.model.network import VONetwork, save_model
+from vo_node.model.network import VONetwork, load_model, save_model
 from vo_node.train import checkpoint as ckpt
 from vo_node.train.balance import LossBalancer, ProbeNorms, find_parameter, probe_gradient_norms
 from vo_node.train.config import (
@@ -561,28 +561,10 @@ class Trainer:
         ``loss`` is the unweighted objective (no Sigma weighting, adjacent flow edges, beta and
         rho at 1), so runs with different recipes are comparable.
         """
-        plain = LossConfig(**{**to_dict(self.config.loss), "flow_weighting": "none",
-                              "flow_edges": "adjacent"})
-        evaluator = UnrolledModel(self.network, self.config.unroll, self.config.ba, plain,
-                                  self.core.selection)
-        evaluator.eval()
-        totals: dict[str, list[float]] = {}
-        for index, clip in enumerate(self.validation_set()):
-            clip = self._to_device(clip)
-            generator = torch.Generator().manual_seed(
-                derive_seed(self.config.validation.seed, VALIDATION_STREAM, index)
-            )
-            out = evaluator(clip["images"], clip["depths"], clip["poses_cw"], clip["intrinsics"],
-                            generator)
-            loss = plain.flow_weight * out["flow"] + plain.pose_weight * (
-                out["translation"] + out["rotation"]
-            )
-            values = {"loss": loss, **{key: out[key] for key in
-                                        ("flow", "translation", "rotation", "flow_epe",
-                                         "pose_translation", "pose_rotation")}}
-            for key, value in values.items():
-                totals.setdefault(key, []).append(float(value))
-        metrics = {key: float(np.nanmean(values)) for key, values in totals.items()}
+        clips = [self._to_device(clip) for clip in self.validation_set()]
+        metrics = synthetic_validation(
+            self.network, self.config, self.core.selection, clips, self.config.validation.seed
+        )
         metrics.update(self._real_sequence_metrics())
         return metrics
 
@@ -754,6 +736,75 @@ class Trainer:
             metadata = {"step": self.step, "code_version": ckpt.code_version(),
                         "train_config": to_dict(self.config)}
             save_model(path, self.network, self.engine, metadata)
+
+
+@torch.no_grad()
+def synthetic_validation(
+    network: torch.nn.Module,
+    config: TrainConfig,
+    selection: str,
+    clips: list[dict[str, torch.Tensor]],
+    seed: int,
+) -> dict[str, float]:
+    """Return the mean unweighted validation metrics of ``network`` over ``clips``.
+
+    The loss has no Sigma weighting, adjacent flow edges, and beta and rho at 1, so runs with
+    different recipes are comparable. Clip ``i`` draws its patches from a generator seeded by
+    ``(seed, i)``, so the same clips always give the same figures.
+    """
+    plain = LossConfig(**{**to_dict(config.loss), "flow_weighting": "none",
+                          "flow_edges": "adjacent"})
+    evaluator = UnrolledModel(network, config.unroll, config.ba, plain, selection)
+    evaluator.eval()
+    totals: dict[str, list[float]] = {}
+    for index, clip in enumerate(clips):
+        generator = torch.Generator().manual_seed(derive_seed(seed, VALIDATION_STREAM, index))
+        out = evaluator(clip["images"], clip["depths"], clip["poses_cw"], clip["intrinsics"],
+                        generator)
+        loss = plain.flow_weight * out["flow"] + plain.pose_weight * (
+            out["translation"] + out["rotation"]
+        )
+        values = {"loss": loss, **{key: out[key] for key in
+                                    ("flow", "translation", "rotation", "flow_epe",
+                                     "pose_translation", "pose_rotation")}}
+        for key, value in values.items():
+            totals.setdefault(key, []).append(float(value))
+    return {key: float(np.nanmean(values)) for key, values in totals.items()}
+
+
+def validate_checkpoint(checkpoint_path: str | Path, clips: int) -> dict[str, float]:
+    """Return the validation metrics of a checkpoint (or a model file exported from one) on
+    ``clips`` held-out synthetic clips.
+
+    The clips are the first ``clips`` of the recipe's validation set (the training run used the
+    first ``validation.clips`` of them), rendered on the CPU. More clips than the run used give
+    a steadier loss for choosing between checkpoints whose logged losses differ by less than
+    their noise.
+    """
+    try:
+        state = ckpt.load_checkpoint(checkpoint_path)
+    except ValueError:
+        # Not a training checkpoint: a model file from --export, whose metadata carry the recipe.
+        network, engine = load_model(checkpoint_path)
+        metadata = torch.load(checkpoint_path, map_location="cpu", weights_only=True)["metadata"]
+        if "train_config" not in metadata:
+            raise ValueError(
+                f"model file {checkpoint_path} does not record its training recipe; validate "
+                "the training checkpoint it was exported from instead"
+            ) from None
+        config = from_dict(TrainConfig, metadata["train_config"]).validate()
+        step = metadata.get("step", -1)
+    else:
+        config = from_dict(TrainConfig, state["config"]).validate()
+        engine = from_dict(EngineConfig, state["engine"]).validate()
+        network = VONetwork(engine.network)
+        network.load_state_dict(state["model"])
+        step = state["step"]
+    held_out = validation_clips(config.data, config.validation.seed, clips)
+    metrics = synthetic_validation(
+        network, config, engine.frontend.centroid_selection, held_out, config.validation.seed
+    )
+    return {"step": float(step), **metrics}
 
 
 def export_checkpoint(
