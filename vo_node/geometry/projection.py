@@ -173,8 +173,9 @@ def frame_pairs(
 
     Returns:
         ``source`` and ``target`` (Q,) of the ``Q`` distinct pairs, and ``of_edge`` (E,), the
-        pair of each edge. The engine's patch graph has tens of edges per pair (an estimate from
-        EuRoC runs), so relative poses and their adjoints are computed once per pair.
+        pair of each edge. In the engine's patch graph every patch of a source frame has one
+        edge to each target, so a pair serves ``patches_per_frame`` edges, and relative poses
+        and their adjoints are computed once per pair.
     """
     pair_ids, of_edge = torch.unique(jj * num_poses + ii, return_inverse=True)
     return pair_ids % num_poses, pair_ids // num_poses, of_edge
