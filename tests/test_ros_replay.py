@@ -125,6 +125,8 @@ def test_replay_keeps_stamps_and_publishes_clock(image_bag):
 
         spin_until(executor, finished, 10.0)
         thread.join()
+        # Everything arrived, so every reliable subscriber has acknowledged every message.
+        assert player.wait_for_delivery(5.0)
         executor.shutdown()
 
     assert [stamp_to_ns(m.header.stamp) for m in images] == stamps

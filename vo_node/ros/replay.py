@@ -39,6 +39,8 @@ logger = logging.getLogger(__name__)
 CLOCK_PERIOD_S = 0.025
 """While waiting between messages, /clock is published at this wall-clock period (40 Hz)."""
 PLAYBACK_QOS_DEPTH = 100
+DELIVERY_TIMEOUT_S = 5.0
+"""Longest wait after the last message for reliable subscribers to acknowledge everything."""
 TRAILING_MESSAGES_WAIT_S = 0.3
 """After the last odometry message arrives, path and /tf messages get this long to arrive."""
 NANOSECONDS_PER_SECOND = 1_000_000_000
@@ -240,6 +242,22 @@ class BagPlayer:
             )
         self._clock_type = Clock
         self.clock_publisher = node.create_publisher(Clock, "/clock", 10) if publish_clock else None
+
+    def wait_for_delivery(self, timeout_s: float) -> bool:
+        """Wait until reliable subscribers acknowledged every published message; return False
+        on timeout.
+
+        Destroying a publisher drops the messages its subscribers have not received yet, so a
+        player that exits right after the last message can lose it on a loaded machine.
+        """
+        from rclpy.duration import Duration
+
+        deadline = time.monotonic() + timeout_s
+        delivered = True
+        for publisher in self.publishers.values():
+            remaining = max(0.0, deadline - time.monotonic())
+            delivered &= publisher.wait_for_all_acked(Duration(nanoseconds=int(remaining * 1e9)))
+        return delivered
 
     def wait_for_subscribers(self, topics: Sequence[str], timeout_s: float) -> bool:
         """Wait until each of ``topics`` has a matched subscriber; return False on timeout."""
@@ -853,6 +871,9 @@ def _play(args: argparse.Namespace) -> int:
         logger.info("playing %s: %s", args.bag, ", ".join(player.topics))
         result = player.play(loop=args.loop, start_delay_s=args.start_delay)
         logger.info("published %s in %.1f s", result.counts, result.wall_time_s)
+        if not args.best_effort and not player.wait_for_delivery(DELIVERY_TIMEOUT_S):
+            logger.warning("some subscribers had not acknowledged every message after %.1f s",
+                           DELIVERY_TIMEOUT_S)
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
     finally:
