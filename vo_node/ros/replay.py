@@ -40,7 +40,7 @@ CLOCK_PERIOD_S = 0.025
 """While waiting between messages, /clock is published at this wall-clock period (40 Hz)."""
 PLAYBACK_QOS_DEPTH = 100
 DELIVERY_TIMEOUT_S = 5.0
-"""Longest wait after the last message for reliable subscribers to acknowledge everything."""
+"""Maximum wait (seconds) after the last message for reliable subscribers to acknowledge it."""
 TRAILING_MESSAGES_WAIT_S = 0.3
 """After the last odometry message arrives, path and /tf messages get this long to arrive."""
 NANOSECONDS_PER_SECOND = 1_000_000_000
@@ -247,7 +247,7 @@ class BagPlayer:
         """Wait until reliable subscribers acknowledged every published message; return False
         on timeout.
 
-        Destroying a publisher drops the messages its subscribers have not received yet, so a
+        Destroying a publisher can drop messages its subscribers have not received yet, so a
         player that exits right after the last message can lose it on a loaded machine.
         """
         from rclpy.duration import Duration
