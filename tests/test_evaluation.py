@@ -137,16 +137,29 @@ def test_too_few_associated_poses_names_time_ranges():
     assert "same clock" in message
 
 
+def test_two_pose_estimate_asks_for_more_frames():
+    ground_truth = helix(50)
+    with pytest.raises(EvaluationError) as error:
+        evaluate_trajectory(Trajectory(ground_truth.timestamps_ns[:2], ground_truth.poses[:2]), ground_truth)
+    message = str(error.value)
+    assert "the estimate has only 2 poses" in message
+    assert "--max-frames" in message
+    assert "same clock" not in message
+
+
 def test_two_associated_poses_are_too_few():
     ground_truth = helix(50)
+    stamps = ground_truth.timestamps_ns[:4].copy()
+    stamps[2:] += ground_truth.timestamps_ns[-1] - stamps[0] + 10**9  # after the ground truth
+    estimate = Trajectory(stamps, ground_truth.poses[:4])
     with pytest.raises(EvaluationError, match="only 2 poses associate"):
-        evaluate_trajectory(Trajectory(ground_truth.timestamps_ns[:2], ground_truth.poses[:2]), ground_truth)
+        evaluate_trajectory(estimate, ground_truth)
 
 
 def test_empty_trajectories_raise_evaluation_error():
     ground_truth = helix(20)
     empty = Trajectory(np.zeros(0, dtype=np.int64), np.zeros((0, 7)))
-    with pytest.raises(EvaluationError, match="only 0 poses associate.*estimate empty"):
+    with pytest.raises(EvaluationError, match="the estimate has only 0 poses"):
         evaluate_trajectory(empty, ground_truth)
     with pytest.raises(EvaluationError, match="only 0 poses associate.*ground truth empty"):
         evaluate_trajectory(ground_truth, empty)

@@ -195,3 +195,26 @@ def test_run_sigint_writes_partial_trajectory(small_model: Path, tmp_path: Path)
     np.testing.assert_array_equal(trajectory.timestamps_ns, input_stamps[: len(trajectory)])
     assert np.all(np.isfinite(trajectory.poses))
     assert_no_temporary_files(output)
+
+
+def test_run_unreadable_frame_says_stopped_early(
+    demo_sequence: Path, small_model: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """A frame that cannot be read ends the run with exit 2 and a summary that says, first,
+    that every output covers only the frames before it."""
+    import shutil
+
+    sequence = tmp_path / "sequence"
+    shutil.copytree(demo_sequence, sequence)
+    broken = sequence / "000010.png"
+    broken.write_bytes(broken.read_bytes()[:40])
+    output = tmp_path / "out"
+    assert run_main(sequence, small_model, output) == 2
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith("STOPPED EARLY: input frame 10 could not be read")
+    assert "first 10 frames" in lines[0]
+    assert "000010.png" in lines[0]
+    report = json.loads((output / "metrics.json").read_text())
+    assert report["frames"] == 10
+    assert "000010.png" in report["input_error"]
+    assert len((output / "trajectory.tum").read_text().splitlines()) == 10

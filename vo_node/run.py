@@ -373,7 +373,13 @@ def report_nothing_tracked(output_dir: Path, created: TypingSequence[Path]) -> N
 
 def format_summary(result: RunResult, outputs: RunOutputs) -> list[str]:
     """Return the human-readable result lines that :func:`main` prints."""
-    lines = [
+    lines = []
+    if result.input_error:
+        lines.append(
+            f"STOPPED EARLY: input frame {result.frames} could not be read, so every output "
+            f"below covers only the first {result.frames} frames ({result.input_error})"
+        )
+    lines += [
         f"frames tracked: {result.frames}{' (interrupted)' if result.interrupted else ''}",
         f"speed: {result.frames_per_second:.2f} frames/s over {result.seconds:.1f} s",
         f"peak memory ({result.memory_kind}): "

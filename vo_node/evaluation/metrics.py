@@ -136,6 +136,11 @@ def align_trajectories(
             count = reference.num_poses
         except sync.SyncException:
             count = 0
+    if len(estimate) < MIN_ASSOCIATED_POSES:
+        raise EvaluationError(
+            f"the estimate has only {len(estimate)} poses and the ATE needs at least "
+            f"{MIN_ASSOCIATED_POSES}; track more frames (for example a larger --max-frames)"
+        )
     if count < MIN_ASSOCIATED_POSES:
         raise EvaluationError(
             f"only {count} poses associate within {max_time_difference_s} s (at least "
