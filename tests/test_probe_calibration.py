@@ -37,6 +37,16 @@ def test_probe_command_writes_samples(tmp_path, tiny_model, capsys):
     assert "threshold" in capsys.readouterr().out
 
 
-def test_probe_command_rejects_zero_clips(capsys):
-    assert probe.main(["--clips", "0"]) == 2
-    assert "--clips must be at least 1" in capsys.readouterr().err
+@pytest.mark.parametrize(
+    "arguments, message",
+    [
+        (["--clips", "0"], "--clips must be at least 1, got 0"),
+        (["--threads", "0"], "--threads must be at least 1, got 0"),
+        (["--moving-flow", "-3"], "--moving-flow must be positive, got -3.0"),
+        (["--model", "missing.pt"], "model file missing.pt not found"),
+        (["--config", "nosuch"], "nosuch"),
+    ],
+)
+def test_probe_command_rejects_bad_arguments(arguments, message, capsys):
+    assert probe.main(arguments) == 2
+    assert message in capsys.readouterr().err

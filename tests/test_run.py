@@ -200,7 +200,7 @@ def test_run_sigint_writes_partial_trajectory(small_model: Path, tmp_path: Path)
 def test_run_unreadable_frame_says_stopped_early(
     demo_sequence: Path, small_model: Path, tmp_path: Path, capsys: pytest.CaptureFixture
 ) -> None:
-    """A frame that cannot be read ends the run with exit 2 and a summary that says, first,
+    """A frame that cannot be read ends the run with exit 2 and a summary whose first line states
     that every output covers only the frames before it."""
     import shutil
 

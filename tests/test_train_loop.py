@@ -451,7 +451,11 @@ def test_cli_validate_matches_trainer_validation(tmp_path, capsys):
     assert str(checkpoint) in capsys.readouterr().out
 
 
-def test_cli_validate_missing_checkpoint_exits_2(tmp_path, caplog):
+def test_cli_validate_missing_checkpoint_exits_2(tmp_path, caplog, capsys):
+    """A missing checkpoint is reported, the others are still scored, and the exit code is 2."""
+    trainer = Trainer(load_train_config(TINY, {**QUIET, "validation.sequences": []}), tmp_path / "run")
+    trainer.save("latest.pt")
     missing = tmp_path / "missing.pt"
-    assert main(["--validate", str(missing)]) == 2
+    assert main(["--validate", str(missing), str(tmp_path / "run"), "--clips", "1"]) == 2
     assert f"checkpoint {missing} not found" in caplog.text
+    assert str(tmp_path / "run" / "checkpoints" / "latest.pt") in capsys.readouterr().out

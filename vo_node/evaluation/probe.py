@@ -29,9 +29,10 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from vo_node.config import EngineConfig
+from vo_node.config import ConfigError, EngineConfig
 from vo_node.io.atomic import atomic_write
 from vo_node.model.encoder import FEATURE_STRIDE
+from vo_node.model.network import ModelFileError
 from vo_node.synthetic.clip import SyntheticClip, generate_clip, induced_flow
 from vo_node.synthetic.motion import relative_transform
 
@@ -48,6 +49,7 @@ STATIC_NOISE_SIGMA = 2.0
 DEFAULT_MOVING_FLOW = 2.0
 """True median flow (1/4-resolution pixels) from which a pair counts as moving."""
 CANDIDATE_THRESHOLDS = (0.5, 0.75, 1.0, 1.25, 1.5, 2.0)
+EXIT_USAGE = 2
 
 
 @dataclasses.dataclass
@@ -181,7 +183,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--moving-flow", type=float, default=DEFAULT_MOVING_FLOW,
                         help="true median flow (1/4-resolution px) from which a pair is moving")
     parser.add_argument("--output", type=Path, default=Path("outputs/probe"),
-                        help="folder for samples.csv and probe.png")
+                        help="folder for samples.csv and probe.png (default: outputs/probe)")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     return parser
 
@@ -191,23 +193,34 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    if args.clips < 1:
-        print(f"error: --clips must be at least 1, got {args.clips}", file=sys.stderr)
-        return 2
+    for name, value, lowest in (("--clips", args.clips, 1), ("--threads", args.threads, 1)):
+        if value is not None and value < lowest:
+            print(f"error: {name} must be at least {lowest}, got {value}", file=sys.stderr)
+            return EXIT_USAGE
+    if not args.moving_flow > 0:
+        print(f"error: --moving-flow must be positive, got {args.moving_flow}", file=sys.stderr)
+        return EXIT_USAGE
     if args.threads is not None:
         torch.set_num_threads(args.threads)
-    config, network, device = load_engine(args.config, [], args.model, "cpu")
+    try:
+        config, network, device = load_engine(args.config, [], args.model, "cpu")
+    except (ConfigError, FileNotFoundError, ModelFileError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return EXIT_USAGE
     config = dataclasses.replace(config, device=device)
     samples = calibrate(config, network, args.clips)
-    print("gap  true flow  probe flow   (1/4-resolution px, median per clip pair)")
+    print("clip  gap  true flow  probe flow   (1/4-resolution px, median over the patches)")
     for sample in samples:
-        print(f"{sample.gap:3d}  {sample.true_flow:9.2f}  {sample.probe_flow:10.2f}")
-    print(f"threshold  static pairs called static  moving pairs (true >= {args.moving_flow} px) "
+        print(f"{sample.clip:4d}  {sample.gap:3d}  {sample.true_flow:9.2f}  "
+              f"{sample.probe_flow:10.2f}")
+    print(f"threshold  still pairs called still  pairs with >= {args.moving_flow} px true flow "
           "called moving")
     for threshold, static_ok, moving_ok in threshold_accuracy(
         samples, CANDIDATE_THRESHOLDS, args.moving_flow
     ):
-        print(f"{threshold:9.2f}  {static_ok:26.0%}  {moving_ok:24.0%}")
+        print(f"{threshold:9.2f}  {static_ok:24.0%}  {moving_ok:24.0%}")
+    print(f"current frontend.motion_probe_threshold of {config.name}: "
+          f"{config.frontend.motion_probe_threshold}")
     for path in write_outputs(samples, args.output):
         print(f"wrote {path}")
     return 0

@@ -134,20 +134,33 @@ def warn_if_too_large_for_cpu(config) -> bool:
 
 
 def _validate(paths: list[Path], clips: int) -> int:
-    """Print the validation metrics of each checkpoint; return the exit code."""
+    """Print the validation metrics of each checkpoint; return the exit code.
+
+    A checkpoint that cannot be scored is reported and skipped, and the command exits with 2
+    after scoring the others.
+    """
     from vo_node.config import ConfigError
+    from vo_node.train.checkpoint import resolve_resume_path
     from vo_node.train.trainer import validate_checkpoint
 
-    print(f"checkpoint  step  loss  flow_epe  pose_translation  pose_rotation  ({clips} clips)")
+    print(f"held-out synthetic validation on {clips} clips, lower is better: loss (unweighted), "
+          "flow_epe (1/4-resolution px), pose translation (scene units) and rotation (rad) "
+          "errors of the last iteration")
+    print("checkpoint  step  loss  flow_epe  pose_translation  pose_rotation")
+    failed = False
     for path in paths:
         try:
-            metrics = validate_checkpoint(path, clips)
+            # A run folder means its latest checkpoint, as with --resume.
+            checkpoint = resolve_resume_path(path) if path.is_dir() else path
+            metrics = validate_checkpoint(checkpoint, clips)
         except (ConfigError, FileNotFoundError, ValueError, KeyError) as error:
             logger.error("cannot validate %s: %s", path, error)
-            return EXIT_USAGE
-        print(f"{path}  {metrics['step']:.0f}  {metrics['loss']:.3f}  {metrics['flow_epe']:.3f}  "
-              f"{metrics['pose_translation']:.4f}  {metrics['pose_rotation']:.4f}", flush=True)
-    return 0
+            failed = True
+            continue
+        print(f"{checkpoint}  {metrics['step']:.0f}  {metrics['loss']:.3f}  "
+              f"{metrics['flow_epe']:.3f}  {metrics['pose_translation']:.4f}  "
+              f"{metrics['pose_rotation']:.4f}", flush=True)
+    return EXIT_USAGE if failed else 0
 
 
 def main(argv: list[str] | None = None) -> int:
