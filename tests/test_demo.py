@@ -91,3 +91,17 @@ def test_demo_missing_default_model_message(monkeypatch: pytest.MonkeyPatch) -> 
 
 def test_demo_length_unit_of_rendered_folder(tiny_sequence: Path) -> None:
     assert demo.length_unit(open_sequence(tiny_sequence)) == "scene units"
+
+
+def test_demo_unreadable_model_fails_before_bag(
+    tiny_sequence: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A model file that is not a model stops the node demo before it writes a bag or starts
+    DDS, and the message names the file."""
+    bad = tmp_path / "not_a_model.pt"
+    bad.write_text("hello")
+    output = tmp_path / "out"
+    assert demo.main([str(tiny_sequence), "--model", str(bad), "--output", str(output)]) == 2
+    assert str(bad) in caplog.text
+    assert "not a vo_node model file" in caplog.text
+    assert not output.exists()

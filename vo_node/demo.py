@@ -38,7 +38,7 @@ from vo_node.io.atomic import atomic_write
 from vo_node.io.camera import CalibrationError
 from vo_node.io.sequence import Sequence, SequenceError, open_sequence
 from vo_node.io.trajectory import TrajectoryError, write_tum
-from vo_node.model.network import ModelFileError, default_model_path
+from vo_node.model.network import ModelFileError, default_model_path, load_model
 from vo_node.run import (
     BYTES_PER_MEBIBYTE,
     EXIT_FAILED,
@@ -345,10 +345,11 @@ def run_through_node(args: argparse.Namespace) -> int:
         # Checked before the bag is written and DDS starts; the node would find them only then.
         load_configuration(args.config, [], args.device)
         model_path = resolve_model(args.model)
+        load_model(model_path)  # an unreadable file fails here, not in the node after the bag
         created = prepare_output_dir(args.output)
         bag = prepare_bag(args.sequence, args.output, args.max_frames)
-    except (MissingModelError, SequenceError, CalibrationError, TrajectoryError, ConfigError,
-            FileNotFoundError, FileExistsError, OutputError) as error:
+    except (MissingModelError, ModelFileError, SequenceError, CalibrationError, TrajectoryError,
+            ConfigError, FileNotFoundError, FileExistsError, OutputError) as error:
         logger.error("%s", error)
         return EXIT_USAGE
     if bag.groundtruth_topic and "imu" in bag.groundtruth_topic and not args.groundtruth_extrinsic:
