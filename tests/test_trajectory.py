@@ -54,3 +54,11 @@ def test_failed_write_keeps_old_file(tmp_path):
 def test_written_file_is_world_readable(tmp_path):
     path = write_tum(tmp_path / "out.txt", _trajectory(2))
     assert path.stat().st_mode & 0o044 == 0o044
+
+
+def test_tum_writes_no_negative_zero(tmp_path):
+    poses = np.array([[-1e-12, -0.0, 1.5, 0.0, 0.0, -1e-13, 1.0]])
+    path = write_tum(tmp_path / "trajectory.tum", Trajectory(np.array([1]), poses))
+    line = path.read_text().strip()
+    assert "-0.000000000" not in line
+    assert line == "0.000000001 0.000000000 0.000000000 1.500000000 0.000000000 0.000000000 0.000000000 1.000000000"

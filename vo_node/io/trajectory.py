@@ -75,7 +75,8 @@ def write_tum(path: str | Path, trajectory: Trajectory) -> Path:
     with atomic_write(path) as handle:
         for stamp_ns, pose in zip(trajectory.timestamps_ns, trajectory.poses):
             seconds, remainder = divmod(int(stamp_ns), NANOSECONDS_PER_SECOND)
-            values = " ".join(f"{value:.9f}" for value in pose)
+            # Adding 0.0 turns the -0.0 that tiny negative values round to into 0.0.
+            values = " ".join(f"{round(float(value), 9) + 0.0:.9f}" for value in pose)
             handle.write(f"{seconds}.{remainder:09d} {values}\n")
     return path
 
