@@ -33,6 +33,7 @@ from typing import Any, Callable, Sequence as TypingSequence
 import numpy as np
 import torch
 from tqdm import tqdm
+from tqdm.contrib.logging import logging_redirect_tqdm
 
 from vo_node.config import (
     ConfigError,
@@ -182,7 +183,8 @@ def run_sequence(
     interrupted = False
     input_error = None
     start = time.perf_counter()
-    with torch.no_grad():
+    # Log lines go through tqdm while the bar is shown, so the two do not run into each other.
+    with torch.no_grad(), logging_redirect_tqdm():
         bar = tqdm(total=len(sequence), desc=sequence.name, unit="frame", disable=not progress)
         try:
             for frame in sequence:
