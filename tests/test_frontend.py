@@ -322,6 +322,23 @@ def test_removed_keyframe_chain_via_successor():
     np.testing.assert_allclose(poses_cw[:4, 0], [0.0, 2.0, 4.0, 6.0], atol=1e-9)
 
 
+def test_removed_keyframes_with_removed_anchors_resolve():
+    """A removed keyframe whose predecessor and successor were both removed later resolves
+    through both, and a long chain of such frames needs no recursion."""
+    graph = make_graph(removal_window=400, frame_memory=410)
+    frames = 300
+    for frame in range(frames):
+        add_frame(graph, frame)
+    graph.remove_keyframe(2)  # frame 2: anchors 1 and 3
+    graph.remove_keyframe(1)  # frame 1: anchors 0 and 3, so frame 2 has both anchors removed
+    while graph.n > 3:
+        graph.remove_keyframe(1)  # frames 3, 4, ...: each anchored to 0 and the next frame
+
+    frame_ids, _, poses_cw = graph.trajectory()
+    assert frame_ids.tolist() == list(range(frames))
+    np.testing.assert_allclose(poses_cw[:, 0], np.arange(frames, dtype=float), atol=1e-9)
+
+
 def test_static_frames_are_interpolated_by_timestamp():
     graph = make_graph()
     add_frame(graph, 0)  # x = 0 at 1000 ns

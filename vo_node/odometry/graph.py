@@ -463,24 +463,28 @@ class PatchGraph:
         recursion. Anchors are keyframes that were active when the frame was removed, so the
         walk always ends at active or archived keyframes.
         """
-        stack = [frame_id]
+        stack = [frame_id]  # a path: each entry is an anchor of the one below it
+        on_stack = {frame_id}
         while stack:
             current = stack[-1]
             if current in known:
-                stack.pop()
+                on_stack.discard(stack.pop())
                 continue
             dropped = self.dropped.get(current)
-            if dropped is None or dropped.relative_pose is None or len(stack) > len(self.dropped):
+            if dropped is None or dropped.relative_pose is None:
                 raise RuntimeError(f"frame {frame_id} has no pose: anchor {current} is unknown")
             anchors = [dropped.anchor_frame_id]
             if dropped.successor_frame_id is not None:
                 anchors.append(dropped.successor_frame_id)
             missing = [anchor for anchor in anchors if anchor not in known]
             if missing:
-                stack.extend(missing)
+                if missing[0] in on_stack:
+                    raise RuntimeError(f"frame {frame_id} has no pose: its anchors form a cycle")
+                stack.append(missing[0])
+                on_stack.add(missing[0])
                 continue
             known[current] = _pose_from_anchors(dropped, known, stamps)
-            stack.pop()
+            on_stack.discard(stack.pop())
         return known[frame_id]
 
     def _interpolate_static(self, known: dict[int, np.ndarray], stamps: dict[int, int]) -> None:
