@@ -261,6 +261,33 @@ def test_read_curve_prefers_logged_wall_time(tmp_path):
     assert curve.times_s == pytest.approx([4.25, 6.0])
 
 
+def test_plan_runs_adds_ablation_arms(tmp_path):
+    runs = plan_runs([0, 1], 40, tmp_path, validation_points=4, ablations=True)
+    assert [(run.variant, run.seed) for run in runs[:4]] == [
+        ("baseline", 0), ("sigma", 0), ("sigma_only", 0), ("balance_only", 0)]
+    assert len(runs) == 8
+    settings = {run.variant: (run.overrides["loss.flow_weighting"], run.overrides["balance.enabled"])
+                for run in runs}
+    assert settings == {"baseline": ("none", "false"), "sigma": ("sigma", "true"),
+                        "sigma_only": ("sigma", "false"), "balance_only": ("none", "true")}
+    assert {run.overrides["optim.steps"] for run in runs} == {"40"}
+    assert runs[2].folder == tmp_path / "sigma_only" / "seed0"
+
+
+def test_summarise_groups_rows_by_arm():
+    baseline = Curve([10, 20, 30, 40], [1.0, 2.0, 3.0, 4.0], {"pose": [0.9, 0.7, 0.6, 0.5]})
+    fast = Curve([10, 20, 30, 40], [1.0, 2.0, 3.0, 4.0], {"pose": [0.8, 0.45, 0.4, 0.3]})
+    slow = Curve([10, 20, 30, 40], [1.0, 2.0, 3.0, 4.0], {"pose": [0.9, 0.8, 0.5, 0.5]})
+    rows = [
+        {"seed": 0, "arm": "sigma", **compare_seed(baseline, fast, "pose")},
+        {"seed": 0, "arm": "balance_only", **compare_seed(baseline, slow, "pose")},
+    ]
+    summary = {entry["arm"]: entry for entry in summarise(rows)}
+    assert summary["sigma"]["step_ratio_mean"] == pytest.approx(40 / 20)
+    assert summary["balance_only"]["step_ratio_mean"] == pytest.approx(40 / 30)
+    assert summary["sigma"]["seeds"] == 1
+
+
 def test_plan_runs_uses_equal_budgets(tmp_path):
     runs = plan_runs([0, 3], 40, tmp_path, validation_points=4)
 

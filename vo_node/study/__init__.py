@@ -89,6 +89,9 @@ def build_parser() -> argparse.ArgumentParser:
                          help="about how many validations each run logs (default 10)")
     speedup.add_argument("--report-only", action="store_true",
                          help="read existing runs without training any")
+    speedup.add_argument("--ablations", action="store_true",
+                         help="also train and compare the sigma_only (Sigma weighting, no beta "
+                         "rule) and balance_only (beta rule, no weighting) arms")
     _add_common(speedup)
     return parser
 
@@ -148,12 +151,12 @@ def _run_speedup(args: argparse.Namespace) -> int:
     _overrides(args.overrides)  # reject malformed overrides before any training starts
     rows, summary = run_speedup_study(
         args.config, args.seeds, args.steps, args.output, args.metric, args.validation_points,
-        extra, train=not args.report_only, threads=args.threads,
+        extra, train=not args.report_only, threads=args.threads, ablations=args.ablations,
     )
     for entry in summary:
         logger.info(
-            "%s: sigma reached the baseline's final value in %d of %d seeds; step ratio %.3g "
-            "(std %.3g)", entry["metric"], entry["sigma_reached"], entry["seeds"],
+            "%s: %s reached the baseline's final value in %d of %d seeds; step ratio %.3g "
+            "(std %.3g)", entry["metric"], entry["arm"], entry["sigma_reached"], entry["seeds"],
             entry["step_ratio_mean"], entry["step_ratio_std"],
         )
     return 0

@@ -38,13 +38,18 @@ from vo_node.study.plots import Panel, Series, plot_panels, read_table, write_ta
 
 logger = logging.getLogger(__name__)
 
-# TODO: plan the two ablation arms too (Sigma weighting without the beta rule, the beta rule
-# without Sigma weighting); the sigma arm changes both at once, so it cannot tell them apart.
 VARIANT_OVERRIDES: dict[str, dict[str, str]] = {
     "baseline": {"loss.flow_weighting": "none", "balance.enabled": "false"},
     "sigma": {"loss.flow_weighting": "sigma", "balance.enabled": "true"},
 }
+ABLATION_OVERRIDES: dict[str, dict[str, str]] = {
+    "sigma_only": {"loss.flow_weighting": "sigma", "balance.enabled": "false"},
+    "balance_only": {"loss.flow_weighting": "none", "balance.enabled": "true"},
+}
+"""The two ablation arms (``--ablations``). The sigma arm changes the weighting and the beta rule
+at once. Each ablation arm changes one of them, so the comparison can tell them apart."""
 BASELINE, SIGMA = "baseline", "sigma"
+SIGMA_ONLY, BALANCE_ONLY = "sigma_only", "balance_only"
 DEFAULT_METRIC = "pose_translation"
 ATE_METRIC = "ate"
 DEFAULT_VALIDATION_POINTS = 10
@@ -52,7 +57,9 @@ MODEL_FILE = "model.pt"
 REPOSITORY_ROOT = Path(__file__).resolve().parents[2]
 """Working folder of the training subprocesses, so ``-m vo_node.train`` imports this checkout."""
 LATEST_CHECKPOINT = Path("checkpoints") / "latest.pt"
-VARIANT_COLOURS = {BASELINE: "tab:blue", SIGMA: "tab:orange"}
+VARIANT_COLOURS = {
+    BASELINE: "tab:blue", SIGMA: "tab:orange", SIGMA_ONLY: "tab:green", BALANCE_ONLY: "tab:red",
+}
 
 
 @dataclass
@@ -97,8 +104,10 @@ def plan_runs(
     output: str | Path,
     validation_points: int = DEFAULT_VALIDATION_POINTS,
     extra_overrides: Mapping[str, str] | None = None,
+    ablations: bool = False,
 ) -> list[RunSpec]:
-    """Return the runs of both variants for every seed (baseline first)."""
+    """Return the runs of both variants for every seed (baseline first), and with
+    ``ablations`` the two ablation arms after them."""
     if not seeds:
         raise ValueError("no seeds given; pass --seeds 0 1 2")
     interval = validation_interval(steps, validation_points)
@@ -109,9 +118,10 @@ def plan_runs(
         "checkpoint.keep_every_steps": "0",
         **dict(extra_overrides or {}),
     }
+    variants = {**VARIANT_OVERRIDES, **(ABLATION_OVERRIDES if ablations else {})}
     runs = []
     for seed in seeds:
-        for variant, overrides in VARIANT_OVERRIDES.items():
+        for variant, overrides in variants.items():
             folder = Path(output) / variant / f"seed{seed}"
             runs.append(RunSpec(variant, seed, folder, {**common, "seed": str(seed), **overrides}))
     return runs
@@ -296,10 +306,12 @@ def summarise(rows: Sequence[Mapping[str, object]]) -> list[dict[str, object]]:
     :func:`first_sustained` steps.
     """
     summary = []
-    for metric in dict.fromkeys(str(row["metric"]) for row in rows):
-        selected = [row for row in rows if row["metric"] == metric]
+    groups = dict.fromkeys((str(row["metric"]), str(row.get("arm", SIGMA))) for row in rows)
+    for metric, arm in groups:
+        selected = [row for row in rows
+                    if row["metric"] == metric and str(row.get("arm", SIGMA)) == arm]
         reached = [row for row in selected if row["sigma_reached"]]
-        entry: dict[str, object] = {"metric": metric, "seeds": len(selected),
+        entry: dict[str, object] = {"metric": metric, "arm": arm, "seeds": len(selected),
                                     "sigma_reached": len(reached)}
         bounds = [float(row["step_ratio_bound"]) for row in selected]
         bounds = [value for value in bounds if math.isfinite(value)]
@@ -344,7 +356,7 @@ def plot_curves_per_seed(
     panels = []
     for seed in seeds:
         series = []
-        for variant in (BASELINE, SIGMA):
+        for variant in (BASELINE, SIGMA, SIGMA_ONLY, BALANCE_ONLY):
             curve = curves.get((variant, seed))
             if curve is None:
                 continue
@@ -361,7 +373,7 @@ def plot_curves_per_seed(
 
 
 SEED_COLUMNS = (
-    "seed", "metric", "target", "baseline_final", "sigma_final", "baseline_steps", "sigma_steps",
+    "seed", "arm", "metric", "target", "baseline_final", "sigma_final", "baseline_steps", "sigma_steps",
     "step_ratio", "baseline_time_s", "sigma_time_s", "time_ratio", "sigma_reached",
     "step_ratio_bound", "baseline_steps_sustained", "sigma_steps_sustained",
     "step_ratio_sustained", "baseline_mean", "sigma_mean",
@@ -378,17 +390,20 @@ def run_speedup_study(
     extra_overrides: Mapping[str, str] | None = None,
     train: bool = True,
     threads: int | None = None,
+    ablations: bool = False,
 ) -> tuple[list[dict[str, object]], list[dict[str, object]]]:
     """Train (unless ``train`` is False) and compare; write tables and PNGs into ``output``.
 
-    Returns ``(per-seed rows, summary rows)``. Writes ``speedup.csv/.md`` (per seed) and
+    Every arm is compared with the baseline: the sigma arm, and with ``ablations`` the
+    ``sigma_only`` and ``balance_only`` arms too. A row's ``arm`` column names it, and its
+    ``sigma_*`` columns describe that arm. Returns ``(per-seed rows, summary rows)``. Writes ``speedup.csv/.md`` (per seed) and
     ``speedup_summary.csv/.md``, named ``speedup_<metric>...`` for a metric other than
     ``pose_translation`` (see :func:`table_stem`). Draws ``validation_<metric>.png`` (all runs in
     one panel) and ``validation_<metric>_per_seed.png`` (one panel per seed), and the same for
     ``ate`` when the runs logged it.
     """
     output = Path(output)
-    runs = plan_runs(seeds, steps, output, validation_points, extra_overrides)
+    runs = plan_runs(seeds, steps, output, validation_points, extra_overrides, ablations)
     if train:
         execute_runs(runs, config, threads)
     curves = {(run.variant, run.seed): read_curve(run.folder) for run in runs}
@@ -398,11 +413,13 @@ def run_speedup_study(
         any(math.isfinite(v) for v in curve.metric(ATE_METRIC)) for curve in curves.values()
     ):
         metrics.append(ATE_METRIC)
+    arms = [SIGMA, *(ABLATION_OVERRIDES if ablations else {})]
     rows = []
     for name in metrics:
-        for seed in seeds:
-            row = compare_seed(curves[(BASELINE, seed)], curves[(SIGMA, seed)], name)
-            rows.append({"seed": seed, **row})
+        for arm in arms:
+            for seed in seeds:
+                row = compare_seed(curves[(BASELINE, seed)], curves[(arm, seed)], name)
+                rows.append({"seed": seed, "arm": arm, **row})
         plot_curves(curves, name, output / f"validation_{name}.png")
         plot_curves_per_seed(curves, name, output / f"validation_{name}_per_seed.png")
     summary = summarise(rows)
