@@ -246,8 +246,8 @@ def test_scaled_thresholds_track_low_resolution():
     width as early as at full resolution."""
     frames = 30
     clip = generate_clip(3, frames, HEIGHT // 2, WIDTH // 2, motion="forward", scene="room")
-    # The oracle's probe measures the true flow, so DPVO's threshold of 2 px applies here; the
-    # presets' lower value is calibrated for the shipped network's saturating probe.
+    # The oracle's probe measures the true flow, so DPVO's threshold of 2 px applies here. The
+    # presets' lower value is calibrated for the shipped network, whose probe saturates.
     dpvo_probe = {"frontend.motion_probe_threshold": 2.0}
     absolute = track(clip, apply_overrides(load_engine_config("small"), dpvo_probe))
     assert "tracking" not in [r.state for r in absolute.results]
