@@ -85,7 +85,10 @@ def probe_pair(
     odometry.track(first, int(stamps[0]), clip.intrinsics)
     odometry.track(second, int(stamps[max(gap, 1)]), clip.intrinsics)
     if odometry.last_probe_flow is None:
-        raise RuntimeError("the motion probe did not run; is frontend.init_frames above 1?")
+        raise RuntimeError(
+            "the motion probe did not run, because frontend.init_frames is below 2; set it to 2 or "
+            "more"
+        )
     patches = odometry.graph.patches[0, :, :2].cpu().numpy()  # (M, 2, P, P)
     centre = patches.shape[-1] // 2
     return odometry.last_probe_flow, patches[:, :, centre, centre] * FEATURE_STRIDE

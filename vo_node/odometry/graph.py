@@ -323,7 +323,8 @@ class PatchGraph:
         self._shift_down(1, index)
 
     def _relative_pose(self, index: int, anchor: int) -> np.ndarray:
-        """Return ``T_cam_anchor`` ``(7,)`` float64 of active keyframe ``index`` to ``anchor``."""
+        """Return ``T_cam_anchor`` ``(7,)`` float64: active keyframe ``index`` relative to keyframe
+        ``anchor``."""
         relative = se3.compose(
             self.poses[index].double(), se3.invert(self.poses[anchor].double())
         )
