@@ -73,3 +73,12 @@ def test_override_option_collects_pairs():
         ["--override", "frontend.patches_per_frame=20", "--override", "ba.iterations=1"]
     )
     assert args.override == ["frontend.patches_per_frame=20", "ba.iterations=1"]
+
+
+def test_warmup_ends_at_the_first_tracking_frame():
+    states = ["initializing"] * 5 + ["tracking", "initializing", "tracking"]
+    records = [{"state": state} for state in states]
+    assert bench.warmup_frames(records, fallback=8) == 5
+    never = [{"state": "initializing"}] * 3
+    assert bench.warmup_frames(never, fallback=8) == 3
+    assert bench.warmup_frames(never * 4, fallback=8) == 8

@@ -712,3 +712,14 @@ def test_negative_threshold_reference_width_is_rejected():
     config.frontend.threshold_reference_width = -1.0
     with pytest.raises(ConfigError, match="threshold_reference_width"):
         config.validate()
+
+
+def test_initial_window_offers_the_mirrored_alternative(single_thread):
+    window = _window(orbit=True)
+    poses, patches = _start_at_anchor(window)
+    result = _initialize(window, poses, patches)
+    assert not result.reversed
+    assert _depth_correlation(result.patches, window.patches) > 0.999
+    assert _depth_correlation(result.alternative_patches, window.patches) < -0.5
+    assert result.alternative_cost > 1e6 * result.cost
+    assert result.alternative_poses_cw.shape == result.poses_cw.shape

@@ -3,7 +3,8 @@ intrinsics, engine errors, resets and tracking loss.
 
 No DDS traffic: the pipeline is the part of the node between the frame slot and the publishers.
 The engine runs a freshly initialised ``small`` network on small synthetic frames, with the
-motion probe off and ``init_frames`` = 2 so that it initialises on the second frame. So these
+motion probe off, ``init_frames`` = 2 and no depth-hypothesis trial, so that it tracks from the
+second frame. So these
 tests check the handling of each input problem and the continuity of the odometry, not tracking
 accuracy.
 """
@@ -48,6 +49,7 @@ def engine():
     # A random network predicts almost no flow, so the motion probe would never let it initialise.
     config = apply_overrides(load_engine_config("small"), {
         "frontend.motion_probe_threshold": 0.0, "frontend.init_frames": INIT_FRAMES,
+        "frontend.hypothesis_frames": 0,
     })
     torch.manual_seed(0)
     return VisualOdometry(config, VONetwork(config.network).eval(), "cpu")

@@ -38,15 +38,20 @@ def model_parameter(path: Path | str) -> str:
 
 
 def quick_init_config(init_frames: int = QUICK_INIT_FRAMES):
-    """Return the ``small`` preset with the motion probe off and ``init_frames`` frames.
+    """Return the ``small`` preset with the motion probe off, ``init_frames`` frames and no
+    depth-hypothesis trial.
 
     A random network predicts almost no flow, so the motion probe would drop every frame as static
-    and the engine would never initialise. With the probe off, the engine initialises on frame
-    ``init_frames`` exactly (unless a frame fails).
+    and the engine would never initialise. With the probe off and no trial, the engine tracks from
+    frame ``init_frames`` exactly (unless a frame fails).
     """
     from vo_node.config import apply_overrides, load_engine_config
 
-    overrides = {"frontend.motion_probe_threshold": 0.0, "frontend.init_frames": init_frames}
+    overrides = {
+        "frontend.motion_probe_threshold": 0.0,
+        "frontend.init_frames": init_frames,
+        "frontend.hypothesis_frames": 0,
+    }
     return apply_overrides(load_engine_config("small"), overrides)
 
 

@@ -5,8 +5,11 @@
 
 For each configuration a fresh child process loads the frames into memory, tracks them one by one
 and records the wall time of every :meth:`VisualOdometry.track` call, its CPU time (all threads of
-the process) and the per-stage times of its :class:`TrackResult`. The first ``frontend.init_frames`` frames are warm-up and are left out of the
-statistics, because they include the initialisation. The command prints the median and 90th
+the process) and the per-stage times of its :class:`TrackResult`. The frames before the engine
+first reports ``tracking`` are warm-up and are left out of the statistics: the motion probe, the
+initialisation and the depth-hypothesis trial, which tracks every frame twice
+(``frontend.hypothesis_frames``). If it never tracks, the first ``frontend.init_frames`` frames
+are the warm-up. The command prints the median and 90th
 percentile per stage in milliseconds, frames per second, peak memory and the machine, and writes
 the same figures as JSON. Quote medians: a shared machine makes single frames noisy. On a shared
 machine the CPU time per frame also varies less than the wall time, because time spent waiting
@@ -51,7 +54,7 @@ DEFAULT_SEQUENCE = DATA_ROOT / "euroc_MH_05_difficult"
 DEFAULT_DEMO_FOLDER = Path("outputs") / "demo" / "sequence"
 """Fallback input: the rendered demo sequence (rendered on first use)."""
 DEFAULT_OUTPUT = Path("outputs") / "bench.json"
-DEFAULT_FRAMES = 100
+DEFAULT_FRAMES = 150
 DEFAULT_WIDTH = 376
 """EuRoC half resolution: 752x480 frames are downscaled to 376x240."""
 DEFAULT_CONFIGS = ("small",)
@@ -133,7 +136,7 @@ def measure(settings: BenchSettings) -> dict[str, Any]:
         "sequence": settings.sequence,
         "input_size": list(frames[0][0].shape[1::-1]),
         "tracked_size": _tracked_size(frames[0][0], intrinsics, config.max_image_width),
-        "warmup_frames": min(config.frontend.init_frames, len(records)),
+        "warmup_frames": warmup_frames(records, config.frontend.init_frames),
         "frames": records,
         "finish_seconds": finish_seconds,
         "peak_memory_bytes": peak_bytes,
@@ -266,6 +269,15 @@ def _cpu_model() -> str:
 
 # --------------------------------------------------------------------------------------------
 # Statistics and report
+
+
+def warmup_frames(records: list[dict[str, Any]], fallback: int) -> int:
+    """Return the index of the first record whose state is ``tracking``, or ``fallback`` (at
+    most the record count) when there is none."""
+    for index, record in enumerate(records):
+        if record["state"] == "tracking":
+            return index
+    return min(fallback, len(records))
 
 
 def summarize(measurement: dict[str, Any]) -> dict[str, Any]:

@@ -79,6 +79,12 @@ class FrontendConfig:
     a two-view (essential matrix) start, each with a depth-reversal check, and keep the one with
     the lowest BA cost (``vo_node.odometry.initialization``). False starts from the motion
     model's poses (identity) like DPVO, which often ends in a local minimum."""
+    hypothesis_frames: int = 30
+    """Frames over which the initialised window and its depth-mirrored alternative are both
+    tracked before one is kept. The two explain the initial window's flow almost equally well,
+    and the BA cost per residual separates them only as parallax accumulates
+    (``docs/benchmarks.md``). The state reads ``initializing`` until the choice is made. 0 keeps
+    the lower-cost one at once."""
     final_iterations: int = 12
     motion_probe_threshold: float = 2.0
     """Median flow (1/4-resolution pixels) below which a frame is too static to initialise on."""
@@ -173,6 +179,11 @@ class EngineConfig:
             raise ConfigError(
                 "frontend.threshold_reference_width must be 0 (absolute thresholds) or a "
                 f"positive width in pixels, got {self.frontend.threshold_reference_width}"
+            )
+        if self.frontend.hypothesis_frames < 0:
+            raise ConfigError(
+                "frontend.hypothesis_frames must be 0 (choose at initialisation) or a positive "
+                f"number of frames, got {self.frontend.hypothesis_frames}"
             )
         if self.ba.lm_damping_factor <= 1.0:
             raise ConfigError(

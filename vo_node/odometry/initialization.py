@@ -18,7 +18,9 @@ The rotation start has the rotations that best explain the flow between consecut
 translation. The two-view start has the relative pose from the essential matrix between the first
 frame and the farthest frame that still shares enough patches with it. Each start is refined with
 the BA and then checked for depth reversal (:func:`resolve_depth_reversal`), and the result with
-the lowest cost wins.
+the lowest cost wins. Its depth-mirrored twin comes with it: with a network's noisy
+correspondences the two costs are often within a few percent, so the frontend tracks both for a
+while before it keeps one.
 """
 
 from __future__ import annotations
@@ -58,6 +60,10 @@ class ReversalCheck:
     """True when the mirrored hypothesis was kept."""
     current_cost: float
     mirrored_cost: float
+    other_poses_cw: torch.Tensor
+    """(N, 7) poses of the hypothesis that lost."""
+    other_patches: torch.Tensor
+    """(M, 3, P, P) patches of the hypothesis that lost."""
 
 
 def resolve_depth_reversal(
@@ -115,9 +121,10 @@ def resolve_depth_reversal(
         "depth-reversal check: current cost %.4g (%d valid), mirrored cost %.4g (%d valid)",
         current.final_cost, current.num_valid, mirrored.final_cost, mirrored.num_valid,
     )
-    winner = mirrored if keep_mirrored else current
+    winner, other = (mirrored, current) if keep_mirrored else (current, mirrored)
     return ReversalCheck(
-        winner.poses_cw, winner.patches, keep_mirrored, current.final_cost, mirrored.final_cost
+        winner.poses_cw, winner.patches, keep_mirrored, current.final_cost, mirrored.final_cost,
+        other.poses_cw, other.patches,
     )
 
 
@@ -151,6 +158,13 @@ class InitialWindow:
     """True when the depth-mirrored solution of that start was kept."""
     cost: float
     """BA cost of the result."""
+    alternative_poses_cw: torch.Tensor
+    """(N, 7) poses of the same start's other depth hypothesis (mirrored when the result is not,
+    and the reverse). Its cost is often within a few percent of the result's on real sequences,
+    so the frontend may track both for a while before it keeps one."""
+    alternative_patches: torch.Tensor
+    """(M, 3, P, P) patches of that hypothesis."""
+    alternative_cost: float
 
 
 def initialize_window(
@@ -204,10 +218,18 @@ def initialize_window(
             config=config, image_size=image_size, first_free_pose=first_free_pose,
             refine_current=False,
         )
-        cost = check.mirrored_cost if check.reversed else check.current_cost
-        logger.debug("initial window from the %s start: cost %.4g", name, cost)
+        cost, other_cost = check.current_cost, check.mirrored_cost
+        if check.reversed:
+            cost, other_cost = other_cost, cost
+        logger.debug(
+            "initial window from the %s start: cost %.4g (other depth hypothesis %.4g)",
+            name, cost, other_cost,
+        )
         if best is None or cost < best.cost:
-            best = InitialWindow(check.poses_cw, check.patches, name, check.reversed, cost)
+            best = InitialWindow(
+                check.poses_cw, check.patches, name, check.reversed, cost,
+                check.other_poses_cw, check.other_patches, other_cost,
+            )
     assert best is not None
     return best
 

@@ -1,0 +1,121 @@
+"""The depth-hypothesis trial after initialisation (``frontend.hypothesis_frames``).
+
+The initial window of a real sequence fits its depth-mirrored alternative almost as well as the
+true scene, so the frontend tracks both for a while and keeps the one with the lower BA cost per
+residual. These tests track synthetic clips with the correspondence oracle: the true hypothesis
+then costs nearly nothing, and the mirrored one clearly more.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+
+import numpy as np
+import pytest
+import torch
+
+import vo_node.odometry.frontend as frontend
+from vo_node.config import ConfigError, apply_overrides, load_engine_config
+from vo_node.odometry.frontend import VisualOdometry
+from vo_node.odometry.initialization import initialize_window
+from vo_node.odometry.oracle import CorrespondenceOracle
+from vo_node.synthetic.clip import SyntheticClip, generate_clip
+from tests.test_oracle_tracking import MAX_ATE_PERCENT, ate_percent
+
+NUM_FRAMES = 40
+HEIGHT, WIDTH = 240, 320
+
+
+@pytest.fixture(scope="module", autouse=True)
+def single_thread():
+    """Small tensors run faster on one thread, and the suite shares two cores."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def clip() -> SyntheticClip:
+    return generate_clip(1, NUM_FRAMES, HEIGHT, WIDTH, motion="lateral", scene="room")
+
+
+def track(clip: SyntheticClip, overrides: dict | None = None):
+    config = apply_overrides(load_engine_config("small"), overrides or {})
+    oracle = CorrespondenceOracle(clip.depths, clip.poses_wc, clip.intrinsics)
+    odometry = VisualOdometry(config, None, "cpu", oracle=oracle)
+    states = [
+        odometry.track(image, int(stamp), clip.intrinsics).state
+        for image, stamp in zip(clip.images, clip.timestamps_ns)
+    ]
+    return states, odometry.finish()
+
+
+def initialising_frames(states: list[str]) -> int:
+    return states.index("tracking")
+
+
+def swapped_initial_window(*args, **kwargs):
+    """:func:`initialize_window` with the result and its alternative exchanged."""
+    window = initialize_window(*args, **kwargs)
+    return dataclasses.replace(
+        window,
+        poses_cw=window.alternative_poses_cw,
+        patches=window.alternative_patches,
+        cost=window.alternative_cost,
+        alternative_poses_cw=window.poses_cw,
+        alternative_patches=window.patches,
+        alternative_cost=window.cost,
+    )
+
+
+def test_trial_delays_tracking_until_decided(clip):
+    without, _ = track(clip, {"frontend.hypothesis_frames": 0})
+    with_trial, trajectory = track(clip)
+    # The oracle's true hypothesis costs almost nothing, so the trial ends at its earliest.
+    assert initialising_frames(with_trial) == initialising_frames(without) + frontend.EARLY_DECISION_FRAMES
+    assert set(with_trial[initialising_frames(with_trial):]) == {"tracking"}
+    assert len(trajectory.poses) == NUM_FRAMES
+    assert ate_percent(trajectory.poses, clip.poses_wc) < MAX_ATE_PERCENT
+
+
+def test_trial_runs_full_length_on_close_costs(clip, monkeypatch):
+    monkeypatch.setattr(frontend, "EARLY_DECISION_RATIO", float("inf"))
+    without, _ = track(clip, {"frontend.hypothesis_frames": 0})
+    states, _ = track(clip, {"frontend.hypothesis_frames": 6})
+    assert initialising_frames(states) == initialising_frames(without) + 6
+
+
+def test_trial_recovers_from_a_wrong_initial_choice(clip, monkeypatch, caplog):
+    monkeypatch.setattr(frontend, "initialize_window", swapped_initial_window)
+    # Without the trial, the mirrored scene is kept and the trajectory is far off.
+    _, trapped = track(clip, {"frontend.hypothesis_frames": 0})
+    assert ate_percent(trapped.poses, clip.poses_wc) > 10 * MAX_ATE_PERCENT
+
+    with caplog.at_level(logging.INFO, logger="vo_node.odometry.frontend"):
+        states, trajectory = track(clip)
+    assert "kept the alternative depth hypothesis" in caplog.text
+    assert "tracking" in states
+    assert ate_percent(trajectory.poses, clip.poses_wc) < MAX_ATE_PERCENT
+
+
+def test_finish_during_the_trial_keeps_a_hypothesis(clip, monkeypatch):
+    monkeypatch.setattr(frontend, "EARLY_DECISION_RATIO", float("inf"))
+    config = apply_overrides(load_engine_config("small"), {"frontend.hypothesis_frames": 1000})
+    oracle = CorrespondenceOracle(clip.depths, clip.poses_wc, clip.intrinsics)
+    odometry = VisualOdometry(config, None, "cpu", oracle=oracle)
+    for image, stamp in zip(clip.images[:20], clip.timestamps_ns[:20]):
+        odometry.track(image, int(stamp), clip.intrinsics)
+    assert odometry.state == "initializing"
+    trajectory = odometry.finish()
+    assert odometry.state == "tracking"
+    np.testing.assert_array_equal(trajectory.timestamps_ns, clip.timestamps_ns[:20])
+    assert ate_percent(trajectory.poses, clip.poses_wc[:20]) < MAX_ATE_PERCENT
+
+
+def test_negative_hypothesis_frames_are_rejected():
+    config = load_engine_config("small")
+    config.frontend.hypothesis_frames = -1
+    with pytest.raises(ConfigError, match="hypothesis_frames"):
+        config.validate()
