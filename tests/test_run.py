@@ -11,6 +11,7 @@ EuRoC run tracks 12 frames: initialisation at the 4th, then 8 frames of tracking
 
 from __future__ import annotations
 
+import csv
 import json
 import math
 import os
@@ -42,6 +43,7 @@ FAST_OVERRIDES = [
     "frontend.init_frames=4",
     "frontend.init_iterations=2",
     "frontend.final_iterations=2",
+    "frontend.hypothesis_frames=2",
 ]
 FINITE_METRICS = (
     "ate_rmse", "ate_mean", "ate_max", "ate_percent", "path_length", "scale",
@@ -218,3 +220,36 @@ def test_run_unreadable_frame_says_stopped_early(
     assert report["frames"] == 10
     assert "000010.png" in report["input_error"]
     assert len((output / "trajectory.tum").read_text().splitlines()) == 10
+
+
+def test_run_trace_has_one_row_per_frame(
+    small_model: Path, demo_sequence: Path, tmp_path: Path
+) -> None:
+    output = tmp_path / "out"
+    assert run_main(demo_sequence, small_model, output, "--trace") == run.EXIT_OK
+
+    sequence = open_sequence(demo_sequence)
+    with (output / run.TRACE_FILE).open(newline="") as handle:
+        reader = csv.DictReader(handle)
+        assert tuple(reader.fieldnames) == run.TRACE_COLUMNS
+        rows = list(reader)
+    assert len(rows) == len(sequence)
+    assert [int(row["frame"]) for row in rows] == list(range(len(sequence)))
+    assert [int(row["timestamp_ns"]) for row in rows] == list(sequence.timestamps_ns)
+    assert {row["state"] for row in rows} <= {"initializing", "tracking", "lost"}
+    # The probe runs on every frame after the first until initialisation, and a BA on every
+    # frame from then on.
+    assert rows[0]["probe_flow"] == ""
+    assert math.isfinite(float(rows[1]["probe_flow"]))
+    tracking = [row for row in rows if row["state"] == "tracking"]
+    assert tracking
+    for row in tracking:
+        assert math.isfinite(float(row["ba_cost"]))
+        assert float(row["ba_cost"]) >= 0
+        assert int(row["ba_residuals"]) > 0
+        assert int(row["edges"]) > 0
+        assert float(row["ba_ms"]) > 0
+
+    # A later run without --trace removes the stale trace.
+    assert run_main(demo_sequence, small_model, output) == run.EXIT_OK
+    assert not (output / run.TRACE_FILE).exists()

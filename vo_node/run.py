@@ -1,11 +1,12 @@
 """Run the odometry on a recorded sequence and evaluate it against ground truth.
 
 ``python -m vo_node.run SEQUENCE [--config small] [--model PATH] [--device auto] [--stride N]
-[--max-frames N] [--output DIR] [--override key=value ...]``
+[--max-frames N] [--output DIR] [--override key=value ...] [--trace]``
 
 Writes ``DIR/trajectory.tum`` (one pose per input frame, at the input timestamps) and, when the
-sequence has ground truth, ``DIR/metrics.json`` and ``DIR/trajectory.png``. Those of the three
-files that a run does not write are removed from ``DIR``, so a reused folder does not show the
+sequence has ground truth, ``DIR/metrics.json`` and ``DIR/trajectory.png``. With ``--trace`` it
+also writes ``DIR/frames.csv``, one row per input frame (see :data:`TRACE_COLUMNS`). Those of the
+four files that a run does not write are removed from ``DIR``, so a reused folder does not show the
 metrics of an earlier run next to a new trajectory. On SIGINT or SIGTERM the frames tracked so far are finished and written,
 and the process exits with 130 or 143.
 
@@ -16,6 +17,7 @@ and the process exits with 130 or 143.
 from __future__ import annotations
 
 import argparse
+import csv
 import dataclasses
 import json
 import logging
@@ -69,15 +71,25 @@ EXIT_USAGE = 2
 SIGNAL_EXIT_BASE = 128
 """A run stopped by signal ``n`` exits with ``128 + n`` (130 for SIGINT, 143 for SIGTERM)."""
 BYTES_PER_KIBIBYTE = 1024
+MILLISECONDS_PER_SECOND = 1000.0
 BYTES_PER_MEBIBYTE = 1024 * 1024
 TRAJECTORY_FILE = "trajectory.tum"
 METRICS_FILE = "metrics.json"
 PLOT_FILE = "trajectory.png"
-OWNED_OUTPUTS = (TRAJECTORY_FILE, METRICS_FILE, PLOT_FILE)
+TRACE_FILE = "frames.csv"
+OWNED_OUTPUTS = (TRAJECTORY_FILE, METRICS_FILE, PLOT_FILE, TRACE_FILE)
 """Files of an output folder that a run owns: a run removes those it does not write."""
 DEFAULT_OUTPUT_ROOT = Path("outputs")
 DEFAULT_OUTPUT_FOLDER_NAME = "vo_output"
 """Folder name that the error for an ``--output`` that is a file suggests next to that file."""
+TRACE_COLUMNS = (
+    "frame", "timestamp_ns", "state", "keyframe", "edges", "probe_flow", "ba_cost",
+    "ba_residuals", "encoders_ms", "correlation_ms", "update_ms", "ba_ms", "bookkeeping_ms",
+)
+"""Columns of ``frames.csv``. Per input frame: its index and timestamp, the engine state after
+it, whether it entered the patch graph, and the edge count. Then the motion probe's median flow
+in 1/4-resolution pixels (empty when not probed), the weighted cost and valid residual count of
+the frame's last bundle adjustment (empty without one), and the time of each stage."""
 STOP_ACTION = "finishing the frames tracked so far and writing the trajectory"
 """Log text for the runner's response to the first SIGINT or SIGTERM (see :class:`StopRequest`)."""
 
@@ -107,6 +119,7 @@ class RunResult:
         interrupted: the run stopped early because ``should_stop`` returned True.
         input_error: message of the :class:`SequenceError` that ended the run early (an
             unreadable frame), or None.
+        trace: one dict per tracked frame with the keys of :data:`TRACE_COLUMNS`.
     """
 
     trajectory: Trajectory
@@ -116,6 +129,7 @@ class RunResult:
     memory_kind: str
     interrupted: bool = False
     input_error: str | None = None
+    trace: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def frames_per_second(self) -> float:
@@ -135,6 +149,7 @@ class RunOutputs:
     trajectory_path: Path
     metrics_path: Path | None = None
     plot_path: Path | None = None
+    trace_path: Path | None = None
     metrics: TrajectoryMetrics | None = None
     extra: dict[str, Any] = field(default_factory=dict)
     length_unit: str = METRES
@@ -146,6 +161,7 @@ class RunOutputs:
             ("trajectory", self.trajectory_path),
             ("metrics", self.metrics_path),
             ("plot", self.plot_path),
+            ("per-frame trace", self.trace_path),
         ]
         return [(label, path) for label, path in labelled if path is not None]
 
@@ -182,6 +198,7 @@ def run_sequence(
     frames = 0
     interrupted = False
     input_error = None
+    trace: list[dict[str, Any]] = []
     start = time.perf_counter()
     # Log lines go through tqdm while the bar is shown, so the two do not run into each other.
     with torch.no_grad(), logging_redirect_tqdm():
@@ -191,7 +208,8 @@ def run_sequence(
                 if should_stop is not None and should_stop():
                     interrupted = True
                     break
-                odometry.track(frame.image, frame.timestamp_ns, intrinsics)
+                step = odometry.track(frame.image, frame.timestamp_ns, intrinsics)
+                trace.append(trace_row(frames, step))
                 frames += 1
                 bar.update(1)
         except SequenceError as error:
@@ -206,7 +224,37 @@ def run_sequence(
         "tracked %d frames of %s in %.1f s (%.2f frames/s)", frames, sequence.name, seconds,
         frames / seconds if seconds > 0 else 0.0,
     )
-    return RunResult(trajectory, frames, seconds, peak, kind, interrupted, input_error)
+    return RunResult(trajectory, frames, seconds, peak, kind, interrupted, input_error, trace)
+
+
+def trace_row(index: int, step: Any) -> dict[str, Any]:
+    """Return the :data:`TRACE_COLUMNS` of input frame ``index`` from its ``TrackResult``."""
+    times = step.times
+    return {
+        "frame": index,
+        "timestamp_ns": int(step.timestamp_ns),
+        "state": step.state,
+        "keyframe": int(step.is_keyframe),
+        "edges": int(step.num_edges),
+        "probe_flow": step.probe_flow,
+        "ba_cost": step.ba_cost,
+        "ba_residuals": step.ba_residuals,
+        "encoders_ms": MILLISECONDS_PER_SECOND * times.encoders,
+        "correlation_ms": MILLISECONDS_PER_SECOND * times.correlation,
+        "update_ms": MILLISECONDS_PER_SECOND * times.update,
+        "ba_ms": MILLISECONDS_PER_SECOND * times.ba,
+        "bookkeeping_ms": MILLISECONDS_PER_SECOND * times.bookkeeping,
+    }
+
+
+def write_trace(path: Path, rows: TypingSequence[dict[str, Any]]) -> None:
+    """Write ``rows`` as CSV with the :data:`TRACE_COLUMNS` header, atomically. A None value is
+    written as an empty field."""
+    with atomic_write(path) as handle:
+        writer = csv.DictWriter(handle, fieldnames=TRACE_COLUMNS, lineterminator="\n")
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({key: "" if value is None else value for key, value in row.items()})
 
 
 def empty_trajectory() -> Trajectory:
@@ -243,6 +291,7 @@ def write_outputs(
     ground_truth: Trajectory | None,
     extra: dict[str, Any] | None = None,
     length_unit: str = METRES,
+    trace: bool = False,
 ) -> RunOutputs:
     """Write the trajectory and, with ground truth, the metrics JSON and the figure (atomically).
 
@@ -253,6 +302,7 @@ def write_outputs(
         extra: additional JSON-ready fields for ``metrics.json`` (sequence, configuration).
         length_unit: unit of the ground truth (``m``, or ``scene units`` for rendered
             sequences), stored in ``metrics.json`` and used in the figure's labels.
+        trace: also write ``frames.csv`` from ``result.trace``.
 
     Raises:
         ValueError: the trajectory has no poses (check ``result.frames`` first).
@@ -264,9 +314,16 @@ def write_outputs(
         trajectory_path=output_dir / TRAJECTORY_FILE, extra=dict(extra or {}),
         length_unit=length_unit,
     )
-    planned = [TRAJECTORY_FILE] if ground_truth is None else list(OWNED_OUTPUTS)
+    planned = [TRAJECTORY_FILE]
+    if ground_truth is not None:
+        planned += [METRICS_FILE, PLOT_FILE]
+    if trace:
+        planned.append(TRACE_FILE)
     outputs.removed = remove_stale_outputs(output_dir, planned)
     write_tum(outputs.trajectory_path, result.trajectory)
+    if trace:
+        outputs.trace_path = output_dir / TRACE_FILE
+        write_trace(outputs.trace_path, result.trace)
     if ground_truth is None:
         return outputs
     outputs.metrics = evaluate_run(result, ground_truth)
@@ -485,6 +542,9 @@ def build_parser() -> argparse.ArgumentParser:
         "body or IMU frame; see docs/ros2.md for EuRoC's value",
     )
 
+    parser.add_argument("--trace", action="store_true",
+                        help="also write frames.csv: per frame the engine state, edges, motion "
+                             "probe flow, bundle-adjustment cost and stage times")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     parser.add_argument("--log-level", default="INFO",
                         choices=("DEBUG", "INFO", "WARNING", "ERROR"), help="logging level")
@@ -646,7 +706,8 @@ def _run(args: argparse.Namespace, stop: StopRequest) -> int:
     }
     try:
         outputs = write_outputs(
-            result, output_dir, sequence.ground_truth, extra, sequence_length_unit(sequence)
+            result, output_dir, sequence.ground_truth, extra, sequence_length_unit(sequence),
+            trace=args.trace,
         )
     except OSError as error:
         logger.error("writing the outputs to %s failed: %s", output_dir, error)

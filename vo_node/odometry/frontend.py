@@ -125,6 +125,14 @@ class TrackResult:
     pose_covariance: np.ndarray | None = None
     """``(6, 6)`` covariance of this frame's pose from the BA (tangent ``[v, w]``), if any."""
     times: StageTimes = field(default_factory=StageTimes)
+    probe_flow: float | None = None
+    """Median flow (1/4-resolution pixels) that the motion probe measured on this frame, or None
+    when the frame was not probed."""
+    ba_cost: float | None = None
+    """Weighted cost ``sum weight * residual^2`` after this frame's last BA, or None without a BA.
+    During the depth-hypothesis trial it belongs to the hypothesis that currently leads."""
+    ba_residuals: int | None = None
+    """Valid residuals of the same BA."""
 
 
 class _LostTracking(Exception):
@@ -141,6 +149,8 @@ class _Hypothesis:
     """Sum of the weighted BA cost after each trial frame's optimisation."""
     residuals: int = 0
     """Sum of the valid residual counts of the same optimisations."""
+    last: tuple[float, int] | None = None
+    """(weighted cost, valid residuals) of the newest trial frame's optimisation."""
 
     @property
     def mean_cost(self) -> float:
@@ -197,6 +207,9 @@ class VisualOdometry:
         self._trial_frames = 0
         # (weighted cost, valid residuals) of the last BA run by the update iterations.
         self._last_ba_cost: tuple[float, int] = (0.0, 0)
+        # The figures of the frame being tracked, for its TrackResult.
+        self._frame_probe_flow: float | None = None
+        self._frame_ba_cost: tuple[float, int] | None = None
 
     @property
     def state(self) -> str:
@@ -261,6 +274,8 @@ class VisualOdometry:
             tensor = self._prepare(image, intrinsics)
             frame_id = self.frame_count
             self.frame_count += 1
+            self._frame_probe_flow = None
+            self._frame_ba_cost = None
             self._last_timestamp_ns = timestamp_ns
             result = self._track_prepared(tensor, timestamp_ns, frame_id, times)
         times.bookkeeping = max(
@@ -423,8 +438,9 @@ class VisualOdometry:
                 )
                 continue
             self.graph.retire_edges(self.config.frontend.removal_window)
-            hypothesis.cost += self._last_ba_cost[0]
-            hypothesis.residuals += self._last_ba_cost[1]
+            hypothesis.last = self._last_ba_cost
+            hypothesis.cost += hypothesis.last[0]
+            hypothesis.residuals += hypothesis.last[1]
             survivors.append(hypothesis)
         self._trial_frames += 1
 
@@ -436,7 +452,9 @@ class VisualOdometry:
             self._handle_loss(frame_id, timestamp_ns, "every depth hypothesis lost tracking")
             return self._result(timestamp_ns, is_keyframe=False, times=times)
         self._hypotheses = survivors
-        self.graph = min(survivors, key=lambda h: h.mean_cost).graph
+        leader = min(survivors, key=lambda h: h.mean_cost)
+        self.graph = leader.graph
+        self._frame_ba_cost = leader.last
         if self._trial_decided():
             self._keep_best_hypothesis()
         self._last_good_pose_cw = self.graph.active_poses[-1].clone()
@@ -486,6 +504,9 @@ class VisualOdometry:
             num_edges=self.graph.num_edges,
             pose_covariance=None if covariance is None else covariance.double().cpu().numpy(),
             times=times,
+            probe_flow=self._frame_probe_flow,
+            ba_cost=None if self._frame_ba_cost is None else self._frame_ba_cost[0],
+            ba_residuals=None if self._frame_ba_cost is None else self._frame_ba_cost[1],
         )
 
     def _current_pose_cw(self) -> torch.Tensor:
@@ -584,6 +605,7 @@ class VisualOdometry:
         magnitudes = delta.float().norm(dim=-1)
         flow = float((magnitudes[seen] if bool(seen.any()) else magnitudes).median())
         self.last_probe_flow = flow
+        self._frame_probe_flow = flow
         return flow < self._scaled_threshold(self.config.frontend.motion_probe_threshold)
 
     # -----------------------------------------------------------------------------------------
@@ -691,6 +713,7 @@ class VisualOdometry:
         graph.poses[: graph.n] = result.poses_cw
         graph.patches[: graph.n] = result.patches.view_as(graph.patches[: graph.n])
         self._last_ba_cost = (float(result.final_cost), int(result.num_valid))
+        self._frame_ba_cost = self._last_ba_cost
         if guard:
             reason = self._implausible(result)
             if reason is not None:
