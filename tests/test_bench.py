@@ -75,10 +75,13 @@ def test_override_option_collects_pairs():
     assert args.override == ["frontend.patches_per_frame=20", "ba.iterations=1"]
 
 
-def test_warmup_ends_at_the_first_tracking_frame():
-    states = ["initializing"] * 5 + ["tracking", "initializing", "tracking"]
-    records = [{"state": state} for state in states]
-    assert bench.warmup_frames(records, fallback=8) == 5
+def test_warmup_ends_after_the_trial():
+    states = ["initializing"] * 5 + ["tracking"] * 4
+    trial = [False] * 5 + [True, True, False, True]
+    records = [{"state": state, "on_trial": flag} for state, flag in zip(states, trial)]
+    assert bench.warmup_frames(records, fallback=8) == 7
+    older = [{"state": state} for state in states]
+    assert bench.warmup_frames(older, fallback=8) == 5
     never = [{"state": "initializing"}] * 3
     assert bench.warmup_frames(never, fallback=8) == 3
     assert bench.warmup_frames(never * 4, fallback=8) == 8

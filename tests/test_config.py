@@ -135,3 +135,12 @@ def test_small_fast_preset_differs_only_in_speed_settings():
     assert fast.frontend.patch_lifetime == small.frontend.patch_lifetime - 1
     assert fast.frontend.patches_per_frame == small.frontend.patches_per_frame
     assert fast.ba.trust_region == small.ba.trust_region
+
+
+def test_unknown_override_section_lists_sections():
+    from vo_node.config import apply_overrides, load_engine_config
+
+    with pytest.raises(ConfigError, match="'nonexistent' is not a section") as raised:
+        apply_overrides(load_engine_config("small"), {"nonexistent.key": 1})
+    assert "frontend" in str(raised.value)
+    assert "ba" in str(raised.value)

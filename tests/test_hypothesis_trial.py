@@ -2,7 +2,7 @@
 
 The initial window of a real sequence fits its depth-mirrored alternative almost as well as the
 true scene, so the frontend tracks both for a while and keeps the one with the lower BA cost per
-residual. These tests track synthetic clips with the correspondence oracle: the true hypothesis
+residual. Meanwhile each frame reports the leading hypothesis. These tests track synthetic clips with the correspondence oracle: the true hypothesis
 then costs nearly nothing, and the mirrored one clearly more.
 """
 
@@ -42,18 +42,23 @@ def clip() -> SyntheticClip:
 
 
 def track(clip: SyntheticClip, overrides: dict | None = None):
+    """Track ``clip`` with the oracle; return the TrackResults and the finished trajectory."""
     config = apply_overrides(load_engine_config("small"), overrides or {})
     oracle = CorrespondenceOracle(clip.depths, clip.poses_wc, clip.intrinsics)
     odometry = VisualOdometry(config, None, "cpu", oracle=oracle)
-    states = [
-        odometry.track(image, int(stamp), clip.intrinsics).state
+    results = [
+        odometry.track(image, int(stamp), clip.intrinsics)
         for image, stamp in zip(clip.images, clip.timestamps_ns)
     ]
-    return states, odometry.finish()
+    return results, odometry.finish()
 
 
-def initialising_frames(states: list[str]) -> int:
-    return states.index("tracking")
+def settled_from(results) -> int:
+    """Index of the first frame that tracks with the trial over."""
+    return next(
+        index for index, result in enumerate(results)
+        if result.state == "tracking" and not result.on_trial
+    )
 
 
 def swapped_initial_window(*args, **kwargs):
@@ -70,12 +75,17 @@ def swapped_initial_window(*args, **kwargs):
     )
 
 
-def test_trial_delays_tracking_until_decided(clip):
+def test_trial_frames_report_the_leader(clip):
     without, _ = track(clip, {"frontend.hypothesis_frames": 0})
     with_trial, trajectory = track(clip)
+    first_tracking = [r.state for r in without].index("tracking")
+    assert [r.state for r in with_trial].index("tracking") == first_tracking
     # The oracle's true hypothesis costs almost nothing, so the trial ends at its earliest.
-    assert initialising_frames(with_trial) == initialising_frames(without) + frontend.EARLY_DECISION_FRAMES
-    assert set(with_trial[initialising_frames(with_trial):]) == {"tracking"}
+    assert settled_from(with_trial) == first_tracking + frontend.EARLY_DECISION_FRAMES
+    trial = with_trial[first_tracking:settled_from(with_trial)]
+    assert all(result.on_trial for result in trial)
+    assert not any(result.on_trial for result in without)
+    assert not any(result.restarted for result in with_trial)
     assert len(trajectory.poses) == NUM_FRAMES
     assert ate_percent(trajectory.poses, clip.poses_wc) < MAX_ATE_PERCENT
 
@@ -83,8 +93,8 @@ def test_trial_delays_tracking_until_decided(clip):
 def test_trial_runs_full_length_on_close_costs(clip, monkeypatch):
     monkeypatch.setattr(frontend, "EARLY_DECISION_RATIO", float("inf"))
     without, _ = track(clip, {"frontend.hypothesis_frames": 0})
-    states, _ = track(clip, {"frontend.hypothesis_frames": 6})
-    assert initialising_frames(states) == initialising_frames(without) + 6
+    results, _ = track(clip, {"frontend.hypothesis_frames": 6})
+    assert settled_from(results) == settled_from(without) + 6
 
 
 def test_trial_recovers_from_a_wrong_initial_choice(clip, monkeypatch, caplog):
@@ -94,10 +104,14 @@ def test_trial_recovers_from_a_wrong_initial_choice(clip, monkeypatch, caplog):
     assert ate_percent(trapped.poses, clip.poses_wc) > 10 * MAX_ATE_PERCENT
 
     with caplog.at_level(logging.INFO, logger="vo_node.odometry.frontend"):
-        states, trajectory = track(clip)
+        results, trajectory = track(clip)
     assert "kept the alternative depth hypothesis" in caplog.text
-    assert "tracking" in states
     assert ate_percent(trajectory.poses, clip.poses_wc) < MAX_ATE_PERCENT
+    # The initialisation frame reports the mirrored scene; the first trial frame switches to
+    # the true one and is the only frame marked as a restart.
+    first_tracking = [r.state for r in results].index("tracking")
+    restarts = [index for index, result in enumerate(results) if result.restarted]
+    assert restarts == [first_tracking + 1]
 
 
 def test_finish_during_the_trial_keeps_a_hypothesis(clip, monkeypatch):
@@ -107,11 +121,11 @@ def test_finish_during_the_trial_keeps_a_hypothesis(clip, monkeypatch):
     odometry = VisualOdometry(config, None, "cpu", oracle=oracle)
     for image, stamp in zip(clip.images[:20], clip.timestamps_ns[:20]):
         odometry.track(image, int(stamp), clip.intrinsics)
-    assert odometry.state == "initializing"
+    assert odometry.track(clip.images[20], int(clip.timestamps_ns[20]), clip.intrinsics).on_trial
     trajectory = odometry.finish()
     assert odometry.state == "tracking"
-    np.testing.assert_array_equal(trajectory.timestamps_ns, clip.timestamps_ns[:20])
-    assert ate_percent(trajectory.poses, clip.poses_wc[:20]) < MAX_ATE_PERCENT
+    np.testing.assert_array_equal(trajectory.timestamps_ns, clip.timestamps_ns[:21])
+    assert ate_percent(trajectory.poses, clip.poses_wc[:21]) < MAX_ATE_PERCENT
 
 
 def test_negative_hypothesis_frames_are_rejected():

@@ -192,6 +192,9 @@ class ScriptedEngine:
     def __init__(self, script) -> None:
         self.script = list(script)
         self.resets = 0
+        self.restart_at: set[int] = set()
+        """Indices of the scripted results that come with ``restarted`` set."""
+        self.calls = 0
 
     def reset(self) -> None:
         self.resets += 1
@@ -201,8 +204,10 @@ class ScriptedEngine:
 
         state, position = self.script.pop(0)
         pose = np.array([*position, 0.0, 0.0, 0.0, 1.0])
+        restarted = self.calls in self.restart_at
+        self.calls += 1
         return TrackResult(timestamp_ns=stamp_ns, pose=pose, is_keyframe=True, state=state,
-                           num_edges=0)
+                           num_edges=0, restarted=restarted)
 
 
 def test_tracking_loss_continues_from_last_pose():
@@ -234,6 +239,26 @@ def test_tracking_loss_continues_from_last_pose():
     np.testing.assert_allclose(published[2].twist, 0.0)
     # The engine re-initialises by itself; the pipeline does not reset it (one reset: Harness).
     assert engine.resets == 1
+
+
+def test_hypothesis_switch_continues_from_last_pose():
+    # The engine's depth-hypothesis trial switches to the other hypothesis on the third frame:
+    # its poses have another origin and scale, and the pipeline must not jump to them.
+    script = [
+        ("tracking", (0.0, 0.0, 0.0)),
+        ("tracking", (0.0, 0.0, 1.0)),
+        ("tracking", (3.0, 3.0, -20.0)),
+        ("tracking", (3.0, 3.0, -18.0)),
+    ]
+    engine = ScriptedEngine(script)
+    engine.restart_at = {2}
+    harness = Harness(engine)
+    results = [harness.track(textured_frame(0)) for _ in script]
+    assert [outcome for outcome, _ in results] == [Outcome.PUBLISHED] * 4
+    x = [estimate.odom_from_base[0, 3] for _, estimate in results]
+    np.testing.assert_allclose(x, [0.0, 1.0, 1.0, 3.0], atol=1e-9)
+    np.testing.assert_allclose(results[2][1].twist, 0.0)
+    assert harness.problems.counts == {}
 
 
 def test_missing_intrinsics_skipped(engine):

@@ -6,8 +6,8 @@
 For each configuration a fresh child process loads the frames into memory, tracks them one by one
 and records the wall time of every :meth:`VisualOdometry.track` call, its CPU time (all threads of
 the process) and the per-stage times of its :class:`TrackResult`. The frames before the engine
-first reports ``tracking`` are warm-up and are left out of the statistics: the motion probe, the
-initialisation and the depth-hypothesis trial, which tracks every frame twice
+first tracks outside the depth-hypothesis trial are warm-up and are left out of the statistics:
+the motion probe, the initialisation and the trial, which tracks every frame twice
 (``frontend.hypothesis_frames``). If it never tracks, the first ``frontend.init_frames`` frames
 are the warm-up. The command prints the median and 90th
 percentile per stage in milliseconds, frames per second, peak memory and the machine, and writes
@@ -121,7 +121,7 @@ def measure(settings: BenchSettings) -> dict[str, Any]:
         record = {stage: getattr(result.times, stage) for stage in STAGES}
         record.update(
             wall=wall, cpu=cpu, state=result.state, keyframe=result.is_keyframe,
-            edges=result.num_edges,
+            edges=result.num_edges, on_trial=result.on_trial,
         )
         records.append(record)
     start = time.perf_counter()
@@ -272,10 +272,10 @@ def _cpu_model() -> str:
 
 
 def warmup_frames(records: list[dict[str, Any]], fallback: int) -> int:
-    """Return the index of the first record whose state is ``tracking``, or ``fallback`` (at
-    most the record count) when there is none."""
+    """Return the index of the first record that tracks outside the depth-hypothesis trial, or
+    ``fallback`` (at most the record count) when there is none."""
     for index, record in enumerate(records):
-        if record["state"] == "tracking":
+        if record["state"] == "tracking" and not record.get("on_trial", False):
             return index
     return min(fallback, len(records))
 

@@ -83,8 +83,8 @@ class FrontendConfig:
     """Frames over which the initialised window and its depth-mirrored alternative are both
     tracked before one is kept. The two explain the initial window's flow almost equally well,
     and the BA cost per residual separates them only as parallax accumulates
-    (``docs/benchmarks.md``). The state reads ``initializing`` until the choice is made. 0 keeps
-    the lower-cost one at once."""
+    (``docs/benchmarks.md``). Meanwhile the frames report the leading hypothesis with
+    ``TrackResult.on_trial`` set. 0 keeps the lower-cost one at once."""
     final_iterations: int = 12
     motion_probe_threshold: float = 2.0
     """Median flow (1/4-resolution pixels) below which a frame is too static to initialise on."""
@@ -345,7 +345,11 @@ def apply_overrides(config: Any, overrides: Mapping[str, Any]) -> Any:
         parts = dotted.split(".")
         for part in parts[:-1]:
             if part not in node or not isinstance(node[part], dict):
-                raise ConfigError(f"unknown configuration key {dotted!r}")
+                sections = sorted(key for key, entry in node.items() if isinstance(entry, dict))
+                raise ConfigError(
+                    f"unknown configuration key {dotted!r}: {part!r} is not a section; valid "
+                    f"sections here: {', '.join(sections)}"
+                )
             node = node[part]
         if parts[-1] not in node:
             raise ConfigError(

@@ -83,11 +83,12 @@ DEFAULT_OUTPUT_ROOT = Path("outputs")
 DEFAULT_OUTPUT_FOLDER_NAME = "vo_output"
 """Folder name that the error for an ``--output`` that is a file suggests next to that file."""
 TRACE_COLUMNS = (
-    "frame", "timestamp_ns", "state", "keyframe", "edges", "probe_flow", "ba_cost",
+    "frame", "timestamp_ns", "state", "on_trial", "keyframe", "edges", "probe_flow", "ba_cost",
     "ba_residuals", "encoders_ms", "correlation_ms", "update_ms", "ba_ms", "bookkeeping_ms",
 )
 """Columns of ``frames.csv``. Per input frame: its index and timestamp, the engine state after
-it, whether it entered the patch graph, and the edge count. Then the motion probe's median flow
+it, whether the depth-hypothesis trial was running, whether the frame entered the patch graph,
+and the edge count. Then the motion probe's median flow
 in 1/4-resolution pixels (empty when not probed), the weighted cost and valid residual count of
 the frame's last bundle adjustment (empty without one), and the time of each stage."""
 STOP_ACTION = "finishing the frames tracked so far and writing the trajectory"
@@ -234,6 +235,7 @@ def trace_row(index: int, step: Any) -> dict[str, Any]:
         "frame": index,
         "timestamp_ns": int(step.timestamp_ns),
         "state": step.state,
+        "on_trial": int(step.on_trial),
         "keyframe": int(step.is_keyframe),
         "edges": int(step.num_edges),
         "probe_flow": step.probe_flow,

@@ -13,8 +13,10 @@ almost as well as the scene it came from. In 10 runs on EuRoC and KITTI the two 
 differed by 0.2 to 18 %, and the lower one was the wrong one in 6. The BA cost per residual
 separates them once more frames add parallax. So both hypotheses are tracked, each in its own
 patch graph, for ``frontend.hypothesis_frames`` frames (sooner when one costs
-``EARLY_DECISION_RATIO`` times the other), and the cheaper one is kept. Until then the state
-reads ``initializing``.
+``EARLY_DECISION_RATIO`` times the other), and the cheaper one is kept. Meanwhile each frame
+reports the pose of the hypothesis that leads so far, with ``TrackResult.on_trial`` set. When the
+lead changes, the frame's ``restarted`` flag asks a live consumer to start a new segment, as after
+a tracking loss. The finished trajectory comes from the kept hypothesis alone.
 
 Tracking loss. After each optimisation the frontend checks the BA result: non-finite poses or
 depths, a BA that reports failure, or a jump of the newest pose that is both far larger than the
@@ -133,6 +135,12 @@ class TrackResult:
     During the depth-hypothesis trial it belongs to the hypothesis that currently leads."""
     ba_residuals: int | None = None
     """Valid residuals of the same BA."""
+    on_trial: bool = False
+    """True while the depth-hypothesis trial runs: the pose is that of the hypothesis that
+    currently leads, and the finished trajectory may come from the other one."""
+    restarted: bool = False
+    """True when the pose comes from another hypothesis than the previous frame's, so it does
+    not continue the previous pose: a consumer starts a new segment, as after a tracking loss."""
 
 
 class _LostTracking(Exception):
@@ -210,6 +218,9 @@ class VisualOdometry:
         # The figures of the frame being tracked, for its TrackResult.
         self._frame_probe_flow: float | None = None
         self._frame_ba_cost: tuple[float, int] | None = None
+        self._frame_restarted = False
+        # The hypothesis whose pose the last TrackResult reported, during a trial.
+        self._reported: _Hypothesis | None = None
 
     @property
     def state(self) -> str:
@@ -276,6 +287,7 @@ class VisualOdometry:
             self.frame_count += 1
             self._frame_probe_flow = None
             self._frame_ba_cost = None
+            self._frame_restarted = False
             self._last_timestamp_ns = timestamp_ns
             result = self._track_prepared(tensor, timestamp_ns, frame_id, times)
         times.bookkeeping = max(
@@ -368,7 +380,7 @@ class VisualOdometry:
             if not self.is_initialized and graph.n >= self.config.frontend.init_frames:
                 self._initialize(times)
                 self.is_initialized = True
-                self._state = STATE_INITIALIZING if self._hypotheses else STATE_TRACKING
+                self._state = STATE_TRACKING
                 logger.info("initialised on %d keyframes at frame %d", graph.n, frame_id)
             elif self.is_initialized:
                 covariance = self._optimize(1, times, guard=True, covariance=True)
@@ -418,6 +430,7 @@ class VisualOdometry:
             self.graph = primary
         self._hypotheses = [_Hypothesis("initial", primary), _Hypothesis("alternative", alternative)]
         self._trial_frames = 0
+        self._reported = self._hypotheses[0]
 
     def _track_hypotheses(
         self, features: tuple, timestamp_ns: int, frame_id: int, times: StageTimes
@@ -449,12 +462,20 @@ class VisualOdometry:
             # failed update outside the trial.
             self.graph = self._hypotheses[0].graph
             self._hypotheses = []
+            self._reported = None
             self._handle_loss(frame_id, timestamp_ns, "every depth hypothesis lost tracking")
             return self._result(timestamp_ns, is_keyframe=False, times=times)
         self._hypotheses = survivors
         leader = min(survivors, key=lambda h: h.mean_cost)
         self.graph = leader.graph
         self._frame_ba_cost = leader.last
+        if leader is not self._reported:
+            logger.info(
+                "the %s depth hypothesis leads at frame %d; its poses start a new segment",
+                leader.name, frame_id,
+            )
+            self._frame_restarted = True
+            self._reported = leader
         if self._trial_decided():
             self._keep_best_hypothesis()
         self._last_good_pose_cw = self.graph.active_poses[-1].clone()
@@ -482,7 +503,7 @@ class VisualOdometry:
         )
         self.graph = best.graph
         self._hypotheses = []
-        self._state = STATE_TRACKING
+        self._reported = None
 
     # -----------------------------------------------------------------------------------------
     # Results
@@ -507,6 +528,8 @@ class VisualOdometry:
             probe_flow=self._frame_probe_flow,
             ba_cost=None if self._frame_ba_cost is None else self._frame_ba_cost[0],
             ba_residuals=None if self._frame_ba_cost is None else self._frame_ba_cost[1],
+            on_trial=bool(self._hypotheses),
+            restarted=self._frame_restarted,
         )
 
     def _current_pose_cw(self) -> torch.Tensor:

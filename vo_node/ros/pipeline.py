@@ -483,7 +483,10 @@ class TrackingPipeline:
             self.reset()
             return Outcome.FAILED, None
 
-        if self._lost:
+        if self._lost or bool(getattr(result, "restarted", False)):
+            # After a loss, or when the engine's depth-hypothesis trial switched to the other
+            # hypothesis, the pose does not continue the previous one: anchor it at the last
+            # published pose.
             self._lost = False
             self.frame.start_segment()
             self._previous = None
