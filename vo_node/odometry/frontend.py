@@ -428,7 +428,9 @@ class VisualOdometry:
             return
         finally:
             self.graph = primary
-        self._hypotheses = [_Hypothesis("initial", primary), _Hypothesis("alternative", alternative)]
+        self._hypotheses = [
+            _Hypothesis("initial", primary), _Hypothesis("alternative", alternative)
+        ]
         self._trial_frames = 0
         self._reported = self._hypotheses[0]
 
@@ -658,7 +660,9 @@ class VisualOdometry:
             window = self._estimate_initial_window(times)
             iterations -= 1
             if self.config.frontend.hypothesis_frames > 0:
-                alternative = self._graph_with(window.alternative_poses_cw, window.alternative_patches)
+                alternative = self._graph_with(
+                    window.alternative_poses_cw, window.alternative_patches
+                )
         self._optimize(iterations, times, guard=True)
         if alternative is not None:
             self._start_trial(alternative, iterations, times)
