@@ -312,3 +312,16 @@ def test_replay_command_line_bad_bag_path(tmp_path, kind):
         assert f"{path} could not be read as a bag" in completed.stderr
     assert "pass a ROS 2 bag folder (with metadata.yaml) or a ROS 1 .bag file" in completed.stderr
     assert "Traceback" not in completed.stderr
+
+
+def test_too_few_poses_names_initialisation():
+    from vo_node.ros.replay import _add_ate
+
+    empty = Trajectory(np.zeros(0, dtype=np.int64), np.zeros((0, 7)))
+    report = evaluation_report(trajectory=empty, frames_received=32, frames_initialising=32)
+    _add_ate(report, bag=None, groundtruth="/groundtruth/pose")
+    assert report.ate is None
+    assert report.ate_error == (
+        "only 0 poses were recorded; the engine spent 32 of the 32 frames received on "
+        "initialising, so replay a longer bag"
+    )

@@ -766,6 +766,12 @@ def _add_ate(
         return
     if len(report.trajectory) < 3:
         report.ate_error = f"only {len(report.trajectory)} poses were recorded"
+        if report.frames_initialising:
+            report.ate_error += (
+                f"; the engine spent {report.frames_initialising} of the "
+                f"{report.frames_received} frames received on initialising, so replay a longer "
+                "bag"
+            )
         return
     from vo_node.evaluation.metrics import EvaluationError, evaluate_trajectory
 
