@@ -17,6 +17,7 @@ import pytest
 from vo_node.io.camera import PinholeCamera
 from vo_node.ros.pipeline import (
     CAMERA_INFO_GRACE_S,
+    STATE_CHOOSING,
     STATE_INITIALISING,
     DropReporter,
     FrameSlot,
@@ -194,6 +195,8 @@ class ScriptedEngine:
         self.resets = 0
         self.restart_at: set[int] = set()
         """Indices of the scripted results that come with ``restarted`` set."""
+        self.trial_at: set[int] = set()
+        """Indices of the scripted results that come with ``on_trial`` set."""
         self.calls = 0
 
     def reset(self) -> None:
@@ -205,9 +208,10 @@ class ScriptedEngine:
         state, position = self.script.pop(0)
         pose = np.array([*position, 0.0, 0.0, 0.0, 1.0])
         restarted = self.calls in self.restart_at
+        on_trial = self.calls in self.trial_at
         self.calls += 1
         return TrackResult(timestamp_ns=stamp_ns, pose=pose, is_keyframe=True, state=state,
-                           num_edges=0, restarted=restarted)
+                           num_edges=0, restarted=restarted, on_trial=on_trial)
 
 
 def test_tracking_loss_continues_from_last_pose():
@@ -252,9 +256,14 @@ def test_hypothesis_switch_continues_from_last_pose():
     ]
     engine = ScriptedEngine(script)
     engine.restart_at = {2}
+    engine.trial_at = {0, 1, 2}
     harness = Harness(engine)
-    results = [harness.track(textured_frame(0)) for _ in script]
+    results, states = [], []
+    for _ in script:
+        results.append(harness.track(textured_frame(0)))
+        states.append(harness.pipeline.state)
     assert [outcome for outcome, _ in results] == [Outcome.PUBLISHED] * 4
+    assert states == [STATE_CHOOSING] * 3 + ["tracking"]
     x = [estimate.odom_from_base[0, 3] for _, estimate in results]
     np.testing.assert_allclose(x, [0.0, 1.0, 1.0, 3.0], atol=1e-9)
     np.testing.assert_allclose(results[2][1].twist, 0.0)

@@ -64,6 +64,7 @@ from vo_node.ros.parameters import (
     validate_update,
 )
 from vo_node.ros.pipeline import (
+    STATE_CHOOSING,
     STATE_INITIALISING,
     DropReporter,
     FrameSlot,
@@ -453,6 +454,11 @@ class VONode(Node):
             return DiagnosticStatus.WARN, "loading the model"
         if self.tracking_state == "tracking":
             return DiagnosticStatus.OK, "tracking"
+        if self.tracking_state == STATE_CHOOSING:
+            return DiagnosticStatus.WARN, (
+                "tracking while the engine chooses between two depth hypotheses; odometry may "
+                "start a new segment at the last published pose"
+            )
         if self.tracking_state == STATE_INITIALISING:
             return DiagnosticStatus.WARN, (
                 f"initialising ({self.outcomes[Outcome.INITIALISING]} frames so far); no odometry "

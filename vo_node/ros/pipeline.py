@@ -33,6 +33,9 @@ ENGINE_STATE_INITIALIZING = "initializing"
 ENGINE_STATE_LOST = "lost"
 STATE_INITIALISING = "initialising"
 """Tracking state the node reports until the engine has initialised."""
+STATE_CHOOSING = "tracking, choosing the depth hypothesis"
+"""Tracking state the node reports during the engine's depth-hypothesis trial: odometry is
+published, and may start a new segment when the trial switches hypotheses."""
 DROP_LOG_INTERVAL_S = 10.0
 """Dropped frames are logged at most once per this many seconds."""
 MIN_PROCESSED_FOR_DROP_WARNING = 2
@@ -490,7 +493,7 @@ class TrackingPipeline:
             self._lost = False
             self.frame.start_segment()
             self._previous = None
-        self.state = state
+        self.state = STATE_CHOOSING if getattr(result, "on_trial", False) else state
         self._segment_size = size
         odom_from_base = self.frame.odom_from_base(pose_to_matrix(pose))
         twist = np.zeros(6)
