@@ -299,6 +299,36 @@ def test_sigterm_saves_loadable_checkpoint(tmp_path):
     assert resumed.step == state["step"]
 
 
+@pytest.mark.parametrize("stop", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_group_signal_stops_cleanly_with_workers(tmp_path, stop):
+    # Ctrl-C in a terminal, `timeout` and service managers signal the whole process group, data
+    # workers included. The workers must leave the stop to the main process.
+    output = tmp_path / "run"
+    command = [sys.executable, "-m", "vo_node.train", "--config", TINY, "--output", str(output),
+               "optim.steps=1000", "validation.every=1000", "checkpoint.every_steps=1000",
+               "data.num_workers=1"]
+    process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.PIPE, text=True, start_new_session=True)
+    metrics = output / "metrics.csv"
+    deadline = time.monotonic() + 120
+    try:
+        while time.monotonic() < deadline and process.poll() is None:
+            if metrics.is_file() and len(metrics.read_text().splitlines()) >= 2:
+                break
+            time.sleep(0.2)
+        assert process.poll() is None, process.stderr.read()
+        os.killpg(process.pid, stop)
+        code = process.wait(timeout=120)
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+    errors = process.stderr.read()
+    assert code == 128 + stop, errors[-2000:]
+    assert "Traceback" not in errors
+    assert "killed by signal" not in errors
+    assert load_checkpoint(output / "checkpoints" / "latest.pt")["step"] >= 1
+
+
 def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))

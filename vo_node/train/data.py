@@ -21,6 +21,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import signal
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator, Protocol
@@ -670,9 +671,17 @@ def _first_item(batch: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]
 
 
 def _seed_worker(worker_id: int) -> None:
-    """Seed python, numpy and torch in a worker from the loader's per-worker torch seed."""
+    """Seed python, numpy and torch in a worker from the loader's per-worker torch seed, and
+    leave SIGINT and SIGTERM to the main process.
+
+    Ctrl-C in a terminal, ``timeout`` and service managers signal the whole process group. A
+    worker ended by SIGTERM made the main process fail in the middle of a step; ignoring the
+    signal lets the main process save its checkpoint and then shut the workers down itself.
+    """
     import random
 
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     seed = torch.initial_seed() % SEED_MODULUS
     random.seed(seed)
     np.random.seed(seed)

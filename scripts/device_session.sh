@@ -1,0 +1,45 @@
+#!/usr/bin/env bash
+# One prepared run for a lent GPU machine (the device tool's `run`, which sets $OUT and copies
+# back what lands there, at most 8 files):
+#   1. engine timings on CUDA for docs/benchmarks.md: `vo_node.bench` on the rendered demo
+#      sequence, because ../shared/data does not travel;
+#   2. the shipped model's training, resumed from models/training/ for TRAIN_SECONDS. `timeout`
+#      then sends SIGTERM, on which the trainer writes its checkpoint; the checkpoint and the
+#      metrics come back in $OUT, to be copied into models/training/ and committed.
+#
+# On the device machine (its python3 holds torch; see docs/training.md):
+#   bash scripts/device_session.sh [TRAIN_SECONDS]        (default 360)
+# Dry run on a CPU machine:
+#   OUT=/tmp/device_out DEVICE=cpu PYTHON=.venv/bin/python bash scripts/device_session.sh 30
+set -uo pipefail
+
+out=${OUT:?set OUT to the folder whose files come back}
+seconds=${1:-360}
+python=${PYTHON:-python3}
+device=${DEVICE:-cuda}
+train_dir=${TRAIN_DIR:-/tmp/vo_train_small}
+export PYTHONUNBUFFERED=1 PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
+mkdir -p "$out"
+
+echo "== bench on $device"
+"$python" -m vo_node.bench --configs small full --device "$device" --frames 100 \
+    --output "$out/bench_$device.json" >"$out/bench.log" 2>&1
+echo "bench exit status $? (log: bench.log)"
+tail -n 12 "$out/bench.log"
+
+echo "== training for $seconds s on $device"
+timeout --signal=TERM --kill-after=60 "$seconds" \
+    "$python" -m vo_node.train --config config/train_small.yaml --output "$train_dir" \
+    --resume models/training/train_small_latest.pt "device=$device" >"$out/train.log" 2>&1
+echo "training exit status $? (124: stopped by the time budget, checkpoint written on SIGTERM)"
+tail -c 2000 "$out/train.log" | tr '\r' '\n' | tail -n 8
+
+for name in latest.pt best.pt; do
+    if [ -f "$train_dir/checkpoints/$name" ]; then
+        cp "$train_dir/checkpoints/$name" "$out/train_small_$name"
+    fi
+done
+if [ -f "$train_dir/metrics.csv" ]; then
+    cp "$train_dir/metrics.csv" "$out/train_small_metrics.csv"
+fi
+ls -l "$out"
