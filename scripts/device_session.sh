@@ -4,8 +4,8 @@
 #   1. engine timings on CUDA for docs/benchmarks.md: `vo_node.bench` on the rendered demo
 #      sequence, because ../shared/data does not travel;
 #   2. the shipped model's training, resumed from models/training/ for TRAIN_SECONDS. `timeout`
-#      then sends SIGTERM, on which the trainer writes its checkpoint; the checkpoint and the
-#      metrics come back in $OUT, to be copied into models/training/ and committed.
+#      then sends SIGTERM, and the trainer writes its checkpoint. The checkpoint and the metrics
+#      come back in $OUT, to be copied into models/training/ and committed.
 #
 # On the device machine (its python3 holds torch; see docs/training.md):
 #   bash scripts/device_session.sh [TRAIN_SECONDS]        (default 360)

@@ -675,8 +675,8 @@ def _seed_worker(worker_id: int) -> None:
     leave SIGINT and SIGTERM to the main process.
 
     Ctrl-C in a terminal, ``timeout`` and service managers signal the whole process group. A
-    worker ended by SIGTERM made the main process fail in the middle of a step; ignoring the
-    signal lets the main process save its checkpoint and then shut the workers down itself.
+    worker ended by SIGTERM made the main process fail in the middle of a step. With the signal
+    ignored here, the main process saves its checkpoint and then shuts the workers down.
     """
     import random
 
