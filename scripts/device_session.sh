@@ -22,7 +22,7 @@ export PYTHONUNBUFFERED=1 PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 mkdir -p "$out"
 
 echo "== bench on $device"
-"$python" -m vo_node.bench --configs small full --device "$device" --frames 100 \
+"$python" -m vo_node.bench --configs small full --device "$device" \
     --output "$out/bench_$device.json" >"$out/bench.log" 2>&1
 echo "bench exit status $? (log: bench.log)"
 tail -n 12 "$out/bench.log"

@@ -80,10 +80,12 @@ def test_trial_frames_report_the_leader(clip):
     with_trial, trajectory = track(clip)
     first_tracking = [r.state for r in without].index("tracking")
     assert [r.state for r in with_trial].index("tracking") == first_tracking
-    # The oracle's true hypothesis costs almost nothing, so the trial ends at its earliest.
-    assert settled_from(with_trial) == first_tracking + frontend.EARLY_DECISION_FRAMES
+    # The oracle's true hypothesis costs almost nothing, so the trial ends at its earliest: the
+    # initialisation frame and EARLY_DECISION_FRAMES frames tracked in both hypotheses.
+    assert settled_from(with_trial) == first_tracking + 1 + frontend.EARLY_DECISION_FRAMES
     trial = with_trial[first_tracking:settled_from(with_trial)]
     assert all(result.on_trial for result in trial)
+    assert all(result.pose_covariance is not None for result in trial[1:])
     assert not any(result.on_trial for result in without)
     assert not any(result.restarted for result in with_trial)
     assert len(trajectory.poses) == NUM_FRAMES
@@ -94,7 +96,7 @@ def test_trial_runs_full_length_on_close_costs(clip, monkeypatch):
     monkeypatch.setattr(frontend, "EARLY_DECISION_RATIO", float("inf"))
     without, _ = track(clip, {"frontend.hypothesis_frames": 0})
     results, _ = track(clip, {"frontend.hypothesis_frames": 6})
-    assert settled_from(results) == settled_from(without) + 6
+    assert settled_from(results) == settled_from(without) + 1 + 6
 
 
 def test_trial_recovers_from_a_wrong_initial_choice(clip, monkeypatch, caplog):

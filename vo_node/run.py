@@ -10,7 +10,8 @@ four files that a run does not write are removed from ``DIR``, so a reused folde
 metrics of an earlier run next to a new trajectory. On SIGINT or SIGTERM the frames tracked so far are finished and written,
 and the process exits with 130 or 143.
 
-:func:`run_sequence` is the reusable part (the ROS replay evaluation and the benchmark call it);
+:func:`run_sequence` is the reusable part (the accuracy command, the offline demo and the
+trainer's validation call it);
 :func:`main` only parses arguments, configures logging and handles signals.
 """
 

@@ -10,8 +10,9 @@ and equal depths often lead the BA into a local minimum.
 
 Depth-hypothesis trial. On real sequences the initial window fits its depth-mirrored alternative
 almost as well as the scene it came from. In 10 runs on EuRoC and KITTI the two BA costs
-differed by 0.2 to 18 %, and the lower one was the wrong one in 6. The BA cost per residual
-separates them once more frames add parallax. So both hypotheses are tracked, each in its own
+differed by 0.2 to 18 %, and in 4 of them the lower one led to a failed run (over 10 % of the
+path, where the other stayed under 3 %). The BA cost per residual separates them once more
+frames add parallax. So both hypotheses are tracked, each in its own
 patch graph, for ``frontend.hypothesis_frames`` frames (sooner when one costs
 ``EARLY_DECISION_RATIO`` times the other), and the cheaper one is kept. Meanwhile each frame
 reports the pose of the hypothesis that leads so far, with ``TrackResult.on_trial`` set. When the
@@ -136,8 +137,9 @@ class TrackResult:
     ba_residuals: int | None = None
     """Valid residuals of the same BA."""
     on_trial: bool = False
-    """True while the depth-hypothesis trial runs: the pose is that of the hypothesis that
-    currently leads, and the finished trajectory may come from the other one."""
+    """True for the frames of the depth-hypothesis trial, from the initialisation frame to the
+    frame that decides it: each was tracked in both hypotheses, the pose is that of the one that
+    leads, and the finished trajectory may come from the other one."""
     restarted: bool = False
     """True when the pose comes from another hypothesis than the previous frame's, so it does
     not continue the previous pose: a consumer starts a new segment, as after a tracking loss."""
@@ -159,6 +161,8 @@ class _Hypothesis:
     """Sum of the valid residual counts of the same optimisations."""
     last: tuple[float, int] | None = None
     """(weighted cost, valid residuals) of the newest trial frame's optimisation."""
+    covariance: torch.Tensor | None = None
+    """(6, 6) covariance of the newest pose after that optimisation, or None."""
 
     @property
     def mean_cost(self) -> float:
@@ -219,6 +223,7 @@ class VisualOdometry:
         self._frame_probe_flow: float | None = None
         self._frame_ba_cost: tuple[float, int] | None = None
         self._frame_restarted = False
+        self._frame_on_trial = False
         # The hypothesis whose pose the last TrackResult reported, during a trial.
         self._reported: _Hypothesis | None = None
 
@@ -288,6 +293,7 @@ class VisualOdometry:
             self._frame_probe_flow = None
             self._frame_ba_cost = None
             self._frame_restarted = False
+            self._frame_on_trial = False
             self._last_timestamp_ns = timestamp_ns
             result = self._track_prepared(tensor, timestamp_ns, frame_id, times)
         times.bookkeeping = max(
@@ -444,7 +450,7 @@ class VisualOdometry:
             self._add_frame((features[0].clone(), *features[1:]), timestamp_ns, frame_id)
             self._connect_newest()
             try:
-                self._optimize(1, times, guard=True)
+                hypothesis.covariance = self._optimize(1, times, guard=True, covariance=True)
                 self._remove_redundant_keyframe()
             except _LostTracking as reason:
                 logger.info(
@@ -458,6 +464,7 @@ class VisualOdometry:
             hypothesis.residuals += hypothesis.last[1]
             survivors.append(hypothesis)
         self._trial_frames += 1
+        self._frame_on_trial = True
 
         if not survivors:
             # The failed frame is still the newest keyframe of the first graph, as after a
@@ -481,7 +488,9 @@ class VisualOdometry:
         if self._trial_decided():
             self._keep_best_hypothesis()
         self._last_good_pose_cw = self.graph.active_poses[-1].clone()
-        return self._result(timestamp_ns, is_keyframe=True, times=times)
+        return self._result(
+            timestamp_ns, is_keyframe=True, times=times, covariance=leader.covariance
+        )
 
     def _trial_decided(self) -> bool:
         """True when one hypothesis is left, the trial has run ``hypothesis_frames`` frames, or
@@ -530,7 +539,7 @@ class VisualOdometry:
             probe_flow=self._frame_probe_flow,
             ba_cost=None if self._frame_ba_cost is None else self._frame_ba_cost[0],
             ba_residuals=None if self._frame_ba_cost is None else self._frame_ba_cost[1],
-            on_trial=bool(self._hypotheses),
+            on_trial=self._frame_on_trial or bool(self._hypotheses),
             restarted=self._frame_restarted,
         )
 

@@ -314,7 +314,8 @@ class TrackingPipeline:
     every tracking loss: before that its poses are placeholders (the identity), and the first
     initialised pose would jump away from them. Every reset and loss starts a new segment of
     :class:`OdometryFrame` at the first initialised pose, so odometry continues from the last
-    published pose.
+    published pose. So does a frame that the engine marks ``restarted``: during its
+    depth-hypothesis trial, the lead passed to the other hypothesis.
     """
 
     def __init__(
