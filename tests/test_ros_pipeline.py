@@ -264,6 +264,8 @@ def test_hypothesis_switch_continues_from_last_pose():
         states.append(harness.pipeline.state)
     assert [outcome for outcome, _ in results] == [Outcome.PUBLISHED] * 4
     assert states == [STATE_CHOOSING] * 3 + ["tracking"]
+    # The debug image draws the estimate's state, so it shows the trial too.
+    assert [estimate.state for _, estimate in results] == states
     x = [estimate.odom_from_base[0, 3] for _, estimate in results]
     np.testing.assert_allclose(x, [0.0, 1.0, 1.0, 3.0], atol=1e-9)
     np.testing.assert_allclose(results[2][1].twist, 0.0)

@@ -94,7 +94,8 @@ class OdometryEstimate:
             (the frame the trajectory file and the evaluation use).
         twist: ``(6,)`` ``[vx, vy, vz, wx, wy, wz]`` in the body frame, m/s and rad/s.
         pose_covariance: ``(6, 6)`` ROS-order covariance from the engine, or None.
-        state: engine tracking state.
+        state: tracking state as the node reports it: ``tracking``, or :data:`STATE_CHOOSING`
+            during the engine's depth-hypothesis trial.
         is_keyframe: whether the engine kept the frame as a keyframe.
         timings: per-stage timings reported by the engine.
         points: ``(N, 3)`` patch points in the odom frame for the debug cloud, or None.
@@ -509,7 +510,7 @@ class TrackingPipeline:
             world_from_camera=self.frame.camera_pose(odom_from_base),
             twist=twist,
             pose_covariance=self._covariance(result, odom_from_base),
-            state=state,
+            state=self.state,
             is_keyframe=bool(getattr(result, "is_keyframe", False)),
             timings=_stage_times_ms(getattr(result, "times", None)),
             points=self._points() if with_points else None,
