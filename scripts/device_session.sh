@@ -7,7 +7,7 @@
 #      then sends SIGTERM, and the trainer writes its checkpoint. The checkpoint and the metrics
 #      come back in $OUT, to be copied into models/training/ and committed.
 #
-# On the device machine (its python3 holds torch; see docs/training.md):
+# On the device machine (its python3 has torch; see docs/training.md):
 #   bash scripts/device_session.sh [TRAIN_SECONDS]        (default 360)
 # Dry run on a CPU machine:
 #   OUT=/tmp/device_out DEVICE=cpu PYTHON=.venv/bin/python bash scripts/device_session.sh 30

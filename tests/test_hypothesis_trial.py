@@ -13,7 +13,6 @@ import logging
 
 import numpy as np
 import pytest
-import torch
 
 import vo_node.odometry.frontend as frontend
 from vo_node.config import ConfigError, apply_overrides, load_engine_config
@@ -21,19 +20,10 @@ from vo_node.odometry.frontend import VisualOdometry
 from vo_node.odometry.initialization import initialize_window
 from vo_node.odometry.oracle import CorrespondenceOracle
 from vo_node.synthetic.clip import SyntheticClip, generate_clip
-from tests.test_oracle_tracking import MAX_ATE_PERCENT, ate_percent
+from tests.test_oracle_tracking import MAX_ATE_PERCENT, ate_percent, single_thread  # noqa: F401 (autouse fixture)
 
 NUM_FRAMES = 40
 HEIGHT, WIDTH = 240, 320
-
-
-@pytest.fixture(scope="module", autouse=True)
-def single_thread():
-    """Small tensors run faster on one thread, and the suite shares two cores."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

@@ -273,20 +273,25 @@ def test_cli_rejects_unknown_key(tmp_path, caplog):
     assert "optim.bogus" in caplog.text
 
 
+def wait_for_first_metrics(process: subprocess.Popen, output: Path) -> None:
+    """Wait up to 120 s until the training process has logged a metrics row; fail if it exits."""
+    metrics = output / "metrics.csv"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and process.poll() is None:
+        if metrics.is_file() and len(metrics.read_text().splitlines()) >= 2:
+            break
+        time.sleep(0.2)
+    assert process.poll() is None, process.stderr.read()
+
+
 def test_sigterm_saves_loadable_checkpoint(tmp_path):
     output = tmp_path / "run"
     command = [sys.executable, "-m", "vo_node.train", "--config", TINY, "--output", str(output),
                "optim.steps=1000", "validation.every=1000", "checkpoint.every_steps=1000"]
     process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.DEVNULL,
                                stderr=subprocess.PIPE, text=True)
-    metrics = output / "metrics.csv"
-    deadline = time.monotonic() + 120
     try:
-        while time.monotonic() < deadline and process.poll() is None:
-            if metrics.is_file() and len(metrics.read_text().splitlines()) >= 2:
-                break
-            time.sleep(0.2)
-        assert process.poll() is None, process.stderr.read()
+        wait_for_first_metrics(process, output)
         process.send_signal(signal.SIGTERM)
         code = process.wait(timeout=120)
     finally:
@@ -309,14 +314,8 @@ def test_group_signal_stops_cleanly_with_workers(tmp_path, stop):
                "data.num_workers=1"]
     process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.DEVNULL,
                                stderr=subprocess.PIPE, text=True, start_new_session=True)
-    metrics = output / "metrics.csv"
-    deadline = time.monotonic() + 120
     try:
-        while time.monotonic() < deadline and process.poll() is None:
-            if metrics.is_file() and len(metrics.read_text().splitlines()) >= 2:
-                break
-            time.sleep(0.2)
-        assert process.poll() is None, process.stderr.read()
+        wait_for_first_metrics(process, output)
         os.killpg(process.pid, stop)
         code = process.wait(timeout=120)
     finally:

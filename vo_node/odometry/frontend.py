@@ -16,7 +16,7 @@ frames add parallax. So both hypotheses are tracked, each in its own
 patch graph, for ``frontend.hypothesis_frames`` frames (sooner when one costs
 ``EARLY_DECISION_RATIO`` times the other), and the cheaper one is kept. Meanwhile each frame
 reports the pose of the hypothesis that leads so far, with ``TrackResult.on_trial`` set. When the
-lead changes, the frame's ``restarted`` flag asks a live consumer to start a new segment, as after
+lead changes, the frame's ``restarted`` flag makes a live consumer start a new segment, as after
 a tracking loss. The finished trajectory comes from the kept hypothesis alone.
 
 Tracking loss. After each optimisation the frontend checks the BA result: non-finite poses or
@@ -138,8 +138,8 @@ class TrackResult:
     """Valid residuals of the same BA."""
     on_trial: bool = False
     """True for the frames of the depth-hypothesis trial, from the initialisation frame to the
-    frame that decides it: each was tracked in both hypotheses, the pose is that of the one that
-    leads, and the finished trajectory may come from the other one."""
+    frame that decides it. Each was tracked in both hypotheses and reports the leading one's pose.
+    The finished trajectory may come from the other one."""
     restarted: bool = False
     """True when the pose comes from another hypothesis than the previous frame's, so it does
     not continue the previous pose: a consumer starts a new segment, as after a tracking loss."""
