@@ -125,16 +125,22 @@ def test_bad_yaml_file_names_path(tmp_path, recipe):
     assert f"{description} {missing} not found" in str(error.value)
 
 
-def test_small_fast_preset_differs_only_in_speed_settings():
+def test_small_preset_retires_edges_after_the_patch_lifetime_and_keeps_the_model_sizes():
+    """The real-time settings measured in docs/benchmarks.md (2026-12-05), on the shipped sizes."""
     small = load_engine_config("small")
-    fast = load_engine_config("small_fast")
-    assert fast.name == "small_fast"
-    assert fast.network == small.network
-    assert fast.ba.iterations == 1
-    assert small.ba.iterations == 2
-    assert fast.frontend.patch_lifetime == small.frontend.patch_lifetime - 1
-    assert fast.frontend.patches_per_frame == small.frontend.patches_per_frame
-    assert fast.ba.trust_region == small.ba.trust_region
+    full = load_engine_config("full")
+    assert (small.frontend.patch_lifetime, small.frontend.removal_window) == (6, 8)
+    assert small.ba.iterations == 1 and small.ba.trust_region
+    assert small.frontend.removal_window >= small.frontend.optimization_window
+    assert (small.network.matching_dim, small.network.context_dim) == (32, 64)
+    assert small.frontend.patches_per_frame * small.frontend.patch_lifetime < (
+        full.frontend.patches_per_frame * full.frontend.patch_lifetime
+    )
+
+
+def test_removed_small_fast_preset_names_the_available_ones():
+    with pytest.raises(ConfigError, match="available presets: full, small"):
+        load_engine_config("small_fast")
 
 
 def test_unknown_override_section_lists_sections():

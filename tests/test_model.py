@@ -483,6 +483,33 @@ def test_model_round_trip(tmp_path, small_network):
     assert payload["format_version"] == 1
 
 
+def test_shipped_model_carries_the_small_preset():
+    """The node tracks with the model file's settings, the runner with the preset's: they agree."""
+    from vo_node.model.network import default_model_path
+
+    _, shipped = load_model(default_model_path())
+    assert shipped == load_engine_config("small")
+
+
+def test_cpu_inference_copy_matches_and_leaves_the_trained_network_alone(small_network):
+    inference = small_network.for_inference(torch.device("cpu"))
+    assert inference is not small_network
+    stem = inference.patchifier.matching_encoder.stem[0].weight
+    assert stem.is_contiguous(memory_format=torch.channels_last) and not stem.is_contiguous()
+    assert small_network.patchifier.matching_encoder.stem[0].weight.is_contiguous()
+    images = make_images(2)
+    with torch.no_grad():
+        batches = [
+            network.patchify(images, 8, torch.Generator().manual_seed(3))
+            for network in (small_network, inference)
+        ]
+    for name in ("fmap", "gmap", "context", "patches"):
+        torch.testing.assert_close(
+            getattr(batches[1], name).contiguous(), getattr(batches[0], name).contiguous(),
+            rtol=1e-4, atol=1e-5,
+        )
+
+
 def test_load_rejects_mismatched_config(tmp_path, small_network):
     path = tmp_path / "model.pt"
     save_model(path, small_network, load_engine_config("small"), {})

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import os
 import subprocess
 import sys
 import time
@@ -62,6 +63,7 @@ def make_node(context):
         ("scale:=0.0", "scale must be a positive finite number; got 0.0"),
         ("scale:=2", "expected a floating-point number written with a decimal point"),
         ("model.device:=tpu", "model.device must be one of auto, cpu, cuda; got 'tpu'"),
+        ("model.threads:=-1", "model.threads must be at least 0; got -1"),
         ("model.config:=no_such_preset", "model.config 'no_such_preset' is invalid"),
         ("model.config:=/nonexistent/engine.yaml", "configuration file /nonexistent/engine.yaml"),
         ("model.config:=no_such_preset", "engine YAML path with -p model.config:=NAME"),
@@ -72,6 +74,16 @@ def test_invalid_start_up_value_rejected(tiny_model, argument, message):
         with pytest.raises(ParameterError) as error:
             make_node(context)
     assert message in str(error.value)
+
+
+def test_engine_threads_leave_a_core_to_the_executor(monkeypatch):
+    from vo_node.ros.parameters import engine_threads
+
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1, 2, 3})
+    assert engine_threads(0) == 3
+    assert engine_threads(2) == 2
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0})
+    assert engine_threads(0) == 1
 
 
 def test_command_line_rejects_and_exits_2():

@@ -192,6 +192,8 @@ class VisualOdometry:
             raise ValueError("VisualOdometry needs a network, or an oracle for network-free tests")
         self.config = config
         self.device = torch.device(resolve_device(device))
+        if network is not None and hasattr(network, "for_inference"):
+            network = network.for_inference(self.device)
         self.network = network.to(self.device).eval() if network is not None else None
         self.oracle = oracle
         self.use_autocast = config.mixed_precision and self.device.type == "cuda"

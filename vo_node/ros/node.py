@@ -58,6 +58,7 @@ from vo_node.ros.messages import (
 from vo_node.ros.parameters import (
     ParameterError,
     declare_parameters,
+    engine_threads,
     load_model_file,
     resolve_model_weights,
     unknown_parameter_overrides,
@@ -333,12 +334,16 @@ class VONode(Node):
         self._mark_completed()
 
     def _load_engine(self):
+        import torch
+
         from vo_node.config import load_engine_config, resolve_device
         from vo_node.odometry.frontend import VisualOdometry
 
         device = resolve_device(self.params.model_device)
         weights = resolve_model_weights(self.params.model_weights)
-        self.get_logger().info(f"loading model {weights} on {device}")
+        threads = engine_threads(self.params.model_threads)
+        torch.set_num_threads(threads)
+        self.get_logger().info(f"loading model {weights} on {device}, {threads} CPU threads")
         network, config = self._network.to(device), self._model_config
         if self.params.model_config:
             chosen = load_engine_config(self.params.model_config)

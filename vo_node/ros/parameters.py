@@ -261,6 +261,14 @@ PARAMETERS: tuple[ParameterSpec, ...] = (
         check=_one_of(MODEL_DEVICES),
     ),
     ParameterSpec(
+        "model.threads",
+        0,
+        "CPU threads of the engine's torch operations; 0 picks one fewer than the usable cores "
+        "(at least 1), which leaves a core to the executor and the image publisher",
+        unit="threads",
+        check=_at_least(0),
+    ),
+    ParameterSpec(
         "intrinsics",
         Parameter.Type.DOUBLE_ARRAY,
         "Pinhole intrinsics [fx, fy, cx, cy] of undistorted images, used until a valid "
@@ -309,6 +317,7 @@ class NodeParameters:
     model_weights: str
     model_config: str
     model_device: str
+    model_threads: int
     intrinsics: list[float] | None
     scale: float
     trajectory_file: str
@@ -400,6 +409,19 @@ def load_model_file(weights: str) -> tuple[Any, Any]:
     except (ModelFileError, ConfigError) as error:
         problem = f"{error}. Pass a vo_node model file with -p model.weights:=PATH"
     raise ParameterError(f"invalid parameter values:\n  model.weights: {problem}")
+
+
+def engine_threads(requested: int) -> int:
+    """Return the torch CPU threads for ``model.threads``: ``requested``, or for 0 one fewer
+    than the cores this process may use, at least 1.
+
+    On 2 cores, with images published at 30 Hz from another process, 1 thread gave a median
+    engine time of 67 ms against 76 ms for 2 (docs/benchmarks.md): a second torch thread
+    competes with the executor and the publisher for the same cores.
+    """
+    if requested > 0:
+        return requested
+    return max(1, len(os.sched_getaffinity(0)) - 1)
 
 
 def resolve_model_weights(weights: str) -> str:
