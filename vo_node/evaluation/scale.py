@@ -1,0 +1,214 @@
+"""Scale drift of a monocular trajectory: estimated against true path length, window by window.
+
+A Sim(3) alignment fits one scale to the whole trajectory, so a trajectory whose scale changes
+along the way scores a large ATE even when every short stretch is well shaped. This command
+aligns the estimate to ground truth once, splits the associated poses into windows of
+``--window`` consecutive poses, and prints for each window the aligned estimate's path length
+divided by the true one. A ratio of 1 means the window has the trajectory's overall scale;
+the largest ratio divided by the smallest is the drift factor. Windows in which the ground truth
+moves less than ``--min-length`` are left out, since their ratio measures noise::
+
+    python -m vo_node.evaluation.scale ESTIMATE.tum GROUND_TRUTH [--window 15] [--output DIR]
+
+``GROUND_TRUTH`` is a TUM file or a sequence that the runner reads (EuRoC, KITTI, TartanAir,
+TUM RGB-D, ...). The output folder receives ``scale.csv`` and ``scale.png``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import logging
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from vo_node.evaluation.metrics import EvaluationError, align_trajectories
+from vo_node.io.atomic import atomic_write
+from vo_node.io.trajectory import Trajectory, TrajectoryError, read_tum
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_WINDOW = 15
+"""Poses per window: half a second of EuRoC at 20 Hz, 1.5 s of KITTI or TartanAir at 10 Hz."""
+DEFAULT_MIN_LENGTH_FRACTION = 0.01
+"""Windows whose true path is shorter than this fraction of the whole true path are left out."""
+EXIT_OK, EXIT_USAGE = 0, 2
+
+
+@dataclass
+class ScaleProfile:
+    """Per-window scale of an aligned estimate.
+
+    Attributes:
+        start_s, end_s: ``(W,)`` times of each window's first and last pose, seconds.
+        true_length, estimated_length: ``(W,)`` path lengths in ground-truth units, the estimate
+            after the Sim(3) alignment.
+        ratio: ``(W,)`` ``estimated_length / true_length``; NaN where the window was left out.
+        alignment_scale: the Sim(3) scale that maps the estimate onto the ground truth.
+    """
+
+    start_s: np.ndarray
+    end_s: np.ndarray
+    true_length: np.ndarray
+    estimated_length: np.ndarray
+    ratio: np.ndarray
+    alignment_scale: float
+
+    @property
+    def drift_factor(self) -> float:
+        """Largest over smallest window ratio (NaN with fewer than 2 windows kept)."""
+        kept = self.ratio[np.isfinite(self.ratio)]
+        return float(kept.max() / kept.min()) if len(kept) >= 2 else float("nan")
+
+
+def scale_profile(
+    estimate: Trajectory,
+    ground_truth: Trajectory,
+    window: int = DEFAULT_WINDOW,
+    min_length: float | None = None,
+) -> ScaleProfile:
+    """Split the associated poses into windows of ``window`` poses and compare path lengths.
+
+    Consecutive windows share their boundary pose, so their lengths add up to the whole path.
+    ``min_length`` (ground-truth units) defaults to ``DEFAULT_MIN_LENGTH_FRACTION`` of the true
+    path length.
+
+    Raises:
+        ValueError: ``window`` is below 2.
+        EvaluationError: the trajectories do not associate or align.
+    """
+    if window < 2:
+        raise ValueError(f"window must be at least 2 poses, got {window}; pass --window 15")
+    pair = align_trajectories(estimate, ground_truth)
+    truth = pair.ground_truth.positions_xyz
+    aligned = pair.estimate.positions_xyz
+    stamps = pair.ground_truth.timestamps
+    true_steps = np.linalg.norm(np.diff(truth, axis=0), axis=1)
+    estimated_steps = np.linalg.norm(np.diff(aligned, axis=0), axis=1)
+    if min_length is None:
+        min_length = DEFAULT_MIN_LENGTH_FRACTION * float(true_steps.sum())
+    starts = np.arange(0, len(true_steps), window - 1)
+    ends = np.minimum(starts + window - 1, len(true_steps))
+    true_length = np.array([true_steps[a:b].sum() for a, b in zip(starts, ends)])
+    estimated_length = np.array([estimated_steps[a:b].sum() for a, b in zip(starts, ends)])
+    ratio = np.full(len(starts), np.nan)
+    kept = true_length >= min_length
+    ratio[kept] = estimated_length[kept] / true_length[kept]
+    return ScaleProfile(
+        stamps[starts], stamps[ends], true_length, estimated_length, ratio, pair.scale
+    )
+
+
+def format_profile(profile: ScaleProfile) -> list[str]:
+    """Return a text table of the windows and a summary line."""
+    lines = [f"{'start s':>9} {'end s':>9} {'true length':>12} {'estimated':>10} {'ratio':>7}"]
+    for start, end, true, estimated, ratio in zip(
+        profile.start_s, profile.end_s, profile.true_length, profile.estimated_length,
+        profile.ratio,
+    ):
+        shown = f"{ratio:7.3f}" if np.isfinite(ratio) else "   left out"
+        lines.append(f"{start:9.2f} {end:9.2f} {true:12.4f} {estimated:10.4f} {shown}")
+    lines.append(
+        f"drift factor (largest / smallest window ratio): {profile.drift_factor:.2f}; "
+        f"Sim(3) alignment scale {profile.alignment_scale:.4f}"
+    )
+    return lines
+
+
+def write_profile(profile: ScaleProfile, folder: Path) -> tuple[Path, Path]:
+    """Write ``scale.csv`` and ``scale.png`` into ``folder``; return both paths."""
+    folder.mkdir(parents=True, exist_ok=True)
+    table = folder / "scale.csv"
+    with atomic_write(table) as handle:
+        writer = csv.writer(handle, lineterminator="\n")
+        writer.writerow(["start_s", "end_s", "true_length", "estimated_length", "ratio"])
+        for row in zip(profile.start_s, profile.end_s, profile.true_length,
+                       profile.estimated_length, profile.ratio):
+            writer.writerow([f"{value:.6f}" for value in row])
+    figure = folder / "scale.png"
+    _plot(profile, figure)
+    return table, figure
+
+
+def _plot(profile: ScaleProfile, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    centres = 0.5 * (profile.start_s + profile.end_s) - profile.start_s[0]
+    fig, ax = plt.subplots(figsize=(7, 3.5))
+    ax.axhline(1.0, color="0.6", linestyle="--", linewidth=1)
+    ax.plot(centres, profile.ratio, marker="o")
+    ax.set_yscale("log")
+    ax.set_xlabel("time since the first pose [s]")
+    ax.set_ylabel("estimated / true path length")
+    ax.set_title(f"scale per window, drift factor {profile.drift_factor:.2f}")
+    fig.tight_layout()
+    with atomic_write(path, mode="wb") as handle:
+        fig.savefig(handle, format="png", dpi=120)
+    plt.close(fig)
+
+
+def load_ground_truth(source: str) -> Trajectory:
+    """Read ground truth from a TUM file, or from a sequence the runner can open.
+
+    Raises:
+        FileNotFoundError, ValueError: the path is missing or holds no ground truth.
+    """
+    path = Path(source)
+    if not path.exists():
+        raise FileNotFoundError(f"ground truth {path} not found; pass a TUM file or a sequence")
+    if path.is_file() and path.suffix in (".tum", ".txt"):
+        try:
+            return read_tum(path)
+        except TrajectoryError:
+            pass  # A sequence's own pose file (KITTI, TartanAir) is read by its reader below.
+    from vo_node.io.sequence import open_sequence
+
+    sequence = open_sequence(path.parent if path.is_file() else path)
+    if sequence.ground_truth is None:
+        raise ValueError(f"sequence {path} has no ground truth; pass a TUM file instead")
+    return sequence.ground_truth
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m vo_node.evaluation.scale",
+        description="Estimated against true path length over windows of consecutive poses.",
+    )
+    parser.add_argument("estimate", help="estimated trajectory, TUM format (run's trajectory.tum)")
+    parser.add_argument("ground_truth", help="ground truth: TUM file or sequence path")
+    parser.add_argument("--window", type=int, default=DEFAULT_WINDOW,
+                        help=f"poses per window (default {DEFAULT_WINDOW})")
+    parser.add_argument("--min-length", type=float, default=None,
+                        help="leave out windows whose true path is shorter (ground-truth units; "
+                             "default 1 %% of the whole true path)")
+    parser.add_argument("--output", type=Path, default=None,
+                        help="folder for scale.csv and scale.png (default: none written)")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        estimate = read_tum(args.estimate)
+        ground_truth = load_ground_truth(args.ground_truth)
+        profile = scale_profile(estimate, ground_truth, args.window, args.min_length)
+    except (FileNotFoundError, ValueError, EvaluationError, TrajectoryError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return EXIT_USAGE
+    print("\n".join(format_profile(profile)))
+    if args.output is not None:
+        table, figure = write_profile(profile, args.output)
+        print(f"table: {table}\nplot: {figure}")
+    return EXIT_OK
+
+
+if __name__ == "__main__":
+    sys.exit(main())
