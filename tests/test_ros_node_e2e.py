@@ -129,6 +129,8 @@ def test_node_on_euroc_bag(euroc_bag, model_path, engine_config, tmp_path):
         "-p", "base_frame:=vo_base",
         "-p", f"path_max_length:={PATH_MAX_LENGTH}",
         "-p", f"trajectory_file:={trajectory_file}",
+        # The encoder thread runs here; the other node tests encode on the worker (default).
+        "-p", "encode_ahead:=true",
     ]
 
     def turn_tf_off(index, node):

@@ -11,6 +11,8 @@ accuracy.
 
 from __future__ import annotations
 
+from concurrent.futures import Future
+
 import numpy as np
 import pytest
 
@@ -352,6 +354,59 @@ def test_frame_slot_keeps_newest():
     assert slot.put(frames[1]) is frames[0]
     assert slot.take(0.01) is frames[1]
     assert slot.take(0.01) is None
+
+
+def test_frame_slot_claim_once_per_frame():
+    slot = FrameSlot()
+    assert slot.claim(0.01) is None
+    first, second = (InputFrame(np.zeros((2, 2), np.uint8), stamp, "cam", None, 0.0)
+                     for stamp in (1, 2))
+    slot.put(first)
+    assert slot.claim(0.01) is first
+    assert first.encoding is not None
+    assert slot.claim(0.01) is None  # already being encoded
+    slot.put(second)  # replaces the claimed frame, which is dropped
+    assert slot.claim(0.01) is second
+    assert slot.take(0.01) is second
+
+
+def test_pipeline_encoded_ahead_equals_inline(engine):
+    """The same frames give the same poses whether the encoders ran ahead or inline."""
+    from vo_node.ros.pipeline import FrameEncoder
+
+    poses = []
+    for ahead in (False, True):
+        harness = Harness(engine)
+        encoder = FrameEncoder(engine, None)
+        estimates = []
+        for index in range(5):
+            frame = InputFrame(textured_frame(2 * index), 1_000 + index * STEP_NS, "cam",
+                               camera(), float(index))
+            if ahead:
+                frame.encoding = Future()
+                encoder.encode(frame)
+                assert frame.encoding.result() is not None
+            outcome, estimate = harness.pipeline.process(frame)
+            if estimate is not None:
+                estimates.append(estimate.odom_from_base)
+        assert len(estimates) == 5 - INIT_FRAMES + 1
+        poses.append(np.stack(estimates))
+    np.testing.assert_array_equal(poses[0], poses[1])
+
+
+def test_frame_encoded_before_a_reset_is_encoded_again(engine):
+    harness = Harness(engine)
+    frame = InputFrame(textured_frame(0), 1_000, "cam", camera(), 0.0)
+    frame.encoding = Future()
+    from vo_node.ros.pipeline import FrameEncoder
+
+    FrameEncoder(engine, None).encode(frame)
+    stale = frame.encoding.result().encoded
+    engine.reset()
+    assert stale.generation != engine.generation
+    result = engine.track(textured_frame(0), 1_000, INTRINSICS, encoded=stale)
+    assert result.times.encoders > 0.0
+    assert result.times.encoders != stale.seconds
 
 
 def test_rate_meter_window():

@@ -114,6 +114,25 @@ class StageTimes:
 
 
 @dataclass
+class EncodedFrame:
+    """A frame prepared and encoded by :meth:`VisualOdometry.encode`, for :meth:`VisualOdometry.track`.
+
+    Attributes:
+        image: ``(3, H, W)`` float network input on the engine's device.
+        intrinsics: ``(4,)`` ``[fx, fy, cx, cy]`` of the 1/4-resolution feature maps.
+        features: patches ``(M, 3, P, P)``, gmap, context and pyramid levels of the frame.
+        seconds: wall-clock time the preparation and the encoders took.
+        generation: the engine's reset count when the frame was encoded.
+    """
+
+    image: torch.Tensor
+    intrinsics: torch.Tensor
+    features: tuple
+    seconds: float
+    generation: int
+
+
+@dataclass
 class TrackResult:
     """Outcome of :meth:`VisualOdometry.track` for one frame."""
 
@@ -198,6 +217,8 @@ class VisualOdometry:
         self.oracle = oracle
         self.use_autocast = config.mixed_precision and self.device.type == "cuda"
         self.graph = PatchGraph(config.frontend, config.network, self.device)
+        self.generation = -1
+        """Reset count: :meth:`reset` increments it, so frames encoded before are not used."""
         self.reset()
 
     # -----------------------------------------------------------------------------------------
@@ -207,6 +228,7 @@ class VisualOdometry:
         """Forget all frames and start a new trajectory with the configured seed."""
         self.graph.clear()
         self.generator = torch.Generator().manual_seed(self.config.seed)
+        self.generation += 1
         self.frame_count = 0
         self.is_initialized = False
         self._state = STATE_INITIALIZING
@@ -272,15 +294,51 @@ class VisualOdometry:
         world = se3.transform_points(poses_wc, camera_points)
         return world[keep].float().cpu().numpy()
 
+    def encode(
+        self, image: np.ndarray, intrinsics: Sequence[float] | np.ndarray
+    ) -> EncodedFrame:
+        """Prepare a frame and run the encoders, ahead of :meth:`track`.
+
+        A live consumer may call this from a second thread while :meth:`track` works on the
+        previous frame: it reads the network and draws patch centres from the engine's
+        generator, and changes nothing else. Frames must be encoded in the order they are
+        tracked, or the patch draws differ from a run without it.
+
+        Args:
+            image: ``(H, W)`` or ``(H, W, 3)`` uint8 frame.
+            intrinsics: ``[fx, fy, cx, cy]`` in pixels of ``image``.
+        """
+        start = time.perf_counter()
+        generation = self.generation
+        with torch.no_grad():
+            tensor, camera = prepare_image(image, intrinsics, self.config.max_image_width)
+            tensor = tensor.to(self.device)
+            quarter = torch.as_tensor(
+                camera / FEATURE_STRIDE, dtype=torch.float32, device=self.device
+            )
+            features = self._patchify(tensor)
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        return EncodedFrame(tensor, quarter, features, time.perf_counter() - start, generation)
+
     def track(
-        self, image: np.ndarray, timestamp_ns: int, intrinsics: Sequence[float] | np.ndarray
+        self,
+        image: np.ndarray | None,
+        timestamp_ns: int,
+        intrinsics: Sequence[float] | np.ndarray,
+        encoded: EncodedFrame | None = None,
     ) -> TrackResult:
         """Track one frame.
 
         Args:
             image: ``(H, W)`` or ``(H, W, 3)`` uint8 frame; every frame must have the same size.
+                May be None when ``encoded`` is given.
             timestamp_ns: capture time in nanoseconds, strictly increasing.
             intrinsics: ``[fx, fy, cx, cy]`` in pixels of ``image``; constant within a run.
+            encoded: the frame from :meth:`encode`, if it was encoded ahead. It is used when it
+                was encoded since the last :meth:`reset`; otherwise ``image`` is encoded here.
+                Its encoding time counts as the frame's ``encoders`` time but not towards
+                ``bookkeeping``.
 
         Returns:
             The frame's pose and state; see :class:`TrackResult`.
@@ -288,8 +346,17 @@ class VisualOdometry:
         start = time.perf_counter()
         timestamp_ns = self._check_timestamp(timestamp_ns)
         times = StageTimes()
+        if encoded is not None and encoded.generation != self.generation:
+            encoded = None
+        encoded_here = 0.0
+        if encoded is None:
+            if image is None:
+                raise ValueError("track() needs the image unless an encoded frame is given")
+            encoded = self.encode(image, intrinsics)
+            encoded_here = encoded.seconds
+        times.encoders = encoded.seconds
         with torch.no_grad():
-            tensor = self._prepare(image, intrinsics)
+            self._check_frame(encoded, intrinsics)
             frame_id = self.frame_count
             self.frame_count += 1
             self._frame_probe_flow = None
@@ -297,11 +364,11 @@ class VisualOdometry:
             self._frame_restarted = False
             self._frame_on_trial = False
             self._last_timestamp_ns = timestamp_ns
-            result = self._track_prepared(tensor, timestamp_ns, frame_id, times)
+            result = self._track_prepared(encoded.features, timestamp_ns, frame_id, times)
         times.bookkeeping = max(
             0.0,
             time.perf_counter() - start
-            - (times.encoders + times.correlation + times.update + times.ba),
+            - (encoded_here + times.correlation + times.update + times.ba),
         )
         return result
 
@@ -348,10 +415,12 @@ class VisualOdometry:
             )
         return stamp
 
-    def _prepare(self, image: np.ndarray, intrinsics: Sequence[float] | np.ndarray) -> torch.Tensor:
-        tensor, camera = prepare_image(image, intrinsics, self.config.max_image_width)
-        quarter = torch.as_tensor(camera / FEATURE_STRIDE, dtype=torch.float32, device=self.device)
-        shape = (int(tensor.shape[1]), int(tensor.shape[2]))
+    def _check_frame(
+        self, encoded: EncodedFrame, intrinsics: Sequence[float] | np.ndarray
+    ) -> None:
+        """Keep the first frame's size and intrinsics; raise ``ValueError`` when they change."""
+        quarter = encoded.intrinsics
+        shape = (int(encoded.image.shape[1]), int(encoded.image.shape[2]))
         if self._image_shape is None or self._intrinsics is None:
             self._image_shape = shape
             self._intrinsics = quarter
@@ -365,13 +434,10 @@ class VisualOdometry:
                 f"intrinsics {list(np.asarray(intrinsics, dtype=float))} differ from the first "
                 "frame's; call reset() before changing the camera"
             )
-        return tensor.to(self.device)
 
     def _track_prepared(
-        self, image: torch.Tensor, timestamp_ns: int, frame_id: int, times: StageTimes
+        self, features: tuple, timestamp_ns: int, frame_id: int, times: StageTimes
     ) -> TrackResult:
-        with self._timer(times, "encoders"):
-            features = self._patchify(image)
         if self._hypotheses:
             return self._track_hypotheses(features, timestamp_ns, frame_id, times)
 

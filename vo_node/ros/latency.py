@@ -243,9 +243,9 @@ class _TimedEngine:
         self._engine = engine
         self._sink = sink
 
-    def track(self, image, timestamp_ns, intrinsics):
+    def track(self, image, timestamp_ns, intrinsics, **options):
         started = time.perf_counter()
-        result = self._engine.track(image, timestamp_ns, intrinsics)
+        result = self._engine.track(image, timestamp_ns, intrinsics, **options)
         wall_ms = (time.perf_counter() - started) * MILLISECONDS_PER_SECOND
         times = getattr(result, "times", None)
         stages = {name: float(value) * MILLISECONDS_PER_SECOND
@@ -674,6 +674,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--override", action="append", default=[], metavar="KEY=VALUE",
                         help="change one configuration value, e.g. "
                         "frontend.motion_probe_threshold=0 (repeatable)")
+    parser.add_argument("--node-param", action="append", default=[], metavar="NAME:=VALUE",
+                        help="extra node parameter, e.g. encode_ahead:=false (repeatable)")
     parser.add_argument("--model", type=Path, default=None,
                         help="model file (default: the shipped models/vo_small.pt)")
     parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"),
@@ -730,6 +732,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         node_arguments = ["-p", f"model.config:={config}", "-p", f"model.device:={args.device}"]
         if args.model is not None:
             node_arguments += ["-p", f"model.weights:={args.model}"]
+        for parameter in args.node_param:
+            node_arguments += ["-p", parameter]
         try:
             report = measure_latency(sequence, args.rate, args.frames, node_arguments, args.qos,
                                      args.warmup)
@@ -738,6 +742,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 1
     report.machine["config"] = args.config
     report.machine["overrides"] = list(args.override)
+    report.machine["node_parameters"] = list(args.node_param)
     with atomic_write(args.output) as handle:
         json.dump(_json_ready(asdict(report)), handle, indent=2)
         handle.write("\n")

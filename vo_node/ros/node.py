@@ -68,6 +68,7 @@ from vo_node.ros.pipeline import (
     STATE_CHOOSING,
     STATE_INITIALISING,
     DropReporter,
+    FrameEncoder,
     FrameSlot,
     InputFrame,
     LatencyWindow,
@@ -303,6 +304,11 @@ class VONode(Node):
             self.image_topic,
             self.camera_info_topic,
         )
+        if self.params.encode_ahead:
+            encoder = FrameEncoder(engine, self.params.intrinsics)
+            threading.Thread(
+                target=self._run_encoder, args=(encoder,), name="vo_node_encoder", daemon=True
+            ).start()
         self.model_state = "ready"
         self._ready.set()
         self.get_logger().info(f"tracking images from {self.image_topic}")
@@ -314,6 +320,17 @@ class VONode(Node):
                 self._reset_requested.clear()
                 pipeline.reset()
             self._process(pipeline, frame)
+
+    def _run_encoder(self, encoder: FrameEncoder) -> None:
+        """Encode the waiting frame while the worker tracks the previous one."""
+        import torch
+
+        # OpenMP keeps the thread count per thread, so this thread sets its own.
+        torch.set_num_threads(engine_threads(self.params.model_threads))
+        while not self._stop.is_set():
+            frame = self._slot.claim(WORKER_POLL_S)
+            if frame is not None:
+                encoder.encode(frame)
 
     def _process(self, pipeline: TrackingPipeline, frame: InputFrame) -> None:
         with_points = self.points_publisher.get_subscription_count() > 0

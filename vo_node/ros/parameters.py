@@ -269,6 +269,14 @@ PARAMETERS: tuple[ParameterSpec, ...] = (
         check=_at_least(0),
     ),
     ParameterSpec(
+        "encode_ahead",
+        False,
+        "Run the encoders of the newest waiting frame on a second thread while the worker "
+        "tracks the previous frame. It shortens the worker's time per frame, which pays when a "
+        "core is free for it; on 2 cores shared with the camera driver the latency did not "
+        "improve (docs/benchmarks.md)",
+    ),
+    ParameterSpec(
         "intrinsics",
         Parameter.Type.DOUBLE_ARRAY,
         "Pinhole intrinsics [fx, fy, cx, cy] of undistorted images, used until a valid "
@@ -318,6 +326,7 @@ class NodeParameters:
     model_config: str
     model_device: str
     model_threads: int
+    encode_ahead: bool
     intrinsics: list[float] | None
     scale: float
     trajectory_file: str

@@ -13,6 +13,7 @@ import logging
 import threading
 import time
 from collections import deque
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -81,6 +82,17 @@ class InputFrame:
     frame_id: str
     camera: PinholeCamera | None
     received_s: float
+    encoding: Future | None = None
+    """Set by :meth:`FrameSlot.claim` when a second thread encodes the frame ahead. Its result
+    is a :class:`PrefetchedFrame`, or None when the frame could not be encoded there."""
+
+
+@dataclass
+class PrefetchedFrame:
+    """A frame encoded ahead by the engine, with the undistorted intrinsics it was encoded for."""
+
+    encoded: Any
+    intrinsics: list[float]
 
 
 @dataclass
@@ -116,8 +128,58 @@ class OdometryEstimate:
 # Frame slot and counters
 
 
+def choose_camera(frame: InputFrame, fallback: list[float] | None) -> PinholeCamera | None:
+    """Return the camera :class:`TrackingPipeline` tracks ``frame`` with, reporting nothing.
+
+    That is camera_info of the image's size, else the fallback intrinsics, else None."""
+    height, width = frame.image.shape[:2]
+    if frame.camera is not None and frame.camera.size == (width, height):
+        return frame.camera
+    if not fallback:
+        return None
+    fx, fy, cx, cy = fallback
+    try:
+        return PinholeCamera(width=width, height=height, fx=fx, fy=fy, cx=cx, cy=cy)
+    except CalibrationError:
+        return None
+
+
+class FrameEncoder:
+    """Encodes claimed frames ahead of the worker (on the node's encoder thread).
+
+    It undistorts with the same camera choice as :class:`TrackingPipeline` and keeps its own
+    undistortion maps, so it shares no state with the pipeline but the engine's encoders.
+    """
+
+    def __init__(self, engine: Any, fallback_intrinsics: list[float] | None) -> None:
+        self.engine = engine
+        self.fallback_intrinsics = fallback_intrinsics
+        self._undistorter: Undistorter | None = None
+
+    def encode(self, frame: InputFrame) -> None:
+        """Resolve ``frame.encoding`` with a :class:`PrefetchedFrame`, or None on any failure."""
+        result = None
+        try:
+            camera = choose_camera(frame, self.fallback_intrinsics)
+            if camera is not None:
+                if self._undistorter is None or self._undistorter.source != camera:
+                    self._undistorter = Undistorter(camera)
+                image = self._undistorter(np.ascontiguousarray(frame.image))
+                intrinsics = self._undistorter.camera.intrinsics.tolist()
+                result = PrefetchedFrame(self.engine.encode(image, intrinsics), intrinsics)
+        except Exception:  # the worker encodes the frame itself and reports what fails
+            logger.debug("encoding ahead failed", exc_info=True)
+        frame.encoding.set_result(result)
+
+
+
+
 class FrameSlot:
-    """A one-frame mailbox between the image callback and the worker thread."""
+    """A one-frame mailbox between the image callback and the worker thread.
+
+    An encoder thread may :meth:`claim` the stored frame to encode it while the worker still
+    tracks the previous one. The frame stays stored until the worker takes it.
+    """
 
     def __init__(self) -> None:
         self._condition = threading.Condition()
@@ -128,8 +190,23 @@ class FrameSlot:
         """Store ``frame`` and return the unprocessed frame it replaced, if any."""
         with self._condition:
             replaced, self._frame = self._frame, frame
-            self._condition.notify()
+            self._condition.notify_all()
         return replaced
+
+    def claim(self, timeout_s: float) -> InputFrame | None:
+        """Wait up to ``timeout_s`` for a stored frame without an ``encoding`` future, give it
+        one and return it; None on timeout. The frame stays stored."""
+        with self._condition:
+            if not self._claimable() and not self._closed:
+                self._condition.wait(timeout_s)
+            if not self._claimable():
+                return None
+            frame = self._frame
+            frame.encoding = Future()
+            return frame
+
+    def _claimable(self) -> bool:
+        return self._frame is not None and self._frame.encoding is None
 
     def take(self, timeout_s: float) -> InputFrame | None:
         """Remove and return the stored frame, waiting up to ``timeout_s``; None on timeout."""
@@ -385,8 +462,16 @@ class TrackingPipeline:
         self._last_stamp_ns = frame.stamp_ns
 
         image, intrinsics = self._undistort(frame.image, camera)
+        encoded = None
+        if frame.encoding is not None:
+            prefetched = frame.encoding.result()
+            if prefetched is not None and prefetched.intrinsics == intrinsics:
+                encoded = prefetched.encoded
         try:
-            result = self.engine.track(image, frame.stamp_ns, intrinsics)
+            if encoded is None:
+                result = self.engine.track(image, frame.stamp_ns, intrinsics)
+            else:
+                result = self.engine.track(image, frame.stamp_ns, intrinsics, encoded=encoded)
         except Exception as error:  # the node must survive any engine failure on one frame
             logger.debug("engine failure", exc_info=True)
             self.problems.report(
@@ -423,6 +508,7 @@ class TrackingPipeline:
         camera = frame.camera
         if camera is not None and camera.size == (width, height):
             return camera
+        # The problems below are reported here; choose_camera() repeats the choice silently.
         if camera is not None:
             action = "frame skipped"
             if self.fallback_intrinsics:
