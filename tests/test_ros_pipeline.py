@@ -404,6 +404,8 @@ def test_frame_encoded_before_a_reset_is_encoded_again(engine):
     stale = frame.encoding.result().encoded
     engine.reset()
     assert stale.generation != engine.generation
+    with pytest.raises(ValueError, match=r"encoded before the last reset\(\); pass its image"):
+        engine.track(None, 1_000, INTRINSICS, encoded=stale)
     result = engine.track(textured_frame(0), 1_000, INTRINSICS, encoded=stale)
     assert result.times.encoders > 0.0
     assert result.times.encoders != stale.seconds

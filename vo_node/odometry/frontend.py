@@ -347,6 +347,11 @@ class VisualOdometry:
         timestamp_ns = self._check_timestamp(timestamp_ns)
         times = StageTimes()
         if encoded is not None and encoded.generation != self.generation:
+            if image is None:
+                raise ValueError(
+                    "the encoded frame was encoded before the last reset(); pass its image too, "
+                    "so that track() encodes it again"
+                )
             encoded = None
         encoded_here = 0.0
         if encoded is None:
