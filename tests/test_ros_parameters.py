@@ -86,6 +86,22 @@ def test_engine_threads_leave_a_core_to_the_executor(monkeypatch):
     assert engine_threads(0) == 1
 
 
+def test_shutdown_joins_the_encoder_thread(tiny_model):
+    """A thread left inside torch while the interpreter exits aborts the process."""
+    with ros_context(["-p", model_parameter(tiny_model), "-p", "model.device:=cpu",
+                      "-p", "encode_ahead:=true"]) as context:
+        node = make_node(context)
+        try:
+            assert node.wait_until_ready(60.0)
+            encoder = node._encoder
+            assert encoder is not None
+            assert encoder.is_alive()
+        finally:
+            node.shutdown()
+            node.destroy_node()
+    assert not encoder.is_alive()
+
+
 def test_command_line_rejects_and_exits_2():
     command = [sys.executable, "-m", "vo_node.node", "--ros-args", "-p", "queue_depth:=0",
                "-p", "image_qos:=fast"]

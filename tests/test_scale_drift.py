@@ -81,8 +81,9 @@ def test_command_writes_table_and_plot(tmp_path, capsys):
     printed = capsys.readouterr().out
     assert "drift factor" in printed
     rows = np.loadtxt(output / "scale.csv", delimiter=",", skiprows=1)
-    assert rows.shape == ((POSES - 1) // (WINDOW - 1), 5)
-    assert np.all(np.diff(rows[:, 4]) > 0)  # the estimate's scale grows along the path
+    assert rows.shape == ((POSES - 1) // (WINDOW - 1), 7)
+    np.testing.assert_array_equal(rows[:, 0], np.arange(0, POSES - 1, WINDOW - 1))
+    assert np.all(np.diff(rows[:, 6]) > 0)  # the estimate's scale grows along the path
     assert (output / "scale.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
@@ -91,3 +92,44 @@ def test_command_names_a_missing_ground_truth(tmp_path, capsys):
     missing = tmp_path / "nowhere"
     assert main([str(estimate), str(missing)]) == 2
     assert f"ground truth {missing} not found" in capsys.readouterr().err
+
+
+def test_short_last_window_joins_the_one_before():
+    truth = curve(np.full(POSES + 2, 0.2))  # 43 poses: 4 windows of 10 steps, then 2 steps
+    profile = scale_profile(trajectory(truth), trajectory(truth), WINDOW)
+    assert list(profile.last) == [10, 20, 30, POSES + 2]
+
+
+def test_negative_min_length_is_rejected():
+    truth = trajectory(curve(np.full(POSES - 1, 0.2)))
+    with pytest.raises(ValueError, match="min_length must be 0 or more, got -1"):
+        scale_profile(truth, truth, WINDOW, min_length=-1.0)
+
+
+@pytest.mark.parametrize(
+    "case, message",
+    [
+        ("window", "windows are long enough to compare"),
+        ("nanoseconds", "is not in seconds"),
+        ("corrupt_truth", "is not a TUM file"),
+        ("output_is_file", "cannot write to --output"),
+    ],
+)
+def test_command_errors_name_the_problem(tmp_path, capsys, case, message):
+    positions = curve(np.full(POSES - 1, 0.2))
+    estimate = write_tum(tmp_path / "estimate.tum", trajectory(positions))
+    truth = write_tum(tmp_path / "truth.tum", trajectory(positions))
+    arguments = [str(estimate), str(truth)]
+    if case == "window":
+        arguments += ["--window", str(2 * POSES)]
+    elif case == "nanoseconds":
+        (tmp_path / "estimate.tum").write_text("1403638538000000000 0 0 0 0 0 0 1\n")
+    elif case == "corrupt_truth":
+        (tmp_path / "truth.tum").write_text("not a pose\n")
+    elif case == "output_is_file":
+        (tmp_path / "taken").write_text("")
+        arguments += ["--output", str(tmp_path / "taken")]
+    assert main(arguments) == 2
+    error = capsys.readouterr().err
+    assert message in error
+    assert "Traceback" not in error

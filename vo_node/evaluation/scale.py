@@ -37,6 +37,8 @@ DEFAULT_WINDOW = 15
 DEFAULT_MIN_LENGTH_FRACTION = 0.01
 """Windows whose true path is shorter than this fraction of the whole true path are left out."""
 EXIT_OK, EXIT_USAGE = 0, 2
+TICKS = [0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0, 200.0]
+"""Labelled ratios on the plot's logarithmic axis."""
 
 
 @dataclass
@@ -44,13 +46,16 @@ class ScaleProfile:
     """Per-window scale of an aligned estimate.
 
     Attributes:
-        start_s, end_s: ``(W,)`` times of each window's first and last pose, seconds.
+        first, last: ``(W,)`` indices of each window's first and last associated pose.
+        start_s, end_s: ``(W,)`` times of those poses, seconds since the first pose.
         true_length, estimated_length: ``(W,)`` path lengths in ground-truth units, the estimate
             after the Sim(3) alignment.
         ratio: ``(W,)`` ``estimated_length / true_length``; NaN where the window was left out.
         alignment_scale: the Sim(3) scale that maps the estimate onto the ground truth.
     """
 
+    first: np.ndarray
+    last: np.ndarray
     start_s: np.ndarray
     end_s: np.ndarray
     true_length: np.ndarray
@@ -73,16 +78,18 @@ def scale_profile(
 ) -> ScaleProfile:
     """Split the associated poses into windows of ``window`` poses and compare path lengths.
 
-    Consecutive windows share their boundary pose, so their lengths add up to the whole path.
-    ``min_length`` (ground-truth units) defaults to ``DEFAULT_MIN_LENGTH_FRACTION`` of the true
-    path length.
+    Consecutive windows share their boundary pose, so their lengths add up to the whole path. A
+    last window of less than half the size joins the one before it. ``min_length``
+    (ground-truth units) defaults to ``DEFAULT_MIN_LENGTH_FRACTION`` of the true path length.
 
     Raises:
-        ValueError: ``window`` is below 2.
+        ValueError: ``window`` is below 2 or ``min_length`` is negative.
         EvaluationError: the trajectories do not associate or align.
     """
     if window < 2:
         raise ValueError(f"window must be at least 2 poses, got {window}; pass --window 15")
+    if min_length is not None and min_length < 0:
+        raise ValueError(f"min_length must be 0 or more, got {min_length}; pass --min-length 0")
     pair = align_trajectories(estimate, ground_truth)
     truth = pair.ground_truth.positions_xyz
     aligned = pair.estimate.positions_xyz
@@ -92,26 +99,33 @@ def scale_profile(
     if min_length is None:
         min_length = DEFAULT_MIN_LENGTH_FRACTION * float(true_steps.sum())
     starts = np.arange(0, len(true_steps), window - 1)
-    ends = np.minimum(starts + window - 1, len(true_steps))
+    if len(starts) > 1 and len(true_steps) - starts[-1] < (window - 1) / 2:
+        starts = starts[:-1]
+    ends = np.append(starts[1:], len(true_steps))
     true_length = np.array([true_steps[a:b].sum() for a, b in zip(starts, ends)])
     estimated_length = np.array([estimated_steps[a:b].sum() for a, b in zip(starts, ends)])
     ratio = np.full(len(starts), np.nan)
-    kept = true_length >= min_length
+    kept = (true_length >= min_length) & (true_length > 0)
     ratio[kept] = estimated_length[kept] / true_length[kept]
     return ScaleProfile(
-        stamps[starts], stamps[ends], true_length, estimated_length, ratio, pair.scale
+        starts, ends, stamps[starts] - stamps[0], stamps[ends] - stamps[0], true_length,
+        estimated_length, ratio, pair.scale,
     )
 
 
 def format_profile(profile: ScaleProfile) -> list[str]:
     """Return a text table of the windows and a summary line."""
-    lines = [f"{'start s':>9} {'end s':>9} {'true length':>12} {'estimated':>10} {'ratio':>7}"]
-    for start, end, true, estimated, ratio in zip(
-        profile.start_s, profile.end_s, profile.true_length, profile.estimated_length,
-        profile.ratio,
+    lines = [
+        f"{'poses':>11} {'start s':>9} {'end s':>9} {'true length':>12} {'estimated':>10} "
+        f"{'ratio':>7}"
+    ]
+    for first, last, start, end, true, estimated, ratio in zip(
+        profile.first, profile.last, profile.start_s, profile.end_s, profile.true_length,
+        profile.estimated_length, profile.ratio,
     ):
         shown = f"{ratio:7.3f}" if np.isfinite(ratio) else "   left out"
-        lines.append(f"{start:9.2f} {end:9.2f} {true:12.4f} {estimated:10.4f} {shown}")
+        poses = f"{first}-{last}"
+        lines.append(f"{poses:>11} {start:9.2f} {end:9.2f} {true:12.4f} {estimated:10.4f} {shown}")
     lines.append(
         f"drift factor (largest / smallest window ratio): {profile.drift_factor:.2f}; "
         f"Sim(3) alignment scale {profile.alignment_scale:.4f}"
@@ -125,10 +139,13 @@ def write_profile(profile: ScaleProfile, folder: Path) -> tuple[Path, Path]:
     table = folder / "scale.csv"
     with atomic_write(table) as handle:
         writer = csv.writer(handle, lineterminator="\n")
-        writer.writerow(["start_s", "end_s", "true_length", "estimated_length", "ratio"])
-        for row in zip(profile.start_s, profile.end_s, profile.true_length,
-                       profile.estimated_length, profile.ratio):
-            writer.writerow([f"{value:.6f}" for value in row])
+        writer.writerow(
+            ["first", "last", "start_s", "end_s", "true_length", "estimated_length", "ratio"]
+        )
+        for first, last, *values in zip(profile.first, profile.last, profile.start_s,
+                                        profile.end_s, profile.true_length,
+                                        profile.estimated_length, profile.ratio):
+            writer.writerow([first, last, *(f"{value:.6f}" for value in values)])
     figure = folder / "scale.png"
     _plot(profile, figure)
     return table, figure
@@ -140,11 +157,17 @@ def _plot(profile: ScaleProfile, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    centres = 0.5 * (profile.start_s + profile.end_s) - profile.start_s[0]
+    from matplotlib.ticker import FixedLocator, NullLocator, ScalarFormatter
+
+    centres = 0.5 * (profile.start_s + profile.end_s)
     fig, ax = plt.subplots(figsize=(7, 3.5))
     ax.axhline(1.0, color="0.6", linestyle="--", linewidth=1)
     ax.plot(centres, profile.ratio, marker="o")
     ax.set_yscale("log")
+    # Labelled ticks at 1-2-5 steps, so that ratios such as 0.2 or 1.3 can be read off.
+    ax.yaxis.set_major_locator(FixedLocator(TICKS))
+    ax.yaxis.set_major_formatter(ScalarFormatter())
+    ax.yaxis.set_minor_locator(NullLocator())
     ax.set_xlabel("time since the first pose [s]")
     ax.set_ylabel("estimated / true path length")
     ax.set_title(f"scale per window, drift factor {profile.drift_factor:.2f}")
@@ -163,14 +186,17 @@ def load_ground_truth(source: str) -> Trajectory:
     path = Path(source)
     if not path.exists():
         raise FileNotFoundError(f"ground truth {path} not found; pass a TUM file or a sequence")
-    if path.is_file() and path.suffix in (".tum", ".txt"):
+    if path.is_file():
         try:
             return read_tum(path)
-        except TrajectoryError:
-            pass  # A sequence's own pose file (KITTI, TartanAir) is read by its reader below.
+        except TrajectoryError as error:
+            raise ValueError(
+                f"ground truth {path} is not a TUM file ({error}); pass a TUM file or the "
+                "sequence folder, whose reader finds its own ground truth"
+            ) from None
     from vo_node.io.sequence import open_sequence
 
-    sequence = open_sequence(path.parent if path.is_file() else path)
+    sequence = open_sequence(path)
     if sequence.ground_truth is None:
         raise ValueError(f"sequence {path} has no ground truth; pass a TUM file instead")
     return sequence.ground_truth
@@ -204,8 +230,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {error}", file=sys.stderr)
         return EXIT_USAGE
     print("\n".join(format_profile(profile)))
+    if np.isfinite(profile.ratio).sum() < 2:
+        print(
+            f"error: only {np.isfinite(profile.ratio).sum()} of {len(profile.ratio)} windows "
+            "are long enough to compare, so there is no drift factor; pass a smaller --window "
+            "or --min-length",
+            file=sys.stderr,
+        )
+        return EXIT_USAGE
     if args.output is not None:
-        table, figure = write_profile(profile, args.output)
+        try:
+            table, figure = write_profile(profile, args.output)
+        except OSError as error:
+            print(f"error: cannot write to --output {args.output}: {error}", file=sys.stderr)
+            return EXIT_USAGE
         print(f"table: {table}\nplot: {figure}")
     return EXIT_OK
 

@@ -16,6 +16,10 @@ from vo_node.io.atomic import atomic_write
 NANOSECONDS_PER_SECOND = 1_000_000_000
 
 
+MAX_TUM_STAMP_NS = 9 * 10**18
+"""Largest timestamp read from a TUM file: 9e9 s (Unix time in the year 2255), inside int64."""
+
+
 class TrajectoryError(ValueError):
     """A trajectory or trajectory file is invalid; the message names the file and the fix."""
 
@@ -103,6 +107,11 @@ def read_tum(path: str | Path) -> Trajectory:
             poses.append([float(value) for value in fields[1:]])
         except ValueError:
             raise TrajectoryError(f"{path}:{number}: not a number in {line!r}") from None
+        if abs(stamps[-1]) > MAX_TUM_STAMP_NS:
+            raise TrajectoryError(
+                f"{path}:{number}: timestamp {fields[0]} is not in seconds; TUM files give "
+                "seconds (divide nanosecond stamps by 1e9)"
+            )
     if not stamps:
         raise TrajectoryError(f"trajectory file {path} contains no poses")
     return Trajectory(np.array(stamps, dtype=np.int64), np.array(poses))

@@ -160,6 +160,7 @@ class VONode(Node):
         self._ready = threading.Event()
         self._stop = threading.Event()
         self._slot = FrameSlot()
+        self._encoder: threading.Thread | None = None
 
         self._create_publishers()
         self._create_subscriptions()
@@ -306,9 +307,11 @@ class VONode(Node):
         )
         if self.params.encode_ahead:
             encoder = FrameEncoder(engine, self.params.intrinsics)
-            threading.Thread(
+            self._encoder = threading.Thread(
                 target=self._run_encoder, args=(encoder,), name="vo_node_encoder", daemon=True
-            ).start()
+            )
+            self._encoder.start()
+            self.get_logger().info("encode_ahead: the encoders run on a second thread")
         self.model_state = "ready"
         self._ready.set()
         self.get_logger().info(f"tracking images from {self.image_topic}")
@@ -359,6 +362,12 @@ class VONode(Node):
         device = resolve_device(self.params.model_device)
         weights = resolve_model_weights(self.params.model_weights)
         threads = engine_threads(self.params.model_threads)
+        cores = len(os.sched_getaffinity(0))
+        if threads > cores:
+            self.get_logger().warning(
+                f"model.threads is {threads} but this process may use {cores} cores; threads "
+                "beyond the cores slow tracking down. Set -p model.threads:=0 for the default"
+            )
         torch.set_num_threads(threads)
         self.get_logger().info(f"loading model {weights} on {device}, {threads} CPU threads")
         network, config = self._network.to(device), self._model_config
@@ -528,6 +537,9 @@ class VONode(Node):
         self._slot.close()
         if self._worker.is_alive():
             self._worker.join(WORKER_JOIN_TIMEOUT_S)
+        # Joined too: a thread still inside torch while the interpreter exits aborts the process.
+        if self._encoder is not None and self._encoder.is_alive():
+            self._encoder.join(WORKER_JOIN_TIMEOUT_S)
         path = self.params.trajectory_file
         if not path:
             return
