@@ -81,6 +81,10 @@ def test_read_bag_and_groundtruth(image_bag, tmp_path):
         read_groundtruth(path, "/cam0/image_raw")
     with pytest.raises(ReplayError, match=r"topics \['/missing'\] are not in bag"):
         list(read_bag(path, ["/missing"]))
+    from vo_node.ros.replay import _check_groundtruth
+
+    with pytest.raises(ReplayError, match="is not in bag .*; its pose topics are: /groundtruth/pose"):
+        _check_groundtruth(path, "/groundtruth/imu_pose")
 
 
 def test_images_follow_other_topics_at_equal_time():

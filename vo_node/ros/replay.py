@@ -679,7 +679,14 @@ def _check_groundtruth(bag: str | Path, groundtruth: str | None) -> None:
     """Raise ReplayError unless ``groundtruth`` is None, a file, or a pose topic of the bag."""
     if groundtruth is None or not groundtruth.startswith("/") or Path(groundtruth).is_file():
         return
-    msgtype = bag_topics(bag).get(groundtruth)
+    topics = bag_topics(bag)
+    msgtype = topics.get(groundtruth)
+    if msgtype is None:
+        poses = sorted(name for name, kind in topics.items() if kind in POSE_TYPES)
+        raise ReplayError(
+            f"ground-truth topic {groundtruth} is not in bag {bag}; its pose topics are: "
+            f"{', '.join(poses) or 'none'}. Pass one with --groundtruth, or a TUM file"
+        )
     if msgtype not in POSE_TYPES:
         raise ReplayError(
             f"ground-truth topic {groundtruth} has type {msgtype} in bag {bag}; use one of "
