@@ -52,8 +52,13 @@ def plot_trajectory(
     cannot be associated) the raw estimate is drawn alone and the error panel states that.
     ``length_unit`` labels the lengths: ``m``, or ``scene units`` for rendered sequences.
     """
-    path = Path(path)
     figure = trajectory_figure(estimate, ground_truth, metrics, max_time_difference_s, length_unit)
+    return write_figure(figure, path)
+
+
+def write_figure(figure: Figure, path: str | Path) -> Path:
+    """Render ``figure`` as a PNG, write it to ``path`` atomically, close it and return the path."""
+    path = Path(path)
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png", dpi=DPI)
     plt.close(figure)

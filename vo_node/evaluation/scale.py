@@ -64,10 +64,15 @@ class ScaleProfile:
     alignment_scale: float
 
     @property
+    def compared_windows(self) -> int:
+        """Number of windows long enough to have a ratio."""
+        return int(np.isfinite(self.ratio).sum())
+
+    @property
     def drift_factor(self) -> float:
-        """Largest over smallest window ratio (NaN with fewer than 2 windows kept)."""
-        kept = self.ratio[np.isfinite(self.ratio)]
-        return float(kept.max() / kept.min()) if len(kept) >= 2 else float("nan")
+        """Largest over smallest window ratio (NaN with fewer than 2 compared windows)."""
+        compared = self.ratio[np.isfinite(self.ratio)]
+        return float(compared.max() / compared.min()) if len(compared) >= 2 else float("nan")
 
 
 def scale_profile(
@@ -102,11 +107,11 @@ def scale_profile(
     if len(starts) > 1 and len(true_steps) - starts[-1] < (window - 1) / 2:
         starts = starts[:-1]
     ends = np.append(starts[1:], len(true_steps))
-    true_length = np.array([true_steps[a:b].sum() for a, b in zip(starts, ends)])
-    estimated_length = np.array([estimated_steps[a:b].sum() for a, b in zip(starts, ends)])
+    true_length = np.add.reduceat(true_steps, starts)
+    estimated_length = np.add.reduceat(estimated_steps, starts)
     ratio = np.full(len(starts), np.nan)
-    kept = (true_length >= min_length) & (true_length > 0)
-    ratio[kept] = estimated_length[kept] / true_length[kept]
+    compared = (true_length >= min_length) & (true_length > 0)
+    ratio[compared] = estimated_length[compared] / true_length[compared]
     return ScaleProfile(
         starts, ends, stamps[starts] - stamps[0], stamps[ends] - stamps[0], true_length,
         estimated_length, ratio, pair.scale,
@@ -123,9 +128,11 @@ def format_profile(profile: ScaleProfile) -> list[str]:
         profile.first, profile.last, profile.start_s, profile.end_s, profile.true_length,
         profile.estimated_length, profile.ratio,
     ):
-        shown = f"{ratio:7.3f}" if np.isfinite(ratio) else "   left out"
+        ratio_text = f"{ratio:7.3f}" if np.isfinite(ratio) else "   left out"
         poses = f"{first}-{last}"
-        lines.append(f"{poses:>11} {start:9.2f} {end:9.2f} {true:12.4f} {estimated:10.4f} {shown}")
+        lines.append(
+            f"{poses:>11} {start:9.2f} {end:9.2f} {true:12.4f} {estimated:10.4f} {ratio_text}"
+        )
     lines.append(
         f"drift factor (largest / smallest window ratio): {profile.drift_factor:.2f}; "
         f"Sim(3) alignment scale {profile.alignment_scale:.4f}"
@@ -152,12 +159,10 @@ def write_profile(profile: ScaleProfile, folder: Path) -> tuple[Path, Path]:
 
 
 def _plot(profile: ScaleProfile, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-
     from matplotlib.ticker import FixedLocator, NullLocator, ScalarFormatter
+
+    from vo_node.evaluation.plots import write_figure  # selects the Agg backend
 
     centres = 0.5 * (profile.start_s + profile.end_s)
     fig, ax = plt.subplots(figsize=(7, 3.5))
@@ -172,16 +177,14 @@ def _plot(profile: ScaleProfile, path: Path) -> None:
     ax.set_ylabel("estimated / true path length")
     ax.set_title(f"scale per window, drift factor {profile.drift_factor:.2f}")
     fig.tight_layout()
-    with atomic_write(path, mode="wb") as handle:
-        fig.savefig(handle, format="png", dpi=120)
-    plt.close(fig)
+    write_figure(fig, path)
 
 
 def load_ground_truth(source: str) -> Trajectory:
     """Read ground truth from a TUM file, or from a sequence the runner can open.
 
     Raises:
-        FileNotFoundError, ValueError: the path is missing or holds no ground truth.
+        FileNotFoundError, ValueError: the path is missing or contains no ground truth.
     """
     path = Path(source)
     if not path.exists():
@@ -230,9 +233,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {error}", file=sys.stderr)
         return EXIT_USAGE
     print("\n".join(format_profile(profile)))
-    if np.isfinite(profile.ratio).sum() < 2:
+    if profile.compared_windows < 2:
         print(
-            f"error: only {np.isfinite(profile.ratio).sum()} of {len(profile.ratio)} windows "
+            f"error: only {profile.compared_windows} of {len(profile.ratio)} windows "
             "are long enough to compare, so there is no drift factor; pass a smaller --window "
             "or --min-length",
             file=sys.stderr,

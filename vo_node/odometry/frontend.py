@@ -118,14 +118,14 @@ class EncodedFrame:
     """A frame prepared and encoded by :meth:`VisualOdometry.encode`, for :meth:`VisualOdometry.track`.
 
     Attributes:
-        image: ``(3, H, W)`` float network input on the engine's device.
+        shape: ``(H, W)`` of the network input, pixels.
         intrinsics: ``(4,)`` ``[fx, fy, cx, cy]`` of the 1/4-resolution feature maps.
         features: patches ``(M, 3, P, P)``, gmap, context and pyramid levels of the frame.
         seconds: wall-clock time the preparation and the encoders took.
         generation: the engine's reset count when the frame was encoded.
     """
 
-    image: torch.Tensor
+    shape: tuple[int, int]
     intrinsics: torch.Tensor
     features: tuple
     seconds: float
@@ -211,9 +211,12 @@ class VisualOdometry:
             raise ValueError("VisualOdometry needs a network, or an oracle for network-free tests")
         self.config = config
         self.device = torch.device(resolve_device(device))
-        if network is not None and hasattr(network, "for_inference"):
-            network = network.for_inference(self.device)
-        self.network = network.to(self.device).eval() if network is not None else None
+        if network is not None:
+            if hasattr(network, "for_inference"):
+                network = network.for_inference(self.device)
+            else:
+                network = network.to(self.device).eval()
+        self.network = network
         self.oracle = oracle
         self.use_autocast = config.mixed_precision and self.device.type == "cuda"
         self.graph = PatchGraph(config.frontend, config.network, self.device)
@@ -319,7 +322,8 @@ class VisualOdometry:
             features = self._patchify(tensor)
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
-        return EncodedFrame(tensor, quarter, features, time.perf_counter() - start, generation)
+        shape = (int(tensor.shape[1]), int(tensor.shape[2]))
+        return EncodedFrame(shape, quarter, features, time.perf_counter() - start, generation)
 
     def track(
         self,
@@ -336,7 +340,7 @@ class VisualOdometry:
             timestamp_ns: capture time in nanoseconds, strictly increasing.
             intrinsics: ``[fx, fy, cx, cy]`` in pixels of ``image``; constant within a run.
             encoded: the frame from :meth:`encode`, if it was encoded ahead. It is used when it
-                was encoded since the last :meth:`reset`; otherwise ``image`` is encoded here.
+                was encoded since the last :meth:`reset`. Otherwise ``image`` is encoded here.
                 Its encoding time counts as the frame's ``encoders`` time but not towards
                 ``bookkeeping``.
 
@@ -424,8 +428,7 @@ class VisualOdometry:
         self, encoded: EncodedFrame, intrinsics: Sequence[float] | np.ndarray
     ) -> None:
         """Keep the first frame's size and intrinsics; raise ``ValueError`` when they change."""
-        quarter = encoded.intrinsics
-        shape = (int(encoded.image.shape[1]), int(encoded.image.shape[2]))
+        quarter, shape = encoded.intrinsics, encoded.shape
         if self._image_shape is None or self._intrinsics is None:
             self._image_shape = shape
             self._intrinsics = quarter

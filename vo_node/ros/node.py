@@ -161,6 +161,8 @@ class VONode(Node):
         self._stop = threading.Event()
         self._slot = FrameSlot()
         self._encoder: threading.Thread | None = None
+        self._threads = 1
+        """Torch CPU threads of the engine, set when the model loads."""
 
         self._create_publishers()
         self._create_subscriptions()
@@ -329,7 +331,7 @@ class VONode(Node):
         import torch
 
         # OpenMP keeps the thread count per thread, so this thread sets its own.
-        torch.set_num_threads(engine_threads(self.params.model_threads))
+        torch.set_num_threads(self._threads)
         while not self._stop.is_set():
             frame = self._slot.claim(WORKER_POLL_S)
             if frame is not None:
@@ -369,6 +371,7 @@ class VONode(Node):
                 "beyond the cores slow tracking down. Set -p model.threads:=0 for the default"
             )
         torch.set_num_threads(threads)
+        self._threads = threads
         self.get_logger().info(f"loading model {weights} on {device}, {threads} CPU threads")
         network, config = self._network.to(device), self._model_config
         if self.params.model_config:

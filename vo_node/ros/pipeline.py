@@ -128,27 +128,44 @@ class OdometryEstimate:
 # Frame slot and counters
 
 
+def fallback_camera(intrinsics: list[float], width: int, height: int) -> PinholeCamera:
+    """Build the camera of the ``intrinsics`` parameter for images of ``width`` x ``height``.
+
+    Raises:
+        CalibrationError: the intrinsics do not describe a valid pinhole camera.
+    """
+    fx, fy, cx, cy = intrinsics
+    return PinholeCamera(width=width, height=height, fx=fx, fy=fy, cx=cx, cy=cy)
+
+
 def choose_camera(frame: InputFrame, fallback: list[float] | None) -> PinholeCamera | None:
     """Return the camera :class:`TrackingPipeline` tracks ``frame`` with, reporting nothing.
 
-    That is camera_info of the image's size, else the fallback intrinsics, else None."""
+    That is camera_info of the image's size, else the fallback intrinsics, else None.
+    """
     height, width = frame.image.shape[:2]
     if frame.camera is not None and frame.camera.size == (width, height):
         return frame.camera
     if not fallback:
         return None
-    fx, fy, cx, cy = fallback
     try:
-        return PinholeCamera(width=width, height=height, fx=fx, fy=fy, cx=cx, cy=cy)
+        return fallback_camera(fallback, width, height)
     except CalibrationError:
         return None
 
 
+def undistorter_for(current: Undistorter | None, camera: PinholeCamera) -> Undistorter:
+    """Return ``current`` when it undistorts ``camera``, else new undistortion maps for it."""
+    if current is None or current.source != camera:
+        return Undistorter(camera)
+    return current
+
+
 class FrameEncoder:
-    """Encodes claimed frames ahead of the worker (on the node's encoder thread).
+    """Encoder of claimed frames ahead of the worker, run on the node's encoder thread.
 
     It undistorts with the same camera choice as :class:`TrackingPipeline` and keeps its own
-    undistortion maps, so it shares no state with the pipeline but the engine's encoders.
+    undistortion maps, so it shares no state with the pipeline except the engine's encoders.
     """
 
     def __init__(self, engine: Any, fallback_intrinsics: list[float] | None) -> None:
@@ -162,16 +179,14 @@ class FrameEncoder:
         try:
             camera = choose_camera(frame, self.fallback_intrinsics)
             if camera is not None:
-                if self._undistorter is None or self._undistorter.source != camera:
-                    self._undistorter = Undistorter(camera)
+                self._undistorter = undistorter_for(self._undistorter, camera)
                 image = self._undistorter(np.ascontiguousarray(frame.image))
                 intrinsics = self._undistorter.camera.intrinsics.tolist()
                 result = PrefetchedFrame(self.engine.encode(image, intrinsics), intrinsics)
-        except Exception:  # the worker encodes the frame itself and reports what fails
-            logger.debug("encoding ahead failed", exc_info=True)
+        except Exception:  # The worker then encodes the frame itself and reports any failure.
+            logger.debug("encoding ahead failed for the frame stamped %d ns", frame.stamp_ns,
+                         exc_info=True)
         frame.encoding.set_result(result)
-
-
 
 
 class FrameSlot:
@@ -461,17 +476,15 @@ class TrackingPipeline:
                 self.reset()
         self._last_stamp_ns = frame.stamp_ns
 
-        image, intrinsics = self._undistort(frame.image, camera)
-        encoded = None
-        if frame.encoding is not None:
-            prefetched = frame.encoding.result()
-            if prefetched is not None and prefetched.intrinsics == intrinsics:
-                encoded = prefetched.encoded
+        self._undistorter = undistorter_for(self._undistorter, camera)
+        intrinsics = self._undistorter.camera.intrinsics.tolist()
+        encoded = self._encoded_ahead(frame, intrinsics)
         try:
             if encoded is None:
+                image = self._undistorter(np.ascontiguousarray(frame.image))
                 result = self.engine.track(image, frame.stamp_ns, intrinsics)
             else:
-                result = self.engine.track(image, frame.stamp_ns, intrinsics, encoded=encoded)
+                result = self.engine.track(None, frame.stamp_ns, intrinsics, encoded=encoded)
         except Exception as error:  # the node must survive any engine failure on one frame
             logger.debug("engine failure", exc_info=True)
             self.problems.report(
@@ -520,9 +533,8 @@ class TrackingPipeline:
                 + action,
             )
         if self.fallback_intrinsics:
-            fx, fy, cx, cy = self.fallback_intrinsics
             try:
-                return PinholeCamera(width=width, height=height, fx=fx, fy=fy, cx=cx, cy=cy)
+                return fallback_camera(self.fallback_intrinsics, width, height)
             except CalibrationError as error:
                 self.problems.report("no_intrinsics", f"intrinsics parameter unusable: {error}")
                 return None
@@ -538,11 +550,18 @@ class TrackingPipeline:
             )
         return None
 
-    def _undistort(self, image: np.ndarray, camera: PinholeCamera) -> tuple[np.ndarray, list]:
-        if self._undistorter is None or self._undistorter.source != camera:
-            self._undistorter = Undistorter(camera)
-        undistorted = self._undistorter(np.ascontiguousarray(image))
-        return undistorted, self._undistorter.camera.intrinsics.tolist()
+    def _encoded_ahead(self, frame: InputFrame, intrinsics: list[float]) -> Any:
+        """Return the frame's encoding from the encoder thread if the engine can use it, else
+        None (then the frame is undistorted and encoded here)."""
+        if frame.encoding is None:
+            return None
+        prefetched = frame.encoding.result()
+        if prefetched is None or prefetched.intrinsics != intrinsics:
+            return None
+        # A reset since the encoding, for example one this frame caused, makes it stale.
+        if prefetched.encoded.generation != self.engine.generation:
+            return None
+        return prefetched.encoded
 
     def _convert(
         self, frame: InputFrame, result: Any, size: tuple[int, int], with_points: bool
