@@ -491,11 +491,13 @@ def test_shipped_model_carries_the_small_preset():
     assert shipped == load_engine_config("small")
 
 
-def test_cpu_inference_copy_matches_and_leaves_the_trained_network_alone(small_network):
+def test_cpu_inference_copy_keeps_outputs(small_network):
+    """The copy computes the same features, and the trained network keeps its layout."""
     inference = small_network.for_inference(torch.device("cpu"))
     assert inference is not small_network
     stem = inference.patchifier.matching_encoder.stem[0].weight
-    assert stem.is_contiguous(memory_format=torch.channels_last) and not stem.is_contiguous()
+    assert stem.is_contiguous(memory_format=torch.channels_last)
+    assert not stem.is_contiguous()
     assert small_network.patchifier.matching_encoder.stem[0].weight.is_contiguous()
     images = make_images(2)
     with torch.no_grad():

@@ -425,7 +425,7 @@ def engine_threads(requested: int) -> int:
     than the cores this process may use, at least 1.
 
     On 2 cores, with images published at 30 Hz from another process, 1 thread gave a median
-    engine time of 67 ms against 76 ms for 2 (docs/benchmarks.md): a second torch thread
+    engine time of 67 ms against 76 ms for 2 (docs/benchmarks.md). A second torch thread
     competes with the executor and the publisher for the same cores.
     """
     if requested > 0:
