@@ -213,6 +213,29 @@ def test_oracle_tracking_removes_keyframes():
     assert sum(r.is_keyframe for r in run.results) >= keyframes_left
 
 
+def test_deferred_upkeep_gives_the_same_trajectory():
+    """``track(..., defer_upkeep=True)`` leaves the keyframe removal pending until ``upkeep()``
+    or the next frame; the per-frame poses and the finished trajectory stay the same."""
+    run = tracked(DETAIL_CASE)
+    clip = run.clip
+    oracle = CorrespondenceOracle(clip.depths, clip.poses_wc, clip.intrinsics)
+    odometry = VisualOdometry(load_engine_config("small"), None, "cpu", oracle=oracle)
+    pending_seen = 0
+    for index, (image, stamp) in enumerate(zip(clip.images, clip.timestamps_ns)):
+        result = odometry.track(image, int(stamp), clip.intrinsics, defer_upkeep=True)
+        np.testing.assert_array_equal(result.pose, run.results[index].pose)
+        if index % 2:
+            continue  # leave the pending work to the next track() call
+        keyframes = odometry.num_keyframes
+        odometry.upkeep()
+        pending_seen += odometry.num_keyframes < keyframes
+        odometry.upkeep()  # nothing left: a second call changes nothing
+    trajectory = odometry.finish()
+    assert pending_seen > 0, "no keyframe removal was ever deferred"
+    np.testing.assert_array_equal(trajectory.poses, run.poses_wc)
+    np.testing.assert_array_equal(trajectory.timestamps_ns, run.timestamps_ns)
+
+
 def test_oracle_trajectory_has_unit_quaternions():
     run = tracked(DETAIL_CASE)
     assert len(run.poses_wc) == NUM_FRAMES

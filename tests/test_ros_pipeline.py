@@ -200,11 +200,15 @@ class ScriptedEngine:
         self.trial_at: set[int] = set()
         """Indices of the scripted results that come with ``on_trial`` set."""
         self.calls = 0
+        self.upkeeps = 0
 
     def reset(self) -> None:
         self.resets += 1
 
-    def track(self, image, stamp_ns, intrinsics):
+    def upkeep(self) -> None:
+        self.upkeeps += 1
+
+    def track(self, image, stamp_ns, intrinsics, defer_upkeep=False):
         from vo_node.odometry.frontend import TrackResult
 
         state, position = self.script.pop(0)
@@ -354,6 +358,53 @@ def test_frame_slot_keeps_newest():
     assert slot.put(frames[1]) is frames[0]
     assert slot.take(0.01) is frames[1]
     assert slot.take(0.01) is None
+
+
+def test_frame_slot_waits_for_a_newer_frame_when_the_stored_one_is_stale():
+    import threading
+    import time
+
+    slot = FrameSlot()
+    now = time.monotonic()
+    stale = InputFrame(np.zeros((2, 2), np.uint8), 1, "cam", None, now - 0.05)
+    fresh = InputFrame(np.zeros((2, 2), np.uint8), 2, "cam", None, now)
+    slot.put(stale)
+    replaced: list = []
+    timer = threading.Timer(0.05, lambda: replaced.append(slot.put(fresh)))
+    timer.start()
+    taken = slot.take(0.01, stale_after_s=0.02, replace_within_s=5.0)
+    timer.join()
+    assert taken is fresh
+    assert replaced == [stale]  # handed back to the caller of put() as dropped
+
+
+def test_frame_slot_returns_a_stale_frame_when_none_follows():
+    import time
+
+    slot = FrameSlot()
+    stale = InputFrame(np.zeros((2, 2), np.uint8), 1, "cam", None, time.monotonic() - 1.0)
+    slot.put(stale)
+    started = time.monotonic()
+    assert slot.take(0.01, stale_after_s=0.02, replace_within_s=0.05) is stale
+    assert time.monotonic() - started >= 0.05
+    # A frame younger than the limit is returned at once.
+    young = InputFrame(np.zeros((2, 2), np.uint8), 2, "cam", None, time.monotonic())
+    slot.put(young)
+    started = time.monotonic()
+    assert slot.take(0.01, stale_after_s=10.0, replace_within_s=5.0) is young
+    assert time.monotonic() - started < 1.0
+
+
+def test_pipeline_defers_the_engine_upkeep_to_the_caller(engine):
+    """The pipeline asks the engine to leave its keyframe removal until ``upkeep()``."""
+    harness = Harness(engine)
+    pending = []
+    for index in range(INIT_FRAMES + 6):
+        harness.track(textured_frame(index))
+        pending.append(engine._upkeep_pending)
+        harness.pipeline.upkeep()
+        assert not engine._upkeep_pending
+    assert any(pending), "no frame left upkeep pending"
 
 
 def test_frame_slot_claim_once_per_frame():

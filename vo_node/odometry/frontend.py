@@ -253,6 +253,8 @@ class VisualOdometry:
         self._frame_on_trial = False
         # The hypothesis whose pose the last TrackResult reported, during a trial.
         self._reported: _Hypothesis | None = None
+        # Whether track(..., defer_upkeep=True) left the keyframe removal for upkeep().
+        self._upkeep_pending = False
 
     @property
     def state(self) -> str:
@@ -331,6 +333,7 @@ class VisualOdometry:
         timestamp_ns: int,
         intrinsics: Sequence[float] | np.ndarray,
         encoded: EncodedFrame | None = None,
+        defer_upkeep: bool = False,
     ) -> TrackResult:
         """Track one frame.
 
@@ -343,10 +346,16 @@ class VisualOdometry:
                 was encoded since the last :meth:`reset`. Otherwise ``image`` is encoded here.
                 Its encoding time counts as the frame's ``encoders`` time but not towards
                 ``bookkeeping``.
+            defer_upkeep: leave the keyframe removal and the edge retirement that follow the
+                frame's optimisation to :meth:`upkeep`, so a live caller can publish the pose
+                first. The next call of :meth:`track` or :meth:`finish` runs them if the caller
+                did not, so the poses are the same as without deferral. Their time is then not
+                part of the returned ``times``.
 
         Returns:
             The frame's pose and state; see :class:`TrackResult`.
         """
+        self.upkeep()
         start = time.perf_counter()
         timestamp_ns = self._check_timestamp(timestamp_ns)
         times = StageTimes()
@@ -373,13 +382,25 @@ class VisualOdometry:
             self._frame_restarted = False
             self._frame_on_trial = False
             self._last_timestamp_ns = timestamp_ns
-            result = self._track_prepared(encoded.features, timestamp_ns, frame_id, times)
+            result = self._track_prepared(
+                encoded.features, timestamp_ns, frame_id, times, defer_upkeep
+            )
         times.bookkeeping = max(
             0.0,
             time.perf_counter() - start
             - (encoded_here + times.correlation + times.update + times.ba),
         )
         return result
+
+    def upkeep(self) -> None:
+        """Run the keyframe removal and edge retirement that ``track(..., defer_upkeep=True)``
+        left pending; do nothing when none is pending."""
+        if not self._upkeep_pending:
+            return
+        self._upkeep_pending = False
+        with torch.no_grad():
+            self._remove_redundant_keyframe()
+            self.graph.retire_edges(self.config.frontend.removal_window)
 
     def finish(self) -> Trajectory:
         """Run the final iterations and return the poses of every input frame.
@@ -390,6 +411,7 @@ class VisualOdometry:
         """
         if self.frame_count == 0:
             raise RuntimeError("finish() called before any frame was tracked; call track() first")
+        self.upkeep()
         times = StageTimes()
         with torch.no_grad():
             if self._hypotheses:
@@ -444,7 +466,12 @@ class VisualOdometry:
             )
 
     def _track_prepared(
-        self, features: tuple, timestamp_ns: int, frame_id: int, times: StageTimes
+        self,
+        features: tuple,
+        timestamp_ns: int,
+        frame_id: int,
+        times: StageTimes,
+        defer_upkeep: bool = False,
     ) -> TrackResult:
         if self._hypotheses:
             return self._track_hypotheses(features, timestamp_ns, frame_id, times)
@@ -466,13 +493,18 @@ class VisualOdometry:
                 logger.info("initialised on %d keyframes at frame %d", graph.n, frame_id)
             elif self.is_initialized:
                 covariance = self._optimize(1, times, guard=True, covariance=True)
-                self._remove_redundant_keyframe()
+                if defer_upkeep:
+                    self._upkeep_pending = True
+                else:
+                    self._remove_redundant_keyframe()
         except _LostTracking as reason:
             self._handle_loss(frame_id, timestamp_ns, str(reason))
             return self._result(timestamp_ns, is_keyframe=False, times=times)
 
-        graph.retire_edges(self.config.frontend.removal_window)
+        if not self._upkeep_pending:
+            graph.retire_edges(self.config.frontend.removal_window)
         if self.is_initialized:
+            # Removal never touches the newest keyframe, so deferring it leaves this pose alone.
             self._last_good_pose_cw = graph.active_poses[-1].clone()
         return self._result(timestamp_ns, is_keyframe=True, times=times, covariance=covariance)
 

@@ -98,6 +98,9 @@ DEFAULT_TWIST_VARIANCES = (1e-2, 1e-2, 1e-2, 1e-2, 1e-2, 1e-2)
 """Twist variances ((m/s)^2, (rad/s)^2) used when no override is set; placeholders as above."""
 DIAGNOSTICS_PERIOD_S = 1.0
 WORKER_POLL_S = 0.1
+FRESH_FRAME_AGE_PERIODS = 0.5
+"""With ``prefer_fresh_frames``, a waiting frame older than this many input periods is stale: the
+next frame is due sooner than this one has waited."""
 ODOM_QOS_DEPTH = 10
 DEBUG_QOS_DEPTH = 1
 WORKER_JOIN_TIMEOUT_S = 10.0
@@ -318,13 +321,22 @@ class VONode(Node):
         self._ready.set()
         self.get_logger().info(f"tracking images from {self.image_topic}")
         while not self._stop.is_set():
-            frame = self._slot.take(WORKER_POLL_S)
+            frame = self._slot.take(WORKER_POLL_S, *self._freshness())
             if frame is None:
                 continue
             if self._reset_requested.is_set():
                 self._reset_requested.clear()
                 pipeline.reset()
             self._process(pipeline, frame)
+
+    def _freshness(self) -> tuple[float | None, float]:
+        """``(stale_after_s, replace_within_s)`` for :meth:`FrameSlot.take`: half and one input
+        frame period with ``prefer_fresh_frames``, else no staleness."""
+        rate_hz = self.input_rate.rate_hz()
+        if not self.params.prefer_fresh_frames or rate_hz <= 0.0:
+            return None, 0.0
+        period_s = 1.0 / rate_hz
+        return FRESH_FRAME_AGE_PERIODS * period_s, period_s
 
     def _run_encoder(self, encoder: FrameEncoder) -> None:
         """Encode the waiting frame while the worker tracks the previous one."""
@@ -353,6 +365,8 @@ class VONode(Node):
                 if self.context.ok():
                     self.get_logger().error(f"publishing odometry failed: {error}")
             self.latency.add(time.monotonic() - frame.received_s)
+        # The keyframe removal after the pose waits until the pose is out.
+        pipeline.upkeep()
         self._mark_completed()
 
     def _load_engine(self):

@@ -223,11 +223,31 @@ class FrameSlot:
     def _claimable(self) -> bool:
         return self._frame is not None and self._frame.encoding is None
 
-    def take(self, timeout_s: float) -> InputFrame | None:
-        """Remove and return the stored frame, waiting up to ``timeout_s``; None on timeout."""
+    def take(
+        self, timeout_s: float, stale_after_s: float | None = None, replace_within_s: float = 0.0
+    ) -> InputFrame | None:
+        """Remove and return the stored frame, waiting up to ``timeout_s``; None on timeout.
+
+        With ``stale_after_s``, a stored frame received more than that many seconds ago
+        (``time.monotonic``) is stale: the call waits up to ``replace_within_s`` seconds more
+        for a newer frame to replace it (:meth:`put` hands the stale one back as dropped), then
+        returns whichever frame is stored.
+        """
         with self._condition:
             if self._frame is None and not self._closed:
                 self._condition.wait(timeout_s)
+            stale = self._frame
+            if (
+                stale is not None
+                and stale_after_s is not None
+                and time.monotonic() - stale.received_s > stale_after_s
+            ):
+                deadline = time.monotonic() + replace_within_s
+                while self._frame is stale and not self._closed:
+                    remaining = deadline - time.monotonic()
+                    if remaining <= 0.0:
+                        break
+                    self._condition.wait(remaining)
             frame, self._frame = self._frame, None
         return frame
 
@@ -482,9 +502,11 @@ class TrackingPipeline:
         try:
             if encoded is None:
                 image = self._undistorter(np.ascontiguousarray(frame.image))
-                result = self.engine.track(image, frame.stamp_ns, intrinsics)
+                result = self.engine.track(image, frame.stamp_ns, intrinsics, defer_upkeep=True)
             else:
-                result = self.engine.track(None, frame.stamp_ns, intrinsics, encoded=encoded)
+                result = self.engine.track(
+                    None, frame.stamp_ns, intrinsics, encoded=encoded, defer_upkeep=True
+                )
         except Exception as error:  # the node must survive any engine failure on one frame
             logger.debug("engine failure", exc_info=True)
             self.problems.report(
@@ -497,6 +519,20 @@ class TrackingPipeline:
         return self._convert(frame, result, (width, height), with_points)
 
     # ----------------------------------------------------------------------------------------
+
+    def upkeep(self) -> None:
+        """Run the engine's work that may follow the publication of a pose (keyframe removal,
+        see ``VisualOdometry.upkeep``). An engine failure is reported and resets the tracker."""
+        try:
+            self.engine.upkeep()
+        except Exception as error:  # the node must survive any engine failure
+            logger.debug("engine upkeep failure", exc_info=True)
+            self.problems.report(
+                "engine_error",
+                f"the engine's keyframe upkeep failed with {type(error).__name__}: {error}; "
+                "the tracker was reset",
+            )
+            self.reset()
 
     def _check_stamp(self, frame: InputFrame) -> bool:
         last = self._last_stamp_ns
