@@ -315,7 +315,7 @@ class VisualOdometry:
         """
         start = time.perf_counter()
         generation = self.generation
-        with torch.no_grad():
+        with torch.inference_mode():
             tensor, camera = prepare_image(image, intrinsics, self.config.max_image_width)
             tensor = tensor.to(self.device)
             quarter = torch.as_tensor(
@@ -373,7 +373,7 @@ class VisualOdometry:
             encoded = self.encode(image, intrinsics)
             encoded_here = encoded.seconds
         times.encoders = encoded.seconds
-        with torch.no_grad():
+        with torch.inference_mode():
             self._check_frame(encoded, intrinsics)
             frame_id = self.frame_count
             self.frame_count += 1
@@ -398,7 +398,7 @@ class VisualOdometry:
         if not self._upkeep_pending:
             return
         self._upkeep_pending = False
-        with torch.no_grad():
+        with torch.inference_mode():
             self._remove_redundant_keyframe()
             self.graph.retire_edges(self.config.frontend.removal_window)
 
@@ -413,7 +413,7 @@ class VisualOdometry:
             raise RuntimeError("finish() called before any frame was tracked; call track() first")
         self.upkeep()
         times = StageTimes()
-        with torch.no_grad():
+        with torch.inference_mode():
             if self._hypotheses:
                 self._keep_best_hypothesis()
             if self.graph.num_edges and self.graph.n >= 2:
