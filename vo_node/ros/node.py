@@ -421,7 +421,10 @@ class VONode(Node):
             )
         if params.path_max_length > 0:
             self._path.append(make_pose_stamped(estimate.odom_from_base, stamp, params.odom_frame))
-            self.path_publisher.publish(make_path(list(self._path), stamp, params.odom_frame))
+            # Serialising 1,000 poses takes about 4 ms, so the path goes out only when someone
+            # listens; a late subscriber still gets the whole bounded path.
+            if self.path_publisher.get_subscription_count() > 0:
+                self.path_publisher.publish(make_path(list(self._path), stamp, params.odom_frame))
         self._publish_debug(estimate, frame, stamp)
 
     def _pose_covariance(self, estimate: OdometryEstimate) -> np.ndarray:
