@@ -14,6 +14,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from test_ros_support import NETWORK_ISOLATED, NOT_ISOLATED_REASON, REPO
@@ -94,6 +95,11 @@ def test_latency_numbers_finite(latency_report):
     assert report["frame_period_ms"] == pytest.approx(1000.0 / RATE_HZ)
     assert set(report["engine_stage_median_ms"]) >= {"encoders", "update", "ba"}
     assert report["machine"]["cores"] >= 1
+    frames = report["engine_frames"]
+    assert len(frames) == report["frames_processed"]
+    assert all(frame["wall_ms"] >= sum(frame["stages_ms"].values()) - 1.0 for frame in frames)
+    median_wall = float(np.median([frame["wall_ms"] for frame in frames]))
+    assert median_wall == pytest.approx(report["engine_time_median_ms"])
 
 
 def test_latency_queue_bounded(latency_report):

@@ -334,6 +334,8 @@ class LatencyReport:
     warmup_frames: int = 0
     """Frames sent in lockstep before the timed ones, left out of every figure."""
     latencies_ms: list[float] = field(default_factory=list)
+    engine_frames: list[dict[str, Any]] = field(default_factory=list)
+    """Per tracked frame: ``stamp_ns``, ``wall_ms`` of ``track`` and ``stages_ms``."""
     queue: list[dict[str, Any]] = field(default_factory=list)
     machine: dict[str, Any] = field(default_factory=dict)
 
@@ -604,6 +606,7 @@ def _build_report(sequence_path, qos, rate_hz, published, node, receipts, sample
         backlog_max=max((s.backlog for s in samples), default=0),
         backlog_final=samples[-1].backlog if samples else 0,
         latencies_ms=latencies,
+        engine_frames=[asdict(entry) for entry in engine],
         queue=[asdict(sample) for sample in samples],
         machine=machine_description(),
     )
