@@ -213,7 +213,7 @@ def test_oracle_tracking_removes_keyframes():
     assert sum(r.is_keyframe for r in run.results) >= keyframes_left
 
 
-def test_deferred_upkeep_gives_the_same_trajectory():
+def test_deferred_upkeep_keeps_trajectory():
     """``track(..., defer_upkeep=True)`` leaves the keyframe removal pending until ``upkeep()``
     or the next frame; the per-frame poses and the finished trajectory stay the same."""
     run = tracked(DETAIL_CASE)

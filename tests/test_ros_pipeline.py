@@ -360,7 +360,7 @@ def test_frame_slot_keeps_newest():
     assert slot.take(0.01) is None
 
 
-def test_frame_slot_waits_for_a_newer_frame_when_the_stored_one_is_stale():
+def test_frame_slot_replaces_stale_frame():
     import threading
     import time
 
@@ -372,13 +372,13 @@ def test_frame_slot_waits_for_a_newer_frame_when_the_stored_one_is_stale():
     replaced: list = []
     timer = threading.Timer(0.05, lambda: replaced.append(slot.put(fresh)))
     timer.start()
-    taken = slot.take(0.01, stale_after_s=0.02, replace_within_s=5.0)
+    returned = slot.take(0.01, stale_after_s=0.02, replace_within_s=5.0)
     timer.join()
-    assert taken is fresh
+    assert returned is fresh
     assert replaced == [stale]  # handed back to the caller of put() as dropped
 
 
-def test_frame_slot_returns_a_stale_frame_when_none_follows():
+def test_frame_slot_returns_unreplaced_stale_frame():
     import time
 
     slot = FrameSlot()
@@ -395,8 +395,8 @@ def test_frame_slot_returns_a_stale_frame_when_none_follows():
     assert time.monotonic() - started < 1.0
 
 
-def test_pipeline_defers_the_engine_upkeep_to_the_caller(engine):
-    """The pipeline asks the engine to leave its keyframe removal until ``upkeep()``."""
+def test_pipeline_defers_engine_upkeep(engine):
+    """The pipeline has the engine leave its keyframe removal until ``upkeep()``."""
     harness = Harness(engine)
     pending = []
     for index in range(INIT_FRAMES + 6):

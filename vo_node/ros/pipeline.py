@@ -229,9 +229,9 @@ class FrameSlot:
         """Remove and return the stored frame, waiting up to ``timeout_s``; None on timeout.
 
         With ``stale_after_s``, a stored frame received more than that many seconds ago
-        (``time.monotonic``) is stale: the call waits up to ``replace_within_s`` seconds more
-        for a newer frame to replace it (:meth:`put` hands the stale one back as dropped), then
-        returns whichever frame is stored.
+        (``time.monotonic``) is stale. The call then waits up to ``replace_within_s`` seconds
+        more for a newer frame, which :meth:`put` stores while handing the stale one back as
+        dropped. It returns whichever frame is stored at the end.
         """
         with self._condition:
             if self._frame is None and not self._closed:
