@@ -59,38 +59,83 @@ def test_last_frame_without_successor_is_left_out(tmp_path):
     assert frame_motions(folder) == []
 
 
+def break_folder(folder: Path, case: str) -> None:
+    """Damage the folder written by :func:`write_folder` in the way ``case`` names."""
+    depth_file = folder / "depth_left" / "000000_left_depth.npy"
+    poses = folder / "pose_left.txt"
+    if case == "no_poses":
+        poses.unlink()
+    elif case == "no_depth":
+        depth_file.unlink()
+    elif case == "wrong_shape":
+        np.save(depth_file, np.ones((10, 10), np.float32))
+    elif case == "corrupt":
+        depth_file.write_bytes(b"\x93NUMPY garbage")
+    elif case == "empty_npy":
+        depth_file.write_bytes(b"")
+    elif case == "no_valid_depth":
+        np.save(depth_file, np.zeros((DEFAULT_CAMERA.height, DEFAULT_CAMERA.width), np.float32))
+    elif case == "misnamed":
+        depth_file.rename(depth_file.with_name("abc_left_depth.npy"))
+    elif case == "empty_poses":
+        poses.write_text("")
+    elif case == "short_pose":
+        poses.write_text("0 0 0 0 0 0 1\n0 0.1 0 0 0 1\n")
+    elif case == "text_pose":
+        poses.write_text("0 0 0 0 0 0 1\n0 x 0 0 0 0 1\n")
+    elif case == "nan_pose":
+        poses.write_text("0 0 0 0 0 0 1\n0 nan 0 0 0 0 1\n")
+    elif case == "zero_quaternion":
+        poses.write_text("0 0 0 0 0 0 1\n0 0.1 0 0 0 0 0\n")
+
+
 @pytest.mark.parametrize("case, message", [
     ("no_poses", "pose_left.txt not found"),
     ("no_depth", "needs depth maps"),
     ("wrong_shape", "expected (480, 640)"),
-    ("corrupt", "000000_left_depth.npy"),
+    ("corrupt", "cannot read the depth map"),
+    ("empty_npy", "cannot read the depth map"),
+    ("no_valid_depth", "no pixel with a positive, finite depth"),
+    ("misnamed", "does not start with a frame number"),
+    ("empty_poses", "is empty; expected lines of 7"),
+    ("short_pose", "line 2 has 6 values; expected 7"),
+    ("text_pose", "line 2 contains a value that is not a number"),
+    ("nan_pose", "line 2 contains a non-finite value"),
+    ("zero_quaternion", "pose 2 has a zero quaternion"),
 ])
 def test_bad_folder_exits_with_one_line(tmp_path, capsys, case, message):
     folder = write_folder(tmp_path / "seq", plane(), [0.0, STEP])
-    if case == "no_poses":
-        (folder / "pose_left.txt").unlink()
-    elif case == "no_depth":
-        (folder / "depth_left" / "000000_left_depth.npy").unlink()
-    elif case == "wrong_shape":
-        np.save(folder / "depth_left" / "000000_left_depth.npy", np.ones((10, 10), np.float32))
-    else:
-        (folder / "depth_left" / "000000_left_depth.npy").write_bytes(b"\x93NUMPY garbage")
+    break_folder(folder, case)
     assert main([str(folder)]) == 2
     error = capsys.readouterr().err
     assert message in error
     assert error.count("\n") == 1
 
 
-def test_csv_output_and_width_check(tmp_path, capsys):
+@pytest.mark.parametrize("arguments, message", [
+    (["--width", "0"], "--width must be a positive"),
+    (["--width", "100000"], "--width 100000 is outside 1..640"),
+    (["--output", "OUT_DIR"], "is a folder; pass a file name"),
+    (["--output", "OUT_FILE/table.csv"], "which is a file; choose another folder"),
+])
+def test_bad_option_exits_with_one_line(tmp_path, capsys, arguments, message):
     folder = write_folder(tmp_path / "seq", plane(), [0.0, STEP])
-    table = tmp_path / "out" / "flow.csv"
-    table.parent.mkdir()
+    (tmp_path / "OUT_DIR").mkdir()
+    (tmp_path / "OUT_FILE").write_text("")
+    arguments = [value.replace("OUT_", str(tmp_path / "OUT_")) for value in arguments]
+    assert main([str(folder), *arguments]) == 2
+    captured = capsys.readouterr()
+    assert message in captured.err
+    assert captured.out == ""  # rejected before any table is printed or computed
+
+
+def test_csv_output_in_new_folder(tmp_path):
+    folder = write_folder(tmp_path / "seq", plane(), [0.0, STEP])
+    table = tmp_path / "new" / "flow.csv"
     assert main([str(folder), "--width", "320", "--output", str(table)]) == 0
     rows = table.read_text().splitlines()
     assert rows[0].startswith("frame,depth_p10")
     assert len(rows) == 2
-    assert main([str(folder), "--width", "0"]) == 2
-    assert "--width must be a positive" in capsys.readouterr().err
 
 
 @pytest.mark.skipif(not DATA.is_dir(), reason=f"{DATA} is absent")

@@ -462,6 +462,17 @@ def test_frame_encoded_before_a_reset_is_encoded_again(engine):
     assert result.times.encoders != stale.seconds
 
 
+def test_rate_meter_recent_period_follows_rate_change():
+    meter = RateMeter(window_s=10.0)
+    assert meter.recent_period_s() == 0.0
+    for index in range(20):  # 5 Hz, then 30 Hz
+        meter.tick(now=index * 0.2)
+    for index in range(1, 12):
+        meter.tick(now=3.8 + index / 30.0)
+    assert meter.recent_period_s() == pytest.approx(1 / 30.0)
+    assert meter.rate_hz(now=4.2) < 15.0  # the window average still lags
+
+
 def test_rate_meter_window():
     meter = RateMeter(window_s=1.0)
     for index in range(11):

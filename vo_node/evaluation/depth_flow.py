@@ -102,7 +102,9 @@ def frame_motions(folder: str | Path, tracked_width: int | None = None) -> list[
 
     Raises:
         FileNotFoundError: the folder lacks ``pose_left.txt`` or depth maps.
-        ValueError: a depth map cannot be read or is not of the camera's size.
+        ValueError: ``tracked_width`` exceeds the image width, a depth map is misnamed, cannot
+            be read, is not of the camera's size or has no usable pixel, or the pose file is
+            invalid (``SequenceError``).
     """
     folder = Path(folder)
     poses_path = folder / "pose_left.txt"
@@ -118,19 +120,26 @@ def frame_motions(folder: str | Path, tracked_width: int | None = None) -> list[
         )
     calibration = folder / "camera_info_left.yaml"
     camera = load_camera(calibration) if calibration.is_file() else DEFAULT_CAMERA
+    if tracked_width is not None and not 0 < tracked_width <= camera.width:
+        raise ValueError(
+            f"--width {tracked_width} is outside 1..{camera.width}: the engine tracks at the "
+            "image width or below it, never above"
+        )
     intrinsics = [camera.fx, camera.fy, camera.cx, camera.cy]
     world_from_camera = poses_to_matrices(ned_to_optical(read_tartanair_poses(poses_path)))
     scale = tracked_width / camera.width if tracked_width else 1.0
     motions = []
     for path in depth_files:
-        frame = int(path.name[: -len(DEPTH_SUFFIX)])
+        frame = _frame_number(path)
         if frame + 1 >= len(world_from_camera):
             logger.info("%s has no next pose; left out", path.name)
             continue
         try:
             depth = np.load(path)
-        except (OSError, ValueError) as error:
-            raise ValueError(f"cannot read the depth map {path}: {error}") from error
+        except (OSError, ValueError, EOFError) as error:
+            raise ValueError(
+                f"cannot read the depth map {path}: {error}; replace it with a float .npy array"
+            ) from error
         if depth.shape != (camera.height, camera.width):
             raise ValueError(
                 f"{path} has shape {depth.shape}, expected ({camera.height}, {camera.width}) "
@@ -138,6 +147,11 @@ def frame_motions(folder: str | Path, tracked_width: int | None = None) -> list[
             )
         next_camera_from_world = np.linalg.inv(world_from_camera[frame + 1])
         flow = flow_into_next(depth, next_camera_from_world, world_from_camera[frame], intrinsics)
+        if flow.size == 0:
+            raise ValueError(
+                f"{path} has no pixel with a positive, finite depth that stays in front of the "
+                "next camera; check the depth map and the poses"
+            )
         valid_depth = depth[np.isfinite(depth) & (depth > 0)]
         step = np.linalg.norm(world_from_camera[frame + 1][:3, 3] - world_from_camera[frame][:3, 3])
         depth_p10, depth_median, depth_p90 = np.percentile(valid_depth, PERCENTILES)
@@ -150,21 +164,34 @@ def frame_motions(folder: str | Path, tracked_width: int | None = None) -> list[
     return motions
 
 
+def _frame_number(path: Path) -> int:
+    prefix = path.name[: -len(DEPTH_SUFFIX)]
+    if not prefix.isdigit():
+        raise ValueError(
+            f"depth map {path} does not start with a frame number; name it "
+            f"NNNNNN{DEPTH_SUFFIX} after its image"
+        )
+    return int(prefix)
+
+
 def format_motions(motions: Sequence[FrameMotion], tracked_width: int | None) -> list[str]:
     """Return a text table of ``motions``."""
-    tracked = f"at width {tracked_width}" if tracked_width else "(no --width)"
-    lines = [
-        f"{'frame':>5}  {'depth p10':>9}  {'median':>7}  {'p90':>7}  {'step':>7}  "
-        f"{'flow mean px':>12}  {'median':>7}  {'p90':>7}  flow median / p90 {tracked}"
-    ]
+    header = (
+        f"{'frame':>5}  {'depth p10 m':>11}  {'median':>7}  {'p90':>7}  {'step m':>7}  "
+        f"{'flow mean px':>12}  {'median':>7}  {'p90':>7}"
+    )
+    if tracked_width:
+        header += f"  flow median / p90 px at width {tracked_width}"
+    lines = [header]
     for motion in motions:
-        lines.append(
-            f"{motion.frame:>5}  {motion.depth_p10:>9.3f}  {motion.depth_median:>7.3f}  "
+        line = (
+            f"{motion.frame:>5}  {motion.depth_p10:>11.3f}  {motion.depth_median:>7.3f}  "
             f"{motion.depth_p90:>7.3f}  {motion.step:>7.3f}  {motion.flow_mean:>12.1f}  "
-            f"{motion.flow_median:>7.1f}  "
-            f"{motion.flow_p90:>7.1f}  {motion.flow_median_tracked:.1f} / "
-            f"{motion.flow_p90_tracked:.1f}"
+            f"{motion.flow_median:>7.1f}  {motion.flow_p90:>7.1f}"
         )
+        if tracked_width:
+            line += f"  {motion.flow_median_tracked:.1f} / {motion.flow_p90_tracked:.1f}"
+        lines.append(line)
     return lines
 
 
@@ -195,9 +222,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.width is not None and args.width <= 0:
         print(f"error: --width must be a positive pixel count, got {args.width}", file=sys.stderr)
         return EXIT_USAGE
+    problem = _output_problem(args.output)
+    if problem:
+        print(f"error: --output {args.output} {problem}", file=sys.stderr)
+        return EXIT_USAGE
     try:
         motions = frame_motions(args.folder, args.width)
-    except (FileNotFoundError, ValueError) as error:
+    except (FileNotFoundError, ValueError) as error:  # reader errors are ValueErrors too
         print(f"error: {error}", file=sys.stderr)
         return EXIT_USAGE
     print("\n".join(format_motions(motions, args.width)))
@@ -209,6 +240,20 @@ def main(argv: Sequence[str] | None = None) -> int:
             return EXIT_USAGE
         print(f"table: {args.output}")
     return EXIT_OK
+
+
+def _output_problem(path: Path | None) -> str | None:
+    """Return why ``path`` cannot receive the CSV, or None (missing folders are created)."""
+    if path is None:
+        return None
+    if path.is_dir():
+        return "is a folder; pass a file name such as FOLDER/depth_flow.csv"
+    for parent in path.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                return f"lies under {parent}, which is a file; choose another folder"
+            break
+    return None
 
 
 if __name__ == "__main__":

@@ -350,7 +350,8 @@ class VisualOdometry:
                 frame's optimisation to :meth:`upkeep`, so a live caller can publish the pose
                 first. The next call of :meth:`track` or :meth:`finish` runs them if the caller
                 did not, so the poses are the same as without deferral. Their time is then not
-                part of the returned ``times``.
+                part of the returned ``times``. During the depth-hypothesis trial each
+                hypothesis runs them at once, so the deferral starts after the trial.
 
         Returns:
             The frame's pose and state; see :class:`TrackResult`.

@@ -330,12 +330,11 @@ class VONode(Node):
             self._process(pipeline, frame)
 
     def _freshness(self) -> tuple[float | None, float]:
-        """``(stale_after_s, replace_within_s)`` for :meth:`FrameSlot.take`: half and one input
-        frame period with ``prefer_fresh_frames``, else no staleness."""
-        rate_hz = self.input_rate.rate_hz()
-        if not self.params.prefer_fresh_frames or rate_hz <= 0.0:
+        """``(stale_after_s, replace_within_s)`` for :meth:`FrameSlot.take`: half and one recent
+        input frame period with ``prefer_fresh_frames``, else no staleness."""
+        period_s = self.input_rate.recent_period_s()
+        if not self.params.prefer_fresh_frames or period_s <= 0.0:
             return None, 0.0
-        period_s = 1.0 / rate_hz
         return FRESH_FRAME_AGE_PERIODS * period_s, period_s
 
     def _run_encoder(self, encoder: FrameEncoder) -> None:

@@ -42,6 +42,8 @@ DROP_LOG_INTERVAL_S = 10.0
 MIN_PROCESSED_FOR_DROP_WARNING = 2
 """Processed frames before drops are warned about: the processed rate needs two frames."""
 RATE_WINDOW_S = 5.0
+RECENT_INTERVALS = 10
+"""Gaps between the newest frames that :meth:`RateMeter.recent_period_s` takes the median of."""
 """Input and processing rates are averaged over this many seconds."""
 LATENCY_WINDOW = 200
 """Latency percentiles are taken over this many newest frames."""
@@ -375,6 +377,16 @@ class RateMeter:
                 return 0.0
             span = self._times[-1] - self._times[0]
             return (len(self._times) - 1) / span if span > 0 else 0.0
+
+    def recent_period_s(self, intervals: int = RECENT_INTERVALS) -> float:
+        """Return the median of the newest ``intervals`` gaps between events, seconds; 0 with
+        fewer than two events in the window. It follows a change of rate within a few events,
+        where :meth:`rate_hz` averages over the whole window."""
+        with self._lock:
+            times = np.array(list(self._times)[-(intervals + 1):])
+        if times.size < 2:
+            return 0.0
+        return float(np.median(np.diff(times)))
 
     def _trim(self, now: float) -> None:
         while self._times and now - self._times[0] > self._window_s:

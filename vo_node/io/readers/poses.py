@@ -8,6 +8,7 @@ frame ``a``.
 from __future__ import annotations
 
 import logging
+import math
 from pathlib import Path
 
 import numpy as np
@@ -103,22 +104,42 @@ def interpolate_poses(
 def read_pose_table(path: Path, columns: int, description: str, expected: str) -> np.ndarray:
     """Read a whitespace-separated table with ``columns`` numbers per line as ``(N, columns)``.
 
+    Blank lines and lines starting with ``#`` are skipped.
+
     Args:
         description: the file's name in messages, e.g. ``KITTI poses file``.
         expected: the expected line layout in messages, e.g. ``12 (3x4)``.
 
     Raises:
-        SequenceError: a value is not a number or a line has another number of values.
+        SequenceError: the file has no pose, a value is not a finite number, or a line has
+            another number of values. The message names the line (counted from 1).
     """
-    try:
-        rows = np.loadtxt(path, dtype=np.float64, ndmin=2)
-    except ValueError as error:
-        raise SequenceError(f"{description} {path} is malformed: {error}") from None
-    if rows.shape[1] != columns:
-        raise SequenceError(
-            f"{description} {path} has {rows.shape[1]} values per line; expected {expected}"
-        )
-    return rows
+    rows = []
+    for number, line in enumerate(Path(path).read_text().splitlines(), start=1):
+        text = line.strip()
+        if not text or text.startswith("#"):
+            continue
+        values = text.split()
+        if len(values) != columns:
+            raise SequenceError(
+                f"{description} {path} line {number} has {len(values)} values; expected "
+                f"{expected}"
+            )
+        try:
+            row = [float(value) for value in values]
+        except ValueError:
+            raise SequenceError(
+                f"{description} {path} line {number} contains a value that is not a number: "
+                f"{text!r}"
+            ) from None
+        if not all(math.isfinite(value) for value in row):
+            raise SequenceError(
+                f"{description} {path} line {number} contains a non-finite value: {text!r}"
+            )
+        rows.append(row)
+    if not rows:
+        raise SequenceError(f"{description} {path} is empty; expected lines of {expected}")
+    return np.array(rows, dtype=np.float64)
 
 
 def rows_with_poses(rows: np.ndarray, pose_count: int, poses_path: Path) -> np.ndarray:
