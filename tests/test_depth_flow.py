@@ -29,7 +29,7 @@ def plane() -> np.ndarray:
     return np.full((DEFAULT_CAMERA.height, DEFAULT_CAMERA.width), PLANE_DEPTH)
 
 
-def test_sideways_step_over_plane_gives_f_t_over_z(tmp_path):
+def test_sideways_step_flow_is_f_t_over_z(tmp_path):
     folder = write_folder(tmp_path / "seq", plane(), [0.0, STEP])
     [motion] = frame_motions(folder, tracked_width=DEFAULT_CAMERA.width // 2)
     expected = DEFAULT_CAMERA.fx * STEP / PLANE_DEPTH  # 16 px
@@ -43,7 +43,7 @@ def test_sideways_step_over_plane_gives_f_t_over_z(tmp_path):
     assert motion.pixels == DEFAULT_CAMERA.width * DEFAULT_CAMERA.height
 
 
-def test_closer_surface_gives_larger_flow_and_skips_invalid_depth(tmp_path):
+def test_closer_surface_larger_flow(tmp_path):
     depth = plane()
     depth[:, : DEFAULT_CAMERA.width // 2] = PLANE_DEPTH / 4  # left half four times closer
     depth[0, :] = np.nan
