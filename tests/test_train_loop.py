@@ -488,3 +488,45 @@ def test_cli_validate_missing_checkpoint_exits_2(tmp_path, caplog, capsys):
     assert main(["--validate", str(missing), str(tmp_path / "run"), "--clips", "1"]) == 2
     assert f"checkpoint {missing} not found" in caplog.text
     assert str(tmp_path / "run" / "checkpoints" / "latest.pt") in capsys.readouterr().out
+
+
+def test_init_weights_from_checkpoint_and_model_file(tmp_path):
+    """``init_weights`` starts a fresh run (step 0) from the weights of a checkpoint or an
+    exported model file; a resumed run keeps its own checkpoint's weights."""
+    source = Trainer(load_train_config(TINY, {**QUIET, "seed": 3}), tmp_path / "source")
+    trained = parameters(source)
+    checkpoint = source.save("latest.pt")
+    model = tmp_path / "model.pt"
+    assert main(["--export", str(checkpoint), "--output", str(model)]) == 0
+    fresh = parameters(Trainer(load_train_config(TINY, QUIET), tmp_path / "fresh"))
+    assert any(not torch.equal(value, trained[name]) for name, value in fresh.items())
+
+    for path in (checkpoint, model):
+        config = load_train_config(TINY, {**QUIET, "init_weights": str(path)})
+        trainer = Trainer(config, tmp_path / f"init_{path.stem}")
+        assert trainer.step == 0
+        for name, value in parameters(trainer).items():
+            assert torch.equal(value, trained[name]), (path.name, name)
+
+    other = Trainer(load_train_config(TINY, QUIET), tmp_path / "other").save("latest.pt")
+    config = load_train_config(TINY, {**QUIET, "init_weights": str(model)})
+    resumed = Trainer(config, tmp_path / "resumed", resume=other)
+    saved = load_checkpoint(other)["model"]
+    for name, value in parameters(resumed).items():
+        assert torch.equal(value, saved[name]), name
+
+
+@pytest.mark.parametrize("case, message", [
+    ("missing", "not found; pass a model file"),
+    ("garbage", "could not be read"),
+    ("other_sizes", "does not fit the network"),
+])
+def test_cli_rejects_bad_init_weights(tmp_path, caplog, case, message):
+    path = tmp_path / "weights.pt"
+    if case == "garbage":
+        path.write_text("not a model")
+    elif case == "other_sizes":
+        path = REPO / "models" / "vo_small.pt"  # the small preset's sizes, not the tiny ones
+    code = main(["--config", TINY, "--output", str(tmp_path / "run"), f"init_weights={path}"])
+    assert code == 2
+    assert message in caplog.text

@@ -209,6 +209,10 @@ class TrainConfig:
     engine_overrides: dict = field(default_factory=dict)
     """Dotted engine-configuration overrides applied to the preset (``network.context_dim: 32``)."""
     output: str = "outputs/train"
+    init_weights: str = ""
+    """Model file (``models/*.pt``) or training checkpoint whose network weights start the run,
+    for fine-tuning; empty starts from random weights. Optimiser, schedule and step start
+    afresh. A resumed run takes the weights of its checkpoint instead."""
     device: str = "auto"
     seed: int = 0
     threads: int = 0

@@ -42,7 +42,7 @@ from vo_node.config import (
     ConfigError, EngineConfig, from_dict, load_engine_config, resolve_device, to_dict,
 )
 from vo_node.io.atomic import atomic_write
-from vo_node.model.network import VONetwork, load_model, save_model
+from vo_node.model.network import VONetwork, load_model, save_model, summarize_load_error
 from vo_node.train import checkpoint as ckpt
 from vo_node.train.balance import LossBalancer, ProbeNorms, find_parameter, probe_gradient_norms
 from vo_node.train.config import (
@@ -339,7 +339,10 @@ class Trainer:
             torch.set_num_threads(max(1, cores // self.context.world_size))
 
         self.engine = resolve_engine_config(config)
-        self.network = VONetwork(self.engine.network).to(self.device)
+        self.network = VONetwork(self.engine.network)
+        if config.init_weights and resume is None:
+            load_initial_weights(self.network, config.init_weights)
+        self.network = self.network.to(self.device)
         self.core = UnrolledModel(
             self.network, config.unroll, config.ba, config.loss, self.engine.frontend.centroid_selection
         )
@@ -744,6 +747,46 @@ recipe are scored one after another."""
 
 
 @torch.no_grad()
+def load_initial_weights(network: VONetwork, path: str | Path) -> None:
+    """Copy the network weights of a model file or a training checkpoint into ``network``.
+
+    Raises:
+        FileNotFoundError: ``path`` does not exist.
+        ConfigError: the file holds no network weights, or their sizes differ from ``network``.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"init_weights {path} not found; pass a model file (models/*.pt) or a checkpoint"
+        )
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # foreign bytes fail with any error type, as in load_checkpoint
+        raise ConfigError(
+            f"init_weights {path} could not be read ({summarize_load_error(error)}); pass a "
+            "model file or a training checkpoint"
+        ) from None
+    weights = payload.get("state_dict", payload.get("model")) if isinstance(payload, dict) else None
+    if not isinstance(weights, dict):
+        raise ConfigError(
+            f"init_weights {path} holds no network weights (no 'state_dict' or 'model' entry); "
+            "pass a model file or a training checkpoint"
+        )
+    mismatched = [
+        name for name, value in network.state_dict().items()
+        if name not in weights or tuple(weights[name].shape) != tuple(value.shape)
+    ]
+    if mismatched or len(weights) != len(network.state_dict()):
+        raise ConfigError(
+            f"init_weights {path} does not fit the network of engine preset sizes "
+            f"{network.config}: {len(mismatched)} tensors differ (first: "
+            f"{mismatched[:1] or sorted(set(weights) - set(network.state_dict()))[:1]}); "
+            "use a file trained with the same engine preset"
+        )
+    network.load_state_dict(weights)
+    logger.info("network weights initialised from %s", path)
+
+
 def synthetic_validation(
     network: torch.nn.Module,
     config: TrainConfig,
