@@ -3,9 +3,11 @@
 # back what lands there, at most 8 files):
 #   1. engine timings on CUDA for docs/benchmarks.md: `vo_node.bench` on the rendered demo
 #      sequence, because ../shared/data does not travel;
-#   2. the shipped model's training, resumed from models/training/ for TRAIN_SECONDS. `timeout`
-#      then sends SIGTERM, and the trainer writes its checkpoint. The checkpoint and the metrics
-#      come back in $OUT, to be copied into models/training/ and committed.
+#   2. the large-flow fine-tuning of the shipped model (config/finetune_small_largeflow.yaml),
+#      resumed from its committed checkpoint in models/training/ for TRAIN_SECONDS (or started
+#      from the shipped weights when none is committed). `timeout` then sends SIGTERM, and the
+#      trainer writes its checkpoint. The checkpoint and the metrics come back in $OUT, to be
+#      copied into models/training/ and committed. RECIPE, CHECKPOINT and NAME select another run.
 #
 # On the device machine (its python3 has torch; see docs/training.md):
 #   bash scripts/device_session.sh [TRAIN_SECONDS]        (default 360)
@@ -17,7 +19,10 @@ out=${OUT:?set OUT to the folder whose files come back}
 seconds=${1:-360}
 python=${PYTHON:-python3}
 device=${DEVICE:-cuda}
-train_dir=${TRAIN_DIR:-/tmp/vo_train_small}
+recipe=${RECIPE:-config/finetune_small_largeflow.yaml}
+name=${NAME:-finetune_largeflow}
+checkpoint=${CHECKPOINT:-models/training/${name}_latest.pt}
+train_dir=${TRAIN_DIR:-/tmp/vo_$name}
 export PYTHONUNBUFFERED=1 PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 mkdir -p "$out"
 
@@ -27,19 +32,23 @@ echo "== bench on $device"
 echo "bench exit status $? (log: bench.log)"
 tail -n 12 "$out/bench.log"
 
-echo "== training for $seconds s on $device"
+echo "== training $recipe for $seconds s on $device"
+resume=()
+if [ -f "$checkpoint" ]; then
+    resume=(--resume "$checkpoint")
+fi
 timeout --signal=TERM --kill-after=60 "$seconds" \
-    "$python" -m vo_node.train --config config/train_small.yaml --output "$train_dir" \
-    --resume models/training/train_small_latest.pt "device=$device" >"$out/train.log" 2>&1
+    "$python" -m vo_node.train --config "$recipe" --output "$train_dir" "${resume[@]}" \
+    "device=$device" >"$out/train.log" 2>&1
 echo "training exit status $? (124: stopped by the time budget, checkpoint written on SIGTERM)"
 tail -c 2000 "$out/train.log" | tr '\r' '\n' | tail -n 8
 
-for name in latest.pt best.pt; do
-    if [ -f "$train_dir/checkpoints/$name" ]; then
-        cp "$train_dir/checkpoints/$name" "$out/train_small_$name"
+for file in latest.pt best.pt; do
+    if [ -f "$train_dir/checkpoints/$file" ]; then
+        cp "$train_dir/checkpoints/$file" "$out/${name}_$file"
     fi
 done
 if [ -f "$train_dir/metrics.csv" ]; then
-    cp "$train_dir/metrics.csv" "$out/train_small_metrics.csv"
+    cp "$train_dir/metrics.csv" "$out/${name}_metrics.csv"
 fi
 ls -l "$out"
