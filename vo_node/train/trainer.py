@@ -746,7 +746,6 @@ _VALIDATION_CLIP_CACHE: dict[tuple, list[dict[str, torch.Tensor]]] = {}
 recipe are scored one after another."""
 
 
-@torch.no_grad()
 def load_initial_weights(network: VONetwork, path: str | Path) -> None:
     """Copy the network weights of a model file or a training checkpoint into ``network``.
 
@@ -787,6 +786,7 @@ def load_initial_weights(network: VONetwork, path: str | Path) -> None:
     logger.info("network weights initialised from %s", path)
 
 
+@torch.no_grad()
 def synthetic_validation(
     network: torch.nn.Module,
     config: TrainConfig,
