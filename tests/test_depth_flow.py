@@ -115,8 +115,8 @@ def test_bad_folder_exits_with_one_line(tmp_path, capsys, case, message):
 @pytest.mark.parametrize("arguments, message", [
     (["--width", "0"], "--width must be a positive"),
     (["--width", "100000"], "--width 100000 is outside 1..640"),
-    (["--output", "OUT_DIR"], "is a folder; pass a file name"),
-    (["--output", "OUT_FILE/table.csv"], "which is a file; choose another folder"),
+    (["--output", "OUT_DIR"], "is a folder; give a file path such as"),
+    (["--output", "OUT_FILE/table.csv"], "OUT_FILE is not a folder; choose a file path"),
 ])
 def test_bad_option_exits_with_one_line(tmp_path, capsys, arguments, message):
     folder = write_folder(tmp_path / "seq", plane(), [0.0, STEP])

@@ -25,7 +25,7 @@ from typing import Sequence
 
 import numpy as np
 
-from vo_node.io.atomic import atomic_write
+from vo_node.io.atomic import atomic_write, output_file_problem
 from vo_node.io.camera import load_camera
 from vo_node.io.readers.poses import poses_to_matrices
 from vo_node.io.readers.tartanair import (
@@ -222,9 +222,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.width is not None and args.width <= 0:
         print(f"error: --width must be a positive pixel count, got {args.width}", file=sys.stderr)
         return EXIT_USAGE
-    problem = _output_problem(args.output)
+    problem = None if args.output is None else output_file_problem(args.output, "depth_flow.csv")
     if problem:
-        print(f"error: --output {args.output} {problem}", file=sys.stderr)
+        print(f"error: --output {problem}", file=sys.stderr)
         return EXIT_USAGE
     try:
         motions = frame_motions(args.folder, args.width)
@@ -240,20 +240,6 @@ def main(argv: Sequence[str] | None = None) -> int:
             return EXIT_USAGE
         print(f"table: {args.output}")
     return EXIT_OK
-
-
-def _output_problem(path: Path | None) -> str | None:
-    """Return why ``path`` cannot receive the CSV, or None (missing folders are created)."""
-    if path is None:
-        return None
-    if path.is_dir():
-        return "is a folder; pass a file name such as FOLDER/depth_flow.csv"
-    for parent in path.parents:
-        if parent.exists():
-            if not parent.is_dir():
-                return f"lies under {parent}, which is a file; choose another folder"
-            break
-    return None
 
 
 if __name__ == "__main__":

@@ -77,3 +77,27 @@ def replace_folder(staging: str | Path, folder: str | Path) -> None:
     os.replace(folder, retired / folder.name)
     os.replace(staging, folder)
     shutil.rmtree(retired, ignore_errors=True)
+
+
+def output_file_problem(path: str | Path, example_name: str) -> str | None:
+    """Return why :func:`atomic_write` cannot write ``path``, or None when it can.
+
+    The writer creates missing parent folders, so the nearest existing ancestor must be a
+    writable folder. The message starts with ``path``'s repr; a folder given in place of a file
+    gets ``path / example_name`` as the suggested file name.
+    """
+    path = Path(path)
+    fix = "choose a file path in a writable folder that exists or can be created"
+    try:
+        if path.is_dir():
+            return f"{str(path)!r} is a folder; give a file path such as {path / example_name}"
+        folder = path.parent
+        while not folder.exists():
+            folder = folder.parent
+    except OSError as error:
+        return f"{str(path)!r} cannot be checked ({error}); {fix}"
+    if not folder.is_dir():
+        return f"{str(path)!r} cannot be written because {folder} is not a folder; {fix}"
+    if not os.access(folder, os.W_OK | os.X_OK):
+        return f"{str(path)!r} cannot be written because folder {folder} is not writable; {fix}"
+    return None

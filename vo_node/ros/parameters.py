@@ -22,6 +22,7 @@ from rcl_interfaces.msg import ParameterDescriptor, SetParametersResult
 from rclpy.exceptions import ParameterException, ParameterUninitializedException
 from rclpy.parameter import Parameter
 
+from vo_node.io.atomic import output_file_problem
 from vo_node.ros.tf import DEFAULT_CAMERA_TO_BASE, check_transform
 
 IMAGE_TRANSPORTS = ("raw", "compressed")
@@ -138,23 +139,7 @@ def _intrinsics(value: Any) -> str | None:
 def _writable_file(value: Any) -> str | None:
     if not value:
         return None
-    path = Path(value)
-    fix = "choose a file path in a writable folder that exists or can be created"
-    try:
-        if path.is_dir():
-            return f"{value!r} is a folder; give a file path such as {path / 'trajectory.tum'}"
-        # The writer creates missing parent folders, so the nearest existing one must be a
-        # writable folder.
-        folder = path.parent
-        while not folder.exists():
-            folder = folder.parent
-    except OSError as error:
-        return f"{value!r} cannot be checked ({error}); {fix}"
-    if not folder.is_dir():
-        return f"{value!r} cannot be written because {folder} is not a folder; {fix}"
-    if not os.access(folder, os.W_OK | os.X_OK):
-        return f"{value!r} cannot be written because folder {folder} is not writable; {fix}"
-    return None
+    return output_file_problem(value, "trajectory.tum")
 
 
 # --------------------------------------------------------------------------------------------
