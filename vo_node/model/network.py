@@ -153,7 +153,7 @@ def load_model(
     payload = _read_payload(path)
     engine_config = from_dict(EngineConfig, payload["config"]).validate()
     network = VONetwork(engine_config.network)
-    _check_state_dict(path, network, payload["state_dict"])
+    check_state_dict(path, network, payload["state_dict"])
     network.load_state_dict(payload["state_dict"])
     return network.to(device).eval(), engine_config
 
@@ -207,13 +207,18 @@ def summarize_load_error(error: Exception) -> str:
     return summary[:MAX_LOAD_ERROR_CHARS]
 
 
-def _check_state_dict(path: Path, network: VONetwork, state_dict: dict[str, Tensor]) -> None:
-    """Raise :class:`ModelFileError` naming the first key that does not fit the network."""
+STORED_CONFIG_FIX = (
+    "the stored config does not describe these weights; save the model again with the engine "
+    "configuration the network was built with"
+)
+
+
+def check_state_dict(
+    path: Path, network: VONetwork, state_dict: dict[str, Tensor], fix: str = STORED_CONFIG_FIX
+) -> None:
+    """Raise :class:`ModelFileError` naming the first key of ``state_dict`` (read from
+    ``path``) that does not fit ``network``; ``fix`` ends the message."""
     expected = network.state_dict()
-    fix = (
-        "the stored config does not describe these weights; save the model again with the "
-        "engine configuration the network was built with"
-    )
     for key, value in expected.items():
         if key not in state_dict:
             raise ModelFileError(f"{path}: weight {key!r} is missing; {fix}")

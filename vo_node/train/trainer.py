@@ -42,7 +42,9 @@ from vo_node.config import (
     ConfigError, EngineConfig, from_dict, load_engine_config, resolve_device, to_dict,
 )
 from vo_node.io.atomic import atomic_write
-from vo_node.model.network import VONetwork, load_model, save_model, summarize_load_error
+from vo_node.model.network import (
+    ModelFileError, VONetwork, check_state_dict, load_model, save_model, summarize_load_error,
+)
 from vo_node.train import checkpoint as ckpt
 from vo_node.train.balance import LossBalancer, ProbeNorms, find_parameter, probe_gradient_norms
 from vo_node.train.config import (
@@ -751,7 +753,8 @@ def load_initial_weights(network: VONetwork, path: str | Path) -> None:
 
     Raises:
         FileNotFoundError: ``path`` does not exist.
-        ConfigError: the file holds no network weights, or their sizes differ from ``network``.
+        ConfigError: the file contains no network weights, or their sizes differ from
+            ``network``.
     """
     path = Path(path)
     if not path.is_file():
@@ -768,20 +771,15 @@ def load_initial_weights(network: VONetwork, path: str | Path) -> None:
     weights = payload.get("state_dict", payload.get("model")) if isinstance(payload, dict) else None
     if not isinstance(weights, dict):
         raise ConfigError(
-            f"init_weights {path} holds no network weights (no 'state_dict' or 'model' entry); "
-            "pass a model file or a training checkpoint"
+            f"init_weights {path} is invalid: it has no network weights (no 'state_dict' or "
+            "'model' entry); pass a model file or a training checkpoint"
         )
-    mismatched = [
-        name for name, value in network.state_dict().items()
-        if name not in weights or tuple(weights[name].shape) != tuple(value.shape)
-    ]
-    if mismatched or len(weights) != len(network.state_dict()):
+    try:
+        check_state_dict(path, network, weights, fix="use a file trained with the same preset")
+    except ModelFileError as error:
         raise ConfigError(
-            f"init_weights {path} does not fit the network of engine preset sizes "
-            f"{network.config}: {len(mismatched)} tensors differ (first: "
-            f"{mismatched[:1] or sorted(set(weights) - set(network.state_dict()))[:1]}); "
-            "use a file trained with the same engine preset"
-        )
+            f"init_weights does not fit the network of the recipe's engine preset: {error}"
+        ) from None
     network.load_state_dict(weights)
     logger.info("network weights initialised from %s", path)
 
