@@ -492,7 +492,7 @@ def test_cli_validate_missing_checkpoint_exits_2(tmp_path, caplog, capsys):
 
 def test_init_weights_from_checkpoint_and_model_file(tmp_path):
     """``init_weights`` starts a fresh run (step 0) from the weights of a checkpoint or an
-    exported model file; a resumed run keeps its own checkpoint's weights."""
+    exported model file. A resumed run keeps its own checkpoint's weights."""
     source = Trainer(load_train_config(TINY, {**QUIET, "seed": 3}), tmp_path / "source")
     trained = parameters(source)
     checkpoint = source.save("latest.pt")
