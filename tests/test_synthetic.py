@@ -17,6 +17,8 @@ from vo_node.synthetic import (
     mean_flow,
     mean_flow_matrix,
 )
+from vo_node.synthetic.scene import build_scene, sample_layout, with_low_texture
+from vo_node.synthetic.textures import LOW_TEXTURE_GRAIN_RANGE, detail_score, texture_bank
 from vo_node.synthetic.motion import (
     look_rotations,
     matrix_to_quaternion,
@@ -280,3 +282,72 @@ def test_blur_bounded_for_extreme_motion(motion):
     half = int(MAX_BLUR_LENGTH_PX) // 2 + 1
     assert np.all(image[:, : 32 - half] == 100)
     assert np.all(image[:, 32 + half :] == 200)
+
+
+# ----------------------------------------------------------------------------------------------
+# Low-texture surfaces
+
+
+def test_low_texture_bank_keeps_standard_tiles():
+    standard = texture_bank()
+    extended = texture_bank(low_texture=True)
+    assert standard.low_texture_ids.size == 0
+    assert extended.standard_count == standard.size
+    assert np.array_equal(extended.tiles[: standard.size], standard.tiles)
+    assert np.array_equal(extended.overlay, standard.overlay)
+    assert extended.low_texture_ids.tolist() == list(range(standard.size, extended.size))
+
+
+def test_low_texture_tiles_are_flat_with_thin_joints():
+    bank = texture_bank(low_texture=True)
+    standard_scores = [detail_score(tile) for tile in bank.tiles[: bank.standard_count]]
+    for index in bank.low_texture_ids:
+        tile = bank.tiles[index].astype(np.float64).mean(axis=2)
+        name = bank.names[index]
+        # Away from the joints the surface is nearly uniform: its median deviation stays
+        # within the grain amplitude.
+        grain_bound = LOW_TEXTURE_GRAIN_RANGE[1] * np.median(tile)
+        assert np.median(np.abs(tile - np.median(tile))) < grain_bound, name
+        assert detail_score(bank.tiles[index]) < min(standard_scores), name
+        darkest_line = min(tile.mean(axis=0).min(), tile.mean(axis=1).min())
+        if name.endswith("panel"):
+            assert darkest_line < np.median(tile) - 10.0, name
+        else:
+            assert darkest_line > np.median(tile) - 5.0, name
+
+
+def test_low_texture_share_changes_materials_not_geometry():
+    plain = _small_clip(21)
+    assert plain.metadata["low_texture"] == 0.0
+    lowered = _small_clip(21, low_texture=1.0)
+    assert np.array_equal(lowered.depths, plain.depths)
+    assert np.array_equal(lowered.poses_wc, plain.poses_wc)
+    # Less image gradient: the mean absolute horizontal difference drops.
+    def gradient(clip):
+        return np.abs(np.diff(clip.images.astype(np.float64), axis=2)).mean()
+    assert gradient(lowered) < 0.7 * gradient(plain)
+    # The same seed and share give the same clip.
+    assert np.array_equal(_small_clip(21, low_texture=1.0).images, lowered.images)
+
+
+def test_low_texture_share_replaces_about_that_share_of_faces():
+    rng = np.random.default_rng(0)
+    clip_bank = texture_bank(low_texture=True)
+    layout = sample_layout("room", rng)
+    scene = build_scene(layout, rng, np.zeros((1, 3)), clip_bank.standard_count)
+    shares = []
+    for seed in range(20):
+        lowered = with_low_texture(
+            scene, clip_bank.low_texture_ids, 0.4, np.random.default_rng(seed)
+        )
+        chosen = np.isin(lowered.faces.texture_ids, clip_bank.low_texture_ids)
+        assert np.all(lowered.faces.overlay_strengths[~chosen] == scene.faces.overlay_strengths[~chosen])
+        assert np.all(lowered.faces.overlay_strengths[chosen] < scene.faces.overlay_strengths[chosen])
+        shares.append(chosen.mean())
+    assert abs(np.mean(shares) - 0.4) < 0.05
+
+
+@pytest.mark.parametrize("share", [-0.1, 1.5, float("nan")])
+def test_low_texture_share_out_of_range_is_named(share):
+    with pytest.raises(ValueError, match="low_texture must lie in"):
+        _small_clip(1, low_texture=share)

@@ -246,3 +246,21 @@ def test_tartanair_clip_through_dataset(tmp_path):
     assert clip["images"].shape == (4, 3, 32, 48)
     assert torch.all(clip["frames"][1:] > clip["frames"][:-1])
     assert torch.all(clip["depths"] > 0)
+
+
+@pytest.mark.parametrize("share", [-0.5, 2.0])
+def test_low_texture_share_out_of_range_is_named(share):
+    with pytest.raises(ConfigError, match=r"data.low_texture .*\[0, 1\]"):
+        load_train_config(TINY, {"data.low_texture": share})
+
+
+def test_low_texture_clip_differs_only_in_images(tiny_config):
+    import dataclasses
+
+    lowered = dataclasses.replace(tiny_config.data, low_texture=1.0)
+    first = data.ClipDataset(tiny_config.data, seed=3)[2]
+    second = data.ClipDataset(lowered, seed=3)[2]
+    assert not torch.equal(first["images"], second["images"])
+    for key in first:
+        if key != "images":
+            assert torch.equal(first[key], second[key]), key

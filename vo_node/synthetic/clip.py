@@ -17,7 +17,7 @@ from vo_node.synthetic.motion import (
     sample_timestamps,
 )
 from vo_node.synthetic.render import Renderer, apply_camera_effects, sample_camera_effects
-from vo_node.synthetic.scene import SCENE_KINDS, build_scene, sample_layout
+from vo_node.synthetic.scene import SCENE_KINDS, build_scene, sample_layout, with_low_texture
 from vo_node.synthetic.textures import texture_bank
 
 logger = logging.getLogger(__name__)
@@ -71,6 +71,7 @@ def generate_clip(
     photometric: bool = True,
     timestamp_jitter: bool = True,
     intrinsics: np.ndarray | None = None,
+    low_texture: float = 0.0,
 ) -> SyntheticClip:
     """Render a random clip; the same arguments always give identical arrays.
 
@@ -89,10 +90,18 @@ def generate_clip(
             exposure and no noise or blur, for exact photometric checks).
         timestamp_jitter: add sub-millisecond jitter to the timestamps.
         intrinsics: ``(4,)`` ``[fx, fy, cx, cy]`` in pixels to use instead of random ones.
+        low_texture: probability in [0, 1] that a surface gets a low-texture material (plain
+            or panelled, :mod:`vo_node.synthetic.textures`). At 0 the clip is the same as
+            before the option existed.
     """
     _check_arguments(num_frames, height, width, motion, scene, frame_step_range)
-    streams = [np.random.default_rng(s) for s in np.random.SeedSequence(seed).spawn(6)]
-    choice_rng, intrinsics_rng, layout_rng, path_rng, object_rng, effects_rng = streams
+    if not 0.0 <= low_texture <= 1.0:
+        raise ValueError(f"low_texture must lie in [0, 1], got {low_texture}")
+    # A SeedSequence child depends only on its index, so the first six streams match those of
+    # the six-stream generator and clips without low texture stay unchanged.
+    streams = [np.random.default_rng(s) for s in np.random.SeedSequence(seed).spawn(7)]
+    choice_rng, intrinsics_rng, layout_rng, path_rng, object_rng, effects_rng = streams[:6]
+    low_texture_rng = streams[6]
 
     motion = motion or str(choice_rng.choice(list(MOTION_WEIGHTS), p=list(MOTION_WEIGHTS.values())))
     scene = scene or str(choice_rng.choice(list(SCENE_WEIGHTS), p=list(SCENE_WEIGHTS.values())))
@@ -106,10 +115,12 @@ def generate_clip(
     path = sample_path(motion, path_rng, layout, float(times_s[-1]))
     poses_wc = path.poses(times_s)
 
-    bank = texture_bank()
+    bank = texture_bank(low_texture=low_texture > 0.0)
     dense_positions = path.positions(np.linspace(0.0, times_s[-1], 4 * num_frames))
     avoided = np.vstack([dense_positions, poses_wc[:, :3]])
-    built = build_scene(layout, object_rng, avoided, bank.size)
+    built = build_scene(layout, object_rng, avoided, bank.standard_count)
+    if low_texture > 0.0:
+        built = with_low_texture(built, bank.low_texture_ids, low_texture, low_texture_rng)
     renderer = Renderer(built, bank, intrinsics, height, width)
     images, depths = _render_frames(renderer, poses_wc, intrinsics, effects_rng, photometric)
 
@@ -121,6 +132,7 @@ def generate_clip(
         "photometric": photometric,
         "path_scale": float(path.scale),
         "num_faces": len(built.faces),
+        "low_texture": float(low_texture),
     }
     return SyntheticClip(images, depths, poses_wc, intrinsics, timestamps_ns, metadata)
 

@@ -20,7 +20,7 @@ area instead of faces times pixels.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -493,6 +493,37 @@ def _with_materials(
         overlay_strengths=rng.uniform(0.1, 0.35, size=count),
         colour_gains=brightness * tint,
     )
+
+
+LOW_TEXTURE_OVERLAY_SCALE = 0.3
+"""Low-texture faces keep this fraction of their overlay strength: smooth shading, no pattern."""
+
+
+def with_low_texture(
+    scene: Scene, texture_ids: np.ndarray, share: float, rng: np.random.Generator
+) -> Scene:
+    """Return ``scene`` with each face, with probability ``share``, on a low-texture tile.
+
+    Args:
+        scene: the scene; it is not modified.
+        texture_ids: ``(L,)`` bank indices of the low-texture tiles (``TextureBank.low_texture_ids``).
+        share: probability in [0, 1] that a face is redrawn with one of them.
+        rng: random generator for the choice of faces and tiles.
+    """
+    if not 0.0 <= share <= 1.0:
+        raise ValueError(f"low-texture share must lie in [0, 1], got {share}")
+    if share > 0.0 and len(texture_ids) == 0:
+        raise ValueError(
+            f"low-texture share {share} needs low-texture tiles, but texture_ids is empty; "
+            "build the bank with texture_bank(low_texture=True)"
+        )
+    faces = scene.faces
+    chosen = rng.random(len(faces)) < share
+    ids = faces.texture_ids.copy()
+    ids[chosen] = rng.choice(np.asarray(texture_ids), size=int(chosen.sum()))
+    strengths = faces.overlay_strengths.copy()
+    strengths[chosen] *= LOW_TEXTURE_OVERLAY_SCALE
+    return replace(scene, faces=replace(faces, texture_ids=ids, overlay_strengths=strengths))
 
 
 # ----------------------------------------------------------------------------------------------

@@ -11,6 +11,11 @@ coarser scale than the main tile, so that a large wall does not show one repeati
 
 The bank depends only on its seed: the photos ship with scikit-image (no download), and the
 procedural textures use a ``numpy.random.Generator`` seeded from it.
+
+A bank built with ``low_texture=True`` appends low-texture tiles after the standard ones: plain
+light surfaces with faint grain, and panels crossed by a few thin joint lines, like the painted
+walls and ceiling panels of indoor scenes. They are drawn from a separate generator, so the
+standard tiles and the overlay are the same in both banks.
 """
 
 from __future__ import annotations
@@ -68,6 +73,19 @@ DETAIL_MIN_STD = 6.0
 """Grey-level standard deviation above which a block counts as textured."""
 MIN_DETAIL_SCORE = 0.6
 """Photo crops whose best :func:`detail_score` is lower are left out of the bank."""
+LOW_TEXTURE_PREFIX = "plain:"
+"""Name prefix of the low-texture tiles."""
+LOW_TEXTURE_PER_KIND = 6
+LOW_TEXTURE_SEED_OFFSET = 7919
+"""The low-texture tiles use ``default_rng(seed + LOW_TEXTURE_SEED_OFFSET)``."""
+LOW_TEXTURE_GRAIN_RANGE = (0.005, 0.03)
+"""Relative amplitude of the grain on low-texture tiles (standard tiles: ``GRAIN_RANGE``)."""
+PANEL_BASE_RANGE = (150.0, 235.0)
+"""Grey level of a low-texture surface before its face's colour gain."""
+PANEL_LINE_DARKNESS = (15.0, 70.0)
+"""How much darker than the surface a panel joint is, in grey levels."""
+PANEL_LINE_WIDTH = (1, 3)
+"""Inclusive range of the joint width, level-0 texels."""
 
 
 @dataclass(frozen=True)
@@ -99,6 +117,19 @@ class TextureBank:
         """Number of tiles."""
         return len(self.tiles)
 
+    @property
+    def standard_count(self) -> int:
+        """Number of standard tiles. The low-texture tiles, if any, follow them."""
+        return self.size - len(self.low_texture_ids)
+
+    @property
+    def low_texture_ids(self) -> np.ndarray:
+        """``(L,)`` indices of the low-texture tiles (empty unless built with ``low_texture``)."""
+        return np.array(
+            [i for i, name in enumerate(self.names) if name.startswith(LOW_TEXTURE_PREFIX)],
+            dtype=np.int64,
+        )
+
 
 def mirror_coordinates(x: np.ndarray, size: int = TILE_SIZE) -> np.ndarray:
     """Fold unbounded texel coordinates into ``[0, size - 1]`` by mirrored repetition.
@@ -113,11 +144,12 @@ def mirror_coordinates(x: np.ndarray, size: int = TILE_SIZE) -> np.ndarray:
 
 
 @functools.lru_cache(maxsize=4)
-def texture_bank(seed: int = DEFAULT_BANK_SEED) -> TextureBank:
-    """Build (once per process and seed) the texture bank.
+def texture_bank(seed: int = DEFAULT_BANK_SEED, low_texture: bool = False) -> TextureBank:
+    """Build (once per process and arguments) the texture bank.
 
     Args:
         seed: seed of the procedural textures and of the photo crop positions.
+        low_texture: append the low-texture tiles (see the module docstring).
 
     Returns:
         The bank, shared between callers; treat its arrays as read-only.
@@ -135,12 +167,51 @@ def texture_bank(seed: int = DEFAULT_BANK_SEED) -> TextureBank:
         for _ in range(PROCEDURAL_PER_KIND):
             tiles.append(make(rng))
             names.append(kind)
-    stacked = np.stack([_add_grain(_stretch_contrast(tile), rng) for tile in tiles])
+    standard = [_add_grain(_stretch_contrast(tile), rng) for tile in tiles]
+    overlay = periodic_noise(rng, OVERLAY_SIZE, exponent=2.2)
+    if low_texture:
+        plain_tiles, plain_names = _low_texture_tiles(seed)
+        standard += plain_tiles
+        names += plain_names
+    stacked = np.stack(standard)
     atlas, origins = _pack_atlas(stacked)
     mip_atlas, level_columns = _mip_atlas(atlas)
-    overlay = periodic_noise(rng, OVERLAY_SIZE, exponent=2.2)
     logger.debug("texture bank: %d tiles, mip atlas %s", len(stacked), mip_atlas.shape)
     return TextureBank(stacked, tuple(names), mip_atlas, level_columns, origins, overlay)
+
+
+def _low_texture_tiles(seed: int) -> tuple[list[np.ndarray], list[str]]:
+    """Return the low-texture tiles and their names, from their own generator."""
+    rng = np.random.default_rng(seed + LOW_TEXTURE_SEED_OFFSET)
+    tiles: list[np.ndarray] = []
+    names: list[str] = []
+    for kind, joints in (("plain", 0), ("panel", 1)):
+        for _ in range(LOW_TEXTURE_PER_KIND):
+            tile = _panel_texture(rng, joints_per_axis=joints)
+            grain = periodic_noise(rng, TILE_SIZE, exponent=rng.uniform(0.5, 1.0))
+            amplitude = rng.uniform(*LOW_TEXTURE_GRAIN_RANGE)
+            tiles.append(_to_tile(tile * (1.0 + amplitude * grain[..., None])))
+            names.append(f"{LOW_TEXTURE_PREFIX}{kind}")
+    return tiles, names
+
+
+def _panel_texture(rng: np.random.Generator, joints_per_axis: int) -> np.ndarray:
+    """Draw a light, nearly uniform surface with ``joints_per_axis`` thin dark lines per axis.
+
+    Returns float64 ``(TILE_SIZE, TILE_SIZE, 3)`` grey levels.
+    """
+    base = rng.uniform(*PANEL_BASE_RANGE)
+    image = np.full((TILE_SIZE, TILE_SIZE, 3), base) * (1.0 + rng.uniform(-0.04, 0.04, size=3))
+    for axis in (0, 1):
+        for position in rng.integers(0, TILE_SIZE, size=joints_per_axis):
+            width = int(rng.integers(PANEL_LINE_WIDTH[0], PANEL_LINE_WIDTH[1] + 1))
+            rows = slice(int(position), int(position) + width)
+            darkness = rng.uniform(*PANEL_LINE_DARKNESS)
+            if axis == 0:
+                image[rows, :, :] -= darkness
+            else:
+                image[:, rows, :] -= darkness
+    return image
 
 
 def _load_photos() -> list[tuple[str, np.ndarray]]:

@@ -79,6 +79,9 @@ class DataConfig:
     synthetic_frame_steps: list = field(default_factory=lambda: [1, 3])
     """Inclusive range of generator time steps (20 Hz periods) between consecutive generated
     frames. One value is drawn per sequence, so clips cover slow and fast motion."""
+    low_texture: float = 0.0
+    """Probability that a synthetic surface gets a low-texture material (plain or panelled
+    walls, ``vo_node.synthetic.textures``); 0 keeps the standard, fully textured scenes."""
     depth_percentile: float = 98.0
     depth_percentile_scale: float = 0.7
     """Inverse depth is divided by ``depth_percentile_scale * percentile(inverse depth)``, and
@@ -268,6 +271,11 @@ def _check_data(data: DataConfig) -> None:
         raise ConfigError(
             f"data.synthetic_frame_steps must be two whole numbers [low, high] with "
             f"1 <= low <= high, got {steps!r}"
+        )
+    if not 0.0 <= data.low_texture <= 1.0:
+        raise ConfigError(
+            f"data.low_texture must lie in [0, 1] (a probability per surface), got "
+            f"{data.low_texture}; set a value such as 0.35, or 0 for fully textured scenes"
         )
     if data.min_flow >= data.max_flow:
         raise ConfigError(

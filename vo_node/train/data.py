@@ -320,11 +320,19 @@ class SyntheticSequence:
     """A sequence rendered by the built-in generator (``vo_node.synthetic.generate_clip``)."""
 
     def __init__(
-        self, seed: int, num_frames: int, height: int, width: int, frame_steps: tuple[int, int]
+        self,
+        seed: int,
+        num_frames: int,
+        height: int,
+        width: int,
+        frame_steps: tuple[int, int],
+        low_texture: float = 0.0,
     ):
         from vo_node.synthetic import generate_clip
 
-        clip = generate_clip(seed, num_frames, height, width, frame_step_range=frame_steps)
+        clip = generate_clip(
+            seed, num_frames, height, width, frame_step_range=frame_steps, low_texture=low_texture
+        )
         self.name = f"synthetic-{seed}"
         self.frames = SequenceFrames(
             np.asarray(clip.images, dtype=np.uint8),
@@ -599,7 +607,9 @@ def synthetic_sequence(config: DataConfig, generator_seed: int) -> SyntheticSequ
     """Render the source sequence of one synthetic clip at the training resolution."""
     frames = config.source_frames or SOURCE_FRAMES_PER_CLIP_FRAME * config.n_frames
     low, high = config.synthetic_frame_steps
-    return SyntheticSequence(generator_seed, frames, config.height, config.width, (low, high))
+    return SyntheticSequence(
+        generator_seed, frames, config.height, config.width, (low, high), config.low_texture
+    )
 
 
 def validation_clips(config: DataConfig, seed: int, count: int) -> list[dict[str, torch.Tensor]]:
