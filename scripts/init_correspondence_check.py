@@ -1,0 +1,133 @@
+"""Compare the network's patch targets with ground-truth correspondences during initialisation.
+
+For a TartanAir folder, the script tracks the first frames with the shipped (or given) model and,
+at every update of the initial window, scores the edges whose source and target frames both have
+a ground-truth depth map (``depth_left/NNNNNN_left_depth.npy``). Per update it prints, in
+1/4-resolution pixels (the engine's patch-graph pixels):
+
+- the median true flow of those edges and the median distance from the current reprojection and
+  from the network's target to the true position;
+- the share of targets within 1 px of the truth and the mean confidence weight;
+- the weight-averaged target error, current error and |current - target|.
+
+Usage::
+
+    .venv/bin/python scripts/init_correspondence_check.py ../shared/data/tartanair_hospital \\
+        [--model FILE] [--frames 14] [--override KEY=VALUE ...]
+
+The script replaces ``VisualOdometry._measure`` on its own instance to observe each update; it
+changes no result.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from vo_node.geometry.projection import reproject
+from vo_node.io.sequence import open_sequence
+from vo_node.odometry import VisualOdometry
+from vo_node.odometry.oracle import CorrespondenceOracle
+from vo_node.run import load_engine
+
+DEPTH_PATTERN = "depth_left/{:06d}_left_depth.npy"
+CLOSE_PIXELS = 1.0
+"""A target within this distance of the truth (1/4-resolution pixels) counts as found."""
+HEADER = (
+    "update  frames  flow_med  current_err_med  target_err_med  found  mean_weight  "
+    "w_target_err  w_current_err  w_current_to_target"
+)
+
+
+def depth_maps(root: Path, count: int, shape: tuple[int, int]) -> tuple[np.ndarray, list[int]]:
+    """Return ``(count, H, W)`` depths (zero where no map exists) and the frames that have one."""
+    depths = np.zeros((count, *shape))
+    present = []
+    for frame in range(count):
+        path = root / DEPTH_PATTERN.format(frame)
+        if path.is_file():
+            depths[frame] = np.load(path)
+            present.append(frame)
+    return depths, present
+
+
+def edge_scores(odometry: VisualOdometry, oracle, scored: torch.Tensor, target, weight):
+    """Return one row of figures for the edges between frames listed in ``scored``."""
+    graph = odometry.graph
+    frame_ids = torch.as_tensor(graph.frame_ids[: graph.n])
+    source, target_frame = frame_ids[graph.ii.cpu()], frame_ids[graph.jj.cpu()]
+    chosen = torch.isin(source, scored) & torch.isin(target_frame, scored) & (source != target_frame)
+    if not bool(chosen.any()):
+        return None
+    centre = graph.patch_size // 2
+    centres = graph.active_patches[graph.kk, :2, centre, centre][chosen]
+    true, valid = oracle.correspondences(source[chosen], target_frame[chosen], centres, odometry._intrinsics)
+    seen = valid[:, 0] > 0
+    if not bool(seen.any()):
+        return None
+    coords = reproject(graph.active_poses, graph.active_patches, odometry._intrinsics,
+                       graph.ii, graph.jj, graph.kk).coords
+    current = coords[chosen][:, :, centre, centre][seen]
+    true, predicted = true[seen], target[chosen][seen]
+    weights = weight[chosen][seen].mean(dim=1)
+    target_error = (predicted - true).norm(dim=1)
+    current_error = (current - true).norm(dim=1)
+
+    def weighted(values: torch.Tensor) -> float:
+        return float((weights * values).sum() / weights.sum())
+
+    return (
+        int(graph.n), float((true - centres[seen]).norm(dim=1).median()),
+        float(current_error.median()), float(target_error.median()),
+        float((target_error < CLOSE_PIXELS).float().mean()), float(weights.mean()),
+        weighted(target_error), weighted(current_error), weighted((current - predicted).norm(dim=1)),
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("sequence", type=Path, help="TartanAir folder with depth_left maps")
+    parser.add_argument("--model", type=Path, default=None, help="model file (default: shipped)")
+    parser.add_argument("--config", default="small", help="engine preset (default small)")
+    parser.add_argument("--frames", type=int, default=14, help="frames to track (default 14)")
+    parser.add_argument("--override", action="append", default=[], metavar="KEY=VALUE",
+                        help="configuration override, repeatable")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.WARNING)
+
+    sequence = open_sequence(args.sequence, max_frames=args.frames)
+    frames = list(sequence)
+    depths, present = depth_maps(args.sequence, len(frames), frames[0].image.shape[:2])
+    if len(present) < 2:
+        raise SystemExit(f"{args.sequence} has depth maps for frames {present} among the first "
+                         f"{len(frames)}; at least two are needed (raise --frames)")
+    intrinsics = sequence.camera.intrinsics
+    oracle = CorrespondenceOracle(depths, sequence.ground_truth.poses[: len(frames)], intrinsics)
+    config, network, device = load_engine(args.config, args.override, args.model, "cpu")
+    odometry = VisualOdometry(config, network, device)
+    scored = torch.as_tensor(present)
+    rows = []
+    measure = odometry._measure
+
+    def observed_measure(times):
+        target, weight = measure(times)
+        row = edge_scores(odometry, oracle, scored, target, weight)
+        if row is not None:
+            rows.append(row)
+        return target, weight
+
+    odometry._measure = observed_measure
+    for frame in frames:
+        odometry.track(frame.image, frame.timestamp_ns, intrinsics)
+    print(f"scored frames {present}; pixels are 1/4 of the tracking resolution")
+    print(HEADER)
+    for index, row in enumerate(rows):
+        print(f"{index:6d}  {row[0]:6d}  " + "  ".join(f"{value:8.3f}" for value in row[1:]))
+
+
+if __name__ == "__main__":
+    main()
