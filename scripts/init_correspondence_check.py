@@ -8,12 +8,18 @@ a ground-truth depth map (``depth_left/NNNNNN_left_depth.npy``). Per update it p
 - the median true flow of those edges and the median distance from the current reprojection and
   from the network's target to the true position;
 - the share of targets within 1 px of the truth and the mean confidence weight;
-- the weight-averaged target error, current error and |current - target|.
+- the weight-averaged target error, current error and |current - target|;
+
+- the median true flow of the 10 % most confident patches.
+
+With ``--dense-search`` it also searches, at the first scored update, the whole 1/4-resolution
+matching map of each target frame for the best match of each patch's 3x3 feature crop. No
+correlation window limits this search. It prints the share of matches within 2 px of the truth.
 
 Usage::
 
     .venv/bin/python scripts/init_correspondence_check.py ../shared/data/tartanair_hospital \\
-        [--model FILE] [--frames 14] [--override KEY=VALUE ...]
+        [--model FILE] [--frames 14] [--dense-search] [--override KEY=VALUE ...]
 
 The script replaces ``VisualOdometry._measure`` on its own instance to observe each update; it
 changes no result.
@@ -27,6 +33,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from vo_node.geometry.projection import reproject
 from vo_node.io.sequence import open_sequence
@@ -35,11 +42,15 @@ from vo_node.odometry.oracle import CorrespondenceOracle
 from vo_node.run import load_engine
 
 DEPTH_PATTERN = "depth_left/{:06d}_left_depth.npy"
+CONFIDENT_QUANTILE = 0.9
+"""Patches with a mean weight above this quantile count as the most confident."""
 CLOSE_PIXELS = 1.0
 """A target within this distance of the truth (1/4-resolution pixels) counts as found."""
+DENSE_CLOSE_PIXELS = 2.0
+"""A dense-search match within this distance of the truth (1/4-resolution pixels) is correct."""
 HEADER = (
     "update  frames  flow_med  current_err_med  target_err_med  found  mean_weight  "
-    "w_target_err  w_current_err  w_current_to_target"
+    "w_target_err  w_current_err  w_current_to_target  confident_flow_med"
 )
 
 
@@ -80,12 +91,39 @@ def edge_scores(odometry: VisualOdometry, oracle, scored: torch.Tensor, target, 
     def weighted(values: torch.Tensor) -> float:
         return float((weights * values).sum() / weights.sum())
 
+    flow = (true - centres[seen]).norm(dim=1)
     return (
-        int(graph.n), float((true - centres[seen]).norm(dim=1).median()),
+        int(graph.n), float(flow.median()),
         float(current_error.median()), float(target_error.median()),
         float((target_error < CLOSE_PIXELS).float().mean()), float(weights.mean()),
         weighted(target_error), weighted(current_error), weighted((current - predicted).norm(dim=1)),
+        float(flow[weights > weights.quantile(CONFIDENT_QUANTILE)].median()),
     )
+
+
+def dense_search_share(odometry: VisualOdometry, oracle, scored: torch.Tensor) -> float:
+    """Return the share of scored patches whose best match over the whole target map is correct."""
+    graph = odometry.graph
+    frame_ids = torch.as_tensor(graph.frame_ids[: graph.n])
+    source, target_frame = frame_ids[graph.ii.cpu()], frame_ids[graph.jj.cpu()]
+    chosen = torch.isin(source, scored) & torch.isin(target_frame, scored) & (source != target_frame)
+    centre = graph.patch_size // 2
+    centres = graph.active_patches[graph.kk, :2, centre, centre][chosen]
+    true, valid = oracle.correspondences(source[chosen], target_frame[chosen], centres,
+                                         odometry._intrinsics)
+    seen = valid[:, 0] > 0
+    crops = graph.gmap[: graph.n].flatten(0, 1)[graph.kk[chosen][seen]]
+    height, width = odometry._graph_image_size()
+    maps = graph.fmaps[0][graph.fmap_slots(graph.jj[chosen][seen])].permute(0, 3, 1, 2)
+    border = (maps.shape[2] - height) // 2
+    maps = maps[:, :, border : border + height, border : border + width]
+    correct = 0
+    for crop, fmap, truth in zip(crops, maps, true[seen]):
+        scores = F.conv2d(fmap[None], crop[None], padding=centre)[0, 0]
+        best = int(scores.flatten().argmax())
+        match = torch.tensor([best % width, best // width], dtype=truth.dtype)
+        correct += int((match - truth).norm() < DENSE_CLOSE_PIXELS)
+    return correct / max(int(seen.sum()), 1)
 
 
 def main() -> None:
@@ -94,6 +132,8 @@ def main() -> None:
     parser.add_argument("--model", type=Path, default=None, help="model file (default: shipped)")
     parser.add_argument("--config", default="small", help="engine preset (default small)")
     parser.add_argument("--frames", type=int, default=14, help="frames to track (default 14)")
+    parser.add_argument("--dense-search", action="store_true",
+                        help="also score a search over the whole matching map at the first update")
     parser.add_argument("--override", action="append", default=[], metavar="KEY=VALUE",
                         help="configuration override, repeatable")
     args = parser.parse_args()
@@ -111,6 +151,7 @@ def main() -> None:
     odometry = VisualOdometry(config, network, device)
     scored = torch.as_tensor(present)
     rows = []
+    dense_shares = []
     measure = odometry._measure
 
     def observed_measure(times):
@@ -118,6 +159,8 @@ def main() -> None:
         row = edge_scores(odometry, oracle, scored, target, weight)
         if row is not None:
             rows.append(row)
+            if args.dense_search and not dense_shares:
+                dense_shares.append(dense_search_share(odometry, oracle, scored))
         return target, weight
 
     odometry._measure = observed_measure
@@ -127,6 +170,9 @@ def main() -> None:
     print(HEADER)
     for index, row in enumerate(rows):
         print(f"{index:6d}  {row[0]:6d}  " + "  ".join(f"{value:8.3f}" for value in row[1:]))
+    if dense_shares:
+        print(f"dense search at the first update: {dense_shares[0]:.1%} of the scored patches "
+              f"matched within {DENSE_CLOSE_PIXELS:g} px of the truth")
 
 
 if __name__ == "__main__":
