@@ -36,7 +36,7 @@ import torch
 import torch.nn.functional as F
 
 from vo_node.geometry.projection import reproject
-from vo_node.io.sequence import open_sequence
+from vo_node.io.sequence import SequenceError, open_sequence
 from vo_node.odometry import VisualOdometry
 from vo_node.odometry.oracle import CorrespondenceOracle
 from vo_node.run import load_engine
@@ -139,12 +139,16 @@ def main() -> None:
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
 
-    sequence = open_sequence(args.sequence, max_frames=args.frames)
+    try:
+        sequence = open_sequence(args.sequence, max_frames=args.frames)
+    except SequenceError as error:
+        raise SystemExit(str(error)) from None
     frames = list(sequence)
     depths, present = depth_maps(args.sequence, len(frames), frames[0].image.shape[:2])
     if len(present) < 2:
         raise SystemExit(f"{args.sequence} has depth maps for frames {present} among the first "
-                         f"{len(frames)}; at least two are needed (raise --frames)")
+                         f"{len(frames)}; at least two are needed: pass a TartanAir folder with "
+                         "depth_left/NNNNNN_left_depth.npy maps, or raise --frames")
     intrinsics = sequence.camera.intrinsics
     oracle = CorrespondenceOracle(depths, sequence.ground_truth.poses[: len(frames)], intrinsics)
     config, network, device = load_engine(args.config, args.override, args.model, "cpu")
