@@ -10,6 +10,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import torch.multiprocessing as mp
@@ -530,3 +531,33 @@ def test_cli_rejects_bad_init_weights(tmp_path, caplog, case, message):
     code = main(["--config", TINY, "--output", str(tmp_path / "run"), f"init_weights={path}"])
     assert code == 2
     assert message in caplog.text
+
+
+def test_paired_difference_known_values():
+    from vo_node.train.trainer import paired_difference
+
+    mean, error, lower = paired_difference([1.0, 2.0, 3.0, 4.0], [2.0, 2.0, 2.0, 2.0])
+    assert mean == pytest.approx(0.5)
+    assert error == pytest.approx(np.std([-1.0, 0.0, 1.0, 2.0], ddof=1) / 2.0)
+    assert lower == 1
+    # A clip with a non-finite loss is left out of the pair.
+    mean, error, lower = paired_difference([1.0, float("nan"), 3.0], [2.0, 2.0, 2.0])
+    assert mean == pytest.approx(0.0)
+    assert error == pytest.approx(np.std([-1.0, 1.0], ddof=1) / np.sqrt(2.0))
+    assert lower == 1
+    with pytest.raises(ValueError, match="same clips, got 2 and 3"):
+        paired_difference([1.0, 2.0], [1.0, 2.0, 3.0])
+
+
+def test_cli_validate_pairs_checkpoints_on_same_clips(tmp_path, capsys):
+    """Two checkpoints of one recipe are paired clip by clip; a checkpoint against its own
+    exported model file differs by exactly zero on every clip."""
+    config = load_train_config(TINY, {**QUIET, "validation.sequences": []})
+    checkpoint = Trainer(config, tmp_path / "run").save("latest.pt")
+    model = tmp_path / "model.pt"
+    assert main(["--export", str(checkpoint), "--output", str(model)]) == 0
+    capsys.readouterr()
+    assert main(["--validate", str(checkpoint), str(model), "--clips", "2"]) == 0
+    out = capsys.readouterr().out
+    assert f"paired loss difference to {checkpoint}" in out
+    assert f"{model}  +0.000 +- 0.000  (lower on 0 of 2 clips)" in out

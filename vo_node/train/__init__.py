@@ -137,30 +137,53 @@ def _validate(paths: list[Path], clips: int) -> int:
     """Print the validation metrics of each checkpoint; return the exit code.
 
     A checkpoint that cannot be scored is reported and skipped, and the command exits with 2
-    after scoring the others.
+    after scoring the others. With several checkpoints scored on the same clips, each one after
+    the first also gets its mean per-clip loss difference to the first, with its standard error.
     """
     from vo_node.config import ConfigError
     from vo_node.train.checkpoint import resolve_resume_path
-    from vo_node.train.trainer import validate_checkpoint
+    from vo_node.train.trainer import validate_checkpoint_clips
 
     print(f"held-out synthetic validation on {clips} clips, lower is better: loss (unweighted), "
           "flow_epe (1/4-resolution px), pose translation (scene units) and rotation (rad) "
           "errors of the last iteration")
     print("checkpoint  step  loss  flow_epe  pose_translation  pose_rotation")
     failed = False
+    scored = []
     for path in paths:
         try:
             # A run folder means its latest checkpoint, as with --resume.
             checkpoint = resolve_resume_path(path) if path.is_dir() else path
-            metrics = validate_checkpoint(checkpoint, clips)
+            result = validate_checkpoint_clips(checkpoint, clips)
         except (ConfigError, FileNotFoundError, ValueError, KeyError) as error:
             logger.error("cannot validate %s: %s", path, error)
             failed = True
             continue
-        print(f"{checkpoint}  {metrics['step']:.0f}  {metrics['loss']:.3f}  "
+        metrics = result.metrics
+        print(f"{checkpoint}  {result.step}  {metrics['loss']:.3f}  "
               f"{metrics['flow_epe']:.3f}  {metrics['pose_translation']:.4f}  "
               f"{metrics['pose_rotation']:.4f}", flush=True)
+        scored.append((checkpoint, result))
+    _print_paired_differences(scored)
     return EXIT_USAGE if failed else 0
+
+
+def _print_paired_differences(scored: list) -> None:
+    """Print each checkpoint's paired loss difference to the first one scored on its clips."""
+    from vo_node.train.trainer import paired_difference
+
+    if len(scored) < 2:
+        return
+    reference_path, reference = scored[0]
+    print(f"paired loss difference to {reference_path} on the same clips "
+          "(mean over clips +- standard error; negative: lower loss than the reference)")
+    for path, result in scored[1:]:
+        if result.clip_set != reference.clip_set:
+            print(f"{path}  not paired: its recipe's validation clips differ from the reference's")
+            continue
+        mean, error, lower = paired_difference(result.clip_losses, reference.clip_losses)
+        print(f"{path}  {mean:+.3f} +- {error:.3f}  (lower on {lower} of "
+              f"{len(result.clip_losses)} clips)")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -31,7 +31,7 @@ import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -798,6 +798,19 @@ def synthetic_validation(
     different recipes are comparable. Clip ``i`` draws its patches from a generator seeded by
     ``(seed, i)``, so the same clips always give the same figures.
     """
+    per_clip = synthetic_validation_per_clip(network, config, selection, clips, seed)
+    return {key: float(np.nanmean(values)) for key, values in per_clip.items()}
+
+
+@torch.no_grad()
+def synthetic_validation_per_clip(
+    network: torch.nn.Module,
+    config: TrainConfig,
+    selection: str,
+    clips: list[dict[str, torch.Tensor]],
+    seed: int,
+) -> dict[str, list[float]]:
+    """Return each metric of :func:`synthetic_validation` for every clip, in clip order."""
     plain = LossConfig(**{**to_dict(config.loss), "flow_weighting": "none",
                           "flow_edges": "adjacent"})
     evaluator = UnrolledModel(network, config.unroll, config.ba, plain, selection)
@@ -815,12 +828,60 @@ def synthetic_validation(
                                      "pose_translation", "pose_rotation")}}
         for key, value in values.items():
             totals.setdefault(key, []).append(float(value))
-    return {key: float(np.nanmean(values)) for key, values in totals.items()}
+    return totals
+
+
+@dataclass
+class CheckpointValidation:
+    """Validation of one checkpoint on held-out synthetic clips.
+
+    Attributes:
+        step: training step of the checkpoint (-1 when a model file does not record it).
+        metrics: mean of every metric over the clips, as :func:`synthetic_validation`.
+        clip_losses: loss of every clip, in clip order.
+        clip_set: description of the clip set (data recipe, validation seed, count). Two
+            validations with the same ``clip_set`` scored the same clips, so their losses pair.
+    """
+
+    step: int
+    metrics: dict[str, float]
+    clip_losses: list[float]
+    clip_set: str
+
+
+def paired_difference(losses: Sequence[float], reference: Sequence[float]) -> tuple[float, float, int]:
+    """Return the mean per-clip difference ``losses - reference``, its standard error and the
+    number of clips where ``losses`` is lower.
+
+    Both lists hold the losses of the same clips in the same order. Clips where either loss is
+    not finite are left out. The standard error is the sample standard deviation of the
+    differences over the square root of their count (NaN with fewer than two clips).
+    """
+    if len(losses) != len(reference):
+        raise ValueError(
+            f"paired losses need the same clips, got {len(losses)} and {len(reference)} values; "
+            "score both checkpoints on the same clips"
+        )
+    differences = np.asarray(losses, dtype=np.float64) - np.asarray(reference, dtype=np.float64)
+    differences = differences[np.isfinite(differences)]
+    if len(differences) == 0:
+        return math.nan, math.nan, 0
+    error = (float(differences.std(ddof=1) / math.sqrt(len(differences)))
+             if len(differences) > 1 else math.nan)
+    return float(differences.mean()), error, int((differences < 0).sum())
 
 
 def validate_checkpoint(checkpoint_path: str | Path, clips: int) -> dict[str, float]:
-    """Return the validation metrics of a checkpoint (or a model file exported from one) on
-    ``clips`` held-out synthetic clips.
+    """Return the step and the mean validation metrics of a checkpoint (or of a model file
+    exported from one) on ``clips`` held-out synthetic clips (see
+    :func:`validate_checkpoint_clips`)."""
+    result = validate_checkpoint_clips(checkpoint_path, clips)
+    return {"step": float(result.step), **result.metrics}
+
+
+def validate_checkpoint_clips(checkpoint_path: str | Path, clips: int) -> CheckpointValidation:
+    """Validate a checkpoint (or a model file exported from one) on ``clips`` held-out
+    synthetic clips, keeping the loss of every clip.
 
     The clips are the first ``clips`` of the recipe's validation set (the training run used the
     first ``validation.clips`` of them), rendered on the CPU. More clips than the run used give
@@ -851,10 +912,11 @@ def validate_checkpoint(checkpoint_path: str | Path, clips: int) -> dict[str, fl
         _VALIDATION_CLIP_CACHE.clear()  # keep one set: 64 clips of 8 frames at 192x256 take 176 MB
         _VALIDATION_CLIP_CACHE[key] = validation_clips(config.data, config.validation.seed, clips)
     held_out = _VALIDATION_CLIP_CACHE[key]
-    metrics = synthetic_validation(
+    per_clip = synthetic_validation_per_clip(
         network, config, engine.frontend.centroid_selection, held_out, config.validation.seed
     )
-    return {"step": float(step), **metrics}
+    means = {key: float(np.nanmean(values)) for key, values in per_clip.items()}
+    return CheckpointValidation(int(step), means, per_clip["loss"], repr(key))
 
 
 def export_checkpoint(
