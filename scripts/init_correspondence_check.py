@@ -36,7 +36,9 @@ import torch
 import torch.nn.functional as F
 
 from vo_node.geometry.projection import reproject
+from vo_node.config import ConfigError
 from vo_node.io.sequence import SequenceError, open_sequence
+from vo_node.model.network import ModelFileError
 from vo_node.odometry import VisualOdometry
 from vo_node.odometry.oracle import CorrespondenceOracle
 from vo_node.run import load_engine
@@ -140,18 +142,25 @@ def main() -> None:
     logging.basicConfig(level=logging.WARNING)
 
     try:
+        config, network, device = load_engine(args.config, args.override, args.model, "cpu")
+        if args.frames < config.frontend.init_frames:
+            raise SystemExit(
+                f"--frames {args.frames} ends before the initial window of "
+                f"{config.frontend.init_frames} frames; pass at least {config.frontend.init_frames}"
+            )
+        if not (args.sequence / "depth_left").is_dir():
+            raise SystemExit(f"{args.sequence} has no depth_left folder; pass a TartanAir folder "
+                             "with depth_left/NNNNNN_left_depth.npy maps")
         sequence = open_sequence(args.sequence, max_frames=args.frames)
-    except SequenceError as error:
+    except (SequenceError, ConfigError, ModelFileError, FileNotFoundError) as error:
         raise SystemExit(str(error)) from None
     frames = list(sequence)
     depths, present = depth_maps(args.sequence, len(frames), frames[0].image.shape[:2])
     if len(present) < 2:
         raise SystemExit(f"{args.sequence} has depth maps for frames {present} among the first "
-                         f"{len(frames)}; at least two are needed: pass a TartanAir folder with "
-                         "depth_left/NNNNNN_left_depth.npy maps, or raise --frames")
+                         f"{len(frames)}; at least two are needed, so raise --frames")
     intrinsics = sequence.camera.intrinsics
     oracle = CorrespondenceOracle(depths, sequence.ground_truth.poses[: len(frames)], intrinsics)
-    config, network, device = load_engine(args.config, args.override, args.model, "cpu")
     odometry = VisualOdometry(config, network, device)
     scored = torch.as_tensor(present)
     rows = []

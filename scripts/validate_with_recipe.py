@@ -22,9 +22,42 @@ import torch
 from vo_node.train.trainer import CheckpointValidation, paired_difference, validate_checkpoint_clips
 
 
+class InputError(Exception):
+    """An argument file that cannot be used; the message names the file and the fix."""
+
+
+def read_payload(path: Path, role: str) -> dict:
+    """Load ``path`` as a torch file holding a dictionary, or raise :class:`InputError`."""
+    if not path.is_file():
+        raise InputError(f"{role} {path} not found or not a file; pass an existing .pt file")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # torch raises many types for files that are not its own
+        raise InputError(f"{role} {path} is not a torch .pt file ({type(error).__name__}); "
+                         "pass a model file from --export or a training checkpoint") from None
+    if not isinstance(payload, dict):
+        raise InputError(f"{role} {path} holds no model or checkpoint dictionary")
+    return payload
+
+
+def recipe_of(path: Path) -> dict:
+    """Return the training recipe recorded in a model file or a training checkpoint."""
+    recipe = read_payload(path, "recipe file")
+    # A model file records its recipe in its metadata, a training checkpoint under "config".
+    if "train_config" in recipe.get("metadata", {}):
+        return recipe["metadata"]["train_config"]
+    if "config" in recipe and "model" in recipe:
+        return recipe["config"]
+    raise InputError(f"recipe file {path} records no training recipe; pass a model file exported "
+                     "by this trainer or a training checkpoint")
+
+
 def score_with_recipe(model: Path, recipe_config: dict, clips: int) -> CheckpointValidation:
     """Validate the weights of ``model`` on the clips of ``recipe_config``."""
-    payload = torch.load(model, map_location="cpu", weights_only=True)
+    payload = read_payload(model, "model file")
+    if "state_dict" not in payload or "metadata" not in payload:
+        raise InputError(f"model file {model} is not an exported model file; export a training "
+                         "checkpoint first with python -m vo_node.train --export CKPT --output FILE")
     payload["metadata"] = {**payload["metadata"], "train_config": recipe_config}
     with tempfile.TemporaryDirectory() as folder:
         copy = Path(folder) / "model.pt"
@@ -41,16 +74,25 @@ def main() -> None:
     parser.add_argument("--compare", type=Path, nargs="+", default=[], metavar="FILE",
                         help="more model files to score on the same clips and pair with MODEL")
     args = parser.parse_args()
-    recipe = torch.load(args.recipe_model, map_location="cpu", weights_only=True)
-    # A model file records its recipe in its metadata, a training checkpoint under "config".
-    recipe_config = recipe["metadata"]["train_config"] if "metadata" in recipe else recipe["config"]
-    reference = score_with_recipe(args.model, recipe_config, args.clips)
-    for model in [args.model, *args.compare]:
-        result = reference if model == args.model else score_with_recipe(
-            model, recipe_config, args.clips)
+    if args.clips < 1:
+        parser.error(f"--clips must be a positive number of clips, got {args.clips}")
+    try:
+        recipe_config = recipe_of(args.recipe_model)
+        for model in [args.model, *args.compare]:
+            read_payload(model, "model file")  # fail before the slow scoring
+        reference = score_with_recipe(args.model, recipe_config, args.clips)
+        compare(args, recipe_config, reference)
+    except InputError as error:
+        raise SystemExit(f"validate_with_recipe: {error}") from None
+
+
+def compare(args: argparse.Namespace, recipe_config: dict, reference: CheckpointValidation) -> None:
+    """Print MODEL's scores, then each --compare file's scores and paired difference."""
+    for index, model in enumerate([args.model, *args.compare]):
+        result = reference if index == 0 else score_with_recipe(model, recipe_config, args.clips)
         print(f"{model} on the clips of {args.recipe_model}: step {result.step}, " + ", ".join(
             f"{name} {value:.4g}" for name, value in result.metrics.items()), flush=True)
-        if model != args.model:
+        if index > 0:
             mean, error, lower = paired_difference(result.clip_losses, reference.clip_losses)
             print(f"  loss minus {args.model}'s: {mean:+.3f} +- {error:.3f} "
                   f"(lower on {lower} of {len(result.clip_losses)} clips)")

@@ -351,3 +351,9 @@ def test_low_texture_share_replaces_about_that_share_of_faces():
 def test_low_texture_share_out_of_range_is_named(share):
     with pytest.raises(ValueError, match="low_texture must lie in"):
         _small_clip(1, low_texture=share)
+
+
+@pytest.mark.parametrize("share", ["0.5", None, True])
+def test_low_texture_share_not_a_number_is_named(share):
+    with pytest.raises(TypeError, match="low_texture must be a number in"):
+        _small_clip(1, low_texture=share)

@@ -1,6 +1,7 @@
 """Training runs on the generator: learning, outputs, exact resume, signals, NaN steps and DDP."""
 
 import csv
+import dataclasses
 import math
 import os
 import signal
@@ -561,3 +562,14 @@ def test_cli_validate_pairs_checkpoints_on_same_clips(tmp_path, capsys):
     out = capsys.readouterr().out
     assert f"paired loss difference to {checkpoint}" in out
     assert f"{model}  +0.000 +- 0.000  (lower on 0 of 2 clips)" in out
+
+
+def test_clip_recipe_ignores_loader_settings():
+    from vo_node.train.trainer import clip_recipe
+
+    config = load_train_config(TINY)
+    data = config.data
+    assert clip_recipe(data) == clip_recipe(dataclasses.replace(data, num_workers=3))
+    assert clip_recipe(data) == clip_recipe(dataclasses.replace(data, prefetch_factor=5))
+    assert clip_recipe(data) != clip_recipe(dataclasses.replace(data, max_flow=99.0))
+    assert clip_recipe(data) != clip_recipe(dataclasses.replace(data, low_texture=0.2))

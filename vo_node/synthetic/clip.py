@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import numbers
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -95,8 +96,13 @@ def generate_clip(
             before the option existed.
     """
     _check_arguments(num_frames, height, width, motion, scene, frame_step_range)
+    if isinstance(low_texture, bool) or not isinstance(low_texture, numbers.Real):
+        raise TypeError(f"low_texture must be a number in [0, 1], got {low_texture!r}")
     if not 0.0 <= low_texture <= 1.0:
-        raise ValueError(f"low_texture must lie in [0, 1], got {low_texture}")
+        raise ValueError(
+            f"low_texture must lie in [0, 1], got {low_texture}; it is the probability that a "
+            "surface gets a low-texture material (0: fully textured scenes)"
+        )
     # A SeedSequence child depends only on its index, so the first six streams match those of
     # the six-stream generator and clips without low texture stay unchanged.
     streams = [np.random.default_rng(s) for s in np.random.SeedSequence(seed).spawn(7)]

@@ -48,6 +48,7 @@ from vo_node.model.network import (
 from vo_node.train import checkpoint as ckpt
 from vo_node.train.balance import LossBalancer, ProbeNorms, find_parameter, probe_gradient_norms
 from vo_node.train.config import (
+    DataConfig,
     LossConfig,
     TrainConfig,
     resolve_engine_config,
@@ -831,6 +832,16 @@ def synthetic_validation_per_clip(
     return totals
 
 
+LOADER_ONLY_DATA_KEYS = ("num_workers", "prefetch_factor")
+"""Data settings that change how clips are loaded, not which clips: left out of the clip key."""
+
+
+def clip_recipe(data: DataConfig) -> str:
+    """Describe the data settings that decide the validation clips (loader settings left out)."""
+    values = {key: value for key, value in to_dict(data).items() if key not in LOADER_ONLY_DATA_KEYS}
+    return repr(sorted(values.items()))
+
+
 @dataclass
 class CheckpointValidation:
     """Validation of one checkpoint on held-out synthetic clips.
@@ -907,7 +918,7 @@ def validate_checkpoint_clips(checkpoint_path: str | Path, clips: int) -> Checkp
         network = VONetwork(engine.network)
         network.load_state_dict(state["model"])
         step = state["step"]
-    key = (repr(config.data), config.validation.seed, clips)
+    key = (clip_recipe(config.data), config.validation.seed, clips)
     if key not in _VALIDATION_CLIP_CACHE:
         _VALIDATION_CLIP_CACHE.clear()  # keep one set: 64 clips of 8 frames at 192x256 take 176 MB
         _VALIDATION_CLIP_CACHE[key] = validation_clips(config.data, config.validation.seed, clips)
