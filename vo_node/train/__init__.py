@@ -149,8 +149,21 @@ def _validate(paths: list[Path], clips: int) -> int:
           "errors of the last iteration")
     print("checkpoint  step  loss  flow_epe  pose_translation  pose_rotation")
     failed = False
-    scored = []
+    usable = []
+    # Report paths that cannot be scored before the slow scoring of the others.
     for path in paths:
+        if path.is_dir() and not (path / "checkpoints" / "latest.pt").is_file():
+            logger.error("cannot validate %s: the folder has no checkpoints/latest.pt; pass a "
+                         "checkpoint file or a training run folder", path)
+            failed = True
+        elif not path.exists():
+            logger.error("cannot validate %s: checkpoint %s not found; pass an existing "
+                         "checkpoint file (.pt)", path, path)
+            failed = True
+        else:
+            usable.append(path)
+    scored = []
+    for path in usable:
         try:
             # A run folder means its latest checkpoint, as with --resume.
             checkpoint = resolve_resume_path(path) if path.is_dir() else path
