@@ -19,7 +19,12 @@ from pathlib import Path
 
 import torch
 
-from vo_node.train.trainer import CheckpointValidation, paired_difference, validate_checkpoint_clips
+from vo_node.train.trainer import (
+    CheckpointValidation,
+    format_standard_error,
+    paired_difference,
+    validate_checkpoint_clips,
+)
 
 
 class InputError(Exception):
@@ -94,7 +99,7 @@ def compare(args: argparse.Namespace, recipe_config: dict, reference: Checkpoint
             f"{name} {value:.4g}" for name, value in result.metrics.items()), flush=True)
         if index > 0:
             mean, error, lower = paired_difference(result.clip_losses, reference.clip_losses)
-            print(f"  loss minus {args.model}'s: {mean:+.3f} +- {error:.3f} "
+            print(f"  loss minus {args.model}'s: {mean:+.3f} +- {format_standard_error(error)} "
                   f"(lower on {lower} of {len(result.clip_losses)} clips)")
 
 

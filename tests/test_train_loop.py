@@ -535,7 +535,7 @@ def test_cli_rejects_bad_init_weights(tmp_path, caplog, case, message):
 
 
 def test_paired_difference_known_values():
-    from vo_node.train.trainer import paired_difference
+    from vo_node.train.trainer import format_standard_error, paired_difference
 
     mean, error, lower = paired_difference([1.0, 2.0, 3.0, 4.0], [2.0, 2.0, 2.0, 2.0])
     assert mean == pytest.approx(0.5)
@@ -548,6 +548,12 @@ def test_paired_difference_known_values():
     assert lower == 1
     with pytest.raises(ValueError, match="same clips, got 2 and 3"):
         paired_difference([1.0, 2.0], [1.0, 2.0, 3.0])
+    # One clip has no standard error, and the printed line says so.
+    mean, error, lower = paired_difference([1.0], [3.0])
+    assert (mean, lower) == (-2.0, 1)
+    assert math.isnan(error)
+    assert format_standard_error(error) == "n/a (needs two clips)"
+    assert format_standard_error(0.12345) == "0.123"
 
 
 def test_cli_validate_pairs_checkpoints_on_same_clips(tmp_path, capsys):

@@ -183,7 +183,7 @@ def _validate(paths: list[Path], clips: int) -> int:
 
 def _print_paired_differences(scored: list) -> None:
     """Print each checkpoint's paired loss difference to the first one scored on its clips."""
-    from vo_node.train.trainer import paired_difference
+    from vo_node.train.trainer import format_standard_error, paired_difference
 
     if len(scored) < 2:
         return
@@ -195,7 +195,7 @@ def _print_paired_differences(scored: list) -> None:
             print(f"{path}  not paired: its recipe's validation clips differ from the reference's")
             continue
         mean, error, lower = paired_difference(result.clip_losses, reference.clip_losses)
-        print(f"{path}  {mean:+.3f} +- {error:.3f}  (lower on {lower} of "
+        print(f"{path}  {mean:+.3f} +- {format_standard_error(error)}  (lower on {lower} of "
               f"{len(result.clip_losses)} clips)")
 
 

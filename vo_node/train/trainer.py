@@ -882,6 +882,11 @@ def paired_difference(losses: Sequence[float], reference: Sequence[float]) -> tu
     return float(differences.mean()), error, int((differences < 0).sum())
 
 
+def format_standard_error(error: float) -> str:
+    """Format a standard error for the paired-difference lines ("n/a" below two clips)."""
+    return f"{error:.3f}" if math.isfinite(error) else "n/a (needs two clips)"
+
+
 def validate_checkpoint(checkpoint_path: str | Path, clips: int) -> dict[str, float]:
     """Return the step and the mean validation metrics of a checkpoint (or of a model file
     exported from one) on ``clips`` held-out synthetic clips (see
