@@ -68,8 +68,10 @@ def depth_maps(root: Path, count: int, shape: tuple[int, int]) -> tuple[np.ndarr
     return depths, present
 
 
-def edge_scores(odometry: VisualOdometry, oracle, scored: torch.Tensor, target, weight):
-    """Return one row of figures for the edges between frames listed in ``scored``."""
+def scored_edges(odometry: VisualOdometry, oracle, scored: torch.Tensor):
+    """Return the indices of the visible edges between frames listed in ``scored``, their
+    patch centres and their true target positions (``(S,)``, ``(S, 2)``, ``(S, 2)``), or None
+    when there is no such edge."""
     graph = odometry.graph
     frame_ids = torch.as_tensor(graph.frame_ids[: graph.n])
     source, target_frame = frame_ids[graph.ii.cpu()], frame_ids[graph.jj.cpu()]
@@ -77,23 +79,33 @@ def edge_scores(odometry: VisualOdometry, oracle, scored: torch.Tensor, target, 
     if not bool(chosen.any()):
         return None
     centre = graph.patch_size // 2
-    centres = graph.active_patches[graph.kk, :2, centre, centre][chosen]
-    true, valid = oracle.correspondences(source[chosen], target_frame[chosen], centres, odometry._intrinsics)
+    index = chosen.nonzero().squeeze(1)
+    centres = graph.active_patches[graph.kk[index], :2, centre, centre]
+    true, valid = oracle.correspondences(source[index], target_frame[index], centres,
+                                         odometry._intrinsics)
     seen = valid[:, 0] > 0
     if not bool(seen.any()):
         return None
+    return index[seen], centres[seen], true[seen]
+
+
+def edge_scores(odometry: VisualOdometry, edges, target, weight):
+    """Return one row of figures for ``edges`` (from :func:`scored_edges`)."""
+    index, centres, true = edges
+    graph = odometry.graph
+    centre = graph.patch_size // 2
     coords = reproject(graph.active_poses, graph.active_patches, odometry._intrinsics,
                        graph.ii, graph.jj, graph.kk).coords
-    current = coords[chosen][:, :, centre, centre][seen]
-    true, predicted = true[seen], target[chosen][seen]
-    weights = weight[chosen][seen].mean(dim=1)
+    current = coords[index][:, :, centre, centre]
+    predicted = target[index]
+    weights = weight[index].mean(dim=1)
     target_error = (predicted - true).norm(dim=1)
     current_error = (current - true).norm(dim=1)
 
     def weighted(values: torch.Tensor) -> float:
         return float((weights * values).sum() / weights.sum())
 
-    flow = (true - centres[seen]).norm(dim=1)
+    flow = (true - centres).norm(dim=1)
     return (
         int(graph.n), float(flow.median()),
         float(current_error.median()), float(target_error.median()),
@@ -103,29 +115,23 @@ def edge_scores(odometry: VisualOdometry, oracle, scored: torch.Tensor, target, 
     )
 
 
-def dense_search_share(odometry: VisualOdometry, oracle, scored: torch.Tensor) -> float:
-    """Return the share of scored patches whose best match over the whole target map is correct."""
+def dense_search_share(odometry: VisualOdometry, edges) -> float:
+    """Return the share of ``edges`` whose best match over the whole target map is correct."""
+    index, _, true = edges
     graph = odometry.graph
-    frame_ids = torch.as_tensor(graph.frame_ids[: graph.n])
-    source, target_frame = frame_ids[graph.ii.cpu()], frame_ids[graph.jj.cpu()]
-    chosen = torch.isin(source, scored) & torch.isin(target_frame, scored) & (source != target_frame)
     centre = graph.patch_size // 2
-    centres = graph.active_patches[graph.kk, :2, centre, centre][chosen]
-    true, valid = oracle.correspondences(source[chosen], target_frame[chosen], centres,
-                                         odometry._intrinsics)
-    seen = valid[:, 0] > 0
-    crops = graph.gmap[: graph.n].flatten(0, 1)[graph.kk[chosen][seen]]
+    crops = graph.gmap[: graph.n].flatten(0, 1)[graph.kk[index]]
     height, width = odometry._graph_image_size()
-    maps = graph.fmaps[0][graph.fmap_slots(graph.jj[chosen][seen])].permute(0, 3, 1, 2)
+    maps = graph.fmaps[0][graph.fmap_slots(graph.jj[index])].permute(0, 3, 1, 2)
     border = (maps.shape[2] - height) // 2
     maps = maps[:, :, border : border + height, border : border + width]
     correct = 0
-    for crop, fmap, truth in zip(crops, maps, true[seen]):
+    for crop, fmap, truth in zip(crops, maps, true):
         scores = F.conv2d(fmap[None], crop[None], padding=centre)[0, 0]
         best = int(scores.flatten().argmax())
         match = torch.tensor([best % width, best // width], dtype=truth.dtype)
         correct += int((match - truth).norm() < DENSE_CLOSE_PIXELS)
-    return correct / max(int(seen.sum()), 1)
+    return correct / len(index)
 
 
 def main() -> None:
@@ -169,11 +175,11 @@ def main() -> None:
 
     def observed_measure(times):
         target, weight = measure(times)
-        row = edge_scores(odometry, oracle, scored, target, weight)
-        if row is not None:
-            rows.append(row)
+        edges = scored_edges(odometry, oracle, scored)
+        if edges is not None:
+            rows.append(edge_scores(odometry, edges, target, weight))
             if args.dense_search and not dense_shares:
-                dense_shares.append(dense_search_share(odometry, oracle, scored))
+                dense_shares.append(dense_search_share(odometry, edges))
         return target, weight
 
     odometry._measure = observed_measure
