@@ -149,24 +149,21 @@ def _validate(paths: list[Path], clips: int) -> int:
           "errors of the last iteration")
     print("checkpoint  step  loss  flow_epe  pose_translation  pose_rotation")
     failed = False
-    usable = []
-    # Report paths that cannot be scored before the slow scoring of the others.
+    checkpoints = []
+    # Resolve every path first, so a missing one is reported before the slow scoring of others.
     for path in paths:
-        if path.is_dir() and not (path / "checkpoints" / "latest.pt").is_file():
-            logger.error("cannot validate %s: the folder has no checkpoints/latest.pt; pass a "
-                         "checkpoint file or a training run folder", path)
-            failed = True
-        elif not path.exists():
-            logger.error("cannot validate %s: checkpoint %s not found; pass an existing "
-                         "checkpoint file (.pt)", path, path)
-            failed = True
-        else:
-            usable.append(path)
-    scored = []
-    for path in usable:
         try:
             # A run folder means its latest checkpoint, as with --resume.
-            checkpoint = resolve_resume_path(path) if path.is_dir() else path
+            checkpoints.append((path, resolve_resume_path(path)))
+        except FileNotFoundError:
+            problem = ("the folder has no checkpoints/latest.pt or latest.pt" if path.is_dir()
+                       else f"checkpoint {path} not found")
+            logger.error("cannot validate %s: %s; pass an existing checkpoint file (.pt) or a "
+                         "training run folder", path, problem)
+            failed = True
+    scored = []
+    for path, checkpoint in checkpoints:
+        try:
             result = validate_checkpoint_clips(checkpoint, clips)
         except (ConfigError, FileNotFoundError, ValueError, KeyError) as error:
             logger.error("cannot validate %s: %s", path, error)
