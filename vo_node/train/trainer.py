@@ -799,7 +799,11 @@ def synthetic_validation(
     different recipes are comparable. Clip ``i`` draws its patches from a generator seeded by
     ``(seed, i)``, so the same clips always give the same figures.
     """
-    per_clip = synthetic_validation_per_clip(network, config, selection, clips, seed)
+    return mean_metrics(synthetic_validation_per_clip(network, config, selection, clips, seed))
+
+
+def mean_metrics(per_clip: dict[str, list[float]]) -> dict[str, float]:
+    """Average each metric over the clips, ignoring NaN values."""
     return {key: float(np.nanmean(values)) for key, values in per_clip.items()}
 
 
@@ -931,8 +935,7 @@ def validate_checkpoint_clips(checkpoint_path: str | Path, clips: int) -> Checkp
     per_clip = synthetic_validation_per_clip(
         network, config, engine.frontend.centroid_selection, held_out, config.validation.seed
     )
-    means = {key: float(np.nanmean(values)) for key, values in per_clip.items()}
-    return CheckpointValidation(int(step), means, per_clip["loss"], repr(key))
+    return CheckpointValidation(int(step), mean_metrics(per_clip), per_clip["loss"], repr(key))
 
 
 def export_checkpoint(
