@@ -41,7 +41,8 @@ def read_payload(path: Path, role: str) -> dict:
         raise InputError(f"{role} {path} is not a torch .pt file ({type(error).__name__}); "
                          "pass a model file from --export or a training checkpoint") from None
     if not isinstance(payload, dict):
-        raise InputError(f"{role} {path} holds no model or checkpoint dictionary")
+        raise InputError(f"{role} {path} is invalid: it contains no model or checkpoint "
+                         "dictionary; pass a model file from --export or a training checkpoint")
     return payload
 
 
@@ -57,13 +58,18 @@ def recipe_of(path: Path) -> dict:
                      "by this trainer or a training checkpoint")
 
 
-def score_with_recipe(model: Path, recipe_config: dict, clips: int) -> CheckpointValidation:
-    """Validate the weights of ``model`` on the clips of ``recipe_config``."""
-    payload = read_payload(model, "model file")
+def read_model(path: Path) -> dict:
+    """Load an exported model file, or raise :class:`InputError`."""
+    payload = read_payload(path, "model file")
     if "state_dict" not in payload or "metadata" not in payload:
-        raise InputError(f"model file {model} is not an exported model file; export a training "
+        raise InputError(f"model file {path} is not an exported model file; export a training "
                          "checkpoint first with python -m vo_node.train --export CKPT --output FILE")
-    payload["metadata"] = {**payload["metadata"], "train_config": recipe_config}
+    return payload
+
+
+def score_with_recipe(payload: dict, recipe_config: dict, clips: int) -> CheckpointValidation:
+    """Validate the weights of a loaded model file on the clips of ``recipe_config``."""
+    payload = {**payload, "metadata": {**payload["metadata"], "train_config": recipe_config}}
     with tempfile.TemporaryDirectory() as folder:
         copy = Path(folder) / "model.pt"
         torch.save(payload, copy)
@@ -82,25 +88,27 @@ def main() -> None:
     if args.clips < 1:
         parser.error(f"--clips must be a positive number of clips, got {args.clips}")
     try:
+        # Every file is read before the slow scoring, so a bad one fails at once.
         recipe_config = recipe_of(args.recipe_model)
-        for model in [args.model, *args.compare]:
-            read_payload(model, "model file")  # fail before the slow scoring
-        reference = score_with_recipe(args.model, recipe_config, args.clips)
-        compare(args, recipe_config, reference)
+        models = [(path, read_model(path)) for path in [args.model, *args.compare]]
     except InputError as error:
         raise SystemExit(f"validate_with_recipe: {error}") from None
+    compare(models, recipe_config, args)
 
 
-def compare(args: argparse.Namespace, recipe_config: dict, reference: CheckpointValidation) -> None:
-    """Print MODEL's scores, then each --compare file's scores and paired difference."""
-    for index, model in enumerate([args.model, *args.compare]):
-        result = reference if index == 0 else score_with_recipe(model, recipe_config, args.clips)
-        print(f"{model} on the clips of {args.recipe_model}: step {result.step}, " + ", ".join(
+def compare(models: list[tuple[Path, dict]], recipe_config: dict, args: argparse.Namespace) -> None:
+    """Print the first model's scores, then each other model's scores and paired difference."""
+    reference = None
+    for path, payload in models:
+        result = score_with_recipe(payload, recipe_config, args.clips)
+        print(f"{path} on the clips of {args.recipe_model}: step {result.step}, " + ", ".join(
             f"{name} {value:.4g}" for name, value in result.metrics.items()), flush=True)
-        if index > 0:
-            mean, error, lower = paired_difference(result.clip_losses, reference.clip_losses)
-            print(f"  loss minus {args.model}'s: {mean:+.3f} +- {format_standard_error(error)} "
-                  f"(lower on {lower} of {len(result.clip_losses)} clips)")
+        if reference is None:
+            reference = result
+            continue
+        mean, error, lower = paired_difference(result.clip_losses, reference.clip_losses)
+        print(f"  loss minus {args.model}'s: {mean:+.3f} +- {format_standard_error(error)} "
+              f"(lower on {lower} of {len(result.clip_losses)} clips)")
 
 
 if __name__ == "__main__":
