@@ -8,8 +8,8 @@
 #      from the shipped weights when none is committed). `timeout` then sends SIGTERM, and the
 #      trainer writes its checkpoint. The checkpoint and the metrics come back in $OUT, to be
 #      copied into models/training/ and committed. RECIPE, CHECKPOINT and NAME select another run.
-#      NOTE: the committed large-flow checkpoint is at its final step (3,000 of 3,000), so with
-#      the defaults the training step ends at once; set RECIPE and NAME for a new run.
+#      NOTE: the committed large-flow checkpoint is at its final step (3,000 of 3,000), so the
+#      default training step ends at once. Set RECIPE and NAME for a new run.
 #
 # On the device machine (its python3 has torch; see docs/training.md):
 #   bash scripts/device_session.sh [TRAIN_SECONDS]        (default 360)

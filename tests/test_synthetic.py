@@ -330,7 +330,7 @@ def test_low_texture_share_changes_materials_not_geometry():
     assert np.array_equal(_small_clip(21, low_texture=1.0).images, lowered.images)
 
 
-def test_low_texture_share_replaces_about_that_share_of_faces():
+def test_low_texture_share_sets_face_fraction():
     rng = np.random.default_rng(0)
     clip_bank = texture_bank(low_texture=True)
     layout = sample_layout("room", rng)

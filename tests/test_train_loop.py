@@ -548,7 +548,7 @@ def test_paired_difference_known_values():
     assert lower == 1
     with pytest.raises(ValueError, match="same clips, got 2 and 3"):
         paired_difference([1.0, 2.0], [1.0, 2.0, 3.0])
-    # One clip has no standard error, and the printed line says so.
+    # One clip has no standard error, and the formatted value is "n/a".
     mean, error, lower = paired_difference([1.0], [3.0])
     assert (mean, lower) == (-2.0, 1)
     assert math.isnan(error)

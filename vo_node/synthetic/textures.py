@@ -73,7 +73,7 @@ DETAIL_MIN_STD = 6.0
 """Grey-level standard deviation above which a block counts as textured."""
 MIN_DETAIL_SCORE = 0.6
 """Photo crops whose best :func:`detail_score` is lower are left out of the bank."""
-LOW_TEXTURE_PREFIX = "plain:"
+LOW_TEXTURE_PREFIX = "low_texture:"
 """Name prefix of the low-texture tiles."""
 LOW_TEXTURE_PER_KIND = 6
 LOW_TEXTURE_SEED_OFFSET = 7919
@@ -205,12 +205,12 @@ def _panel_texture(rng: np.random.Generator, joints_per_axis: int) -> np.ndarray
     for axis in (0, 1):
         for position in rng.integers(0, TILE_SIZE, size=joints_per_axis):
             width = int(rng.integers(PANEL_LINE_WIDTH[0], PANEL_LINE_WIDTH[1] + 1))
-            rows = slice(int(position), int(position) + width)
+            band = slice(int(position), int(position) + width)
             darkness = rng.uniform(*PANEL_LINE_DARKNESS)
             if axis == 0:
-                image[rows, :, :] -= darkness
+                image[band, :, :] -= darkness
             else:
-                image[:, rows, :] -= darkness
+                image[:, band, :] -= darkness
     return image
 
 

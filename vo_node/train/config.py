@@ -81,7 +81,7 @@ class DataConfig:
     frames. One value is drawn per sequence, so clips cover slow and fast motion."""
     low_texture: float = 0.0
     """Probability that a synthetic surface gets a low-texture material (plain or panelled
-    walls, ``vo_node.synthetic.textures``); 0 keeps the standard, fully textured scenes."""
+    walls, ``vo_node.synthetic.textures``). 0 keeps the standard, fully textured scenes."""
     depth_percentile: float = 98.0
     depth_percentile_scale: float = 0.7
     """Inverse depth is divided by ``depth_percentile_scale * percentile(inverse depth)``, and
