@@ -264,3 +264,34 @@ def test_low_texture_clip_differs_only_in_images(tiny_config):
     for key in first:
         if key != "images":
             assert torch.equal(first[key], second[key]), key
+
+
+@pytest.mark.parametrize("share", [-0.1, 1.5])
+def test_reverse_share_out_of_range_is_named(share):
+    with pytest.raises(ConfigError, match=r"data.reverse_p .*\[0, 1\]"):
+        load_train_config(TINY, {"data.reverse_p": share})
+
+
+def test_reversed_clip_is_the_forward_clip_backwards(tiny_config):
+    import dataclasses
+
+    backwards = dataclasses.replace(tiny_config.data, reverse_p=1.0)
+    forward = data.ClipDataset(tiny_config.data, seed=4, augment=False)[1]
+    reversed_clip = data.ClipDataset(backwards, seed=4, augment=False)[1]
+    assert torch.all(reversed_clip["frames"][1:] < reversed_clip["frames"][:-1])
+    for key in ("frames", "images", "depths", "poses_cw"):
+        assert torch.equal(reversed_clip[key], forward[key].flip(0)), key
+    assert torch.equal(reversed_clip["intrinsics"], forward["intrinsics"])
+    assert torch.equal(reversed_clip["scale"], forward["scale"])
+
+
+def test_reverse_share_matches_probability(tmp_path):
+    write_tartanair(tmp_path / "scene" / "P000", count=12)
+    config = load_train_config(TINY, {"data.source": "tartanair", "data.roots": [str(tmp_path)],
+                                      "data.n_frames": 4, "data.height": 32, "data.width": 48,
+                                      "data.reverse_p": 0.5})
+    dataset = data.ClipDataset(config.data, seed=0, augment=False)
+    backwards = sum(bool(dataset[index]["frames"][0] > dataset[index]["frames"][-1])
+                    for index in range(60))
+    # Binomial(60, 0.5): 30 +- 3.9, so 15..45 fails by chance with probability below 1e-4.
+    assert 15 <= backwards <= 45

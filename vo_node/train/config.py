@@ -82,6 +82,11 @@ class DataConfig:
     low_texture: float = 0.0
     """Probability that a synthetic surface gets a low-texture material (plain or panelled
     walls, ``vo_node.synthetic.textures``). 0 keeps the standard, fully textured scenes."""
+    reverse_p: float = 0.0
+    """Probability that a clip is played backwards: its frames are taken in reverse order, so
+    forward motion becomes backward motion (the static scene makes this exact). The generator's
+    forward paths always look along the motion, so without it no clip moves backwards. 0 draws
+    nothing, so the clips are the same as before the option existed."""
     depth_percentile: float = 98.0
     depth_percentile_scale: float = 0.7
     """Inverse depth is divided by ``depth_percentile_scale * percentile(inverse depth)``, and
@@ -276,6 +281,11 @@ def _check_data(data: DataConfig) -> None:
         raise ConfigError(
             f"data.low_texture must lie in [0, 1] (a probability per surface), got "
             f"{data.low_texture}; set a value such as 0.35, or 0 for fully textured scenes"
+        )
+    if not 0.0 <= data.reverse_p <= 1.0:
+        raise ConfigError(
+            f"data.reverse_p must lie in [0, 1] (a probability per clip), got {data.reverse_p}; "
+            "set a value such as 0.5, or 0 to keep every clip in recorded order"
         )
     if data.min_flow >= data.max_flow:
         raise ConfigError(

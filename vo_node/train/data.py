@@ -8,7 +8,8 @@ optical flow between consecutive picked frames should lie in a configured range:
 - ``depths``: (N, H, W) float32 depth in normalised scene units, 0 where unknown;
 - ``poses_cw``: (N, 7) float32 world-to-camera poses ``T_cam_world`` in the same units;
 - ``intrinsics``: (4,) float32 ``[fx, fy, cx, cy]`` in pixels of the (H, W) images;
-- ``frames``: (N,) int64 indices of the picked frames in their source sequence;
+- ``frames``: (N,) int64 indices of the picked frames in their source sequence (decreasing
+  in a clip played backwards, ``data.reverse_p``);
 - ``scale``: float64 scalar, the factor the metric translations were multiplied by.
 
 Sample ``index`` of rank ``rank`` depends only on ``(seed, rank, index)``, so a run resumes at
@@ -631,6 +632,9 @@ def make_clip(
     flow_scale = source_width / config.flow_reference_width
     flow_range = (config.min_flow * flow_scale, config.max_flow * flow_scale)
     indices = select_frames(len(sequence), config.n_frames, cache.flow, flow_range, rng)
+    # Drawn only when enabled, so recipes without reversal keep their random stream.
+    if config.reverse_p > 0 and rng.random() < config.reverse_p:
+        indices = indices[::-1]
     frames = sequence.load(indices)
 
     images = torch.from_numpy(frames.images).permute(0, 3, 1, 2).float()
