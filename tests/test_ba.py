@@ -228,6 +228,9 @@ def test_masked_edges_change_nothing():
         **kwargs,
     )
     assert with_masked.num_valid == reference.num_valid
+    # The summed weight counts valid residuals only: both axes of each, weight 1.
+    assert with_masked.final_weight_sum == pytest.approx(2.0 * reference.num_valid)
+    assert reference.final_weight_sum == pytest.approx(2.0 * reference.num_valid)
     torch.testing.assert_close(with_masked.poses_cw, reference.poses_cw, atol=1e-12, rtol=0)
     torch.testing.assert_close(with_masked.patches, reference.patches, atol=1e-12, rtol=0)
 
@@ -532,3 +535,26 @@ def test_trial_cost_behind_camera_keeps_value():
     # Edge 0 keeps 2^2 per axis, every other edge has 1^2 per axis.
     assert cost == pytest.approx(2 * 4.0 + (count - 1) * 2 * 1.0)
     assert cost < solver._cost(current)
+
+
+@pytest.mark.parametrize("factor", [0.25, 4.0])
+def test_cost_per_weight_ignores_a_common_weight_scale(factor):
+    """Scaling every weight scales the cost and the summed weight alike, so the frontend's
+    hypothesis score (their ratio) does not change, while the cost per residual does."""
+    scene = _make_scene(seed=2)
+    poses, patches = _perturb(scene)
+    generator = torch.Generator().manual_seed(3)
+    target = scene.target + 0.5 * torch.randn(scene.target.shape, generator=generator, dtype=DOUBLE)
+    weight = 0.1 + torch.rand(scene.target.shape, generator=generator, dtype=DOUBLE)
+    config = replace(EXACT, iterations=2)
+    plain = _run(scene, poses, patches, target=target, weight=weight, config=config)
+    scaled = _run(scene, poses, patches, target=target, weight=factor * weight, config=config)
+    assert plain.final_weight_sum == pytest.approx(float(weight.sum()), rel=1e-12)
+    assert scaled.final_weight_sum == pytest.approx(factor * plain.final_weight_sum, rel=1e-12)
+    assert scaled.final_cost == pytest.approx(factor * plain.final_cost, rel=1e-6)
+    assert scaled.final_cost / scaled.final_weight_sum == pytest.approx(
+        plain.final_cost / plain.final_weight_sum, rel=1e-6
+    )
+    assert scaled.final_cost / scaled.num_valid != pytest.approx(
+        plain.final_cost / plain.num_valid, rel=0.1
+    )

@@ -82,7 +82,7 @@ class FrontendConfig:
     hypothesis_frames: int = 30
     """Frames over which the initialised window and its depth-mirrored alternative are both
     tracked before one is kept. The two explain the initial window's flow almost equally well,
-    and the BA cost per residual separates them only as parallax accumulates
+    and the BA's weighted mean squared residual separates them only as parallax accumulates
     (``docs/benchmarks.md``). Meanwhile the frames report the leading hypothesis with
     ``TrackResult.on_trial`` set. 0 keeps the lower-cost one at once."""
     final_iterations: int = 12

@@ -76,6 +76,8 @@ class BAResult:
     stopped early."""
     iterations: int
     """Steps that were applied (with ``trust_region``, the accepted ones)."""
+    final_weight_sum: float = 0.0
+    """Sum of the weights of the valid residuals at the returned estimate (both axes)."""
 
 
 @dataclass
@@ -298,7 +300,8 @@ def bundle_adjust(
 
     num_valid = int((final.weight > 0).any(dim=-1).sum().item())
     return BAResult(
-        poses_cw, patches, covariance, num_valid, initial_cost, final_cost, failed, steps
+        poses_cw, patches, covariance, num_valid, initial_cost, final_cost, failed, steps,
+        final_weight_sum=float(final.weight.sum().item()),
     )
 
 
