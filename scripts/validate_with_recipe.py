@@ -9,6 +9,8 @@ checkpoint), then validates the copy::
 
 Each ``--compare`` model file is scored on the same clips and paired with FILE clip by clip:
 the mean loss difference (OTHER - FILE), its standard error and the clips where OTHER is lower.
+``--set KEY=VALUE`` (repeatable) changes the recipe before the clips are drawn, for example
+``--set data.reverse_p=1.0`` to score the same clips played backwards.
 """
 
 from __future__ import annotations
@@ -19,6 +21,8 @@ from pathlib import Path
 
 import torch
 
+from vo_node.config import ConfigError, apply_overrides, from_dict, parse_override, to_dict
+from vo_node.train.config import TrainConfig
 from vo_node.train.trainer import (
     CheckpointValidation,
     format_standard_error,
@@ -58,6 +62,18 @@ def recipe_of(path: Path) -> dict:
                      "by this trainer or a training checkpoint")
 
 
+def with_overrides(recipe: dict, settings: list[str]) -> dict:
+    """Return ``recipe`` with the dotted ``KEY=VALUE`` settings applied and checked."""
+    if not settings:
+        return recipe
+    try:
+        overrides = dict(parse_override(text) for text in settings)
+        config = apply_overrides(from_dict(TrainConfig, recipe), overrides).validate()
+    except (ConfigError, ValueError) as error:
+        raise InputError(f"--set: {error}") from None
+    return to_dict(config)
+
+
 def read_model(path: Path) -> dict:
     """Load an exported model file, or raise :class:`InputError`."""
     payload = read_payload(path, "model file")
@@ -84,12 +100,15 @@ def main() -> None:
     parser.add_argument("--clips", type=int, default=64, help="held-out clips (default 64)")
     parser.add_argument("--compare", type=Path, nargs="+", default=[], metavar="FILE",
                         help="more model files to score on the same clips and pair with MODEL")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="recipe setting to change before drawing the clips, repeatable "
+                             "(e.g. data.reverse_p=1.0)")
     args = parser.parse_args()
     if args.clips < 1:
         parser.error(f"--clips must be a positive number of clips, got {args.clips}")
     try:
         # Every file is read before the slow scoring, so a bad one fails at once.
-        recipe_config = recipe_of(args.recipe_model)
+        recipe_config = with_overrides(recipe_of(args.recipe_model), args.set)
         models = [(path, read_model(path)) for path in [args.model, *args.compare]]
     except InputError as error:
         raise SystemExit(f"validate_with_recipe: {error}") from None
@@ -101,7 +120,8 @@ def compare(models: list[tuple[Path, dict]], recipe_config: dict, args: argparse
     reference = None
     for path, payload in models:
         result = score_with_recipe(payload, recipe_config, args.clips)
-        print(f"{path} on the clips of {args.recipe_model}: step {result.step}, " + ", ".join(
+        settings = f" with {', '.join(args.set)}" if args.set else ""
+        print(f"{path} on the clips of {args.recipe_model}{settings}: step {result.step}, " + ", ".join(
             f"{name} {value:.4g}" for name, value in result.metrics.items()), flush=True)
         if reference is None:
             reference = result
