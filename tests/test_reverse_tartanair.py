@@ -76,3 +76,34 @@ def test_pose_count_mismatch_is_named(tmp_path, reverse_tartanair):
 def test_missing_sequence_is_named(tmp_path, reverse_tartanair):
     with pytest.raises(FileNotFoundError, match="is not a TartanAir sequence"):
         reverse_tartanair.reverse_sequence(tmp_path, tmp_path / "reversed")
+
+
+def test_gap_in_frame_numbers_is_rejected(tmp_path, reverse_tartanair):
+    source = write_tartanair(tmp_path / "P000", count=3)
+    (source / "image_left" / "000001_left.png").rename(source / "image_left" / "000007_left.png")
+    with pytest.raises(ValueError, match="frame number 7, outside 0..2"):
+        reverse_tartanair.reverse_sequence(source, tmp_path / "reversed")
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["P000"]
+
+
+def test_depth_beyond_last_image_is_rejected(tmp_path, reverse_tartanair):
+    source = write_tartanair(tmp_path / "P000", count=3)
+    (source / "depth_left" / "000002_left_depth.npy").rename(
+        source / "depth_left" / "000050_left_depth.npy"
+    )
+    with pytest.raises(ValueError, match="frame number 50"):
+        reverse_tartanair.reverse_sequence(source, tmp_path / "reversed")
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["P000"]
+
+
+def test_bad_image_name_leaves_no_output(tmp_path, reverse_tartanair):
+    source = write_tartanair(tmp_path / "P000", count=3, pose_lines=["0 0 0 0 0 0 1"] * 4)
+    (source / "image_left" / "x3_left.png").write_bytes(b"")
+    with pytest.raises(ValueError, match="is not named NNNNNN_left.png"):
+        reverse_tartanair.reverse_sequence(source, tmp_path / "reversed")
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["P000"]
+
+
+def test_missing_source_is_named(tmp_path, reverse_tartanair):
+    with pytest.raises(FileNotFoundError, match="source folder .* not found"):
+        reverse_tartanair.reverse_sequence(tmp_path / "absent", tmp_path / "reversed")
