@@ -295,3 +295,36 @@ def test_reverse_share_matches_probability(tmp_path):
                     for index in range(60))
     # Binomial(60, 0.5): 30 +- 3.9, so 15..45 fails by chance with probability below 1e-4.
     assert 15 <= backwards <= 45
+
+
+def test_root_inside_evaluation_data_is_rejected(tmp_path, monkeypatch):
+    evaluation = tmp_path / "evaluation"
+    write_tartanair(evaluation / "P000", count=4)
+    monkeypatch.setenv("VO_NODE_DATA", str(evaluation))
+    with pytest.raises(DatasetError, match="reserved for evaluation"):
+        data.discover_sequences("tartanair", [str(evaluation / "P000")])
+
+
+def test_links_into_evaluation_data_are_rejected(tmp_path, monkeypatch):
+    evaluation = write_tartanair(tmp_path / "evaluation" / "P000", count=4)
+    monkeypatch.setenv("VO_NODE_DATA", str(tmp_path / "evaluation"))
+    linked = tmp_path / "training" / "P000"
+    (linked / "image_left").mkdir(parents=True)
+    (linked / "depth_left").mkdir()
+    for index in range(4):
+        name = f"{index:06d}_left.png"
+        (linked / "image_left" / name).symlink_to(evaluation / "image_left" / name)
+        depth = f"{index:06d}_left_depth.npy"
+        (linked / "depth_left" / depth).symlink_to(evaluation / "depth_left" / depth)
+    (linked / "pose_left.txt").write_text((evaluation / "pose_left.txt").read_text())
+    with pytest.raises(DatasetError, match="links into the evaluation data folder"):
+        data.discover_sequences("tartanair", [str(tmp_path / "training")])
+
+
+def test_separate_copy_is_accepted(tmp_path, monkeypatch):
+    write_tartanair(tmp_path / "evaluation" / "P000", count=4)
+    monkeypatch.setenv("VO_NODE_DATA", str(tmp_path / "evaluation"))
+    write_tartanair(tmp_path / "training" / "P000", count=4)
+    sequences = data.discover_sequences("tartanair", [str(tmp_path / "training")])
+    assert len(sequences) == 1
+    assert len(sequences[0]) == 4

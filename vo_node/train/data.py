@@ -104,18 +104,43 @@ class FrameSequence(Protocol):
     def depth(self, index: int) -> np.ndarray: ...
 
 
-def check_not_evaluation_data(root: Path) -> None:
-    """Raise DatasetError if ``root`` lies inside the shared evaluation data folder."""
+def _evaluation_folders() -> list[Path]:
+    """Return the resolved evaluation data folders: ``../shared/data`` and ``$VO_NODE_DATA``."""
     protected = [SHARED_DATA_DIR]
     if os.environ.get("VO_NODE_DATA"):
         protected.append(Path(os.environ["VO_NODE_DATA"]))
-    resolved = root.resolve()
+    return [folder.resolve() for folder in protected]
+
+
+def _evaluation_folder_of(path: Path, protected: list[Path]) -> Path | None:
+    """Return the evaluation folder that contains ``path`` after resolving links, or None."""
+    resolved = path.resolve()
     for folder in protected:
-        folder = folder.resolve()
         if resolved == folder or folder in resolved.parents:
+            return folder
+    return None
+
+
+def check_not_evaluation_data(root: Path) -> None:
+    """Raise DatasetError if ``root`` lies inside the shared evaluation data folder."""
+    folder = _evaluation_folder_of(root, _evaluation_folders())
+    if folder is not None:
+        raise DatasetError(
+            f"rejected training root {root}: it lies inside the evaluation data folder {folder}, "
+            "which is reserved for evaluation; point data.roots at a separate training copy"
+        )
+
+
+def check_files_not_evaluation_data(sequence: FrameSequence) -> None:
+    """Raise DatasetError if an image or depth file of ``sequence`` is a link into the
+    evaluation data folder, as in a folder of links that replays an evaluation sequence."""
+    protected = _evaluation_folders()
+    for path in [*getattr(sequence, "image_paths", []), *getattr(sequence, "depth_paths", [])]:
+        folder = _evaluation_folder_of(Path(path), protected)
+        if folder is not None:
             raise DatasetError(
-                f"rejected training root {root}: it lies inside the evaluation data folder {folder}, "
-                "which is reserved for evaluation; point data.roots at a separate training copy"
+                f"rejected training file {path}: it links into the evaluation data folder "
+                f"{folder}, which is reserved for evaluation; train on a separate copy"
             )
 
 
@@ -312,7 +337,10 @@ def discover_sequences(source: str, roots: list[str]) -> list[FrameSequence]:
                 f"no {source} sequence found under {root} (looked for {marker}); check data.source "
                 "and data.roots"
             )
-        sequences.extend(factory(folder) for folder in folders)
+        for folder in folders:
+            sequence = factory(folder)
+            check_files_not_evaluation_data(sequence)
+            sequences.append(sequence)
     logger.info("found %d %s sequences under %s", len(sequences), source, ", ".join(roots))
     return sequences
 
