@@ -579,3 +579,26 @@ def test_clip_recipe_ignores_loader_settings():
     assert clip_recipe(data) == clip_recipe(dataclasses.replace(data, prefetch_factor=5))
     assert clip_recipe(data) != clip_recipe(dataclasses.replace(data, max_flow=99.0))
     assert clip_recipe(data) != clip_recipe(dataclasses.replace(data, low_texture=0.2))
+
+
+def test_new_run_into_existing_run_is_rejected(tmp_path, caplog):
+    run = tmp_path / "run"
+    assert main(["--config", TINY, "--output", str(run), "--max-steps", "2"]) == 0
+    metrics = (run / "metrics.csv").read_text()
+    latest = (run / "checkpoints" / "latest.pt").read_bytes()
+    code = main(["--config", TINY, "--output", str(run), "--max-steps", "2"])
+    assert code == 2
+    assert "already holds a training run" in caplog.text
+    assert "pass --resume" in caplog.text
+    assert (run / "metrics.csv").read_text() == metrics
+    assert (run / "checkpoints" / "latest.pt").read_bytes() == latest
+    assert main(["--config", TINY, "--output", str(run), "--resume", "--max-steps", "1"]) == 0
+    assert load_checkpoint(run / "checkpoints" / "latest.pt")["step"] == 3
+
+
+def test_output_that_is_a_file_is_rejected(tmp_path, caplog):
+    target = tmp_path / "run.txt"
+    target.write_text("not a run folder")
+    assert main(["--config", TINY, "--output", str(target), "--max-steps", "1"]) == 2
+    assert "is a file; give a folder" in caplog.text
+    assert target.read_text() == "not a run folder"

@@ -112,6 +112,22 @@ def _resolve(args: argparse.Namespace):
     return config, output, resume_path
 
 
+def check_run_folder(output: Path, resume_path: Path | None) -> None:
+    """Raise ValueError when ``output`` cannot take this run: it is a file, or a fresh run
+    (no ``resume_path``) would overwrite the checkpoints and append to the metrics of an
+    earlier run there."""
+    from vo_node.train import checkpoint as ckpt
+
+    if output.exists() and not output.is_dir():
+        raise ValueError(f"--output {output} is a file; give a folder for the run")
+    latest = output / "checkpoints" / ckpt.LATEST_NAME
+    if resume_path is None and latest.is_file():
+        raise ValueError(
+            f"{output} already holds a training run ({latest}); pass --resume to continue it, "
+            "or give another --output for a new run"
+        )
+
+
 def warn_if_too_large_for_cpu(config) -> bool:
     """Warn when a GPU-sized recipe is about to train on the CPU; return whether it warned.
 
@@ -218,6 +234,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     try:
         config, output, resume_path = _resolve(args)
+        check_run_folder(output, resume_path)
         trainer = Trainer(config, output, resume_path)
         logger.info("training into %s (device %s, %d rank(s))", output, trainer.device,
                     trainer.context.world_size)
