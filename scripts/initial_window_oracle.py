@@ -34,13 +34,15 @@ import torch
 
 from vo_node.config import ConfigError
 from vo_node.geometry import se3
+from vo_node.io.camera import CalibrationError
 from vo_node.io.sequence import SequenceError, open_sequence
-from vo_node.io.trajectory import Trajectory
+from vo_node.io.trajectory import Trajectory, TrajectoryError
 from vo_node.model.network import ModelFileError
 from vo_node.odometry import frontend
 from vo_node.run import evaluate_run, load_engine, run_sequence
 
-ORACLE_OVERRIDES = ("frontend.hypothesis_frames=0",)
+TRIAL_KEY = "frontend.hypothesis_frames"
+ORACLE_OVERRIDES = (f"{TRIAL_KEY}=0",)
 
 
 def true_window_poses(
@@ -69,9 +71,11 @@ def true_window_poses(
     return se3.compose(relative, estimated[:1].expand_as(relative)).to(estimated_cw)
 
 
-def track_once(path: Path, config, network, device: str, true_window: bool) -> float | None:
+def track_once(
+    path: Path, camera: Path | None, config, network, device: str, true_window: bool
+) -> float | None:
     """Track ``path`` once; return the ATE in % of path, or None when it cannot be computed."""
-    sequence = open_sequence(path)
+    sequence = open_sequence(path, camera_path=camera)
     ground_truth = sequence.ground_truth
     if ground_truth is None:
         raise SequenceError(f"{path} has no ground truth; the comparison needs one")
@@ -106,6 +110,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--runs", type=int, default=5, help="seeds per variant (default 5)")
     parser.add_argument("--model", type=Path, default=None, help="model file (default: shipped)")
     parser.add_argument("--config", default="small", help="engine preset (default small)")
+    parser.add_argument("--camera", type=Path, default=None,
+                        help="camera_info YAML for an image folder without camera.yaml")
     parser.add_argument(
         "--override", action="append", default=[], metavar="KEY=VALUE",
         help="engine setting, repeatable (frontend.hypothesis_frames is set to 0)",
@@ -119,6 +125,10 @@ def main() -> int:
     if args.runs < 1:
         print(f"error: --runs must be at least 1, got {args.runs}", file=sys.stderr)
         return 2
+    if any(text.split("=", 1)[0].strip() == TRIAL_KEY for text in args.override):
+        print(f"error: {TRIAL_KEY} is fixed to 0 by this script, so the window it sets is the "
+              "one tracked; remove that --override", file=sys.stderr)
+        return 2
     torch.set_num_threads(1)
     try:
         config, network, device = load_engine(
@@ -127,12 +137,17 @@ def main() -> int:
         rows = []
         for run in range(args.runs):
             seeded = dataclasses.replace(config, seed=config.seed + run)
-            estimated = track_once(args.sequence, seeded, network, device, true_window=False)
-            oracle = track_once(args.sequence, seeded, network, device, true_window=True)
+            estimated = track_once(
+                args.sequence, args.camera, seeded, network, device, true_window=False
+            )
+            oracle = track_once(args.sequence, args.camera, seeded, network, device, true_window=True)
             rows.append((seeded.seed, estimated, oracle))
             print(f"seed {seeded.seed}: estimated {format_percent(estimated)}, "
                   f"true window {format_percent(oracle)}", flush=True)
-    except (ConfigError, FileNotFoundError, ModelFileError, SequenceError) as error:
+    except (
+        CalibrationError, ConfigError, FileNotFoundError, ModelFileError, SequenceError,
+        TrajectoryError,
+    ) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     for column, name in ((1, "estimated"), (2, "true window")):

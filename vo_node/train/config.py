@@ -85,8 +85,9 @@ class DataConfig:
     reverse_p: float = 0.0
     """Probability that a clip is played backwards: its frames are taken in reverse order, so
     forward motion becomes backward motion (the static scene makes this exact). The generator's
-    forward paths always look along the motion, so without it no clip moves backwards. 0 draws
-    nothing, so the clips are the same as before the option existed."""
+    forward paths always look along the motion, so without it no clip moves backwards. The
+    held-out validation clips are reversed with the same probability. 0 draws nothing, so the
+    clips are the same as before the option existed."""
     depth_percentile: float = 98.0
     depth_percentile_scale: float = 0.7
     """Inverse depth is divided by ``depth_percentile_scale * percentile(inverse depth)``, and
