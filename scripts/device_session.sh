@@ -4,8 +4,9 @@
 #   1. engine timings on CUDA for docs/benchmarks.md: `vo_node.bench` on the rendered demo
 #      sequence, because ../shared/data does not travel;
 #   2. the large-flow fine-tuning of the shipped model (config/finetune_small_largeflow.yaml),
-#      resumed from its committed checkpoint in models/training/ for TRAIN_SECONDS (or started
-#      from the shipped weights when none is committed). `timeout` then sends SIGTERM, and the
+#      resumed for TRAIN_SECONDS from the run folder's own checkpoint when an earlier call on this
+#      machine left one, else from its committed checkpoint in models/training/, else started
+#      from the shipped weights. `timeout` then sends SIGTERM, and the
 #      trainer writes its checkpoint. The checkpoint and the metrics come back in $OUT, to be
 #      copied into models/training/ and committed. RECIPE, CHECKPOINT and NAME select another run.
 #      NOTE: the committed large-flow checkpoint is at its final step (3,000 of 3,000), so the
@@ -36,14 +37,23 @@ tail -n 12 "$out/bench.log"
 
 echo "== training $recipe for $seconds s on $device"
 resume=()
-if [ -f "$checkpoint" ]; then
+if [ -f "$train_dir/checkpoints/latest.pt" ]; then
+    resume=(--resume "$train_dir/checkpoints/latest.pt")
+elif [ -f "$checkpoint" ]; then
     resume=(--resume "$checkpoint")
 fi
 timeout --signal=TERM --kill-after=60 "$seconds" \
     "$python" -m vo_node.train --config "$recipe" --output "$train_dir" "${resume[@]}" \
     "device=$device" >"$out/train.log" 2>&1
-echo "training exit status $? (124: stopped by the time budget, checkpoint written on SIGTERM)"
+status=$?
+echo "training exit status $status (124: stopped by the time budget, checkpoint written on SIGTERM)"
 tail -c 2000 "$out/train.log" | tr '\r' '\n' | tail -n 8
+# Exit status 2 is a usage error, and the run folder then still contains an earlier call's files.
+if [ "$status" -eq 2 ]; then
+    echo "training did not start (see train.log); no checkpoint is copied back"
+    ls -l "$out"
+    exit 2
+fi
 
 for file in latest.pt best.pt; do
     if [ -f "$train_dir/checkpoints/$file" ]; then

@@ -588,7 +588,7 @@ def test_new_run_into_existing_run_is_rejected(tmp_path, caplog):
     latest = (run / "checkpoints" / "latest.pt").read_bytes()
     code = main(["--config", TINY, "--output", str(run), "--max-steps", "2"])
     assert code == 2
-    assert "already holds a training run" in caplog.text
+    assert "already contains a training run" in caplog.text
     assert "pass --resume" in caplog.text
     assert (run / "metrics.csv").read_text() == metrics
     assert (run / "checkpoints" / "latest.pt").read_bytes() == latest
@@ -602,3 +602,29 @@ def test_output_that_is_a_file_is_rejected(tmp_path, caplog):
     assert main(["--config", TINY, "--output", str(target), "--max-steps", "1"]) == 2
     assert "is a file; give a folder" in caplog.text
     assert target.read_text() == "not a run folder"
+
+
+def test_new_run_over_logged_metrics_is_rejected(tmp_path, caplog):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "metrics.csv").write_text("step,split,loss\n10,train,1.0\n")
+    assert main(["--config", TINY, "--output", str(run), "--max-steps", "1"]) == 2
+    assert "already contains a training run" in caplog.text
+    assert (run / "metrics.csv").read_text() == "step,split,loss\n10,train,1.0\n"
+
+
+def test_resume_over_later_run_is_rejected(tmp_path, caplog):
+    early, late = tmp_path / "early", tmp_path / "late"
+    assert main(["--config", TINY, "--output", str(early), "--max-steps", "1"]) == 0
+    assert main(["--config", TINY, "--output", str(late), "--max-steps", "3"]) == 0
+    late_metrics = (late / "metrics.csv").read_text()
+    code = main(["--config", TINY, "--output", str(late), "--resume",
+                 str(early / "checkpoints" / "latest.pt"), "--max-steps", "1"])
+    assert code == 2
+    assert "contains a run at step 3" in caplog.text
+    assert (late / "metrics.csv").read_text() == late_metrics
+    assert load_checkpoint(late / "checkpoints" / "latest.pt")["step"] == 3
+    # Resuming the later run's own checkpoint, or an earlier run into a new folder, is fine.
+    assert main(["--config", TINY, "--output", str(tmp_path / "fresh"), "--resume",
+                 str(early / "checkpoints" / "latest.pt"), "--max-steps", "1"]) == 0
+    assert load_checkpoint(tmp_path / "fresh" / "checkpoints" / "latest.pt")["step"] == 2

@@ -113,19 +113,45 @@ def _resolve(args: argparse.Namespace):
 
 
 def check_run_folder(output: Path, resume_path: Path | None) -> None:
-    """Raise ValueError when ``output`` cannot take this run: it is a file, or a fresh run
-    (no ``resume_path``) would overwrite the checkpoints and append to the metrics of an
-    earlier run there."""
+    """Raise ValueError when ``output`` cannot take this run without losing an earlier one.
+
+    Three cases are rejected. ``output`` is a file. A fresh run (no ``resume_path``) targets a
+    folder with checkpoints or logged metrics, which it would overwrite or append to. A resume
+    from another file targets a folder whose own ``latest.pt`` is at a later step, so the
+    checkpoints and metrics after the resumed step would be overwritten.
+    """
     from vo_node.train import checkpoint as ckpt
 
     if output.exists() and not output.is_dir():
         raise ValueError(f"--output {output} is a file; give a folder for the run")
     latest = output / "checkpoints" / ckpt.LATEST_NAME
-    if resume_path is None and latest.is_file():
-        raise ValueError(
-            f"{output} already holds a training run ({latest}); pass --resume to continue it, "
-            "or give another --output for a new run"
-        )
+    if resume_path is None:
+        earlier = sorted((output / "checkpoints").glob("*.pt")) + _logged_metrics(output)
+        if earlier:
+            raise ValueError(
+                f"{output} already contains a training run ({earlier[0]}); pass --resume to "
+                "continue it, or give another --output for a new run"
+            )
+        return
+    if latest.is_file() and latest.resolve() != Path(resume_path).resolve():
+        existing = ckpt.load_checkpoint(latest)["step"]
+        resumed = ckpt.load_checkpoint(resume_path)["step"]
+        if existing > resumed:
+            raise ValueError(
+                f"{output} contains a run at step {existing} ({latest}), later than step {resumed} "
+                f"of {resume_path}; resuming there would overwrite it. Pass --resume {latest} "
+                "to continue that run, or give another --output"
+            )
+
+
+def _logged_metrics(output: Path) -> list[Path]:
+    """Return ``[output/metrics.csv]`` when it has rows beyond the header, else ``[]``."""
+    metrics = output / "metrics.csv"
+    if not metrics.is_file():
+        return []
+    with open(metrics) as handle:
+        rows = sum(1 for line in handle if line.strip())
+    return [metrics] if rows > 1 else []
 
 
 def warn_if_too_large_for_cpu(config) -> bool:
