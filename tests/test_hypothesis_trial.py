@@ -125,3 +125,13 @@ def test_negative_hypothesis_frames_are_rejected():
     config.frontend.hypothesis_frames = -1
     with pytest.raises(ConfigError, match="hypothesis_frames"):
         config.validate()
+
+
+def test_initialisation_frame_reports_primary_cost(clip):
+    without, _ = track(clip, {"frontend.hypothesis_frames": 0})
+    with_trial, _ = track(clip)
+    first_tracking = [r.state for r in without].index("tracking")
+    # The alternative is optimised after the primary window; the frame still reports the
+    # primary graph's BA cost and residual count, as without the trial.
+    assert with_trial[first_tracking].ba_cost == without[first_tracking].ba_cost
+    assert with_trial[first_tracking].ba_residuals == without[first_tracking].ba_residuals

@@ -544,6 +544,8 @@ class VisualOdometry:
         ``self.graph`` is the lower-cost hypothesis, already optimised. An alternative that
         fails its own initialisation is dropped."""
         primary = self.graph
+        # The frame reports the primary graph's BA figures, not the alternative's.
+        primary_figures = (self._last_ba_cost, self._last_ba_weight_sum, self._frame_ba_cost)
         self.graph = alternative
         try:
             self._optimize(iterations, times, guard=True)
@@ -552,6 +554,7 @@ class VisualOdometry:
             return
         finally:
             self.graph = primary
+            self._last_ba_cost, self._last_ba_weight_sum, self._frame_ba_cost = primary_figures
         self._hypotheses = [
             _Hypothesis("initial", primary), _Hypothesis("alternative", alternative)
         ]
