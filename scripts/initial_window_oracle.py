@@ -12,6 +12,9 @@ tracks the sequence twice:
 
 Both runs use ``frontend.hypothesis_frames=0``, so the initial window that the script sets is
 the one that is tracked (the depth-hypothesis trial would track an untouched alternative too).
+After a tracking loss the engine initialises again, and that window gets true poses as well.
+The replacement needs the engine's own window estimate (``frontend.multi_start_init``, on by
+default); without it the script stops with an error.
 It prints the ATE (% of path) per seed and the medians::
 
     .venv/bin/python scripts/initial_window_oracle.py ../shared/data/tartanair_hospital --runs 5
@@ -80,9 +83,11 @@ def track_once(
     if ground_truth is None:
         raise SequenceError(f"{path} has no ground truth; the comparison needs one")
     estimate = frontend.VisualOdometry._estimate_initial_window
+    replaced = []
 
     def with_true_poses(odometry, times):
         window = estimate(odometry, times)
+        replaced.append(odometry.graph.n)
         graph = odometry.graph
         graph.poses[: graph.n] = true_window_poses(
             graph.active_poses, graph.timestamps_ns[: graph.n], ground_truth
@@ -95,6 +100,11 @@ def track_once(
         result = run_sequence(sequence, config, network, device, progress=False)
     finally:
         frontend.VisualOdometry._estimate_initial_window = estimate
+    if true_window and not replaced:
+        raise ConfigError(
+            "the engine never estimated an initial window, so no pose was replaced; keep "
+            "frontend.multi_start_init on (the default)"
+        )
     metrics = evaluate_run(result, ground_truth)
     return None if metrics is None else metrics.ate_percent
 

@@ -85,6 +85,8 @@ def reverse_sequence(source: Path, output: Path) -> int:
         raise ValueError(f"{source / IMAGE_FOLDER} repeats a frame number; give each image its own")
     depths = sorted((source / DEPTH_FOLDER).glob(f"*{DEPTH_SUFFIX}"))
     depth_links = reversed_links(depths, DEPTH_SUFFIX, len(images))
+    if len(depth_links) != len(depths):
+        raise ValueError(f"{source / DEPTH_FOLDER} repeats a frame number; give each depth map its own")
 
     output.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{output.name}.", dir=output.parent))

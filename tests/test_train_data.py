@@ -328,3 +328,16 @@ def test_separate_copy_is_accepted(tmp_path, monkeypatch):
     sequences = data.discover_sequences("tartanair", [str(tmp_path / "training")])
     assert len(sequences) == 1
     assert len(sequences[0]) == 4
+
+
+def test_linked_sequence_folder_is_rejected(tmp_path, monkeypatch):
+    evaluation = write_tartanair(tmp_path / "evaluation" / "P000", count=4)
+    monkeypatch.setenv("VO_NODE_DATA", str(tmp_path / "evaluation"))
+    (tmp_path / "training").mkdir()
+    (tmp_path / "training" / "P000").symlink_to(evaluation, target_is_directory=True)
+    try:
+        sequences = data.discover_sequences("tartanair", [str(tmp_path / "training")])
+    except DatasetError as error:
+        assert "evaluation data folder" in str(error) or "no tartanair sequence" in str(error)
+    else:
+        pytest.fail(f"a linked evaluation folder was accepted: {[s.folder for s in sequences]}")

@@ -131,12 +131,18 @@ def check_not_evaluation_data(root: Path) -> None:
         )
 
 
-def check_files_not_evaluation_data(sequence: FrameSequence) -> None:
+def check_files_not_evaluation_data(sequence: TartanAirSequence | TumSequence) -> None:
     """Raise DatasetError if an image or depth file of ``sequence`` is a link into the
     evaluation data folder, as in a folder of links that replays an evaluation sequence."""
     protected = _evaluation_folders()
-    for path in [*getattr(sequence, "image_paths", []), *getattr(sequence, "depth_paths", [])]:
-        folder = _evaluation_folder_of(Path(path), protected)
+    checked_parents: set[Path] = set()
+    for path in map(Path, [*sequence.image_paths, *sequence.depth_paths]):
+        # A plain file lies where its folder resolves to, so each folder is resolved once.
+        if not path.is_symlink():
+            if path.parent in checked_parents:
+                continue
+            checked_parents.add(path.parent)
+        folder = _evaluation_folder_of(path, protected)
         if folder is not None:
             raise DatasetError(
                 f"rejected training file {path}: it links into the evaluation data folder "
