@@ -11,7 +11,7 @@ from vo_node.config import (
 )
 
 
-@pytest.mark.parametrize("name", ["small", "full"])
+@pytest.mark.parametrize("name", ["small", "accurate", "full"])
 def test_presets_load_and_validate(name):
     config = load_engine_config(name)
     assert config.name == name
@@ -30,6 +30,19 @@ def test_small_preset_is_smaller():
     full = load_engine_config("full")
     assert small.network.context_dim < full.network.context_dim
     assert small.frontend.patches_per_frame < full.frontend.patches_per_frame
+
+
+def test_accurate_preset_differs_only_in_patches():
+    import dataclasses
+
+    small = load_engine_config("small")
+    accurate = load_engine_config("accurate")
+    assert accurate.frontend.patches_per_frame == 2 * small.frontend.patches_per_frame
+    # Same network sizes, so the shipped model file runs with either preset.
+    assert accurate.network == small.network
+    assert accurate.ba == small.ba
+    assert accurate.max_image_width == small.max_image_width
+    assert dataclasses.replace(accurate.frontend, patches_per_frame=32) == small.frontend
 
 
 def test_override_changes_one_field():
@@ -140,7 +153,7 @@ def test_small_preset_real_time_settings():
 
 
 def test_removed_small_fast_preset_names_the_available_ones():
-    with pytest.raises(ConfigError, match="available presets: full, small"):
+    with pytest.raises(ConfigError, match="available presets: accurate, full, small"):
         load_engine_config("small_fast")
 
 
