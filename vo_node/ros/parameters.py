@@ -236,8 +236,8 @@ PARAMETERS: tuple[ParameterSpec, ...] = (
     ParameterSpec(
         "model.config",
         "",
-        "Engine configuration preset name (small, full) or YAML path whose frontend and bundle "
-        "adjustment settings replace the model file's; empty keeps the model file's",
+        "Engine configuration preset name (small, accurate, full) or YAML path whose frontend "
+        "and bundle adjustment settings replace the model file's; empty keeps the model file's",
     ),
     ParameterSpec(
         "model.device",
@@ -380,7 +380,7 @@ def model_parameter_problems(weights: str, config: str, device: str) -> list[str
         except ConfigError as error:
             problems.append(
                 f"model.config {config!r} is invalid: {error}. Pass an engine preset name "
-                "(small, full) or an engine YAML path with -p model.config:=NAME"
+                "(small, accurate, full) or an engine YAML path with -p model.config:=NAME"
             )
     if device == "cuda":
         import torch
