@@ -23,9 +23,22 @@ import torch  # noqa: E402  (imported after OMP_NUM_THREADS is set, so OpenMP re
 torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
 
 
+import importlib.util  # noqa: E402
+from pathlib import Path  # noqa: E402
+from types import ModuleType  # noqa: E402
+
 import pytest  # noqa: E402
 
 RANDOM_MODEL_SEED = 0
+SCRIPTS_DIR = Path(__file__).resolve().parents[1] / "scripts"
+
+
+def load_module_from_file(path: Path, name: str) -> ModuleType:
+    """Import the Python file ``path`` (a script or launch file outside any package) as ``name``."""
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def _save_random_model(folder, name: str, network=None):

@@ -1,26 +1,20 @@
 """scripts/initial_window_oracle.py: ground-truth window poses at the estimate's scale."""
 
-import importlib.util
-from pathlib import Path
-
 import numpy as np
 import pytest
 import torch
 
+from tests.conftest import SCRIPTS_DIR, load_module_from_file
 from vo_node.geometry import se3
 from vo_node.io.sequence import SequenceError
 from vo_node.io.trajectory import Trajectory
 
-SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "initial_window_oracle.py"
 DOUBLE = torch.float64
 
 
 @pytest.fixture(scope="module")
 def oracle():
-    spec = importlib.util.spec_from_file_location("initial_window_oracle", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_module_from_file(SCRIPTS_DIR / "initial_window_oracle.py", "initial_window_oracle")
 
 
 def random_poses(count, seed, step):

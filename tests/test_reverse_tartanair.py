@@ -1,23 +1,16 @@
 """scripts/reverse_tartanair.py: a TartanAir folder played backwards, read by the engine's reader."""
 
-import importlib.util
-from pathlib import Path
-
 import numpy as np
 import pytest
 
+from tests.conftest import SCRIPTS_DIR, load_module_from_file
 from tests.test_train_data import write_tartanair
 from vo_node.io.sequence import open_sequence
-
-SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "reverse_tartanair.py"
 
 
 @pytest.fixture(scope="module")
 def reverse_tartanair():
-    spec = importlib.util.spec_from_file_location("reverse_tartanair", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_module_from_file(SCRIPTS_DIR / "reverse_tartanair.py", "reverse_tartanair")
 
 
 def write_camera(folder):

@@ -238,11 +238,9 @@ def test_launch_file_matches_node():
     except ImportError:
         launch_ros = None
     if launch_ros is not None:
-        import importlib.util
+        from tests.conftest import load_module_from_file
 
-        spec = importlib.util.spec_from_file_location("vo_launch", path)
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
+        module = load_module_from_file(path, "vo_launch")
         description = module.generate_launch_description()
         arguments = {a.name for a in description.get_launch_arguments()}
         assert arguments == {"image_topic", "camera_info_topic", "params_file", "device",

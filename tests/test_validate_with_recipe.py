@@ -1,23 +1,17 @@
 """scripts/validate_with_recipe.py: recipe settings changed with --set."""
 
-import importlib.util
-from pathlib import Path
-
 import pytest
 
+from tests.conftest import SCRIPTS_DIR, load_module_from_file
 from vo_node.config import to_dict
 from vo_node.train.config import load_train_config
 
-SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "validate_with_recipe.py"
 TINY = "config/train_tiny.yaml"
 
 
 @pytest.fixture(scope="module")
 def script():
-    spec = importlib.util.spec_from_file_location("validate_with_recipe", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_module_from_file(SCRIPTS_DIR / "validate_with_recipe.py", "validate_with_recipe")
 
 
 @pytest.fixture()
