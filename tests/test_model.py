@@ -596,3 +596,34 @@ def test_encoder_channels_last_matches_contiguous(dtype, tolerance):
     assert expected.is_contiguous()
     assert expected.abs().max() > 0.1
     assert torch.allclose(result, expected, atol=tolerance, rtol=0)
+
+
+@pytest.mark.parametrize("dtype, tolerance", [(torch.float64, 1e-12), (torch.float32, 1e-5)])
+def test_channels_last_instance_norm_matches_reference(dtype, tolerance):
+    from vo_node.model.encoder import channels_last_instance_norm
+
+    generator = torch.Generator().manual_seed(3)
+    # Channel means of the order of the standard deviations, as in the encoders' maps.
+    x = torch.randn(2, 12, 30, 46, generator=generator, dtype=dtype) * 2.0 + 1.5
+    x = x.contiguous(memory_format=torch.channels_last)
+    result = channels_last_instance_norm(x, eps=1e-5)
+    expected = torch.nn.functional.instance_norm(x.contiguous(), eps=1e-5)
+    assert result.is_contiguous(memory_format=torch.channels_last)
+    assert torch.allclose(result, expected, atol=tolerance, rtol=0)
+
+
+def test_instance_norm_paths_by_layout_and_grad():
+    from vo_node.model.encoder import InstanceNorm
+
+    norm = InstanceNorm(12)
+    x = torch.randn(1, 12, 10, 14, dtype=torch.float64).contiguous(memory_format=torch.channels_last)
+    expected = torch.nn.functional.instance_norm(x.contiguous())
+    with torch.no_grad():
+        fast = norm(x)
+    leaf = x.clone().requires_grad_()
+    recorded = norm(leaf)
+    recorded.square().sum().backward()
+    assert torch.allclose(fast, expected, atol=1e-12)
+    assert torch.allclose(recorded, expected, atol=1e-12)
+    assert leaf.grad is not None and torch.isfinite(leaf.grad).all()
+    assert norm.state_dict() == {}

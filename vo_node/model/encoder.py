@@ -48,16 +48,58 @@ def check_images(images: Tensor) -> None:
         )
 
 
-def _norm_layer(channels: int, normalize: bool) -> nn.Module:
-    """Return instance normalisation without affine parameters, or the identity.
+class InstanceNorm(nn.GroupNorm):
+    """Instance normalisation without affine parameters, as group normalisation with one channel
+    per group.
 
-    Group normalisation with one channel per group computes the same statistics as
-    ``nn.InstanceNorm2d`` and has no parameters either, but its CPU kernel is several times faster
-    (torch 2.13, measured on a 1x16x120x184 map).
+    This computes the same statistics as ``nn.InstanceNorm2d`` and has no parameters either, but
+    its contiguous CPU kernel is several times faster (torch 2.13, measured on a 1x16x120x184
+    map). Channels-last inputs at inference take :func:`channels_last_instance_norm` instead.
     """
+
+    def __init__(self, channels: int):
+        super().__init__(channels, channels, affine=False)
+
+    def forward(self, x: Tensor) -> Tensor:
+        if not torch.is_grad_enabled() and _is_channels_last(x):
+            return channels_last_instance_norm(x, self.eps)
+        return super().forward(x)
+
+
+def channels_last_instance_norm(x: Tensor, eps: float) -> Tensor:
+    """Normalise each channel of a channels-last map ``(N, C, H, W)`` over its ``H x W`` values.
+
+    Returns a channels-last map. The channel sums reduce the ``(H*W, C)`` rows of each map,
+    a layout torch reduces quickly. On a 1x12x120x184 map this took 0.2 ms, and torch 2.13's
+    group normalisation of the channels-last map took 0.6-0.8 ms (2 threads, Xeon with
+    AVX-512). The variance is ``E[x^2] - E[x]^2`` in float32. For the encoders' maps, whose
+    channel means are of the order of their standard deviations, the outputs agree with the
+    contiguous kernel to about 3e-6.
+    """
+    batch, channels, height, width = x.shape
+    rows = x.permute(0, 2, 3, 1).reshape(batch, height * width, channels)
+    count = height * width
+    mean = torch.stack([image.sum(0) for image in rows]) / count  # (N, C)
+    mean_square = torch.stack([image.square().sum(0) for image in rows]) / count
+    variance = (mean_square - mean * mean).clamp_min(0.0)
+    scale = torch.rsqrt(variance + eps)
+    return (x - mean[:, :, None, None]).mul_(scale[:, :, None, None])
+
+
+def _is_channels_last(x: Tensor) -> bool:
+    """Return True for a 4-D map stored channels-last that is not also contiguous."""
+    return (
+        x.dim() == 4
+        and x.is_contiguous(memory_format=torch.channels_last)
+        and not x.is_contiguous()
+    )
+
+
+def _norm_layer(channels: int, normalize: bool) -> nn.Module:
+    """Return instance normalisation without affine parameters, or the identity."""
     if not normalize:
         return nn.Identity()
-    return nn.GroupNorm(channels, channels, affine=False)
+    return InstanceNorm(channels)
 
 
 class ResidualBlock(nn.Module):
