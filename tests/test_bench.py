@@ -1,4 +1,6 @@
-"""Benchmark statistics, table and configuration overrides (no tracking)."""
+"""Benchmark statistics, table and configuration overrides, and one short end-to-end run."""
+
+import json
 
 import pytest
 
@@ -85,3 +87,29 @@ def test_warmup_ends_after_the_trial():
     never = [{"state": "initializing"}] * 3
     assert bench.warmup_frames(never, fallback=8) == 3
     assert bench.warmup_frames(never * 4, fallback=8) == 8
+
+
+def test_bench_end_to_end_names_sequence(tmp_path, capsys):
+    from vo_node.demo_data import render_demo_sequence
+
+    sequence = render_demo_sequence(tmp_path / "sequence", num_frames=24, height=96, width=128)
+    report_path = tmp_path / "bench.json"
+    argv = [
+        str(sequence), "--configs", "small", "--frames", "24", "--threads", "1",
+        "--device", "cpu", "--output", str(report_path), "--log-level", "WARNING",
+    ]
+
+    status = bench.main(argv)
+
+    printed = capsys.readouterr().out
+    assert status == 0
+    assert f"frames of {sequence}" in printed
+    report = json.loads(report_path.read_text())
+    summary = report["results"][0]["summary"]
+    measurement = report["results"][0]["measurement"]
+    assert measurement["sequence"] == str(sequence)
+    assert len(measurement["frames"]) == 24
+    assert summary["measured_frames"] > 0
+    assert summary["measured_frames"] + summary["warmup_discarded"] == 24
+    assert summary["milliseconds"]["wall"]["median"] > 0
+    assert summary["fps_median"] > 0

@@ -366,7 +366,11 @@ def default_sequence() -> Path:
         return DEFAULT_SEQUENCE
     from vo_node.demo_data import render_demo_sequence
 
-    logger.info("%s is absent; benchmarking the demo sequence instead", DEFAULT_SEQUENCE)
+    logger.warning(
+        "%s is absent, so the bench times the rendered demo sequence instead; set VO_NODE_DATA "
+        "to the folder that contains euroc_MH_05_difficult to time EuRoC",
+        DEFAULT_SEQUENCE,
+    )
     return render_demo_sequence(DEFAULT_DEMO_FOLDER)
 
 
@@ -463,8 +467,8 @@ def main(argv: TypingSequence[str] | None = None) -> int:
         report["results"].append({"summary": summary, "measurement": measurement})
         print(format_machine(measurement["machine"]))
         print(
-            f"{config_name}: {summary['measured_frames']} frames measured after "
-            f"{summary['warmup_discarded']} warm-up frames, tracked at "
+            f"{config_name}: {summary['measured_frames']} frames of {measurement['sequence']} "
+            f"measured after {summary['warmup_discarded']} warm-up frames, tracked at "
             f"{measurement['tracked_size'][0]}x{measurement['tracked_size'][1]}, "
             f"weights: {measurement['weights']['kind']}, states {summary['states']}"
         )
