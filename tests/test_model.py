@@ -598,18 +598,41 @@ def test_encoder_channels_last_matches_contiguous(dtype, tolerance):
     assert torch.allclose(result, expected, atol=tolerance, rtol=0)
 
 
-@pytest.mark.parametrize("dtype, tolerance", [(torch.float64, 1e-12), (torch.float32, 1e-5)])
-def test_channels_last_instance_norm_matches_reference(dtype, tolerance):
+@pytest.mark.parametrize(
+    "dtype, offset, tolerance",
+    [(torch.float64, 1.5, 1e-12), (torch.float32, 1.5, 1e-5), (torch.float32, 40.0, 2e-5)],
+)
+def test_channels_last_instance_norm_matches_reference(dtype, offset, tolerance):
     from vo_node.model.encoder import channels_last_instance_norm
 
     generator = torch.Generator().manual_seed(3)
-    # Channel means of the order of the standard deviations, as in the encoders' maps.
-    x = torch.randn(2, 12, 30, 46, generator=generator, dtype=dtype) * 2.0 + 1.5
-    x = x.contiguous(memory_format=torch.channels_last)
+    # offset 40 puts each channel's mean 20 standard deviations from zero, as on plain images.
+    x = torch.randn(2, 12, 30, 46, generator=generator, dtype=torch.float64) * 2.0 + offset
+    expected = torch.nn.functional.instance_norm(x, eps=1e-5).to(dtype)
+    x = x.to(dtype).contiguous(memory_format=torch.channels_last)
     result = channels_last_instance_norm(x, eps=1e-5)
-    expected = torch.nn.functional.instance_norm(x.contiguous(), eps=1e-5)
     assert result.is_contiguous(memory_format=torch.channels_last)
     assert torch.allclose(result, expected, atol=tolerance, rtol=0)
+
+
+def test_channels_last_instance_norm_rejects_bad_shapes():
+    from vo_node.model.encoder import channels_last_instance_norm
+
+    with pytest.raises(ValueError, match="non-empty"):
+        channels_last_instance_norm(torch.zeros(0, 4, 3, 3), eps=1e-5)
+    with pytest.raises(ValueError, match=r"\(N, C, H, W\)"):
+        channels_last_instance_norm(torch.zeros(4, 3, 3), eps=1e-5)
+
+
+def test_instance_norm_half_precision_uses_group_norm():
+    from vo_node.model.encoder import InstanceNorm
+
+    x = (torch.randn(1, 16, 60, 92) * 2.0 + 3.0).contiguous(memory_format=torch.channels_last)
+    expected = torch.nn.functional.instance_norm(x.contiguous())
+    with torch.no_grad():
+        result = InstanceNorm(16)(x.half()).float()
+    assert torch.isfinite(result).all()
+    assert torch.allclose(result, expected, atol=2e-2, rtol=0)
 
 
 def test_instance_norm_paths_by_layout_and_grad():
