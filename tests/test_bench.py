@@ -1,6 +1,7 @@
 """Benchmark statistics, table and configuration overrides, and one short end-to-end run."""
 
 import json
+import logging
 
 import pytest
 
@@ -113,3 +114,29 @@ def test_bench_end_to_end_names_sequence(tmp_path, capsys):
     assert summary["measured_frames"] + summary["warmup_discarded"] == 24
     assert summary["milliseconds"]["wall"]["median"] > 0
     assert summary["fps_median"] > 0
+
+
+def test_bad_config_stops_before_measuring(tmp_path, caplog):
+    caplog.set_level(logging.INFO)
+    report_path = tmp_path / "bench.json"
+    argv = ["--configs", "small", "nosuch", "--output", str(report_path)]
+
+    status = bench.main(argv)
+
+    assert status == 2
+    assert not report_path.exists()
+    assert "nosuch" in caplog.text
+    assert "measuring" not in caplog.text
+
+
+def test_bad_override_stops_before_measuring(tmp_path, caplog):
+    caplog.set_level(logging.INFO)
+    report_path = tmp_path / "bench.json"
+    argv = ["--override", "frontend.no_such_key=1", "--output", str(report_path)]
+
+    status = bench.main(argv)
+
+    assert status == 2
+    assert not report_path.exists()
+    assert "no_such_key" in caplog.text
+    assert "measuring" not in caplog.text

@@ -255,6 +255,19 @@ def test_correlation_outside_edges_match_brute_force():
     assert torch.allclose(recorded.detach(), expected, atol=1e-10)
 
 
+def test_correlation_half_precision_coordinates():
+    gmap, fmap, coords, kk, jj = correlation_case(num_edges=6, seed=4)
+    gmap, fmap, coords = gmap.float(), fmap.float(), coords.float()
+    coords[0] = float("nan")
+    coords[1] = 1.0e5
+    pyramid = CorrelationPyramid.from_fmap(fmap, num_levels=2, radius=3)
+    expected = correlate(gmap, pyramid, coords, kk, jj)
+    result = correlate(gmap, pyramid, coords.half(), kk, jj)
+    assert result.dtype == torch.float16
+    assert torch.isfinite(result).all()
+    assert torch.allclose(result.float(), expected, atol=0.05 * float(expected.abs().max()))
+
+
 def test_correlation_chunked_equals_unchunked():
     gmap, fmap, coords, kk, jj = correlation_case(num_edges=23, seed=2, spread=1.6)
     pyramid = CorrelationPyramid.from_fmap(fmap, 2, 3)

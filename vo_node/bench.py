@@ -371,13 +371,13 @@ def default_sequence() -> Path:
         "to the folder that contains euroc_MH_05_difficult to time EuRoC",
         DEFAULT_SEQUENCE,
     )
-    return render_demo_sequence(DEFAULT_DEMO_FOLDER)
+    return render_demo_sequence(DEFAULT_DEMO_FOLDER).resolve()
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """Return the argument parser of ``python -m vo_node.bench``."""
     from vo_node.run import positive_int
 
-    """Return the argument parser of ``python -m vo_node.bench``."""
     parser = argparse.ArgumentParser(
         prog="python -m vo_node.bench",
         description="Measure per-stage tracking times, frames per second and peak memory.",
@@ -446,6 +446,11 @@ def main(argv: TypingSequence[str] | None = None) -> int:
     if args.model is not None and not args.model.is_file():
         logger.error("model file %s not found; pass an existing file to --model", args.model)
         return EXIT_USAGE
+    try:
+        _check_configs(args.configs, args.override)
+    except ConfigError as error:
+        logger.error("%s", error)
+        return EXIT_USAGE
     sequence = args.sequence or default_sequence()
     report: dict[str, Any] = {"command": " ".join(sys.argv), "results": []}
     summaries = []
@@ -477,6 +482,18 @@ def main(argv: TypingSequence[str] | None = None) -> int:
     _write_report(args.output, report)
     print(f"report written to {args.output}")
     return EXIT_OK
+
+
+def _check_configs(names: TypingSequence[str], overrides: TypingSequence[str]) -> None:
+    """Load every configuration with the overrides, so a bad one stops the bench before any
+    measurement; raise :class:`vo_node.config.ConfigError` naming it."""
+    from vo_node.config import apply_overrides, load_engine_config, parse_override
+
+    parsed = dict(parse_override(text) for text in overrides)
+    for name in names:
+        config = load_engine_config(name)
+        if parsed:
+            apply_overrides(config, parsed)
 
 
 def _write_report(path: Path, report: dict[str, Any]) -> None:

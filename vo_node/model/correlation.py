@@ -152,7 +152,9 @@ def correlate(
     if chunk_size is None:
         budget = CHUNK_ELEMENTS_CUDA if gmap.is_cuda else CHUNK_ELEMENTS
         chunk_size = max(1, budget // (max(pyramid.windows) ** 2 * gmap.shape[1]))
-    coords = coords.clamp(-COORDINATE_LIMIT, COORDINATE_LIMIT).nan_to_num(-COORDINATE_LIMIT)
+    # float16 cannot hold the limit, so its largest finite value takes the limit's place.
+    limit = min(COORDINATE_LIMIT, torch.finfo(coords.dtype).max)
+    coords = coords.clamp(-limit, limit).nan_to_num(-limit)
     record = torch.is_grad_enabled() and (
         gmap.requires_grad
         or coords.requires_grad
@@ -205,6 +207,7 @@ def _correlate_levels(
             if not selected.numel():
                 continue
             # Gathering each path's per-edge inputs once leaves only views to take per chunk.
+            # The features take (E, P*P, C) values, about the size of the output.
             path_features = _pixel_features(gmap[kk[selected]], pyramid)
             path_frames = jj[selected]
             path_corner = plan.corner[selected]
