@@ -387,6 +387,19 @@ def test_prepare_image_replicates_grey_and_crops():
     np.testing.assert_allclose(camera, [100.0, 90.0, 32.0, 24.0])
 
 
+def test_prepare_image_grey_equals_replicated_colour():
+    grey = np.random.default_rng(5).integers(0, 256, (480, 752), dtype=np.uint8)
+    colour = np.repeat(grey[:, :, None], 3, axis=2)
+    intrinsics = [458.0, 457.0, 367.0, 248.0]
+    expected, expected_camera = prepare_image(colour, intrinsics, max_width=376)
+    for image in (grey, grey[:, :, None]):
+        tensor, camera = prepare_image(image, intrinsics, max_width=376)
+        assert tensor.shape == (3, 240, 368)
+        assert tensor.is_contiguous()
+        assert torch.equal(tensor, expected)
+        np.testing.assert_array_equal(camera, expected_camera)
+
+
 def test_prepare_image_keeps_colour_channels():
     image = np.zeros((32, 48, 3), dtype=np.uint8)
     image[..., 0] = 10

@@ -49,11 +49,16 @@ def prepare_image(
     pixels, camera = _center_crop(pixels, camera, SIZE_MULTIPLE)
 
     tensor = torch.from_numpy(np.ascontiguousarray(pixels)).permute(2, 0, 1).float()
+    if tensor.shape[0] == 1:
+        # Grey frames are resized and cropped as one channel, then replicated: area
+        # interpolation treats channels independently, so the result is the same.
+        tensor = tensor.expand(3, -1, -1).contiguous()
     return tensor, camera
 
 
 def _check_image(image: np.ndarray) -> np.ndarray:
-    """Return ``image`` as ``(H, W, 3)`` uint8 or raise a ValueError naming the problem."""
+    """Return ``image`` as ``(H, W, 1)`` or ``(H, W, 3)`` uint8 or raise a ValueError naming
+    the problem."""
     if not isinstance(image, np.ndarray):
         raise ValueError(f"image must be a numpy array, got {type(image).__name__}")
     if image.dtype != np.uint8:
@@ -66,9 +71,7 @@ def _check_image(image: np.ndarray) -> np.ndarray:
     if image.ndim != 3:
         raise ValueError(f"image must have shape (H, W) or (H, W, C), got {image.shape}")
     channels = image.shape[2]
-    if channels == 1:
-        image = np.repeat(image, 3, axis=2)
-    elif channels != 3:
+    if channels not in (1, 3):
         raise ValueError(
             f"image must have 1 or 3 channels, got {channels}; drop the alpha channel of "
             "RGBA/BGRA frames first"
@@ -95,6 +98,8 @@ def _downscale(
     new_width = max_width
     new_height = max(1, int(round(height * max_width / width)))
     resized = cv2.resize(pixels, (new_width, new_height), interpolation=cv2.INTER_AREA)
+    if resized.ndim == 2:
+        resized = resized[:, :, None]  # cv2 drops a single channel axis
     scale_x = new_width / width
     scale_y = new_height / height
     fx, fy, cx, cy = camera
