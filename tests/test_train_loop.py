@@ -628,3 +628,17 @@ def test_resume_over_later_run_is_rejected(tmp_path, caplog):
     assert main(["--config", TINY, "--output", str(tmp_path / "fresh"), "--resume",
                  str(early / "checkpoints" / "latest.pt"), "--max-steps", "1"]) == 0
     assert load_checkpoint(tmp_path / "fresh" / "checkpoints" / "latest.pt")["step"] == 2
+
+
+def test_load_checkpoint_memory_mapped_matches(tmp_path):
+    from vo_node.train.checkpoint import save_checkpoint
+
+    weights = torch.arange(12, dtype=torch.float32).reshape(3, 4)
+    path = save_checkpoint(tmp_path / "latest.pt", {"step": 7, "model": {"w": weights}})
+    mapped = load_checkpoint(path, mmap=True)
+    loaded = load_checkpoint(path)
+    assert mapped["step"] == 7
+    assert torch.equal(mapped["model"]["w"], loaded["model"]["w"])
+    (tmp_path / "text.pt").write_text("not a checkpoint")
+    with pytest.raises(ValueError, match="could not be read"):
+        load_checkpoint(tmp_path / "text.pt", mmap=True)

@@ -134,8 +134,8 @@ def check_run_folder(output: Path, resume_path: Path | None) -> None:
             )
         return
     if latest.is_file() and latest.resolve() != Path(resume_path).resolve():
-        existing = ckpt.load_checkpoint(latest)["step"]
-        resumed = ckpt.load_checkpoint(resume_path)["step"]
+        existing = ckpt.load_checkpoint(latest, mmap=True)["step"]
+        resumed = ckpt.load_checkpoint(resume_path, mmap=True)["step"]
         if existing > resumed:
             raise ValueError(
                 f"{output} contains a run at step {existing} ({latest}), later than step {resumed} "

@@ -50,8 +50,14 @@ def save_checkpoint(path: str | Path, state: dict[str, Any]) -> Path:
     return path
 
 
-def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """Read a checkpoint written by :func:`save_checkpoint`; raise a clear error if unusable."""
+def load_checkpoint(
+    path: str | Path, map_location: str | torch.device = "cpu", mmap: bool = False
+) -> dict[str, Any]:
+    """Read a checkpoint written by :func:`save_checkpoint`; raise a clear error if unusable.
+
+    With ``mmap`` the tensors stay memory-mapped from the file and are read only when used,
+    which makes reading the step or the configuration cheap.
+    """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(
@@ -59,7 +65,7 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
             "RUN/checkpoints/latest.pt"
         )
     try:
-        state = torch.load(path, map_location=map_location, weights_only=True)
+        state = torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
     except Exception as error:
         # The weights-only unpickler fails on foreign bytes with any error type (a text file
         # gives KeyError or IndexError), so every failure means an unreadable checkpoint.
