@@ -164,3 +164,26 @@ def test_unknown_override_section_lists_sections():
         apply_overrides(load_engine_config("small"), {"nonexistent.key": 1})
     assert "frontend" in str(raised.value)
     assert "ba" in str(raised.value)
+
+
+@pytest.mark.parametrize("recipe", ["engine", "training"])
+def test_yaml_list_and_binary_files_rejected(tmp_path, recipe):
+    from vo_node.train.config import load_train_config
+
+    load = load_engine_config if recipe == "engine" else load_train_config
+    listed = tmp_path / "listed.yaml"
+    listed.write_text("- network\n- frontend\n")
+    with pytest.raises(ConfigError, match="mapping"):
+        load(listed)
+    binary = tmp_path / "binary.yaml"
+    binary.write_bytes(b"\xff\xfe\x00network: 1\n")
+    with pytest.raises(ConfigError, match="not UTF-8"):
+        load(binary)
+
+
+def test_override_values_that_break_parsing():
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        parse_override("frontend.patches_per_frame=[1")
+    key, value = parse_override("frontend.patches_per_frame=.inf")
+    with pytest.raises(ConfigError, match="patches_per_frame must be an integer"):
+        apply_overrides(load_engine_config("small"), {key: value})

@@ -268,6 +268,15 @@ def test_correlation_half_precision_coordinates():
     assert torch.allclose(result.float(), expected, atol=0.05 * float(expected.abs().max()))
 
 
+def test_correlation_integer_coordinates_match_float():
+    gmap, fmap, coords, kk, jj = correlation_case(num_edges=6, seed=5, fractional=False)
+    gmap, fmap, coords = gmap.float(), fmap.float(), coords.float()
+    pyramid = CorrelationPyramid.from_fmap(fmap, num_levels=2, radius=3)
+    expected = correlate(gmap, pyramid, coords, kk, jj)
+    result = correlate(gmap, pyramid, coords.long(), kk, jj)
+    assert torch.equal(result, expected)
+
+
 def test_correlation_chunked_equals_unchunked():
     gmap, fmap, coords, kk, jj = correlation_case(num_edges=23, seed=2, spread=1.6)
     pyramid = CorrelationPyramid.from_fmap(fmap, 2, 3)

@@ -642,3 +642,14 @@ def test_load_checkpoint_memory_mapped_matches(tmp_path):
     (tmp_path / "text.pt").write_text("not a checkpoint")
     with pytest.raises(ValueError, match="could not be read"):
         load_checkpoint(tmp_path / "text.pt", mmap=True)
+
+
+def test_load_checkpoint_mmap_reads_legacy_format(tmp_path):
+    from vo_node.train.checkpoint import CHECKPOINT_FORMAT
+
+    path = tmp_path / "legacy.pt"
+    payload = {"step": 9, "format": CHECKPOINT_FORMAT, "model": {"w": torch.ones(2)}}
+    torch.save(payload, path, _use_new_zipfile_serialization=False)
+    state = load_checkpoint(path, mmap=True)
+    assert state["step"] == 9
+    assert torch.equal(state["model"]["w"], torch.ones(2))

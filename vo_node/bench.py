@@ -363,7 +363,7 @@ def format_machine(machine: dict[str, Any]) -> str:
 def default_sequence() -> Path:
     """Return the EuRoC sequence when present, else the demo sequence (rendered if needed)."""
     if DEFAULT_SEQUENCE.is_dir():
-        return DEFAULT_SEQUENCE
+        return DEFAULT_SEQUENCE.resolve()
     from vo_node.demo_data import render_demo_sequence
 
     logger.warning(

@@ -252,7 +252,7 @@ def _coerce(key: str, value: Any, default: Any) -> Any:
             raise ConfigError(f"{key} must be a number, got {value!r}")
         try:
             number = target(value)
-        except (TypeError, ValueError):
+        except (TypeError, ValueError, OverflowError):
             kind = "an integer" if target is int else "a number"
             raise ConfigError(f"{key} must be {kind}, got {value!r}") from None
         if target is int and isinstance(value, float) and not value.is_integer():
@@ -318,6 +318,11 @@ def load_engine_config(name_or_path: str | Path) -> EngineConfig:
     if path.suffix not in (".yaml", ".yml"):
         path = find_preset(str(name_or_path))
     values = read_config_yaml(path, "configuration file", "pass a preset name or a YAML path")
+    if not isinstance(values, dict):
+        raise ConfigError(
+            f"configuration file {path} must hold a mapping of sections (network:, frontend:, "
+            f"...), got a {type(values).__name__}"
+        )
     values.setdefault("name", path.stem)
     return from_dict(EngineConfig, values).validate()
 
@@ -332,7 +337,9 @@ def read_config_yaml(path: Path, description: str, fix: str) -> Any:
     if not path.is_file():
         raise ConfigError(f"{description} {path} not found; {fix}")
     try:
-        return yaml.safe_load(path.read_text()) or {}
+        return yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except UnicodeDecodeError:
+        raise ConfigError(f"{description} {path} is not UTF-8 text; save it as UTF-8") from None
     except yaml.YAMLError as error:
         raise ConfigError(f"{description} {path} is not valid YAML: {error}") from None
 
@@ -365,7 +372,13 @@ def parse_override(text: str) -> tuple[str, Any]:
     if "=" not in text:
         raise ConfigError(f"override {text!r} must look like key=value, e.g. ba.iterations=4")
     key, raw = text.split("=", 1)
-    return key.strip(), yaml.safe_load(raw)
+    try:
+        return key.strip(), yaml.safe_load(raw)
+    except yaml.YAMLError:
+        raise ConfigError(
+            f"override {text!r} has a value that is not valid YAML; quote strings and close "
+            "brackets, e.g. frontend.motion_model=constant"
+        ) from None
 
 
 def resolve_device(device: str) -> str:

@@ -152,6 +152,8 @@ def correlate(
     if chunk_size is None:
         budget = CHUNK_ELEMENTS_CUDA if gmap.is_cuda else CHUNK_ELEMENTS
         chunk_size = max(1, budget // (max(pyramid.windows) ** 2 * gmap.shape[1]))
+    if not coords.is_floating_point():
+        coords = coords.float()
     # float16 cannot hold the limit, so its largest finite value takes the limit's place.
     limit = min(COORDINATE_LIMIT, torch.finfo(coords.dtype).max)
     coords = coords.clamp(-limit, limit).nan_to_num(-limit)

@@ -21,6 +21,7 @@ from __future__ import annotations
 import logging
 import random
 import subprocess
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -65,7 +66,9 @@ def load_checkpoint(
             "RUN/checkpoints/latest.pt"
         )
     try:
-        state = torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
+        # torch maps only the zip format that torch.save writes by default; others load whole.
+        mapped = mmap and zipfile.is_zipfile(path)
+        state = torch.load(path, map_location=map_location, weights_only=True, mmap=mapped)
     except Exception as error:
         # The weights-only unpickler fails on foreign bytes with any error type (a text file
         # gives KeyError or IndexError), so every failure means an unreadable checkpoint.
