@@ -670,5 +670,6 @@ def test_instance_norm_paths_by_layout_and_grad():
     recorded.square().sum().backward()
     assert torch.allclose(fast, expected, atol=1e-12)
     assert torch.allclose(recorded, expected, atol=1e-12)
-    assert leaf.grad is not None and torch.isfinite(leaf.grad).all()
+    assert leaf.grad is not None
+    assert torch.isfinite(leaf.grad).all()
     assert norm.state_dict() == {}

@@ -367,7 +367,7 @@ def default_sequence() -> Path:
     from vo_node.demo_data import render_demo_sequence
 
     logger.warning(
-        "%s is absent, so the bench times the rendered demo sequence instead; set VO_NODE_DATA "
+        "%s is missing, so the bench times the rendered demo sequence instead. Set VO_NODE_DATA "
         "to the folder that contains euroc_MH_05_difficult to time EuRoC",
         DEFAULT_SEQUENCE,
     )

@@ -320,7 +320,7 @@ def load_engine_config(name_or_path: str | Path) -> EngineConfig:
     values = read_config_yaml(path, "configuration file", "pass a preset name or a YAML path")
     if not isinstance(values, dict):
         raise ConfigError(
-            f"configuration file {path} must hold a mapping of sections (network:, frontend:, "
+            f"configuration file {path} must contain a mapping of sections (network:, frontend:, "
             f"...), got a {type(values).__name__}"
         )
     values.setdefault("name", path.stem)

@@ -50,7 +50,7 @@ def prepare_image(
 
     tensor = torch.from_numpy(np.ascontiguousarray(pixels)).permute(2, 0, 1).float()
     if tensor.shape[0] == 1:
-        # Grey frames are resized and cropped as one channel, then replicated: area
+        # Grey frames are resized and cropped as one channel and replicated afterwards. Area
         # interpolation treats channels independently, so the result is the same.
         tensor = tensor.expand(3, -1, -1).contiguous()
     return tensor, camera
