@@ -273,8 +273,9 @@ def _grid_corners(coords: Tensor, radius: int) -> tuple[Tensor, Tensor, Tensor]:
 
     Returns ``corner`` ``(n, P*P, 2)``, and its smallest and largest values over the pixels,
     ``anchor`` and ``last`` ``(n, 2)``. The reductions run on the floored float coordinates,
-    which hold integers exactly up to the clamp limit: torch 2.13's ``amin`` over int64 on the
-    CPU is about 25 times slower than ``amax``.
+    which hold integers exactly up to the clamp limit. On the CPU, torch 2.13's ``amin`` over
+    int64 took 1.2-1.4 ms for 3600 edges, against 0.02-0.05 ms for ``amax``
+    (``scripts/profile_kernels.py``).
     """
     floored = torch.floor(coords)
     corner = floored.long() - radius
