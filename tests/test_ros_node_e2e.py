@@ -184,6 +184,45 @@ def test_node_on_euroc_bag(euroc_bag, model_path, engine_config, tmp_path):
     assert report.ate is not None or report.ate_error
 
 
+def test_evaluation_splits_segments_at_reset(euroc_bag, model_path, tmp_path, caplog):
+    # With an engine that initialises on its second frame, a reset after image 3 gives two
+    # odometry segments of three poses: frames 1 to 3, then frames 5 to 7 after frame 4
+    # initialised the engine again.
+    from std_srvs.srv import Trigger
+
+    from vo_node.ros.replay import evaluate_bag
+
+    bag, stamps = euroc_bag
+    arguments = [
+        "-p", f"model.weights:={model_path}",
+        "-p", f"model.config:={write_engine_config(tmp_path, init_frames=2)}",
+        "-p", "model.device:=cpu",
+    ]
+
+    def reset_after_third(index, node):
+        if index == 3:
+            assert node._on_reset(Trigger.Request(), Trigger.Response()).success
+
+    with caplog.at_level("WARNING", logger="vo_node.ros.replay"):
+        report = evaluate_bag(bag, "/cam0/image_raw", "/cam0/camera_info", "/groundtruth/pose",
+                              arguments, frame_timeout_s=300.0, after_image=reset_after_third)
+
+    assert report.frames_initialising == 2
+    assert report.frames_processed == 6
+    assert [segment.poses for segment in report.segments] == [3, 3]
+    assert [segment.first_stamp_ns for segment in report.segments] == [stamps[1], stamps[5]]
+    assert [segment.start for segment in report.segments] == [0, 3]
+    for segment in report.segments:
+        assert segment.ate is not None, segment.ate_error
+        assert segment.ate["associated_poses"] == 3
+    lines = report.summary().splitlines()
+    assert "odometry segments:        2 (3, 3 poses)" in lines
+    assert any(line.startswith("WARNING: the odometry has 2 segments") for line in lines)
+    assert any(line.startswith("segment 2 (3 poses):      ATE RMSE") for line in lines)
+    warnings = [record.getMessage() for record in caplog.records]
+    assert any("the odometry has 2 segments (3, 3 poses)" in text for text in warnings), warnings
+
+
 def diagnostic_count(messages: list, key: str) -> int:
     """Return the newest value of ``key`` in the received DiagnosticArray messages (0 if none)."""
     for message in reversed(messages):

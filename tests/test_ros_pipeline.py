@@ -247,6 +247,9 @@ def test_tracking_loss_continues_from_last_pose():
     x = [estimate.odom_from_base[0, 3] for estimate in published]
     np.testing.assert_allclose(x, [0.0, 1.0, 1.0, 11.0], atol=1e-9)
     np.testing.assert_allclose(published[2].twist, 0.0)
+    # The poses after the loss form a second segment, with their own scale.
+    assert [estimate.segment for estimate in published] == [0, 0, 1, 1]
+    assert harness.pipeline.segments == 2
     # The engine re-initialises by itself; the pipeline does not reset it (one reset: Harness).
     assert engine.resets == 1
 
@@ -275,7 +278,28 @@ def test_hypothesis_switch_continues_from_last_pose():
     x = [estimate.odom_from_base[0, 3] for _, estimate in results]
     np.testing.assert_allclose(x, [0.0, 1.0, 1.0, 3.0], atol=1e-9)
     np.testing.assert_allclose(results[2][1].twist, 0.0)
+    assert [estimate.segment for _, estimate in results] == [0, 0, 1, 1]
+    assert harness.pipeline.segments == 2
     assert harness.problems.counts == {}
+
+
+def test_reset_without_pose_starts_no_segment():
+    # A reset before the engine published anything leaves no segment behind: the first
+    # published pose is still in segment 0.
+    script = [
+        ("initializing", (0.0, 0.0, 0.0)),
+        ("initializing", (0.0, 0.0, 0.0)),
+        ("tracking", (0.0, 0.0, 1.0)),
+        ("tracking", (0.0, 0.0, 2.0)),
+    ]
+    engine = ScriptedEngine(script)
+    harness = Harness(engine)
+    harness.track(textured_frame(0))
+    harness.pipeline.reset()
+    results = [harness.track(textured_frame(0)) for _ in script[1:]]
+    published = [estimate for _, estimate in results if estimate is not None]
+    assert [estimate.segment for estimate in published] == [0, 0]
+    assert harness.pipeline.segments == 1
 
 
 def test_missing_intrinsics_skipped(engine):

@@ -32,11 +32,13 @@ from vo_node.ros.replay import (
     BagPlayer,
     EvaluationReport,
     ReplayError,
+    SegmentEvaluation,
     bag_length_unit,
     images_after_other_topics,
     message_class,
     read_bag,
     read_groundtruth,
+    split_segments,
 )
 
 pytestmark = pytest.mark.skipif(not NETWORK_ISOLATED, reason=NOT_ISOLATED_REASON)
@@ -278,6 +280,81 @@ def test_evaluation_summary_scene_units():
             in text)
     missing = evaluation_report(ate=None, ate_error="no ground truth given").summary()
     assert missing.splitlines()[-1] == "ATE: not computed (no ground truth given)"
+
+
+def segmented_report(**fields) -> EvaluationReport:
+    segments = [
+        SegmentEvaluation(start=0, poses=18, first_stamp_ns=START_NS, ate={
+            **METRICS, "ate_rmse": 0.007, "ate_percent": 0.84, "path_length": 0.836,
+            "scale": 1.001}),
+        SegmentEvaluation(start=18, poses=6, first_stamp_ns=START_NS + 18, ate={
+            **METRICS, "ate_rmse": 0.004, "ate_percent": 1.51, "path_length": 0.237,
+            "scale": 0.2118}),
+        SegmentEvaluation(start=24, poses=2, first_stamp_ns=START_NS + 24,
+                          ate_error="2 poses, fewer than 3"),
+    ]
+    return evaluation_report(ate=METRICS, segments=segments, **fields)
+
+
+def test_evaluation_summary_segments():
+    lines = segmented_report().summary().splitlines()
+    assert "odometry segments:        3 (18, 6, 2 poses)" in lines
+    warning = ("WARNING: the odometry has 3 segments with different scales; the ATE above fits "
+               "one Sim(3) to all of them. Each segment on its own:")
+    assert warning in lines
+    # The whole-trajectory lines come first and keep their form.
+    assert lines.index(warning) > lines.index("associated poses:         120")
+    assert ("segment 1 (18 poses):     ATE RMSE 0.007 m (0.84 % of the 0.836 m path), alignment "
+            "scale 1.001, the longest segment") in lines
+    assert ("segment 2 (6 poses):      ATE RMSE 0.004 m (1.51 % of the 0.237 m path), alignment "
+            "scale 0.2118") in lines
+    assert "segment 3 (2 poses):      ATE not computed (2 poses, fewer than 3)" in lines
+
+
+def test_evaluation_summary_one_segment():
+    segment = SegmentEvaluation(start=0, poses=17, first_stamp_ns=START_NS)
+    lines = evaluation_report(ate=METRICS, segments=[segment]).summary().splitlines()
+    assert "odometry segments:        1" in lines
+    assert not any(line.startswith(("WARNING", "segment ")) for line in lines)
+
+
+def test_split_segments_groups_labels():
+    segments = split_segments([10, 20, 30, 40, 50], [0, 0, 1, 1, 1])
+    assert [(s.start, s.poses, s.first_stamp_ns) for s in segments] == [(0, 2, 10), (2, 3, 30)]
+    assert split_segments([], []) == []
+
+
+def test_segment_ate_separates_scales(tmp_path):
+    # The ground truth moves along a bent path. The estimate follows it exactly for 14 poses,
+    # then continues from its last pose at a fifth of the scale, as after a change of depth
+    # hypothesis. One Sim(3) over both segments leaves a large error, each segment on its own
+    # none.
+    from vo_node.ros.replay import _add_ate
+
+    count, split = 24, 14
+    stamps = START_NS + 50_000_000 * np.arange(count)
+    angles = np.linspace(0.0, 1.5, count)
+    truth = np.zeros((count, 7))
+    truth[:, 0], truth[:, 1], truth[:, 2] = np.sin(angles), 1.0 - np.cos(angles), 0.1 * angles
+    truth[:, 6] = 1.0
+    estimate = truth.copy()
+    estimate[split:, :3] = truth[split - 1, :3] + 0.2 * (truth[split:, :3] - truth[split - 1, :3])
+    reference = write_tum(tmp_path / "truth.tum", Trajectory(stamps, truth))
+    labels = [0] * split + [1] * (count - split)
+    report = evaluation_report(trajectory=Trajectory(stamps, estimate),
+                               segments=split_segments(list(stamps), labels))
+
+    _add_ate(report, bag=None, groundtruth=str(reference))
+
+    assert report.ate is not None, report.ate_error
+    assert report.ate["ate_percent"] > 5.0
+    assert [segment.poses for segment in report.segments] == [split, count - split]
+    for segment in report.segments:
+        assert segment.ate is not None, segment.ate_error
+        assert segment.ate["ate_rmse"] < 1e-6
+    assert report.segments[0].ate["scale"] == pytest.approx(1.0)
+    assert report.segments[1].ate["scale"] == pytest.approx(5.0)
+    assert report.longest_segment is report.segments[0]
 
 
 def test_bag_length_unit_from_source(tmp_path):

@@ -152,6 +152,8 @@ class VONode(Node):
                                               Outcome.SKIPPED, Outcome.LOST, Outcome.FAILED)}
         self.frames_dropped = 0
         self.frames_rejected = 0
+        self.segment_starts_ns: list[int] = []
+        """Stamp of the first pose of each odometry segment, in publishing order."""
         self._drops = DropReporter(self.get_logger().warning)
         self._completed = 0
         self._completed_condition = threading.Condition()
@@ -356,6 +358,8 @@ class VONode(Node):
         if outcome in (Outcome.PUBLISHED, Outcome.INITIALISING):
             self.processing_rate.tick()
         if estimate is not None:
+            if estimate.segment == len(self.segment_starts_ns):
+                self.segment_starts_ns.append(estimate.stamp_ns)
             # Recorded before publishing, so a shutdown during the publish still keeps the pose.
             self._record(estimate)
             try:
@@ -480,6 +484,7 @@ class VONode(Node):
             "frames failed": self.outcomes[Outcome.FAILED],
             "input rate [Hz]": f"{self.input_rate.rate_hz():.2f}",
             "processing rate [Hz]": f"{self.processing_rate.rate_hz():.2f}",
+            "odometry segments": len(self.segment_starts_ns),
             "latency median [ms]": f"{median_ms:.1f}",
             "latency p95 [ms]": f"{p95_ms:.1f}",
         }

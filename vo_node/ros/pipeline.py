@@ -124,6 +124,10 @@ class OdometryEstimate:
     is_keyframe: bool
     timings: dict[str, float] = field(default_factory=dict)
     points: np.ndarray | None = None
+    segment: int = 0
+    """0-based index of the odometry segment that this pose belongs to. A segment starts at the
+    first pose after the start, a reset, a tracking loss or a change of the leading depth
+    hypothesis. Its poses share one scale, and the next segment has a scale of its own."""
 
 
 # --------------------------------------------------------------------------------------------
@@ -465,6 +469,8 @@ class TrackingPipeline:
         self._previous: tuple[int, np.ndarray] | None = None
         self._undistorter: Undistorter | None = None
         self._lost = False
+        self.segments = 0
+        """Odometry segments that have a published pose so far."""
         self.frame.start_segment()
 
     def reset(self) -> None:
@@ -650,6 +656,8 @@ class TrackingPipeline:
             self._previous = None
         self.state = STATE_CHOOSING if getattr(result, "on_trial", False) else state
         self._segment_size = size
+        if not self.frame.segment_started:
+            self.segments += 1
         odom_from_base = self.frame.odom_from_base(pose_to_matrix(pose))
         twist = np.zeros(6)
         if self._previous is not None:
@@ -667,6 +675,7 @@ class TrackingPipeline:
             is_keyframe=bool(getattr(result, "is_keyframe", False)),
             timings=_stage_times_ms(getattr(result, "times", None)),
             points=self._points() if with_points else None,
+            segment=self.segments - 1,
         )
 
     def _points(self) -> np.ndarray | None:

@@ -44,6 +44,10 @@ DELIVERY_TIMEOUT_S = 5.0
 TRAILING_MESSAGES_WAIT_S = 0.3
 """After the last odometry message arrives, path and /tf messages get this long to arrive."""
 NANOSECONDS_PER_SECOND = 1_000_000_000
+MIN_POSES_FOR_ATE = 3
+"""Fewest recorded poses that the ATE is computed for, in the whole trajectory or a segment: the
+``MIN_ASSOCIATED_POSES`` of ``vo_node.evaluation.metrics``, repeated so that playback does not
+import evo."""
 STATIC_TF_TOPIC = "/tf_static"
 POSE_TYPES = (
     "geometry_msgs/msg/PoseStamped",
@@ -344,6 +348,27 @@ class BagPlayer:
 
 
 @dataclass
+class SegmentEvaluation:
+    """One odometry segment of the recorded trajectory, evaluated with its own Sim(3) alignment.
+
+    The node starts a segment at the first pose after a reset, a tracking loss or a change of the
+    leading depth hypothesis, and continues ``odom`` from the last published pose. Each segment
+    has its own monocular scale, so a single Sim(3) alignment of the whole trajectory counts the
+    scale change between segments as error.
+    """
+
+    start: int
+    """Index of the segment's first pose in ``EvaluationReport.trajectory``."""
+    poses: int
+    """Number of recorded poses in the segment."""
+    first_stamp_ns: int
+    ate: dict | None = None
+    """Metrics of this segment alone, from ``vo_node.evaluation.metrics``, or None."""
+    ate_error: str | None = None
+    """Reason no ATE was computed for this segment, or None."""
+
+
+@dataclass
 class EvaluationReport:
     """Result of :func:`evaluate_bag`."""
 
@@ -379,6 +404,16 @@ class EvaluationReport:
     publishes no odometry for them."""
     length_unit: str = METRES
     """Unit of the ground truth and so of the ATE: :data:`METRES` or :data:`SCENE_UNITS`."""
+    segments: list[SegmentEvaluation] = field(default_factory=list)
+    """Odometry segments of ``trajectory`` in order; per-segment metrics are computed only when
+    there is more than one segment."""
+
+    @property
+    def longest_segment(self) -> SegmentEvaluation | None:
+        """The segment with the most poses (the first of equal ones), or None without poses."""
+        if not self.segments:
+            return None
+        return max(self.segments, key=lambda segment: segment.poses)
 
     def summary(self) -> str:
         """Return the counts, latency and accuracy as aligned lines with units."""
@@ -392,6 +427,7 @@ class EvaluationReport:
             _format_row("frames skipped", self.frames_skipped),
             _format_row("frames lost", self.frames_lost),
             _format_row("odometry messages", self.odometry_messages),
+            _format_row("odometry segments", self._segment_counts()),
             _format_row("latency median / p95",
                  f"{self.latency_median_ms:.1f} / {self.latency_p95_ms:.1f} ms"),
             _format_row("wall time", f"{self.wall_time_s:.1f} s"),
@@ -403,7 +439,38 @@ class EvaluationReport:
             lines.extend(format_metrics(self.ate, self.length_unit))
         else:
             lines.append(f"ATE: not computed ({self.ate_error})")
+        evaluated = any(segment.ate is not None or segment.ate_error for segment in self.segments)
+        if len(self.segments) > 1 and evaluated:
+            lines.append(
+                f"WARNING: the odometry has {len(self.segments)} segments with different scales; "
+                "the ATE above fits one Sim(3) to all of them. Each segment on its own:"
+            )
+            lines.extend(self._segment_row(index) for index in range(len(self.segments)))
         return "\n".join(lines)
+
+    def _segment_counts(self) -> str:
+        if len(self.segments) <= 1:
+            return str(len(self.segments))
+        poses = ", ".join(str(segment.poses) for segment in self.segments)
+        return f"{len(self.segments)} ({poses} poses)"
+
+    def _segment_row(self, index: int) -> str:
+        segment = self.segments[index]
+        label = f"segment {index + 1} ({segment.poses} pose{'' if segment.poses == 1 else 's'})"
+        if segment.ate is None:
+            return _format_row(label, f"ATE not computed ({segment.ate_error})")
+        metrics, unit = segment.ate, self.length_unit
+        percent = metrics.get("ate_percent")
+        scale = metrics.get("scale")
+        value = (
+            f"ATE RMSE {metrics['ate_rmse']:.3f} {unit} ("
+            + ("n/a" if percent is None else f"{percent:.2f} %")
+            + f" of the {metrics['path_length']:.3f} {unit} path), alignment scale "
+            + ("n/a" if scale is None else f"{scale:.4g}")
+        )
+        if segment is self.longest_segment:
+            value += ", the longest segment"
+        return _format_row(label, value)
 
 
 SUMMARY_LABEL_WIDTH = 25
@@ -546,7 +613,8 @@ def evaluate_bag(
         time.sleep(TRAILING_MESSAGES_WAIT_S)
 
         stamps = [stamp_to_ns(message.header.stamp) for message in odometry]
-        trajectory = _camera_trajectory(node, odometry, pose_msg_to_matrix)
+        trajectory, segments = _camera_trajectory(node, odometry, pose_msg_to_matrix,
+                                                  node.segment_starts_ns)
         median_ms, p95_ms = node.latency.percentiles_ms()
         report = EvaluationReport(
             frames_in_bag=result.counts[image_topic],
@@ -571,9 +639,23 @@ def evaluate_bag(
                 else [float(value) for value in matrix_to_pose(body_from_camera)]
             ),
             length_unit=length_unit or bag_length_unit(bag),
+            segments=segments,
         )
+        _warn_about_segments(segments)
         _add_ate(report, bag, groundtruth, body_from_camera, image_topic, camera_info_topic)
         return report
+
+
+def _warn_about_segments(segments: list[SegmentEvaluation]) -> None:
+    if len(segments) < 2:
+        return
+    poses = ", ".join(str(segment.poses) for segment in segments)
+    logger.warning(
+        "the odometry has %d segments (%s poses): a reset, a tracking loss or a change of the "
+        "leading depth hypothesis started each new one, with its own scale. The whole-trajectory "
+        "ATE fits one Sim(3) to all of them, so the summary adds the ATE of each segment",
+        len(segments), poses,
+    )
 
 
 class _LockstepHooks:
@@ -643,20 +725,42 @@ def _frame_ids(odometry: list) -> tuple[str, str] | None:
     return odometry[0].header.frame_id, odometry[0].child_frame_id
 
 
-def _camera_trajectory(node, odometry, pose_msg_to_matrix):
+def _camera_trajectory(node, odometry, pose_msg_to_matrix, segment_starts_ns: Sequence[int]):
+    """Return the camera poses of the ``odometry`` messages as a ``Trajectory``, with its
+    :class:`SegmentEvaluation` list (no metrics yet).
+
+    ``segment_starts_ns`` contains the stamp of each segment's first pose in publishing order. A
+    message whose stamp does not follow the previous recorded one is left out, as in the node's
+    trajectory file.
+    """
     from vo_node.io.trajectory import Trajectory
     from vo_node.ros.messages import stamp_to_ns
     from vo_node.ros.tf import OdometryFrame, matrix_to_pose
 
     frame = OdometryFrame(node.base_from_camera)
-    stamps, poses = [], []
+    stamps, poses, labels = [], [], []
+    segment = 0
     for message in odometry:
         stamp = stamp_to_ns(message.header.stamp)
+        if segment + 1 < len(segment_starts_ns) and stamp == segment_starts_ns[segment + 1]:
+            segment += 1
         if stamps and stamp <= stamps[-1]:
             continue
         stamps.append(stamp)
         poses.append(matrix_to_pose(frame.camera_pose(pose_msg_to_matrix(message.pose.pose))))
-    return Trajectory(np.array(stamps, dtype=np.int64), np.array(poses).reshape(-1, 7))
+        labels.append(segment)
+    trajectory = Trajectory(np.array(stamps, dtype=np.int64), np.array(poses).reshape(-1, 7))
+    return trajectory, split_segments(stamps, labels)
+
+
+def split_segments(stamps_ns: Sequence[int], labels: Sequence[int]) -> list[SegmentEvaluation]:
+    """Group consecutive poses with equal segment ``labels`` into :class:`SegmentEvaluation`."""
+    segments: list[SegmentEvaluation] = []
+    for index, (stamp, label) in enumerate(zip(stamps_ns, labels)):
+        if index == 0 or label != labels[index - 1]:
+            segments.append(SegmentEvaluation(start=index, poses=0, first_stamp_ns=int(stamp)))
+        segments[-1].poses += 1
+    return segments
 
 
 def extrinsic_matrix(extrinsic: Sequence[float] | None) -> np.ndarray | None:
@@ -771,7 +875,7 @@ def _add_ate(
     if groundtruth is None:
         report.ate_error = "no ground truth given"
         return
-    if len(report.trajectory) < 3:
+    if len(report.trajectory) < MIN_POSES_FOR_ATE:
         report.ate_error = f"only {len(report.trajectory)} poses were recorded"
         if report.frames_initialising:
             report.ate_error += (
@@ -785,9 +889,33 @@ def _add_ate(
     try:
         reference = read_groundtruth(bag, groundtruth, body_from_camera, image_topic,
                                      camera_info_topic)
-        report.ate = evaluate_trajectory(report.trajectory, reference).to_dict()
     except (EvaluationError, ReplayError) as error:
         report.ate_error = str(error)
+        return
+    try:
+        report.ate = evaluate_trajectory(report.trajectory, reference).to_dict()
+    except EvaluationError as error:
+        report.ate_error = str(error)
+    if len(report.segments) > 1:
+        _add_segment_ates(report, reference)
+
+
+def _add_segment_ates(report: EvaluationReport, reference) -> None:
+    """Evaluate each segment of ``report.trajectory`` on its own against ``reference``."""
+    from vo_node.evaluation.metrics import EvaluationError, evaluate_trajectory
+    from vo_node.io.trajectory import Trajectory
+
+    for segment in report.segments:
+        if segment.poses < MIN_POSES_FOR_ATE:
+            segment.ate_error = f"{segment.poses} poses, fewer than {MIN_POSES_FOR_ATE}"
+            continue
+        end = segment.start + segment.poses
+        part = Trajectory(report.trajectory.timestamps_ns[segment.start:end],
+                          report.trajectory.poses[segment.start:end])
+        try:
+            segment.ate = evaluate_trajectory(part, reference).to_dict()
+        except EvaluationError as error:
+            segment.ate_error = str(error)
 
 
 def _wait_for_publisher_match(node, topic: str, timeout_s: float) -> None:
