@@ -354,10 +354,10 @@ def test_drop_warning_waits_for_first_frame():
     assert not reporter.report(dropped=1, input_hz=5.0, processed_hz=0.0, processed=0)
     assert not reporter.report(dropped=21, input_hz=16.5, processed_hz=0.0, processed=1)
     assert messages == []
-    assert reporter.report(dropped=3, input_hz=30.0, processed_hz=9.5, processed=4)
+    assert reporter.report(dropped=3, input_hz=30.0, processed_hz=9.5, processed=4, received=7)
     assert len(messages) == 1
-    assert messages[0].startswith("dropped 3 frames so far")
-    assert "(30.0 Hz in, 9.5 Hz processed)" in messages[0]
+    assert messages[0].startswith("dropped 3 of 7 frames received so far: tracking fell behind")
+    assert "Over the last 5.0 s, 30.0 Hz were received and 9.5 Hz taken for tracking" in messages[0]
     # Throttled within the interval.
     assert not reporter.report(dropped=4, input_hz=30.0, processed_hz=9.5, processed=5)
     assert len(messages) == 1
@@ -499,8 +499,40 @@ def test_rate_meter_recent_period_follows_rate_change():
 
 def test_rate_meter_window():
     meter = RateMeter(window_s=1.0)
+    assert meter.rate_hz(now=1.0) == 0.0
     for index in range(11):
         meter.tick(now=10.0 + index * 0.1)
     assert meter.rate_hz(now=11.0) == pytest.approx(10.0)
     assert meter.rate_hz(now=13.0) == 0.0
     assert meter.count == 11
+    assert meter.first_s == 10.0
+
+
+def test_rate_meter_window_starts_at_first_event():
+    # Before the window is full it starts at the first event, which only opens it: two events
+    # 0.1 s apart are 10 Hz, not 20 Hz.
+    meter = RateMeter(window_s=5.0)
+    meter.tick(now=2.0)
+    assert meter.rate_hz(now=2.0) == 0.0
+    meter.tick(now=2.1)
+    assert meter.rate_hz(now=2.1) == pytest.approx(10.0)
+
+
+def test_processed_rate_never_exceeds_input_rate():
+    # A 32-frame bag at 21 Hz: the first 7 frames arrive while the engine starts and replace each
+    # other, then every frame is tracked. Each tracked frame ticks at its arrival time, and both
+    # meters are read over the same window, as the node does.
+    period_s = 1.0 / 21.0
+    arrivals = [index * period_s for index in range(32)]
+    received, tracked = RateMeter(), RateMeter()
+    for index, arrival in enumerate(arrivals):
+        received.tick(now=arrival)
+        if index >= 7:
+            tracked.tick(now=arrival)
+    for now in (arrivals[10], arrivals[20], arrivals[-1], arrivals[-1] + 0.01):
+        input_hz = received.rate_hz(now, received.first_s)
+        processed_hz = tracked.rate_hz(now, received.first_s)
+        assert processed_hz < input_hz, now
+    now = arrivals[-1]
+    assert received.rate_hz(now, received.first_s) == pytest.approx(21.0)
+    assert tracked.rate_hz(now, received.first_s) == pytest.approx(21.0 * 25 / 31)

@@ -8,6 +8,7 @@ trajectory file that can no longer be written at shutdown gives one error, not a
 
 from __future__ import annotations
 
+import re
 import signal
 import subprocess
 import sys
@@ -15,6 +16,7 @@ import time
 
 import numpy as np
 import pytest
+from rclpy.duration import Duration
 from test_ros_support import (
     NETWORK_ISOLATED,
     NOT_ISOLATED_REASON,
@@ -60,6 +62,91 @@ def test_node_signal_shutdown_is_clean(tiny_model, tmp_path, signal_number):
     assert "rosout" not in output
     assert "Traceback" not in output
     assert not trajectory_file.exists()
+    assert output.count("final counts:") == 1
+    assert ("final counts: 0 frames received, 0 processed (odometry published), 0 used for "
+            "initialisation, 0 dropped, 0 rejected, 0 skipped, 0 lost, 0 failed; 0 odometry "
+            f"segments; 0 poses written to {trajectory_file}") in output
+
+
+FINAL_COUNTS = re.compile(
+    r"final counts: (?P<received>\d+) frames received, (?P<processed>\d+) processed \(odometry "
+    r"published\), (?P<initialising>\d+) used for initialisation, (?P<dropped>\d+) dropped, "
+    r"(?P<rejected>\d+) rejected, (?P<skipped>\d+) skipped, (?P<lost>\d+) lost, "
+    r"(?P<failed>\d+) failed(, (?P<waiting>\d+) not tracked before the stop)?; "
+    r"(?P<segments>\d+) odometry segments?; trajectory_file not set"
+)
+DROP_RATES = re.compile(
+    r"Over the last [\d.]+ s, (?P<received>[\d.]+) Hz were received and "
+    r"(?P<taken>[\d.]+) Hz taken for tracking"
+)
+SLOW_IMAGES = 4
+BURST_IMAGES = 30
+
+
+def test_final_counts_after_image_burst(tiny_model, tmp_path):
+    # Images arrive faster than the worker tracks them, so the slot replaces some: the drop
+    # warning gives a tracked rate below the input rate, and after SIGINT one line accounts for
+    # every received frame.
+    from rclpy.node import Node
+    from rclpy.qos import QoSProfile, ReliabilityPolicy
+    from sensor_msgs.msg import Image
+
+    from vo_node.ros.messages import array_to_image, ns_to_stamp
+
+    log_path = tmp_path / "node.log"
+    command = [
+        sys.executable, "-m", "vo_node.ros.node", "--ros-args",
+        "-p", f"model.weights:={tiny_model}", "-p", "model.device:=cpu",
+        "-p", "intrinsics:=[60.0, 60.0, 31.5, 23.5]", "-p", "image_qos:=reliable",
+        # Every image reaches the node's callback, so the counts can be checked against the
+        # number sent.
+        "-p", f"queue_depth:={SLOW_IMAGES + BURST_IMAGES}",
+    ]
+    generator = np.random.default_rng(3)
+    with open(log_path, "w") as log:
+        process = subprocess.Popen(command, cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
+        try:
+            deadline = time.monotonic() + START_TIMEOUT_S
+            while READY_LINE not in log_path.read_text() and process.poll() is None:
+                assert time.monotonic() < deadline, log_path.read_text()
+                time.sleep(0.1)
+            with ros_context() as context:
+                node = Node("camera", context=context)
+                qos = QoSProfile(depth=100, reliability=ReliabilityPolicy.RELIABLE)
+                publisher = node.create_publisher(Image, "/image", qos)
+                deadline = time.monotonic() + START_TIMEOUT_S
+                while publisher.get_subscription_count() == 0:
+                    assert time.monotonic() < deadline, log_path.read_text()
+                    time.sleep(0.05)
+                sent = 0
+                for index in range(SLOW_IMAGES + BURST_IMAGES):
+                    pixels = generator.integers(0, 255, size=(48, 64), dtype=np.uint8)
+                    stamp = ns_to_stamp(1_000_000_000 + index * 50_000_000)
+                    publisher.publish(array_to_image(pixels, "mono8", stamp, "camera"))
+                    sent += 1
+                    time.sleep(0.5 if index < SLOW_IMAGES else 0.001)
+                assert publisher.wait_for_all_acked(Duration(seconds=10))
+                time.sleep(1.0)
+            process.send_signal(signal.SIGINT)
+            status = process.wait(timeout=EXIT_TIMEOUT_S)
+        finally:
+            if process.poll() is None:
+                process.kill()
+                process.wait()
+    output = log_path.read_text()
+    assert status == 0, output
+    assert output.count("final counts:") == 1, output
+    counts = FINAL_COUNTS.search(output)
+    assert counts is not None, output
+    values = {key: int(value or 0) for key, value in counts.groupdict().items()}
+    assert values["received"] == sent
+    parts = ("processed", "initialising", "dropped", "rejected", "skipped", "lost", "failed",
+             "waiting")
+    assert sum(values[part] for part in parts) == values["received"]
+    assert values["dropped"] >= 1, output
+    rates = DROP_RATES.search(output)
+    assert rates is not None, output
+    assert float(rates["taken"]) < float(rates["received"]), rates.group(0)
 
 
 def test_failed_trajectory_write_logs_one_error(tiny_model, tmp_path):

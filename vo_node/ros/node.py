@@ -65,6 +65,7 @@ from vo_node.ros.parameters import (
     validate_update,
 )
 from vo_node.ros.pipeline import (
+    RATE_WINDOW_S,
     STATE_CHOOSING,
     STATE_INITIALISING,
     DropReporter,
@@ -147,6 +148,7 @@ class VONode(Node):
         self.tracking_state = "waiting for images"
         self.input_rate = RateMeter()
         self.processing_rate = RateMeter()
+        """Frames taken for tracking, whatever their outcome, each ticked at its arrival time."""
         self.latency = LatencyWindow()
         self.outcomes = {name: 0 for name in (Outcome.PUBLISHED, Outcome.INITIALISING,
                                               Outcome.SKIPPED, Outcome.LOST, Outcome.FAILED)}
@@ -166,6 +168,7 @@ class VONode(Node):
         self._stop = threading.Event()
         self._slot = FrameSlot()
         self._encoder: threading.Thread | None = None
+        self._shut_down = False
         self._threads = 1
         """Torch CPU threads of the engine, set when the model loads."""
 
@@ -284,12 +287,35 @@ class VONode(Node):
                 self._path = deque(self._path, maxlen=max(1, self.params.path_max_length))
 
     def _log_drops(self) -> None:
+        now = time.monotonic()
+        input_hz, processed_hz = self.rates_hz(now)
         self._drops.report(
             self.frames_dropped,
-            self.input_rate.rate_hz(),
-            self.processing_rate.rate_hz(),
+            input_hz,
+            processed_hz,
             self.processing_rate.count,
+            now=now,
+            received=self.input_rate.count,
+            window_s=self.rate_window_s(now),
         )
+
+    def rates_hz(self, now: float | None = None) -> tuple[float, float]:
+        """Return the input rate and the rate of frames taken for tracking, in Hz.
+
+        Both cover the same window, :meth:`rate_window_s` long and ending at ``now``
+        (``time.monotonic()`` seconds by default). A frame taken for tracking counts at its
+        arrival time, so the second rate never exceeds the first. The difference is the rate of
+        frames dropped, rejected or still waiting.
+        """
+        now = time.monotonic() if now is None else now
+        start_s = self.input_rate.first_s
+        return self.input_rate.rate_hz(now, start_s), self.processing_rate.rate_hz(now, start_s)
+
+    def rate_window_s(self, now: float) -> float:
+        """Return the length of the window of :meth:`rates_hz`: ``RATE_WINDOW_S`` seconds, or
+        the time since the first received frame when that is shorter."""
+        first_s = self.input_rate.first_s
+        return 0.0 if first_s is None else min(RATE_WINDOW_S, max(0.0, now - first_s))
 
     # ----------------------------------------------------------------------------------------
     # Worker thread
@@ -355,8 +381,7 @@ class VONode(Node):
         outcome, estimate = pipeline.process(frame, with_points)
         self.outcomes[outcome] += 1
         self.tracking_state = pipeline.state
-        if outcome in (Outcome.PUBLISHED, Outcome.INITIALISING):
-            self.processing_rate.tick()
+        self.processing_rate.tick(frame.received_s)
         if estimate is not None:
             if estimate.segment == len(self.segment_starts_ns):
                 self.segment_starts_ns.append(estimate.stamp_ns)
@@ -471,6 +496,7 @@ class VONode(Node):
 
     def _publish_diagnostics(self) -> None:
         median_ms, p95_ms = self.latency.percentiles_ms()
+        input_hz, processed_hz = self.rates_hz()
         values = {
             "model": self.model_state,
             "tracking state": self.tracking_state,
@@ -482,9 +508,9 @@ class VONode(Node):
             "frames skipped (bad stamp or intrinsics)": self.outcomes[Outcome.SKIPPED],
             "frames lost": self.outcomes[Outcome.LOST],
             "frames failed": self.outcomes[Outcome.FAILED],
-            "input rate [Hz]": f"{self.input_rate.rate_hz():.2f}",
-            "processing rate [Hz]": f"{self.processing_rate.rate_hz():.2f}",
             "odometry segments": len(self.segment_starts_ns),
+            "input rate [Hz]": f"{input_hz:.2f}",
+            "processing rate [Hz]": f"{processed_hz:.2f}",
             "latency median [ms]": f"{median_ms:.1f}",
             "latency p95 [ms]": f"{p95_ms:.1f}",
         }
@@ -553,10 +579,14 @@ class VONode(Node):
         return Trajectory(np.array(stamps, dtype=np.int64), np.array(poses))
 
     def shutdown(self) -> None:
-        """Stop the worker and write the trajectory file if one is configured.
+        """Stop the worker, write the trajectory file if one is configured, and log the final
+        frame counts. Calls after the first do nothing.
 
         A failed write is logged as one error and kept in :attr:`trajectory_error`.
         """
+        if self._shut_down:
+            return
+        self._shut_down = True
         self._stop.set()
         self._slot.close()
         if self._worker.is_alive():
@@ -564,13 +594,41 @@ class VONode(Node):
         # Joined too: a thread still inside torch while the interpreter exits aborts the process.
         if self._encoder is not None and self._encoder.is_alive():
             self._encoder.join(WORKER_JOIN_TIMEOUT_S)
+        written = self._write_trajectory_file()
+        self.get_logger().info(self.final_counts(written))
+
+    def final_counts(self, poses_written: int) -> str:
+        """Return the frame counts since start-up and ``poses_written`` as one log line."""
+        received = self.input_rate.count
+        accounted = sum(self.outcomes.values()) + self.frames_dropped + self.frames_rejected
+        counts = [
+            f"{received} frames received",
+            f"{self.outcomes[Outcome.PUBLISHED]} processed (odometry published)",
+            f"{self.outcomes[Outcome.INITIALISING]} used for initialisation",
+            f"{self.frames_dropped} dropped",
+            f"{self.frames_rejected} rejected",
+            f"{self.outcomes[Outcome.SKIPPED]} skipped",
+            f"{self.outcomes[Outcome.LOST]} lost",
+            f"{self.outcomes[Outcome.FAILED]} failed",
+        ]
+        if received > accounted:
+            counts.append(f"{received - accounted} not tracked before the stop")
+        path = self.params.trajectory_file
+        output = f"{poses_written} poses written to {path}" if path else "trajectory_file not set"
+        segments = len(self.segment_starts_ns)
+        plural = "" if segments == 1 else "s"
+        return f"final counts: {', '.join(counts)}; {segments} odometry segment{plural}; {output}"
+
+    def _write_trajectory_file(self) -> int:
+        """Write the published poses to ``trajectory_file`` if it is set; return the number
+        written (0 when unset, empty or failed)."""
         path = self.params.trajectory_file
         if not path:
-            return
+            return 0
         trajectory = self.trajectory()
         if len(trajectory) == 0:
             self.get_logger().warning(f"no pose was published, so {path} was not written")
-            return
+            return 0
         try:
             write_tum(path, trajectory)
         except OSError as error:
@@ -580,8 +638,9 @@ class VONode(Node):
                 "published poses were not saved"
             )
             self.get_logger().error(self.trajectory_error)
-            return
+            return 0
         self.get_logger().info(f"wrote {len(trajectory)} poses to {path}")
+        return len(trajectory)
 
 
 def _qos_fields(profile: QoSProfile) -> dict[str, Any]:

@@ -42,9 +42,9 @@ DROP_LOG_INTERVAL_S = 10.0
 MIN_PROCESSED_FOR_DROP_WARNING = 2
 """Processed frames before drops are warned about: the processed rate needs two frames."""
 RATE_WINDOW_S = 5.0
+"""Input and processing rates are averaged over this many seconds."""
 RECENT_INTERVALS = 10
 """Gaps between the newest frames that :meth:`RateMeter.recent_period_s` takes the median of."""
-"""Input and processing rates are averaged over this many seconds."""
 LATENCY_WINDOW = 200
 """Latency percentiles are taken over this many newest frames."""
 NANOSECONDS_PER_SECOND = 1_000_000_000
@@ -335,11 +335,15 @@ class DropReporter:
         processed_hz: float,
         processed: int,
         now: float | None = None,
+        received: int | None = None,
+        window_s: float = RATE_WINDOW_S,
     ) -> bool:
         """Log the drop count unless throttled or nothing was processed yet; return if logged.
 
-        ``dropped`` and ``processed`` are totals since start-up, the rates are in Hz and ``now``
-        is ``time.monotonic()`` seconds by default.
+        ``dropped``, ``processed`` and ``received`` are totals since start-up, and ``now`` is
+        ``time.monotonic()`` seconds by default. ``input_hz`` and ``processed_hz`` are the rates
+        of frames received and of frames taken for tracking, measured over the same window of
+        at most ``window_s`` seconds (see :meth:`RateMeter.rate_hz`).
         """
         now = time.monotonic() if now is None else now
         if processed < MIN_PROCESSED_FOR_DROP_WARNING:
@@ -347,10 +351,12 @@ class DropReporter:
         if self._last_logged is not None and now - self._last_logged < self._interval_s:
             return False
         self._last_logged = now
+        total = f" of {received}" if received is not None else ""
         self._warn(
-            f"dropped {dropped} frames so far because tracking is slower than the input "
-            f"({input_hz:.1f} Hz in, {processed_hz:.1f} Hz processed); only the newest frame is "
-            "tracked"
+            f"dropped {dropped}{total} frames received so far: tracking fell behind the input, "
+            "so a newer frame replaced each of them before tracking started. Over the last "
+            f"{window_s:.1f} s, {input_hz:.1f} Hz were received and {processed_hz:.1f} Hz taken "
+            "for tracking; only the newest frame is tracked"
         )
         return True
 
@@ -363,24 +369,44 @@ class RateMeter:
         self._times: deque[float] = deque()
         self._lock = threading.Lock()
         self.count = 0
+        self.first_s: float | None = None
+        """Time of the first event (``time.monotonic()`` seconds), or None before it."""
 
     def tick(self, now: float | None = None) -> None:
-        """Record one event at ``now`` (``time.monotonic()`` seconds by default)."""
+        """Record one event at ``now`` (``time.monotonic()`` seconds by default).
+
+        Events must be recorded in time order.
+        """
         now = time.monotonic() if now is None else now
         with self._lock:
             self.count += 1
+            if self.first_s is None:
+                self.first_s = now
             self._times.append(now)
             self._trim(now)
 
-    def rate_hz(self, now: float | None = None) -> float:
-        """Return events per second over the window (0 with fewer than two events)."""
+    def rate_hz(self, now: float | None = None, start_s: float | None = None) -> float:
+        """Return the events per second in the window that ends at ``now``.
+
+        The window spans the last ``window_s`` seconds, but starts no earlier than ``start_s``
+        (default: this meter's first event), so it contains no time before the stream began.
+        Only events after its start count, because the window measures the gaps that follow
+        them. Two meters read with the same ``now`` and ``start_s`` cover the same window, so
+        when one meter's events are a subset of the other's, its rate is never the higher.
+        Returns 0 before the window has any length.
+        """
         now = time.monotonic() if now is None else now
         with self._lock:
             self._trim(now)
-            if len(self._times) < 2:
+            start_s = self.first_s if start_s is None else start_s
+            if start_s is None:
                 return 0.0
-            span = self._times[-1] - self._times[0]
-            return (len(self._times) - 1) / span if span > 0 else 0.0
+            window_start = max(now - self._window_s, start_s)
+            length = now - window_start
+            if length <= 0.0:
+                return 0.0
+            events = sum(1 for time_s in self._times if window_start < time_s <= now)
+            return events / length
 
     def recent_period_s(self, intervals: int = RECENT_INTERVALS) -> float:
         """Return the median of the newest ``intervals`` gaps between events, seconds; 0 with
