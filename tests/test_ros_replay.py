@@ -5,6 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -34,6 +35,7 @@ from vo_node.ros.replay import (
     ReplayError,
     SegmentEvaluation,
     bag_length_unit,
+    camera_info_topic_beside,
     images_after_other_topics,
     message_class,
     read_bag,
@@ -170,6 +172,90 @@ def test_replay_command_line(tmp_path):
         executor.shutdown()
     assert process.returncode == 0, output
     assert [stamp_to_ns(m.header.stamp) for m in images] == stamps
+
+
+def wait_until(condition, timeout_s: float = 10.0) -> bool:
+    """Poll ``condition()`` until it holds; return it after at most ``timeout_s``."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.02)
+    return condition()
+
+
+def test_wait_for_subscribers_skips_groundtruth(tmp_path):
+    # The bag has a ground-truth topic that nothing subscribes to. Playback needs a subscriber
+    # on the image topic and on the camera_info beside it, and no more.
+    stamps = [START_NS + step for step in STEPS_NS]
+    poses = {stamp: [0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 1.0] for stamp in stamps}
+    path = write_image_bag(tmp_path / "bag", "sqlite3", stamps, small_frames(len(stamps)),
+                           poses=poses)
+    with ros_context() as context:
+        listener = Node("listener", context=context)
+        player = BagPlayer(Node("vo_replay", context=context), path)
+        assert sorted(player.topics) == [
+            "/cam0/camera_info", "/cam0/image_raw", "/groundtruth/pose",
+        ]
+        assert player.topics_without_subscriber() == ["/cam0/image_raw"]
+        assert not player.wait_for_subscribers(None, 0.2)
+        listener.create_subscription(Image, "/cam0/image_raw", lambda _: None, reliable())
+        assert wait_until(lambda: player.topics_without_subscriber() == ["/cam0/camera_info"])
+        assert not player.wait_for_subscribers(None, 0.2)
+        listener.create_subscription(CameraInfo, "/cam0/camera_info", lambda _: None, reliable())
+        assert player.wait_for_subscribers(None, 10.0)
+        assert player.topics_without_subscriber() == []
+        # Explicit topics are still waited for one by one.
+        assert not player.wait_for_subscribers(["/groundtruth/pose"], 0.2)
+
+
+def test_camera_info_topic_beside():
+    assert camera_info_topic_beside("/cam0/image_raw") == "/cam0/camera_info"
+    assert camera_info_topic_beside("/cam0/image_raw/compressed") == "/cam0/camera_info"
+    assert camera_info_topic_beside("/image") == "/camera_info"
+
+
+def test_replay_command_line_waits_for_image_subscribers(tmp_path):
+    stamps = [START_NS + step for step in STEPS_NS]
+    poses = {stamp: [0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 1.0] for stamp in stamps}
+    path = write_image_bag(tmp_path / "bag", "mcap", stamps, small_frames(len(stamps)),
+                           poses=poses)
+    images, infos = [], []
+    with ros_context() as context:
+        listener = Node("listener", context=context)
+        executor = SingleThreadedExecutor(context=context)
+        executor.add_node(listener)
+        listener.create_subscription(Image, "/cam0/image_raw", images.append, reliable())
+        listener.create_subscription(CameraInfo, "/cam0/camera_info", infos.append, reliable())
+        command = [sys.executable, "-m", "vo_node.ros.replay", str(path), "--rate", "5",
+                   "--wait-for-subscribers", "30"]
+        process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE,
+                                   stderr=subprocess.STDOUT, text=True)
+        spin_until(executor, lambda: len(images) == len(stamps) or process.poll() is not None,
+                   25.0)
+        spin_until(executor, lambda: len(infos) == len(stamps), 2.0)
+        output, _ = process.communicate(timeout=30)
+        executor.shutdown()
+    assert process.returncode == 0, output
+    # Playback started without a subscriber on /groundtruth/pose, which nothing subscribes to.
+    assert len(images) == len(stamps), output
+    assert len(infos) == len(stamps), output
+    assert "subscribers matched after" in output
+    assert "playing anyway" not in output
+
+
+def test_replay_command_line_names_missing_subscriber(tmp_path):
+    path = write_image_bag(tmp_path / "bag", "sqlite3", [START_NS], small_frames(1))
+    with ros_context() as context:
+        listener = Node("listener", context=context)
+        listener.create_subscription(Image, "/cam0/image_raw", lambda _: None, reliable())
+        command = [sys.executable, "-m", "vo_node.ros.replay", str(path),
+                   "--wait-for-subscribers", "1"]
+        completed = subprocess.run(command, cwd=REPO, capture_output=True, text=True,
+                                   timeout=60)
+    assert completed.returncode == 0, completed.stderr
+    assert ("no subscriber on /cam0/camera_info after 1.0 s; playing anyway"
+            in completed.stderr)
 
 
 def test_replay_command_line_missing_topic(tmp_path):

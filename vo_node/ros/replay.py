@@ -56,6 +56,8 @@ POSE_TYPES = (
     "nav_msgs/msg/Odometry",
 )
 """Message types accepted as a ground-truth topic."""
+IMAGE_TYPES = ("sensor_msgs/msg/Image", "sensor_msgs/msg/CompressedImage")
+CAMERA_INFO_TYPE = "sensor_msgs/msg/CameraInfo"
 EUROC_CAM0_T_BODY_CAM = (
     -0.021640145, -0.064676987, 0.009810731, -0.007707180, 0.010499323, 0.701752800, 0.712301461
 )
@@ -186,6 +188,16 @@ def message_class(type_name: str) -> type:
 # Playback
 
 
+def camera_info_topic_beside(image_topic: str) -> str:
+    """Return the CameraInfo topic that belongs to ``image_topic``: ``<namespace>/camera_info``.
+
+    A ``/compressed`` suffix is removed first, as image_transport adds it to the base topic, so
+    ``/cam0/image_raw`` and ``/cam0/image_raw/compressed`` both give ``/cam0/camera_info``.
+    """
+    base = image_topic.removesuffix("/compressed")
+    return base.rsplit("/", 1)[0] + "/camera_info"
+
+
 @dataclass
 class PlaybackResult:
     """Messages published per topic and the wall time taken."""
@@ -231,6 +243,8 @@ class BagPlayer:
             raise ReplayError(
                 f"topics {missing} are not in bag {self.bag}; it contains {sorted(available)}"
             )
+        self.types = {topic: available[topic] for topic in self.topics}
+        """``{topic: type}`` of the played topics."""
         reliability = ReliabilityPolicy.RELIABLE if reliable else ReliabilityPolicy.BEST_EFFORT
         self.publishers = {}
         for topic in self.topics:
@@ -263,14 +277,41 @@ class BagPlayer:
             delivered &= publisher.wait_for_all_acked(Duration(nanoseconds=int(remaining * 1e9)))
         return delivered
 
-    def wait_for_subscribers(self, topics: Sequence[str], timeout_s: float) -> bool:
-        """Wait until each of ``topics`` has a matched subscriber; return False on timeout."""
+    def wait_for_subscribers(self, topics: Sequence[str] | None, timeout_s: float) -> bool:
+        """Wait until each of ``topics`` has a matched subscriber, or with ``topics`` None until
+        :meth:`topics_without_subscriber` is empty; return False on timeout."""
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
-            if all(self.publishers[t].get_subscription_count() > 0 for t in topics):
+            if topics is None and not self.topics_without_subscriber():
+                return True
+            if topics is not None and all(self._subscribed(topic) for topic in topics):
                 return True
             time.sleep(0.02)
         return False
+
+    def topics_without_subscriber(self) -> list[str]:
+        """Return the played topics that a consumer such as vo_node still has to subscribe to.
+
+        With image topics (``sensor_msgs/Image`` or ``CompressedImage``) among the played ones,
+        these are all image topics until one has a subscriber. After that, they are the played
+        CameraInfo topics beside the subscribed image topics (see
+        :func:`camera_info_topic_beside`) that have none yet. Other topics, such as ground truth,
+        need no subscriber. Without played image topics, every played topic needs one.
+        """
+        images = [topic for topic in self.topics if self.types[topic] in IMAGE_TYPES]
+        if not images:
+            return [topic for topic in self.topics if not self._subscribed(topic)]
+        subscribed = [topic for topic in images if self._subscribed(topic)]
+        if not subscribed:
+            return images
+        camera_infos = {camera_info_topic_beside(topic) for topic in subscribed}
+        return sorted(
+            topic for topic in camera_infos
+            if self.types.get(topic) == CAMERA_INFO_TYPE and not self._subscribed(topic)
+        )
+
+    def _subscribed(self, topic: str) -> bool:
+        return self.publishers[topic].get_subscription_count() > 0
 
     def play(
         self,
@@ -941,9 +982,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--start-delay", type=float, default=0.0, metavar="SECONDS",
                         help="wait this long before the first message, seconds (default 0)")
     parser.add_argument("--wait-for-subscribers", type=float, default=0.0, metavar="SECONDS",
-                        help="before playing, wait up to this long until every played topic "
-                        "has a subscriber, seconds (default 0: no wait; reliable subscribers "
-                        "that join late miss messages)")
+                        help="before playing, wait up to this many seconds for the topics a VO "
+                        "node subscribes to: until a played image topic (sensor_msgs/Image or "
+                        "CompressedImage) has a subscriber, and so does the played "
+                        "<namespace>/camera_info beside each subscribed image topic. Other "
+                        "topics, such as ground truth, need none. Without played image topics, "
+                        "every played topic needs a subscriber. Playback starts anyway after "
+                        "the wait, with a warning. Default 0: no wait, so reliable subscribers "
+                        "that join late miss messages")
     parser.add_argument("--best-effort", action="store_true",
                         help="publish best effort instead of reliable")
     evaluation = parser.add_argument_group("evaluation")
@@ -1004,11 +1050,8 @@ def _play(args: argparse.Namespace) -> int:
     try:
         player = BagPlayer(node, args.bag, args.topics, args.rate, args.clock,
                            reliable=not args.best_effort)
-        if args.wait_for_subscribers > 0 and not player.wait_for_subscribers(
-            player.topics, args.wait_for_subscribers
-        ):
-            logger.warning("not every topic has a subscriber after %.1f s; playing anyway",
-                           args.wait_for_subscribers)
+        if args.wait_for_subscribers > 0:
+            _wait_for_subscribers(player, args.wait_for_subscribers)
         logger.info("playing %s: %s", args.bag, ", ".join(player.topics))
         result = player.play(loop=args.loop, start_delay_s=args.start_delay)
         logger.info("published %s in %.1f s", result.counts, result.wall_time_s)
@@ -1021,6 +1064,17 @@ def _play(args: argparse.Namespace) -> int:
         node.destroy_node()
         rclpy.try_shutdown()
     return 0
+
+
+def _wait_for_subscribers(player: BagPlayer, timeout_s: float) -> None:
+    started = time.monotonic()
+    if player.wait_for_subscribers(None, timeout_s):
+        logger.info("subscribers matched after %.1f s", time.monotonic() - started)
+        return
+    logger.warning(
+        "no subscriber on %s after %.1f s; playing anyway",
+        ", ".join(player.topics_without_subscriber()), timeout_s,
+    )
 
 
 if __name__ == "__main__":
