@@ -268,7 +268,7 @@ def test_write_outputs_without_ground_truth(tmp_path):
     result = RunResult(estimate, frames=10, seconds=1.0, peak_memory_bytes=0, memory_kind="cpu_rss", interrupted=True)
     outputs = write_outputs(result, tmp_path, None)
     assert outputs.metrics_path is None
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["trajectory.tum"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["trajectory.partial.tum"]
     lines = format_summary(result, outputs)
     assert "interrupted" in lines[0]
     assert "ATE: not computed (no ground truth)" in lines

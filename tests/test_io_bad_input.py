@@ -438,12 +438,14 @@ def test_run_restores_signal_handlers(tmp_path):
     assert (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)) == before
 
 
-def test_stop_request_signals():
+def test_stop_request_signals(caplog):
     stop = StopRequest()
     assert not stop()
     stop._handle(signal.SIGTERM, None)
     assert stop()
     assert SIGNAL_EXIT_BASE + stop.signal_number == 143
+    assert "received SIGTERM: finishing the frames tracked so far" in caplog.text
     with pytest.raises(SystemExit) as exit_info:
         stop._handle(signal.SIGINT, None)
     assert exit_info.value.code == 130
+    assert "received SIGINT again: exiting at once with status 130 without writing" in caplog.text

@@ -1,4 +1,4 @@
-"""End-to-end tests of ``python -m vo_node.run``: output files, timestamps, metrics and SIGINT.
+"""End-to-end tests of ``python -m vo_node.run``: output files, timestamps, metrics and signals.
 
 No trained model exists in the repository, so every run uses a randomly initialised network of
 the small configuration's sizes (seed 0), saved with ``save_model`` into a temporary folder. Its
@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import csv
 import json
+import logging
 import math
 import os
 import re
@@ -21,6 +22,7 @@ import subprocess
 import sys
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -29,7 +31,7 @@ import pytest
 from vo_node import run
 from vo_node.demo_data import render_demo_sequence
 from vo_node.io.sequence import open_sequence
-from vo_node.io.trajectory import read_tum
+from vo_node.io.trajectory import Trajectory, read_tum
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = Path(os.environ.get("VO_NODE_DATA", REPO.parent / "shared" / "data"))
@@ -166,14 +168,53 @@ def _frames_done(stderr: list[str]) -> int:
     return max(counts, default=0)
 
 
-def test_run_sigint_writes_partial_trajectory(small_model: Path, tmp_path: Path) -> None:
-    sequence_path = render_demo_sequence(
-        tmp_path / "long", num_frames=120, height=64, width=96
+def read_files(folder: Path, names: tuple[str, ...]) -> dict[str, bytes]:
+    """Return the bytes of each of ``names`` in ``folder``."""
+    return {name: (folder / name).read_bytes() for name in names}
+
+
+@pytest.fixture(scope="module")
+def long_sequence(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A 120-frame demo sequence at 96x64 pixels: long enough to signal the runner mid-run."""
+    return render_demo_sequence(
+        tmp_path_factory.mktemp("long") / "sequence", num_frames=120, height=64, width=96
     )
-    output = tmp_path / "out"
+
+
+def write_complete_run(sequence: Path, model: Path, output: Path) -> dict[str, bytes]:
+    """Run ``sequence`` to completion with ``--trace`` into ``output`` and return its four files."""
+    assert run_main(sequence, model, output, "--trace") == run.EXIT_OK
+    return read_files(output, run.COMPLETE_OUTPUTS)
+
+
+@dataclass
+class Runner:
+    """A ``python -m vo_node.run`` subprocess whose stderr a reader thread copies into ``stderr``."""
+
+    process: subprocess.Popen
+    reader: threading.Thread
+    stderr: list[str]
+
+    def log(self) -> str:
+        return "".join(self.stderr)
+
+    def wait(self) -> str:
+        """Wait for the exit and the end of stderr, then return stdout.
+
+        The reader thread owns the stderr pipe, so this does not call ``communicate``, which
+        would read part of stderr itself.
+        """
+        self.process.wait(timeout=SIGINT_TIMEOUT_S)
+        self.reader.join(timeout=SIGINT_TIMEOUT_S)
+        assert not self.reader.is_alive()
+        return self.process.stdout.read()
+
+
+def start_runner(sequence: Path, model: Path, output: Path) -> Runner:
+    """Start ``python -m vo_node.run --trace`` and wait until it has tracked a few frames."""
     command = [
-        sys.executable, "-m", "vo_node.run", str(sequence_path), "--config", "small",
-        "--model", str(small_model), "--device", "cpu", "--output", str(output),
+        sys.executable, "-m", "vo_node.run", str(sequence), "--config", "small",
+        "--model", str(model), "--device", "cpu", "--output", str(output), "--trace",
     ]
     process = subprocess.Popen(
         command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
@@ -181,45 +222,157 @@ def test_run_sigint_writes_partial_trajectory(small_model: Path, tmp_path: Path)
     stderr: list[str] = []
     reader = threading.Thread(target=_read_progress, args=(process.stderr, stderr), daemon=True)
     reader.start()
+    runner = Runner(process, reader, stderr)
     deadline = time.monotonic() + SIGINT_TIMEOUT_S
     while _frames_done(stderr) < FRAMES_BEFORE_SIGINT and process.poll() is None:
-        assert time.monotonic() < deadline, "".join(stderr)[-2000:]
+        assert time.monotonic() < deadline, runner.log()[-2000:]
         time.sleep(0.05)
-    process.send_signal(signal.SIGINT)
-    stdout, _ = process.communicate(timeout=SIGINT_TIMEOUT_S)
-    reader.join(timeout=5)
+    assert process.poll() is None, runner.log()[-2000:]
+    return runner
 
-    assert process.returncode == run.SIGNAL_EXIT_BASE + signal.SIGINT, "".join(stderr)[-2000:]
+
+@pytest.mark.parametrize("signal_number", [signal.SIGINT, signal.SIGTERM])
+def test_run_signal_writes_partial_files(
+    small_model: Path, demo_sequence: Path, long_sequence: Path, tmp_path: Path,
+    signal_number: int,
+) -> None:
+    """A stopped run writes its frames under partial names and keeps the earlier complete run."""
+    output = tmp_path / "out"
+    complete = write_complete_run(demo_sequence, small_model, output)
+
+    runner = start_runner(long_sequence, small_model, output)
+    runner.process.send_signal(signal_number)
+    stdout = runner.wait()
+    log = runner.log()
+
+    assert runner.process.returncode == run.SIGNAL_EXIT_BASE + signal_number, log[-2000:]
+    assert read_files(output, run.COMPLETE_OUTPUTS) == complete
     assert "(interrupted)" in stdout
-    trajectory = read_tum(output / run.TRAJECTORY_FILE)
-    input_stamps = open_sequence(sequence_path).timestamps_ns
+    assert f"trajectory: {output / 'trajectory.partial.tum'}" in stdout.splitlines()
+    partial_files = ", ".join(run.PARTIAL_OUTPUTS)
+    assert partial_files == (
+        "trajectory.partial.tum, metrics.partial.json, trajectory.partial.png, frames.partial.csv"
+    )
+    assert f"wrote {partial_files} to {output} under partial names" in log
+    assert "because tracking was interrupted" in log
+    name = signal.Signals(signal_number).name
+    assert f"received {name}: finishing the frames tracked so far" in log
+    assert f"received {name} again" not in log
+
+    trajectory = read_tum(output / "trajectory.partial.tum")
+    input_stamps = open_sequence(long_sequence).timestamps_ns
     assert FRAMES_BEFORE_SIGINT <= len(trajectory) < len(input_stamps)
     np.testing.assert_array_equal(trajectory.timestamps_ns, input_stamps[: len(trajectory)])
     assert np.all(np.isfinite(trajectory.poses))
+    report = json.loads((output / "metrics.partial.json").read_text())
+    assert report["interrupted"] is True
+    assert report["frames"] == len(trajectory)
+    assert report["sequence"] == str(long_sequence)
+    with (output / "frames.partial.csv").open(newline="") as handle:
+        assert len(list(csv.DictReader(handle))) == len(trajectory)
+    assert (output / "trajectory.partial.png").stat().st_size > 0
+    assert_no_temporary_files(output)
+
+
+def test_run_second_sigint_exits_at_once(
+    small_model: Path, demo_sequence: Path, long_sequence: Path, tmp_path: Path
+) -> None:
+    output = tmp_path / "out"
+    complete = write_complete_run(demo_sequence, small_model, output)
+
+    runner = start_runner(long_sequence, small_model, output)
+    runner.process.send_signal(signal.SIGINT)
+    # Two signals that arrive before the handler runs count as one, so the second waits until
+    # the runner has logged the first.
+    deadline = time.monotonic() + SIGINT_TIMEOUT_S
+    while "received SIGINT: " not in runner.log() and runner.process.poll() is None:
+        assert time.monotonic() < deadline, runner.log()[-2000:]
+        time.sleep(0.01)
+    runner.process.send_signal(signal.SIGINT)
+    runner.wait()
+    log = runner.log()
+
+    assert runner.process.returncode == run.SIGNAL_EXIT_BASE + signal.SIGINT, log[-2000:]
+    assert "received SIGINT again: exiting at once with status 130" in log
+    assert read_files(output, run.COMPLETE_OUTPUTS) == complete
     assert_no_temporary_files(output)
 
 
 def test_run_unreadable_frame_says_stopped_early(
-    demo_sequence: Path, small_model: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+    demo_sequence: Path, small_model: Path, tmp_path: Path, capsys: pytest.CaptureFixture,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     """A frame that cannot be read ends the run with exit 2 and a summary whose first line states
-    that every output covers only the frames before it."""
+    that every output covers only the frames before it. Those outputs get partial names, the
+    earlier complete run stays, and the next complete run removes the partial files."""
     import shutil
 
+    output = tmp_path / "out"
+    complete = write_complete_run(demo_sequence, small_model, output)
+    capsys.readouterr()
     sequence = tmp_path / "sequence"
     shutil.copytree(demo_sequence, sequence)
     broken = sequence / "000010.png"
     broken.write_bytes(broken.read_bytes()[:40])
-    output = tmp_path / "out"
-    assert run_main(sequence, small_model, output) == 2
+
+    with caplog.at_level(logging.INFO, logger="vo_node.run"):
+        assert run_main(sequence, small_model, output, "--trace") == 2
     lines = capsys.readouterr().out.splitlines()
     assert lines[0].startswith("STOPPED EARLY: input frame 10 could not be read")
     assert "first 10 frames" in lines[0]
     assert "000010.png" in lines[0]
-    report = json.loads((output / "metrics.json").read_text())
+    assert f"metrics: {output / 'metrics.partial.json'}" in lines
+    assert "because input frame 10 could not be read after 10 frames" in caplog.text
+    assert read_files(output, run.COMPLETE_OUTPUTS) == complete
+    report = json.loads((output / "metrics.partial.json").read_text())
     assert report["frames"] == 10
+    assert report["interrupted"] is False
     assert "000010.png" in report["input_error"]
-    assert len((output / "trajectory.tum").read_text().splitlines()) == 10
+    assert len((output / "trajectory.partial.tum").read_text().splitlines()) == 10
+    assert len((output / "frames.partial.csv").read_text().splitlines()) == 1 + 10
+    assert (output / "trajectory.partial.png").stat().st_size > 0
+
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="vo_node.run"):
+        assert run_main(demo_sequence, small_model, output) == run.EXIT_OK
+    assert sorted(path.name for path in output.iterdir()) == [
+        "metrics.json", "trajectory.png", "trajectory.tum"
+    ]
+    assert "under partial names" not in caplog.text
+    removal = f"removed {output / 'trajectory.partial.tum'} of an earlier run that stopped early"
+    assert removal in caplog.text
+
+
+def test_write_outputs_partial_keeps_complete_files(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A stopped run without ground truth removes the partial metrics and plot of an earlier
+    stopped run, but none of the files of an earlier complete run."""
+    complete = {name: f"complete {name}\n".encode() for name in run.COMPLETE_OUTPUTS}
+    for name, content in complete.items():
+        (tmp_path / name).write_bytes(content)
+    (tmp_path / "metrics.partial.json").write_text("{}\n")
+    (tmp_path / "trajectory.partial.png").write_bytes(b"png")
+    poses = np.zeros((5, 7))
+    poses[:, 6] = 1.0
+    trajectory = Trajectory(np.arange(5, dtype=np.int64) * 50_000_000, poses)
+    result = run.RunResult(trajectory, 5, 1.0, 0, "cpu_rss", interrupted=True)
+
+    with caplog.at_level(logging.INFO, logger="vo_node.run"):
+        outputs = run.write_outputs(result, tmp_path, None)
+
+    assert outputs.partial is True
+    assert outputs.trajectory_path == tmp_path / "trajectory.partial.tum"
+    assert read_files(tmp_path, run.COMPLETE_OUTPUTS) == complete
+    names = sorted(path.name for path in tmp_path.iterdir())
+    assert names == sorted([*run.COMPLETE_OUTPUTS, "trajectory.partial.tum"])
+    removed = [tmp_path / "metrics.partial.json", tmp_path / "trajectory.partial.png"]
+    assert outputs.removed == removed
+    np.testing.assert_array_equal(
+        read_tum(outputs.trajectory_path).timestamps_ns, trajectory.timestamps_ns
+    )
+    assert f"wrote trajectory.partial.tum to {tmp_path} under partial names" in caplog.text
+    assert "because tracking was interrupted after 5 frames" in caplog.text
 
 
 def test_run_trace_has_one_row_per_frame(

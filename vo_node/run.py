@@ -7,8 +7,13 @@ Writes ``DIR/trajectory.tum`` (one pose per input frame, at the input timestamps
 sequence has ground truth, ``DIR/metrics.json`` and ``DIR/trajectory.png``. With ``--trace`` it
 also writes ``DIR/frames.csv``, one row per input frame (see :data:`TRACE_COLUMNS`). Those of the
 four files that a run does not write are removed from ``DIR``, so a reused folder does not show the
-metrics of an earlier run next to a new trajectory. On SIGINT or SIGTERM the frames tracked so far are finished and written,
-and the process exits with 130 or 143.
+metrics of an earlier run next to a new trajectory.
+
+A run that stops early writes the frames tracked so far under partial names instead
+(``trajectory.partial.tum``, ``metrics.partial.json``, ``trajectory.partial.png``,
+``frames.partial.csv``) and leaves the four files of an earlier complete run unchanged. It stops
+early on SIGINT or SIGTERM (exit status 130 or 143) or on an input frame that cannot be read
+(exit status 2). A run that finishes removes the partial files of an earlier run.
 
 :func:`run_sequence` is the reusable part (the accuracy command, the offline demo and the
 trainer's validation call it);
@@ -78,8 +83,23 @@ TRAJECTORY_FILE = "trajectory.tum"
 METRICS_FILE = "metrics.json"
 PLOT_FILE = "trajectory.png"
 TRACE_FILE = "frames.csv"
-OWNED_OUTPUTS = (TRAJECTORY_FILE, METRICS_FILE, PLOT_FILE, TRACE_FILE)
-"""Files of an output folder that a run owns: a run removes those it does not write."""
+COMPLETE_OUTPUTS = (TRAJECTORY_FILE, METRICS_FILE, PLOT_FILE, TRACE_FILE)
+"""Files of a run that tracked every frame of its input."""
+PARTIAL_INFIX = ".partial"
+
+
+def partial_name(name: str) -> str:
+    """Return the stopped-run name of ``name``, such as ``trajectory.partial.tum``."""
+    path = Path(name)
+    return f"{path.stem}{PARTIAL_INFIX}{path.suffix}"
+
+
+PARTIAL_OUTPUTS = tuple(partial_name(name) for name in COMPLETE_OUTPUTS)
+"""Files of a run that stopped early, in the order of :data:`COMPLETE_OUTPUTS`. Their own names
+keep a stopped run from replacing the results of an earlier complete run in the same folder."""
+OWNED_OUTPUTS = COMPLETE_OUTPUTS + PARTIAL_OUTPUTS
+"""Files of an output folder that a run owns. A run removes those it does not write, but a
+stopped run removes only partial files."""
 DEFAULT_OUTPUT_ROOT = Path("outputs")
 DEFAULT_OUTPUT_FOLDER_NAME = "vo_output"
 """Folder name that the error for an ``--output`` that is a file suggests next to that file."""
@@ -92,7 +112,10 @@ it, whether the depth-hypothesis trial was running, whether the frame entered th
 and the edge count. Then the motion probe's median flow
 in 1/4-resolution pixels (empty when not probed), the weighted cost and valid residual count of
 the frame's last bundle adjustment (empty without one), and the time of each stage."""
-STOP_ACTION = "finishing the frames tracked so far and writing the trajectory"
+STOP_ACTION = (
+    "finishing the frames tracked so far and writing them under partial names "
+    f"({PARTIAL_OUTPUTS[0]})"
+)
 """Log text for the runner's response to the first SIGINT or SIGTERM (see :class:`StopRequest`)."""
 
 
@@ -146,6 +169,7 @@ class RunOutputs:
     Attributes:
         length_unit: unit of the ground truth and of every length in ``metrics``.
         removed: files of an earlier run that :func:`write_outputs` removed from the folder.
+        partial: the run stopped early, so the files have the names of :data:`PARTIAL_OUTPUTS`.
     """
 
     trajectory_path: Path
@@ -156,6 +180,7 @@ class RunOutputs:
     extra: dict[str, Any] = field(default_factory=dict)
     length_unit: str = METRES
     removed: list[Path] = field(default_factory=list)
+    partial: bool = False
 
     def written(self) -> list[tuple[str, Path]]:
         """Return ``(label, path)`` of each file written: trajectory, metrics, plot."""
@@ -298,8 +323,12 @@ def write_outputs(
 ) -> RunOutputs:
     """Write the trajectory and, with ground truth, the metrics JSON and the figure (atomically).
 
-    Files of :data:`OWNED_OUTPUTS` that this call does not write (the metrics and the figure of
-    an earlier run with ground truth) are removed first, and each removal is logged.
+    A result that stopped early (``result.interrupted`` or ``result.input_error``) is written
+    under the names of :data:`PARTIAL_OUTPUTS`, and one warning names the files and the reason.
+    Such a call removes only partial files that it does not write, so the files of an earlier
+    complete run stay as they were. A complete result removes every file of
+    :data:`OWNED_OUTPUTS` that it does not write, the partial files of an earlier stopped run
+    included. Each removal is logged.
 
     Args:
         extra: additional JSON-ready fields for ``metrics.json`` (sequence, configuration).
@@ -313,22 +342,44 @@ def write_outputs(
     """
     if len(result.trajectory) == 0:
         raise ValueError(f"the run has no poses to write to {output_dir}; no frames were tracked")
-    outputs = RunOutputs(
-        trajectory_path=output_dir / TRAJECTORY_FILE, extra=dict(extra or {}),
-        length_unit=length_unit,
+    partial = result.interrupted or result.input_error is not None
+    trajectory_name, metrics_name, plot_name, trace_name = (
+        PARTIAL_OUTPUTS if partial else COMPLETE_OUTPUTS
     )
-    planned = [TRAJECTORY_FILE]
+    outputs = RunOutputs(
+        trajectory_path=output_dir / trajectory_name, extra=dict(extra or {}),
+        length_unit=length_unit, partial=partial,
+    )
+    planned = [trajectory_name]
     if ground_truth is not None:
-        planned += [METRICS_FILE, PLOT_FILE]
+        planned += [metrics_name, plot_name]
     if trace:
-        planned.append(TRACE_FILE)
-    outputs.removed = remove_stale_outputs(output_dir, planned)
+        planned.append(trace_name)
+    outputs.removed = remove_stale_outputs(
+        output_dir, planned, PARTIAL_OUTPUTS if partial else OWNED_OUTPUTS
+    )
     write_tum(outputs.trajectory_path, result.trajectory)
     if trace:
-        outputs.trace_path = output_dir / TRACE_FILE
+        outputs.trace_path = output_dir / trace_name
         write_trace(outputs.trace_path, result.trace)
-    if ground_truth is None:
-        return outputs
+    if ground_truth is not None:
+        write_evaluation(
+            result, outputs, ground_truth, output_dir / metrics_name, output_dir / plot_name
+        )
+    if partial:
+        log_partial_outputs(result, outputs, output_dir)
+    return outputs
+
+
+def write_evaluation(
+    result: RunResult,
+    outputs: RunOutputs,
+    ground_truth: Trajectory,
+    metrics_path: Path,
+    plot_path: Path,
+) -> None:
+    """Evaluate ``result``, write the metrics JSON and the figure, and store them in ``outputs``."""
+    length_unit = outputs.length_unit
     outputs.metrics = evaluate_run(result, ground_truth)
     report = {
         "frames": result.frames,
@@ -342,35 +393,58 @@ def write_outputs(
         "metrics": outputs.metrics.to_dict() if outputs.metrics is not None else None,
         **outputs.extra,
     }
-    outputs.metrics_path = output_dir / METRICS_FILE
-    with atomic_write(outputs.metrics_path) as handle:
+    outputs.metrics_path = metrics_path
+    with atomic_write(metrics_path) as handle:
         json.dump(report, handle, indent=2)
         handle.write("\n")
     from vo_node.evaluation.plots import plot_trajectory
 
     outputs.plot_path = plot_trajectory(
-        result.trajectory, ground_truth, outputs.metrics, output_dir / PLOT_FILE,
-        length_unit=length_unit,
+        result.trajectory, ground_truth, outputs.metrics, plot_path, length_unit=length_unit,
     )
-    return outputs
 
 
-def remove_stale_outputs(output_dir: Path, keep: TypingSequence[str]) -> list[Path]:
-    """Remove the files of :data:`OWNED_OUTPUTS` not named in ``keep``; return those removed.
+def log_partial_outputs(result: RunResult, outputs: RunOutputs, output_dir: Path) -> None:
+    """Log one warning that names the partial files just written and why the run stopped."""
+    if result.input_error is not None:
+        reason = f"input frame {result.frames} could not be read"
+    else:
+        reason = "tracking was interrupted"
+    names = ", ".join(path.name for _, path in outputs.written())
+    logger.warning(
+        "wrote %s to %s under partial names because %s after %d frames, and left the files of "
+        "a complete run there (%s) unchanged",
+        names, output_dir, reason, result.frames, ", ".join(COMPLETE_OUTPUTS),
+    )
+
+
+def remove_stale_outputs(
+    output_dir: Path, keep: TypingSequence[str], candidates: TypingSequence[str] = OWNED_OUTPUTS
+) -> list[Path]:
+    """Remove the files of ``candidates`` not named in ``keep`` and return their paths.
 
     A reused output folder would otherwise show, say, the metrics of an earlier run with ground
-    truth next to the trajectory of a run without it. Other files in the folder are left alone.
+    truth next to the trajectory of a run without it, or the partial files of an earlier stopped
+    run next to complete ones. Other files in the folder are left alone.
 
     Raises:
         OSError: a file could not be removed.
     """
+    # A call that keeps no partial file is writing the outputs of a finished run.
+    finished = not any(name in PARTIAL_OUTPUTS for name in keep)
     removed = []
-    for name in OWNED_OUTPUTS:
+    for name in candidates:
         path = output_dir / name
         if name in keep or not (path.is_file() or path.is_symlink()):
             continue
         path.unlink()
-        logger.info("removed %s of an earlier run: this run does not write %s", path, name)
+        if finished and name in PARTIAL_OUTPUTS:
+            logger.info(
+                "removed %s of an earlier run that stopped early: this run finished, so its "
+                "complete outputs replace it", path,
+            )
+        else:
+            logger.info("removed %s of an earlier run: this run does not write %s", path, name)
         removed.append(path)
     return removed
 
@@ -407,7 +481,7 @@ def check_not_a_file(path: Path) -> None:
     if path.exists() and not path.is_dir():
         raise OutputError(
             f"output path {path} is a file, but --output takes a folder (the run writes "
-            f"{', '.join(OWNED_OUTPUTS)} into it); pass the path of a new or existing folder, "
+            f"{', '.join(COMPLETE_OUTPUTS)} into it); pass the path of a new or existing folder, "
             f"such as {path.parent / DEFAULT_OUTPUT_FOLDER_NAME}"
         )
     for parent in path.parents:
@@ -579,7 +653,8 @@ def positive_frame_rate(text: str) -> float:
 class StopRequest:
     """Signal handler state: the first SIGINT/SIGTERM requests a stop after the current frame.
 
-    A second signal exits at once with ``128 + signal`` without writing anything.
+    A second signal logs a warning and exits at once with ``128 + signal``, without writing the
+    remaining outputs.
     """
 
     HANDLED = (signal.SIGINT, signal.SIGTERM)
@@ -603,7 +678,12 @@ class StopRequest:
 
     def _handle(self, signal_number: int, _frame: FrameType | None) -> None:
         if self.signal_number is not None:
-            raise SystemExit(SIGNAL_EXIT_BASE + signal_number)
+            status = SIGNAL_EXIT_BASE + signal_number
+            logger.warning(
+                "received %s again: exiting at once with status %d without writing the "
+                "remaining outputs", signal.Signals(signal_number).name, status,
+            )
+            raise SystemExit(status)
         self.signal_number = signal_number
         logger.warning(
             "received %s: %s (send it again to exit at once)",
