@@ -166,7 +166,10 @@ def test_euroc_missing_sensor_yaml(tmp_path):
     [
         ("image_width: [unclosed\n", "not valid YAML"),
         ("image_width: 64\nimage_height: 48\n", "missing field 'camera_matrix'"),
-        ("image_width: 64\nimage_height: 48\ncamera_matrix: {data: [1, 2, 3]}\n", "expected 9 values"),
+        (
+            "image_width: 64\nimage_height: 48\ncamera_matrix: {data: [1, 2, 3]}\n",
+            "camera_matrix.data has 3 values, expected 9",
+        ),
         (
             "image_width: 64\nimage_height: 48\ncamera_matrix: {data: [60, 0, 32, 0, 60, 24, 0, 0, 1]}\n"
             "distortion_model: plumb_bob\ndistortion_coefficients: {data: [0.1, 0.2, 0.3]}\n",
@@ -195,6 +198,106 @@ def test_malformed_calibration(tmp_path, text, expected):
     with pytest.raises(CalibrationError, match=expected) as error:
         load_camera(path)
     assert str(path) in str(error.value)
+
+
+CAMERA_INFO_HEAD = "image_width: 64\nimage_height: 48\n"
+CAMERA_MATRIX = "camera_matrix: {rows: 3, cols: 3, data: [60, 0, 32, 0, 60, 24, 0, 0, 1]}\n"
+EUROC_HEAD = "camera_model: pinhole\nresolution: [752, 480]\n"
+EUROC_INTRINSICS = "intrinsics: [458.654, 457.296, 367.215, 248.375]\n"
+
+
+@pytest.mark.parametrize(
+    "text,expected",
+    [
+        (
+            CAMERA_INFO_HEAD + "camera_matrix: {data: [60, 0, 32, 0, 60, 24, 0, 1]}\n",
+            [
+                "camera_matrix.data has 8 values, expected 9",
+                "row-major 3x3 camera matrix [fx, 0, cx, 0, fy, cy, 0, 0, 1]",
+                "Write all 9 values in that order.",
+            ],
+        ),
+        (
+            CAMERA_INFO_HEAD + "k: [60, 0, 32, 0, 60, 24, 0, 1]\n",
+            ["k has 8 values, expected 9", "[fx, 0, cx, 0, fy, cy, 0, 0, 1]"],
+        ),
+        (
+            CAMERA_INFO_HEAD + "camera_matrix: {data: [60, 0, 32, 0, .nan, 24, 0, 0, 1]}\n",
+            ["camera_matrix.data contains a non-finite value", "Replace it with the calibrated"],
+        ),
+        (
+            CAMERA_INFO_HEAD + "camera_matrix: {rows: 3, cols: 3}\n",
+            ["camera_matrix.data must be a list of numbers", "[fx, 0, cx, 0, fy, cy, 0, 0, 1]"],
+        ),
+        (
+            CAMERA_INFO_HEAD + CAMERA_MATRIX + "distortion_model: plumb_bob\n"
+            "distortion_coefficients: {rows: 1, cols: 3, data: [0.1, 0.2, 0.3]}\n",
+            [
+                "distortion_coefficients.data has 3 values",
+                "'plumb_bob' needs 4, 5 or 8 coefficients (k1 k2 p1 p2 [k3 [k4 k5 k6]])",
+                "or set distortion_model to the model they belong to.",
+            ],
+        ),
+        (
+            CAMERA_INFO_HEAD + CAMERA_MATRIX + "distortion_model: equidistant\n"
+            "distortion_coefficients: {rows: 1, cols: 5, data: [0.1, 0.2, 0.3, 0.4, 0.5]}\n",
+            [
+                "distortion_coefficients.data has 5 values",
+                "'equidistant' needs 4 coefficients (k1 k2 k3 k4)",
+            ],
+        ),
+        (
+            CAMERA_INFO_HEAD + CAMERA_MATRIX + "distortion_model: none\n"
+            "distortion_coefficients: {rows: 1, cols: 4, data: [0.1, 0, 0, 0]}\n",
+            ["distortion_coefficients.data [0.1, 0.0, 0.0, 0.0] are non-zero", "Set distortion_model"],
+        ),
+        (
+            EUROC_HEAD + "intrinsics: [458.654, 457.296, 367.215]\n",
+            [
+                "intrinsics has 3 values, expected 4",
+                "[fu, fv, cu, cv]: focal lengths and principal point in pixels",
+            ],
+        ),
+        (
+            EUROC_HEAD + "intrinsics: [458.654, fv, 367.215, 248.375]\n",
+            ["intrinsics contains a value that is not a number", "[fu, fv, cu, cv]"],
+        ),
+        (
+            "resolution: [752]\n" + EUROC_INTRINSICS,
+            ["resolution has 1 value, expected 2", "[width, height] in pixels"],
+        ),
+        (
+            "resolution: [752.5, 480]\n" + EUROC_INTRINSICS,
+            ["resolution must be whole numbers", "such as [752, 480]"],
+        ),
+        (
+            EUROC_HEAD + EUROC_INTRINSICS + "distortion_model: radial-tangential\n"
+            "distortion_coefficients: [-0.28, 0.07]\n",
+            ["distortion_coefficients has 2 values", "'radtan' needs 4, 5 or 8 coefficients"],
+        ),
+    ],
+)
+def test_calibration_list_errors_name_key(tmp_path, text, expected):
+    """Each list-valued key with the wrong values is named in the error with its layout."""
+    path = tmp_path / "camera.yaml"
+    path.write_text(text)
+    with pytest.raises(CalibrationError) as error:
+        load_camera(path)
+    message = str(error.value)
+    assert message.startswith(f"{path}: ")
+    for part in expected:
+        assert part in message, message
+
+
+def test_euroc_t_bs_error_names_key():
+    from vo_node.io.camera import euroc_body_from_sensor
+
+    document = {"T_BS": {"rows": 4, "cols": 4, "data": [1.0] * 15}}
+    with pytest.raises(CalibrationError) as error:
+        euroc_body_from_sensor(document, source="sensor.yaml")
+    message = str(error.value)
+    assert message.startswith("sensor.yaml: T_BS.data has 15 values, expected 16")
+    assert "row-major 4x4 transform from sensor to body" in message
 
 
 def test_malformed_calibration_in_image_folder(tmp_path):

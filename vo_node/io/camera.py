@@ -31,6 +31,15 @@ RADIAL_TANGENTIAL_MODELS = ("plumb_bob", "radtan")
 RADIAL_TANGENTIAL_COEFFICIENT_COUNTS = (4, 5, 8)
 """Coefficient counts that ``cv2.undistort`` accepts for the radial-tangential model."""
 EQUIDISTANT_COEFFICIENT_COUNT = 4
+DISTORTION_FIX = (
+    "List the calibrated coefficients in that order, or set distortion_model to the model "
+    "they belong to."
+)
+
+CAMERA_MATRIX_LAYOUT = "the row-major 3x3 camera matrix [fx, 0, cx, 0, fy, cy, 0, 0, 1]"
+T_BS_LAYOUT = "the row-major 4x4 transform from sensor to body, last row [0, 0, 0, 1]"
+EUROC_INTRINSICS_LAYOUT = "[fu, fv, cu, cv]: focal lengths and principal point in pixels"
+EUROC_RESOLUTION_LAYOUT = "[width, height] in pixels"
 
 MODEL_ALIASES = {
     "": "none",
@@ -148,22 +157,28 @@ class PinholeCamera:
         )
 
 
-def _check_coefficient_count(model: str, coefficients: tuple[float, ...]) -> None:
+def _check_coefficient_count(
+    model: str, coefficients: tuple[float, ...], key: str = "coefficients"
+) -> None:
+    """Raise :class:`CalibrationError` when ``model`` does not take this many coefficients.
+
+    ``key`` names the coefficients in the message, such as ``distortion_coefficients.data``.
+    """
     count = len(coefficients)
     if model == "none" and count and any(coefficients):
         raise CalibrationError(
-            f"distortion model 'none' with non-zero coefficients {list(coefficients)}; "
-            "set the distortion model or remove the coefficients"
+            f"{key} {list(coefficients)} are non-zero, but the distortion model is 'none'. Set "
+            "distortion_model to the calibration's model or remove the coefficients."
         )
     if model in RADIAL_TANGENTIAL_MODELS and count not in RADIAL_TANGENTIAL_COEFFICIENT_COUNTS:
         raise CalibrationError(
-            f"distortion model {model!r} needs 4, 5 or 8 coefficients (k1 k2 p1 p2 [k3 [k4 k5 k6]]),"
-            f" got {count}: {list(coefficients)}"
+            f"{key} has {count} values, but distortion model {model!r} needs 4, 5 or 8 "
+            f"coefficients (k1 k2 p1 p2 [k3 [k4 k5 k6]]): {list(coefficients)}. {DISTORTION_FIX}"
         )
     if model == "equidistant" and count != EQUIDISTANT_COEFFICIENT_COUNT:
         raise CalibrationError(
-            f"distortion model 'equidistant' needs 4 coefficients (k1 k2 k3 k4), got {count}: "
-            f"{list(coefficients)}"
+            f"{key} has {count} values, but distortion model 'equidistant' needs 4 coefficients "
+            f"(k1 k2 k3 k4): {list(coefficients)}. {DISTORTION_FIX}"
         )
 
 
@@ -254,8 +269,11 @@ def camera_from_camera_info(
     """
     width = _require(document, ("image_width", "width"), source)
     height = _require(document, ("image_height", "height"), source)
-    matrix = _matrix_values(_require(document, ("camera_matrix", "k", "K"), source), source, 9)
-    coefficients = _optional_values(document, ("distortion_coefficients", "d", "D"), source)
+    matrix_key, matrix_node = _require_field(document, ("camera_matrix", "k", "K"), source)
+    matrix = _matrix_values(matrix_node, source, matrix_key, 9, CAMERA_MATRIX_LAYOUT)
+    distortion_key, coefficients = _optional_values(
+        document, ("distortion_coefficients", "d", "D"), source
+    )
     model_name = model_override or str(document.get("distortion_model", "") or "")
     model = _normalise_model(model_name, source)
     if model == "none" and not any(coefficients):
@@ -270,6 +288,7 @@ def camera_from_camera_info(
             "distortion_model='equidistant'",
             source,
         )
+    _check_distortion(model, coefficients, distortion_key, source)
     return _make_camera(width, height, matrix[0], matrix[4], matrix[2], matrix[5], model,
                         coefficients, source)
 
@@ -278,26 +297,34 @@ def camera_from_euroc_sensor(
     document: Mapping[str, Any], source: str = "sensor.yaml", model_override: str | None = None
 ) -> PinholeCamera:
     """Build a camera from an EuRoC / Kalibr ``sensor.yaml`` mapping."""
-    resolution = _require(document, ("resolution",), source)
-    intrinsics = _require(document, ("intrinsics",), source)
-    if not isinstance(resolution, list) or len(resolution) != 2:
-        raise CalibrationError(f"{source}: resolution must be [width, height], got {resolution!r}")
-    if not isinstance(intrinsics, list) or len(intrinsics) != 4:
-        raise CalibrationError(f"{source}: intrinsics must be [fu, fv, cu, cv], got {intrinsics!r}")
+    resolution = _matrix_values(
+        _require(document, ("resolution",), source), source, "resolution", 2,
+        EUROC_RESOLUTION_LAYOUT,
+    )
+    if not all(value.is_integer() for value in resolution):
+        raise CalibrationError(
+            f"{source}: resolution must be whole numbers ({EUROC_RESOLUTION_LAYOUT}), "
+            f"got {resolution}. Write the image size, such as [752, 480]."
+        )
+    intrinsics = _matrix_values(
+        _require(document, ("intrinsics",), source), source, "intrinsics", 4,
+        EUROC_INTRINSICS_LAYOUT,
+    )
     camera_model = str(document.get("camera_model", "pinhole"))
     if camera_model != "pinhole":
         raise CalibrationError(
             f"{source}: camera_model {camera_model!r} is not supported; only pinhole cameras are"
         )
     model = _normalise_model(model_override or str(document.get("distortion_model", "")), source)
-    coefficients = _optional_values(document, ("distortion_coefficients",), source)
+    distortion_key, coefficients = _optional_values(document, ("distortion_coefficients",), source)
+    _check_distortion(model, coefficients, distortion_key, source)
     fu, fv, cu, cv = intrinsics
     return _make_camera(resolution[0], resolution[1], fu, fv, cu, cv, model, coefficients, source)
 
 
 def euroc_body_from_sensor(document: Mapping[str, Any], source: str = "sensor.yaml") -> np.ndarray:
     """Return the ``(4, 4)`` extrinsic ``T_BS`` (sensor to body) of an EuRoC ``sensor.yaml``."""
-    values = _matrix_values(_require(document, ("T_BS",), source), source, 16)
+    values = _matrix_values(_require(document, ("T_BS",), source), source, "T_BS", 16, T_BS_LAYOUT)
     transform = np.asarray(values, dtype=np.float64).reshape(4, 4)
     if not np.allclose(transform[3], [0.0, 0.0, 0.0, 1.0]):
         raise CalibrationError(f"{source}: the last row of T_BS must be [0, 0, 0, 1]")
@@ -327,36 +354,84 @@ def _normalise_model(name: str, source: str) -> str:
     return MODEL_ALIASES[key]
 
 
+def _check_distortion(model: str, coefficients: list[float], key: str, source: str) -> None:
+    """Raise :class:`CalibrationError` naming ``source`` and ``key`` on a wrong coefficient count."""
+    try:
+        _check_coefficient_count(model, tuple(coefficients), key)
+    except CalibrationError as error:
+        raise CalibrationError(f"{source}: {error}") from None
+
+
 def _require(document: Mapping[str, Any], keys: tuple[str, ...], source: str) -> Any:
+    return _require_field(document, keys, source)[1]
+
+
+def _require_field(
+    document: Mapping[str, Any], keys: tuple[str, ...], source: str
+) -> tuple[str, Any]:
+    """Return the first of ``keys`` present in ``document`` (not null) and its value."""
     for key in keys:
         if key in document and document[key] is not None:
-            return document[key]
+            return key, document[key]
     raise CalibrationError(
         f"{source}: missing field {keys[0]!r}; a camera calibration needs it (see the ROS "
         "camera_info YAML format)"
     )
 
 
-def _optional_values(document: Mapping[str, Any], keys: tuple[str, ...], source: str) -> list[float]:
+def _optional_values(
+    document: Mapping[str, Any], keys: tuple[str, ...], source: str
+) -> tuple[str, list[float]]:
+    """Return the label and values of the first of ``keys`` present, else ``(keys[0], [])``."""
     for key in keys:
         if key in document and document[key] is not None:
-            return _matrix_values(document[key], source, None)
-    return []
+            node = document[key]
+            return _field_label(key, node), _matrix_values(node, source, key)
+    return keys[0], []
 
 
-def _matrix_values(node: Any, source: str, expected: int | None) -> list[float]:
-    """Read ``{rows, cols, data}`` or a plain list as floats, checking the count."""
+def _field_label(key: str, node: Any) -> str:
+    """Return how a message names the list of ``key``: ``camera_matrix.data`` or ``k``."""
+    return f"{key}.data" if isinstance(node, Mapping) else key
+
+
+def _matrix_values(
+    node: Any, source: str, key: str, expected: int | None = None, layout: str | None = None
+) -> list[float]:
+    """Read ``{rows, cols, data}`` or a plain list as floats, checking the count.
+
+    Args:
+        node: the value of ``key`` in the calibration.
+        source: the file or topic, which starts every message.
+        key: the field's name; messages name ``key.data`` for the ``{rows, cols, data}`` form.
+        expected: the number of values, or None for any number.
+        layout: what the values are, in order, for the messages.
+    """
+    label = _field_label(key, node)
+    described = f" ({layout})" if layout else ""
     data = node.get("data") if isinstance(node, Mapping) else node
     if not isinstance(data, (list, tuple)):
-        raise CalibrationError(f"{source}: expected a list of numbers, got {node!r}")
+        raise CalibrationError(
+            f"{source}: {label} must be a list of numbers{described}, got {node!r}"
+        )
     try:
         values = [float(value) for value in data]
     except (TypeError, ValueError):
-        raise CalibrationError(f"{source}: not a number in {list(data)!r}") from None
+        raise CalibrationError(
+            f"{source}: {label} contains a value that is not a number: {list(data)!r}. Write "
+            f"each value as a number{described}."
+        ) from None
     if expected is not None and len(values) != expected:
-        raise CalibrationError(f"{source}: expected {expected} values, got {len(values)}: {values}")
+        count = f"{len(values)} value" if len(values) == 1 else f"{len(values)} values"
+        raise CalibrationError(
+            f"{source}: {label} has {count}, expected {expected}{described}: {values}. Write "
+            f"all {expected} values in that order."
+        )
     if not all(np.isfinite(values)):
-        raise CalibrationError(f"{source}: non-finite value in {values}")
+        raise CalibrationError(
+            f"{source}: {label} contains a non-finite value: {values}. Replace it with the "
+            "calibrated number."
+        )
     return values
 
 
