@@ -1,8 +1,8 @@
 """The shipped model on the rendered demo when the camera goes blind or the scene changes.
 
-A robot that fuses the odometry needs the published covariance to rise when the images stop
-carrying information. These tests cover the camera frames themselves: ten black frames in the
-middle of the sequence, and a cut to a different rendered scene.
+A robot that fuses the odometry needs the published covariance to rise, and the frames to be
+reported as low confidence, when the images stop carrying information. These tests cover ten
+black frames in the middle of the sequence and a cut to a different rendered scene.
 """
 
 from __future__ import annotations
@@ -27,6 +27,8 @@ BLIND_COVARIANCE_RATIO = 30.0
 shipped model gives about 450 on this sequence."""
 CUT_COVARIANCE_RATIO = 5.0
 """Minimum ratio at the first frame of the other scene; about 33 with the shipped model."""
+CONFIDENT_MAX_RATIO = 6.0
+"""Maximum ``variance_ratio`` on the unchanged sequence; about 2 with the shipped model."""
 RECOVERED_COVARIANCE_RATIO = 20.0
 """Maximum ratio 10 to 20 frames after the blind frames; about 4 with the shipped model."""
 
@@ -41,11 +43,11 @@ def scenes(tmp_path_factory):
     return main, other
 
 
-def track(main, images):
+def track(main, images, *overrides):
     """Track ``images`` with the main sequence's stamps; return results and the position
     variance (trace of the pose covariance's translation block) per frame, NaN without one."""
     torch.set_num_threads(1)
-    config, network, device = load_engine("small", [], None, "cpu")
+    config, network, device = load_engine("small", list(overrides), None, "cpu")
     odometry = VisualOdometry(config, network, device)
     intrinsics = main.camera.intrinsics
     results = [
@@ -72,8 +74,34 @@ def test_black_frames_raise_covariance(scenes):
     assert np.nanmedian(variance[BLIND]) > BLIND_COVARIANCE_RATIO * before
     assert np.nanmedian(variance[AFTER]) < RECOVERED_COVARIANCE_RATIO * before
     assert all(result.state == STATE_TRACKING for result in results[BEFORE.start :])
+    assert all(result.low_confidence for result in results[BLIND])
+    assert not any(result.low_confidence for result in results[: BLIND.start])
+    assert not any(result.low_confidence for result in results[AFTER])
     assert len(trajectory.timestamps_ns) == FRAMES
     assert np.isfinite(trajectory.poses).all()
+
+
+def test_unchanged_sequence_stays_confident(scenes):
+    main, _ = scenes
+
+    results, _, _ = track(main, [frame.image for frame in main])
+
+    ratios = [result.variance_ratio for result in results if result.variance_ratio is not None]
+    assert len(ratios) > FRAMES // 2
+    assert max(ratios) < CONFIDENT_MAX_RATIO
+    assert not any(result.low_confidence for result in results)
+
+
+def test_low_confidence_check_can_be_off(scenes):
+    main, _ = scenes
+    images = [frame.image for frame in main]
+    for index in range(BLIND.start, BLIND.stop):
+        images[index] = np.zeros_like(images[index])
+
+    results, _, _ = track(main, images, "frontend.low_confidence_ratio=0")
+
+    assert results[BLIND.start].variance_ratio > BLIND_COVARIANCE_RATIO
+    assert not any(result.low_confidence for result in results)
 
 
 def test_scene_cut_raises_covariance(scenes):
@@ -86,5 +114,7 @@ def test_scene_cut_raises_covariance(scenes):
     before = np.nanmedian(variance[BEFORE])
     assert np.isfinite(variance[BLIND.start])
     assert variance[BLIND.start] > CUT_COVARIANCE_RATIO * before
+    assert results[BLIND.start].low_confidence
+    assert results[BLIND.start].variance_ratio > CUT_COVARIANCE_RATIO
     assert len(trajectory.timestamps_ns) == FRAMES
     assert np.isfinite(trajectory.poses).all()

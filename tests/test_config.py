@@ -71,6 +71,8 @@ def test_unknown_yaml_key_rejected(tmp_path):
         ("network.patch_size", 4, "must be odd"),
         ("frontend.patches_per_frame", "many", "must be an integer"),
         ("frontend.removal_window", 3, "removal_window"),
+        ("frontend.low_confidence_ratio", -1.0, "low_confidence_ratio must be 0"),
+        ("frontend.confidence_window", 4, "confidence_window must be at least 5"),
     ],
 )
 def test_invalid_values_rejected(key, value, message):

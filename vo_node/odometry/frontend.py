@@ -32,6 +32,7 @@ segment is initialised.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import copy
 import logging
@@ -43,7 +44,7 @@ from typing import Iterator, Protocol, Sequence
 import numpy as np
 import torch
 
-from vo_node.config import EngineConfig, resolve_device
+from vo_node.config import MIN_CONFIDENCE_HISTORY, EngineConfig, resolve_device
 from vo_node.ba.solver import bundle_adjust
 from vo_node.geometry import se3
 from vo_node.geometry.projection import reproject
@@ -162,6 +163,13 @@ class TrackResult:
     restarted: bool = False
     """True when the pose comes from another hypothesis than the previous frame's, so it does
     not continue the previous pose: a consumer starts a new segment, as after a tracking loss."""
+    variance_ratio: float | None = None
+    """Position variance of this frame (trace of ``pose_covariance[:3, :3]``) over its median
+    across the recent confident frames of the same segment; None without a covariance or before
+    enough confident frames."""
+    low_confidence: bool = False
+    """True when ``variance_ratio`` exceeds ``frontend.low_confidence_ratio``: the images carry
+    little information (covered or dark camera, blur, a plain view), so the pose is unreliable."""
 
 
 class _LostTracking(Exception):
@@ -262,6 +270,10 @@ class VisualOdometry:
         self._reported: _Hypothesis | None = None
         # Whether track(..., defer_upkeep=True) left the keyframe removal for upkeep().
         self._upkeep_pending = False
+        # Position variances of the recent confident frames of the current segment.
+        self._confident_variances: collections.deque[float] = collections.deque(
+            maxlen=self.config.frontend.confidence_window
+        )
 
     @property
     def state(self) -> str:
@@ -649,20 +661,47 @@ class VisualOdometry:
     ) -> TrackResult:
         pose_cw = self._current_pose_cw()
         pose = se3.normalize(se3.invert(pose_cw.double())).cpu().numpy()
+        pose_covariance = None if covariance is None else covariance.double().cpu().numpy()
+        if self._frame_restarted or self._state != STATE_TRACKING:
+            # A new segment has its own monocular scale, so earlier variances do not compare.
+            self._confident_variances.clear()
+        variance_ratio = self._variance_ratio(pose_covariance)
+        low_confidence = self._is_low_confidence(variance_ratio)
+        if pose_covariance is not None and not low_confidence:
+            self._confident_variances.append(float(np.trace(pose_covariance[:3, :3])))
         return TrackResult(
             timestamp_ns=timestamp_ns,
             pose=pose,
             is_keyframe=is_keyframe,
             state=self._state,
             num_edges=self.graph.num_edges,
-            pose_covariance=None if covariance is None else covariance.double().cpu().numpy(),
+            pose_covariance=pose_covariance,
             times=times,
             probe_flow=self._frame_probe_flow,
             ba_cost=None if self._frame_ba_cost is None else self._frame_ba_cost[0],
             ba_residuals=None if self._frame_ba_cost is None else self._frame_ba_cost[1],
             on_trial=self._frame_on_trial or bool(self._hypotheses),
             restarted=self._frame_restarted,
+            variance_ratio=variance_ratio,
+            low_confidence=low_confidence,
         )
+
+    def _variance_ratio(self, covariance: np.ndarray | None) -> float | None:
+        """Return the position variance of ``covariance`` (6, 6) over the median of the recent
+        confident frames, or None without a covariance or enough confident frames."""
+        if covariance is None or len(self._confident_variances) < MIN_CONFIDENCE_HISTORY:
+            return None
+        reference = float(np.median(self._confident_variances))
+        variance = float(np.trace(covariance[:3, :3]))
+        if not math.isfinite(variance) or reference <= 0.0:
+            return None
+        return variance / reference
+
+    def _is_low_confidence(self, variance_ratio: float | None) -> bool:
+        # NOTE: flagged frames never enter the reference, so a lasting rise of the variance by
+        # more than the ratio (a scene much farther away, say) stays flagged until a new segment.
+        threshold = self.config.frontend.low_confidence_ratio
+        return threshold > 0 and variance_ratio is not None and variance_ratio > threshold
 
     def _current_pose_cw(self) -> torch.Tensor:
         """``T_cam_world`` of the newest keyframe, or the last good / archived pose."""
