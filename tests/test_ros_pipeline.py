@@ -35,6 +35,8 @@ HEIGHT, WIDTH = 64, 96
 INTRINSICS = [80.0, 80.0, 47.5, 31.5]
 STEP_NS = 50_000_000
 INIT_FRAMES = 2
+LOW_RATIO = 450.0
+"""Variance ratio of the scripted low-confidence results."""
 """The test engine initialises on its second frame after a start or reset."""
 
 
@@ -199,6 +201,8 @@ class ScriptedEngine:
         """Indices of the scripted results that come with ``restarted`` set."""
         self.trial_at: set[int] = set()
         """Indices of the scripted results that come with ``on_trial`` set."""
+        self.low_at: set[int] = set()
+        """Indices of the scripted results that come with ``low_confidence`` set."""
         self.calls = 0
         self.upkeeps = 0
 
@@ -215,9 +219,46 @@ class ScriptedEngine:
         pose = np.array([*position, 0.0, 0.0, 0.0, 1.0])
         restarted = self.calls in self.restart_at
         on_trial = self.calls in self.trial_at
+        low_confidence = self.calls in self.low_at
         self.calls += 1
         return TrackResult(timestamp_ns=stamp_ns, pose=pose, is_keyframe=True, state=state,
-                           num_edges=0, restarted=restarted, on_trial=on_trial)
+                           num_edges=0, restarted=restarted, on_trial=on_trial,
+                           low_confidence=low_confidence,
+                           variance_ratio=LOW_RATIO if low_confidence else 1.0)
+
+
+def test_low_confidence_reported_once_per_run():
+    script = [("tracking", (0.0, 0.0, float(step))) for step in range(7)]
+    engine = ScriptedEngine(script)
+    engine.low_at = {2, 3, 4, 6}
+    harness = Harness(engine)
+
+    results = [harness.track(textured_frame(0)) for _ in script]
+
+    estimates = [estimate for _, estimate in results]
+    assert [estimate.low_confidence for estimate in estimates] == [
+        False, False, True, True, True, False, True,
+    ]
+    assert estimates[2].variance_ratio == LOW_RATIO
+    assert estimates[1].variance_ratio == 1.0
+    # One report per run of low-confidence frames, not per frame.
+    assert harness.problems.counts == {"low_confidence": 2}
+    assert len(harness.messages) == 1
+    assert f"{LOW_RATIO:.0f} times its recent median" in harness.messages[0]
+    assert harness.pipeline.low_confidence
+    # Odometry goes on: every frame is published, in one segment.
+    assert [outcome for outcome, _ in results] == [Outcome.PUBLISHED] * len(script)
+    assert {estimate.segment for estimate in estimates} == {0}
+
+
+def test_low_confidence_cleared_by_reset():
+    engine = ScriptedEngine([("tracking", (0.0, 0.0, 0.0))])
+    engine.low_at = {0}
+    harness = Harness(engine)
+    harness.track(textured_frame(0))
+    assert harness.pipeline.low_confidence
+    harness.pipeline.reset()
+    assert not harness.pipeline.low_confidence
 
 
 def test_tracking_loss_continues_from_last_pose():
@@ -536,3 +577,27 @@ def test_processed_rate_never_exceeds_input_rate():
     now = arrivals[-1]
     assert received.rate_hz(now, received.first_s) == pytest.approx(21.0)
     assert tracked.rate_hz(now, received.first_s) == pytest.approx(21.0 * 25 / 31)
+
+
+@pytest.mark.parametrize(
+    "state, low_confidence, level, words",
+    [
+        ("tracking", False, "OK", "tracking"),
+        ("tracking", True, "WARN", "low confidence"),
+        (STATE_INITIALISING, True, "WARN", "initialising"),
+    ],
+)
+def test_node_diagnostics_low_confidence(state, low_confidence, level, words):
+    from types import SimpleNamespace
+
+    from diagnostic_msgs.msg import DiagnosticStatus
+
+    from vo_node.ros.node import VONode
+
+    node = SimpleNamespace(
+        model_state="ready", fatal_error=None, tracking_state=state,
+        low_confidence=low_confidence, outcomes={Outcome.INITIALISING: 3},
+    )
+    status_level, message = VONode._diagnostic_level(node)
+    assert status_level == getattr(DiagnosticStatus, level)
+    assert words in message

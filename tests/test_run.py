@@ -402,6 +402,11 @@ def test_run_trace_has_one_row_per_frame(
         assert int(row["ba_residuals"]) > 0
         assert int(row["edges"]) > 0
         assert float(row["ba_ms"]) > 0
+        assert row["low_confidence"] in ("0", "1")
+    ratios = [float(row["variance_ratio"]) for row in tracking if row["variance_ratio"]]
+    assert ratios
+    assert all(ratio > 0 for ratio in ratios)
+    assert all(row["variance_ratio"] == "" for row in rows if row["state"] != "tracking")
 
     # A later run without --trace removes the stale trace.
     assert run_main(demo_sequence, small_model, output) == run.EXIT_OK

@@ -105,13 +105,15 @@ DEFAULT_OUTPUT_FOLDER_NAME = "vo_output"
 """Folder name that the error for an ``--output`` that is a file suggests next to that file."""
 TRACE_COLUMNS = (
     "frame", "timestamp_ns", "state", "on_trial", "keyframe", "edges", "probe_flow", "ba_cost",
-    "ba_residuals", "encoders_ms", "correlation_ms", "update_ms", "ba_ms", "bookkeeping_ms",
+    "ba_residuals", "variance_ratio", "low_confidence", "encoders_ms", "correlation_ms",
+    "update_ms", "ba_ms", "bookkeeping_ms",
 )
 """Columns of ``frames.csv``. Per input frame: its index and timestamp, the engine state after
 it, whether the depth-hypothesis trial was running, whether the frame entered the patch graph,
 and the edge count. Then the motion probe's median flow
 in 1/4-resolution pixels (empty when not probed), the weighted cost and valid residual count of
-the frame's last bundle adjustment (empty without one), and the time of each stage."""
+the frame's last bundle adjustment (empty without one), the position variance over its recent
+median and the low-confidence flag (see ``TrackResult``), and the time of each stage."""
 STOP_ACTION = (
     "finishing the frames tracked so far and writing them under partial names "
     f"({PARTIAL_OUTPUTS[0]})"
@@ -267,6 +269,8 @@ def trace_row(index: int, step: Any) -> dict[str, Any]:
         "probe_flow": step.probe_flow,
         "ba_cost": step.ba_cost,
         "ba_residuals": step.ba_residuals,
+        "variance_ratio": step.variance_ratio,
+        "low_confidence": int(step.low_confidence),
         "encoders_ms": MILLISECONDS_PER_SECOND * times.encoders,
         "correlation_ms": MILLISECONDS_PER_SECOND * times.correlation,
         "update_ms": MILLISECONDS_PER_SECOND * times.update,

@@ -146,6 +146,9 @@ class VONode(Node):
         self.trajectory_error: str | None = None
         """Error message of a failed ``trajectory_file`` write at shutdown, or None."""
         self.tracking_state = "waiting for images"
+        # Whether the newest published pose is low confidence, and how many were so far.
+        self.low_confidence = False
+        self.low_confidence_frames = 0
         self.input_rate = RateMeter()
         self.processing_rate = RateMeter()
         """Frames taken for tracking, whatever their outcome, each ticked at its arrival time."""
@@ -381,8 +384,10 @@ class VONode(Node):
         outcome, estimate = pipeline.process(frame, with_points)
         self.outcomes[outcome] += 1
         self.tracking_state = pipeline.state
+        self.low_confidence = pipeline.low_confidence
         self.processing_rate.tick(frame.received_s)
         if estimate is not None:
+            self.low_confidence_frames += int(estimate.low_confidence)
             if estimate.segment == len(self.segment_starts_ns):
                 self.segment_starts_ns.append(estimate.stamp_ns)
             # Recorded before publishing, so a shutdown during the publish still keeps the pose.
@@ -509,6 +514,7 @@ class VONode(Node):
             "frames lost": self.outcomes[Outcome.LOST],
             "frames failed": self.outcomes[Outcome.FAILED],
             "odometry segments": len(self.segment_starts_ns),
+            "frames with low confidence": self.low_confidence_frames,
             "input rate [Hz]": f"{input_hz:.2f}",
             "processing rate [Hz]": f"{processed_hz:.2f}",
             "latency median [ms]": f"{median_ms:.1f}",
@@ -533,6 +539,11 @@ class VONode(Node):
             return DiagnosticStatus.ERROR, self.fatal_error or "model failed to load"
         if self.model_state == "loading":
             return DiagnosticStatus.WARN, "loading the model"
+        if self.tracking_state == "tracking" and self.low_confidence:
+            return DiagnosticStatus.WARN, (
+                "tracking with low confidence: the position variance is far above its recent "
+                "median (covered, dark or blurred camera, or a plain view?)"
+            )
         if self.tracking_state == "tracking":
             return DiagnosticStatus.OK, "tracking"
         if self.tracking_state == STATE_CHOOSING:

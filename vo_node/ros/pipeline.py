@@ -124,6 +124,11 @@ class OdometryEstimate:
     is_keyframe: bool
     timings: dict[str, float] = field(default_factory=dict)
     points: np.ndarray | None = None
+    low_confidence: bool = False
+    """Whether the engine reported the frame as low confidence: its position variance rose
+    far above the recent frames' (``frontend.low_confidence_ratio``)."""
+    variance_ratio: float | None = None
+    """The engine's position variance over its recent median, or None before enough frames."""
     segment: int = 0
     """0-based index of the odometry segment that this pose belongs to. A segment starts at the
     first pose after the start, a reset, a tracking loss or a change of the leading depth
@@ -497,6 +502,8 @@ class TrackingPipeline:
         self._lost = False
         self.segments = 0
         """Odometry segments that have a published pose so far."""
+        self.low_confidence = False
+        """Whether the newest published pose was reported as low confidence."""
         self.frame.start_segment()
 
     def reset(self) -> None:
@@ -507,6 +514,7 @@ class TrackingPipeline:
         self._segment_size = None
         self._previous = None
         self._lost = False
+        self.low_confidence = False
 
     def process(
         self, frame: InputFrame, with_points: bool = False
@@ -661,6 +669,7 @@ class TrackingPipeline:
             return Outcome.LOST, None
         if state in (ENGINE_STATE_INITIALIZING, ENGINE_STATE_LOST):
             self.state = STATE_INITIALISING
+            self.low_confidence = False
             self._segment_size = size
             return Outcome.INITIALISING, None
         pose = np.asarray(getattr(result, "pose", None), dtype=np.float64)
@@ -691,6 +700,9 @@ class TrackingPipeline:
             dt_s = (frame.stamp_ns - previous_stamp) / NANOSECONDS_PER_SECOND
             twist = twist_in_body(previous_pose, odom_from_base, dt_s)
         self._previous = (frame.stamp_ns, odom_from_base)
+        low_confidence = bool(getattr(result, "low_confidence", False))
+        variance_ratio = getattr(result, "variance_ratio", None)
+        self._report_confidence(frame, low_confidence, variance_ratio)
         return Outcome.PUBLISHED, OdometryEstimate(
             stamp_ns=frame.stamp_ns,
             odom_from_base=odom_from_base,
@@ -701,8 +713,26 @@ class TrackingPipeline:
             is_keyframe=bool(getattr(result, "is_keyframe", False)),
             timings=_stage_times_ms(getattr(result, "times", None)),
             points=self._points() if with_points else None,
+            low_confidence=low_confidence,
+            variance_ratio=None if variance_ratio is None else float(variance_ratio),
             segment=self.segments - 1,
         )
+
+    def _report_confidence(
+        self, frame: InputFrame, low_confidence: bool, variance_ratio: float | None
+    ) -> None:
+        """Report the first frame of each low-confidence run and log the return to confidence."""
+        if low_confidence and not self.low_confidence:
+            ratio = "unknown" if variance_ratio is None else f"{variance_ratio:.0f}"
+            self.problems.report(
+                "low_confidence",
+                f"low tracking confidence from stamp {frame.stamp_ns} ns: the position variance "
+                f"is {ratio} times its recent median. Check for a covered, dark or blurred "
+                "camera or a plain view; the published covariance carries the uncertainty",
+            )
+        elif self.low_confidence and not low_confidence:
+            logger.info("tracking confidence recovered at stamp %d ns", frame.stamp_ns)
+        self.low_confidence = low_confidence
 
     def _points(self) -> np.ndarray | None:
         points = getattr(self.engine, "points", None)
