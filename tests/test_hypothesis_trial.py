@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -104,6 +105,41 @@ def test_trial_recovers_from_a_wrong_initial_choice(clip, monkeypatch, caplog):
     first_tracking = [r.state for r in results].index("tracking")
     restarts = [index for index, result in enumerate(results) if result.restarted]
     assert restarts == [first_tracking + 1]
+    # Only the restart carries a scale ratio, for the consumer to keep the reported scale.
+    ratios = [index for index, result in enumerate(results) if result.scale_ratio is not None]
+    assert ratios == restarts
+    assert 0 < results[restarts[0]].scale_ratio < float("inf")
+
+
+def fake_graph(frame_ids, centres):
+    """A graph stand-in with the attributes :func:`frontend.graph_scale_ratio` reads."""
+    import torch
+
+    from vo_node.geometry import se3
+
+    poses_wc = torch.zeros(len(frame_ids), 7, dtype=torch.float64)
+    poses_wc[:, :3] = torch.as_tensor(centres, dtype=torch.float64)
+    poses_wc[:, 6] = 1.0
+    return SimpleNamespace(
+        frame_ids=np.asarray(frame_ids, dtype=np.int64), n=len(frame_ids),
+        active_poses=se3.invert(poses_wc).float(),
+    )
+
+
+def test_graph_scale_ratio_uses_shared_keyframes():
+    centres = np.array([[0, 0, 0], [1, 0, 0], [1, 2, 0], [1, 2, 2], [5, 5, 5]], dtype=float)
+    reference = fake_graph([3, 4, 6, 7, 9], centres)
+    # The other graph lacks keyframe 4 and has an extra keyframe 8. Its path through keyframes
+    # 3, 6, 7 and 9 is the reference's, scaled by 4 and shifted.
+    other_centres = 4.0 * centres[[0, 2, 3, 4]] + 1.0
+    other = fake_graph([3, 6, 7, 8, 9], np.insert(other_centres, 3, [[9, 9, 9]], axis=0))
+    assert frontend.graph_scale_ratio(reference, other) == pytest.approx(0.25, rel=1e-5)
+
+
+def test_graph_scale_ratio_needs_shared_motion():
+    reference = fake_graph([1, 2, 3], [[0, 0, 0], [1, 0, 0], [2, 0, 0]])
+    assert frontend.graph_scale_ratio(reference, fake_graph([1, 2, 5], np.zeros((3, 3)))) is None
+    assert frontend.graph_scale_ratio(reference, fake_graph([1, 2, 3], np.zeros((3, 3)))) is None
 
 
 def test_finish_during_the_trial_keeps_a_hypothesis(clip, monkeypatch):

@@ -203,6 +203,8 @@ class ScriptedEngine:
         """Indices of the scripted results that come with ``on_trial`` set."""
         self.low_at: set[int] = set()
         """Indices of the scripted results that come with ``low_confidence`` set."""
+        self.scale_ratio_at: dict[int, float] = {}
+        """Scripted results with a ``scale_ratio``, by index."""
         self.calls = 0
         self.upkeeps = 0
 
@@ -220,10 +222,11 @@ class ScriptedEngine:
         restarted = self.calls in self.restart_at
         on_trial = self.calls in self.trial_at
         low_confidence = self.calls in self.low_at
+        scale_ratio = self.scale_ratio_at.get(self.calls)
         self.calls += 1
         return TrackResult(timestamp_ns=stamp_ns, pose=pose, is_keyframe=True, state=state,
                            num_edges=0, restarted=restarted, on_trial=on_trial,
-                           low_confidence=low_confidence,
+                           low_confidence=low_confidence, scale_ratio=scale_ratio,
                            variance_ratio=LOW_RATIO if low_confidence else 1.0)
 
 
@@ -322,6 +325,29 @@ def test_hypothesis_switch_continues_from_last_pose():
     assert [estimate.segment for _, estimate in results] == [0, 0, 1, 1]
     assert harness.pipeline.segments == 2
     assert harness.problems.counts == {}
+
+
+def test_hypothesis_switch_keeps_previous_scale():
+    # The new hypothesis moves 2 units per frame where the old one moved 1: its scale ratio 0.5
+    # brings its steps back to 1 unit.
+    script = [
+        ("tracking", (0.0, 0.0, 0.0)),
+        ("tracking", (0.0, 0.0, 1.0)),
+        ("tracking", (3.0, 3.0, -20.0)),
+        ("tracking", (3.0, 3.0, -18.0)),
+        ("tracking", (3.0, 3.0, -16.0)),
+    ]
+    engine = ScriptedEngine(script)
+    engine.restart_at = {2}
+    engine.trial_at = {0, 1, 2}
+    engine.scale_ratio_at = {2: 0.5}
+    harness = Harness(engine)
+
+    results = [harness.track(textured_frame(0)) for _ in script]
+
+    x = [estimate.odom_from_base[0, 3] for _, estimate in results]
+    np.testing.assert_allclose(x, [0.0, 1.0, 1.0, 2.0, 3.0], atol=1e-9)
+    assert [estimate.segment for _, estimate in results] == [0, 0, 1, 1, 1]
 
 
 def test_reset_without_pose_starts_no_segment():

@@ -385,8 +385,8 @@ def segmented_report(**fields) -> EvaluationReport:
 def test_evaluation_summary_segments():
     lines = segmented_report().summary().splitlines()
     assert "odometry segments:        3 (18, 6, 2 poses)" in lines
-    warning = ("WARNING: the odometry has 3 segments with different scales; the ATE above fits "
-               "one Sim(3) to all of them. Each segment on its own:")
+    warning = ("WARNING: the odometry has 3 segments, whose scales may differ; the ATE above "
+               "fits one Sim(3) to all of them. Each segment on its own:")
     assert warning in lines
     # The whole-trajectory lines come first and keep their form.
     assert lines.index(warning) > lines.index("associated poses:         120")

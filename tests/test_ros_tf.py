@@ -109,6 +109,27 @@ def test_new_segment_continues_from_last_pose():
     np.testing.assert_allclose(onwards, expected, atol=1e-12)
 
 
+def test_segment_scale_ratio_keeps_previous_scale():
+    frame = OdometryFrame(BASE_FROM_CAMERA, scale=2.0)
+    frame.odom_from_base(camera_pose([0, 0, 0]))
+    last = frame.odom_from_base(camera_pose([0, 0, 1.0]))
+    # The new hypothesis moves 4 engine units per step where the old one moved 1.
+    frame.start_segment(0.25)
+    assert frame.segment_scale == 0.25
+    frame.odom_from_base(camera_pose([3, 3, -20.0]))
+    onwards = frame.odom_from_base(camera_pose([3, 3, -16.0]))
+    np.testing.assert_allclose(onwards[:3, 3] - last[:3, 3], [2.0, 0, 0], atol=1e-12)
+    # A second switch multiplies the factors; a reset or an invalid ratio restores 1.
+    frame.start_segment(2.0)
+    assert frame.segment_scale == 0.5
+    assert frame.translation_scale == 1.0
+    frame.start_segment()
+    assert frame.segment_scale == 1.0
+    frame.start_segment(0.5)
+    frame.start_segment(float("nan"))
+    assert frame.segment_scale == 1.0
+
+
 def test_camera_pose_inverts_body_conversion():
     frame = OdometryFrame(pose_to_matrix([0.1, 0.0, 0.3, -0.5, 0.5, -0.5, 0.5]))
     poses = [camera_pose([0, 0, 0]), camera_pose([0.3, -0.2, 1.0], [0.05, -0.1, 0.02])]

@@ -76,6 +76,10 @@ JUMP_DEPTH_FACTOR = 1.0
 MAX_ROTATION_STEP = math.pi / 2
 """Rotation between consecutive keyframes (radians) above which tracking counts as lost."""
 MIN_STEPS_FOR_JUMP_TEST = 3
+MIN_SCALE_KEYFRAMES = 3
+"""Shared keyframes needed to compare the scales of two depth hypotheses."""
+MIN_PATH_LENGTH = 1e-9
+"""Camera path length (scene units) below which a hypothesis's scale is not compared."""
 EARLY_DECISION_RATIO = 3.0
 """During the depth-hypothesis trial, a hypothesis whose weighted mean squared residual exceeds
 this multiple of the other's is dropped before ``hypothesis_frames`` have passed ..."""
@@ -163,6 +167,10 @@ class TrackResult:
     restarted: bool = False
     """True when the pose comes from another hypothesis than the previous frame's, so it does
     not continue the previous pose: a consumer starts a new segment, as after a tracking loss."""
+    scale_ratio: float | None = None
+    """On a ``restarted`` frame of the depth-hypothesis trial, the previous leader's camera path
+    length over the new leader's across their common keyframes. A consumer multiplies the new
+    segment's translations by it to keep the previous scale. None on every other frame."""
     variance_ratio: float | None = None
     """Position variance of this frame (trace of ``pose_covariance[:3, :3]``) over its median
     across the recent confident frames of the same segment; None without a covariance or before
@@ -262,6 +270,7 @@ class VisualOdometry:
         self._last_ba_cost: tuple[float, int] = (0.0, 0)
         self._last_ba_weight_sum = 0.0
         # The figures of the frame being tracked, for its TrackResult.
+        self._frame_scale_ratio: float | None = None
         self._frame_probe_flow: float | None = None
         self._frame_ba_cost: tuple[float, int] | None = None
         self._frame_restarted = False
@@ -400,6 +409,7 @@ class VisualOdometry:
             self._frame_probe_flow = None
             self._frame_ba_cost = None
             self._frame_restarted = False
+            self._frame_scale_ratio = None
             self._frame_on_trial = False
             self._last_timestamp_ns = timestamp_ns
             result = self._track_prepared(
@@ -615,6 +625,8 @@ class VisualOdometry:
                 leader.name, frame_id,
             )
             self._frame_restarted = True
+            if self._reported is not None:
+                self._frame_scale_ratio = graph_scale_ratio(self._reported.graph, leader.graph)
             self._reported = leader
         if self._trial_decided():
             self._keep_best_hypothesis()
@@ -682,6 +694,7 @@ class VisualOdometry:
             ba_residuals=None if self._frame_ba_cost is None else self._frame_ba_cost[1],
             on_trial=self._frame_on_trial or bool(self._hypotheses),
             restarted=self._frame_restarted,
+            scale_ratio=self._frame_scale_ratio,
             variance_ratio=variance_ratio,
             low_confidence=low_confidence,
         )
@@ -1099,6 +1112,28 @@ def predict_pose(
     ratio = min(max(ratio, 0.0), MAX_TIMESTAMP_RATIO)
     motion = se3.log(se3.compose(newer, se3.invert(older)))
     return se3.compose(se3.exp(damping * ratio * motion), newer)
+
+
+def graph_scale_ratio(reference: PatchGraph, other: PatchGraph) -> float | None:
+    """Return the camera path length of ``reference`` over that of ``other``, both measured
+    through the active keyframes they share, or None with fewer than ``MIN_SCALE_KEYFRAMES``
+    shared keyframes or no motion in ``other``."""
+    ids_reference = reference.frame_ids[: reference.n]
+    ids_other = other.frame_ids[: other.n]
+    shared = np.intersect1d(ids_reference, ids_other)
+    if len(shared) < MIN_SCALE_KEYFRAMES:
+        return None
+
+    def path_length(graph: PatchGraph, ids: np.ndarray) -> float:
+        rows = torch.as_tensor(np.searchsorted(ids, shared))
+        centres = se3.invert(graph.active_poses[rows].double())[:, :3]
+        return float((centres[1:] - centres[:-1]).norm(dim=-1).sum())
+
+    length_other = path_length(other, ids_other)
+    if not math.isfinite(length_other) or length_other <= MIN_PATH_LENGTH:
+        return None
+    ratio = path_length(reference, ids_reference) / length_other
+    return ratio if math.isfinite(ratio) and ratio > 0 else None
 
 
 def mean_patch_flow(

@@ -132,7 +132,8 @@ class OdometryEstimate:
     segment: int = 0
     """0-based index of the odometry segment that this pose belongs to. A segment starts at the
     first pose after the start, a reset, a tracking loss or a change of the leading depth
-    hypothesis. Its poses share one scale, and the next segment has a scale of its own."""
+    hypothesis. Its poses share one scale. The next segment gets a new scale after a reset or a
+    loss, and keeps this one after a change of hypothesis (``TrackResult.scale_ratio``)."""
 
 
 # --------------------------------------------------------------------------------------------
@@ -685,9 +686,10 @@ class TrackingPipeline:
         if self._lost or bool(getattr(result, "restarted", False)):
             # After a loss, or when the engine's depth-hypothesis trial switched to the other
             # hypothesis, the pose does not continue the previous one: anchor it at the last
-            # published pose.
+            # published pose. A switch also carries the previous hypothesis's scale over.
+            scale_ratio = None if self._lost else getattr(result, "scale_ratio", None)
             self._lost = False
-            self.frame.start_segment()
+            self.frame.start_segment(scale_ratio)
             self._previous = None
         self.state = STATE_CHOOSING if getattr(result, "on_trial", False) else state
         self._segment_size = size
@@ -747,7 +749,7 @@ class TrackingPipeline:
         covariance = np.asarray(covariance, dtype=np.float64)
         if covariance.shape != (6, 6) or not np.all(np.isfinite(covariance)):
             return None
-        scale = np.diag([self.frame.scale] * 3 + [1.0] * 3)
+        scale = np.diag([self.frame.translation_scale] * 3 + [1.0] * 3)
         return covariance_to_ros(scale @ covariance @ scale, self.frame.base_from_camera,
                                  odom_from_base)
 

@@ -393,9 +393,10 @@ class SegmentEvaluation:
     """One odometry segment of the recorded trajectory, evaluated with its own Sim(3) alignment.
 
     The node starts a segment at the first pose after a reset, a tracking loss or a change of the
-    leading depth hypothesis, and continues ``odom`` from the last published pose. Each segment
-    has its own monocular scale, so a single Sim(3) alignment of the whole trajectory counts the
-    scale change between segments as error.
+    leading depth hypothesis, and continues ``odom`` from the last published pose. After a reset
+    or a loss the segment has a new monocular scale, so a single Sim(3) alignment of the whole
+    trajectory counts the scale change between segments as error. After a change of hypothesis
+    the node carries the previous scale over, as far as the two hypotheses' paths agree.
     """
 
     start: int
@@ -483,8 +484,8 @@ class EvaluationReport:
         evaluated = any(segment.ate is not None or segment.ate_error for segment in self.segments)
         if len(self.segments) > 1 and evaluated:
             lines.append(
-                f"WARNING: the odometry has {len(self.segments)} segments with different scales; "
-                "the ATE above fits one Sim(3) to all of them. Each segment on its own:"
+                f"WARNING: the odometry has {len(self.segments)} segments, whose scales may "
+                "differ; the ATE above fits one Sim(3) to all of them. Each segment on its own:"
             )
             lines.extend(self._segment_row(index) for index in range(len(self.segments)))
         return "\n".join(lines)
@@ -693,8 +694,9 @@ def _warn_about_segments(segments: list[SegmentEvaluation]) -> None:
     poses = ", ".join(str(segment.poses) for segment in segments)
     logger.warning(
         "the odometry has %d segments (%s poses): a reset, a tracking loss or a change of the "
-        "leading depth hypothesis started each new one, with its own scale. The whole-trajectory "
-        "ATE fits one Sim(3) to all of them, so the summary adds the ATE of each segment",
+        "leading depth hypothesis started each new one, and a reset or loss also a new scale. "
+        "The whole-trajectory ATE fits one Sim(3) to all of them, so the summary adds the ATE "
+        "of each segment",
         len(segments), poses,
     )
 

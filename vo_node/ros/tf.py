@@ -13,6 +13,7 @@ Poses follow the package convention: ``[tx, ty, tz, qx, qy, qz, qw]`` (Hamilton,
 from __future__ import annotations
 
 import logging
+import math
 from typing import Iterable, Sequence
 
 import numpy as np
@@ -151,15 +152,18 @@ class OdometryFrame:
     A tracking segment runs from a start or reset of the engine to the next one. Within it,
     ``T_odom_base = A * T_base_cam * S(T_world_cam0^-1 * T_world_cam) * T_base_cam^-1``.
     ``T_world_cam0`` is the engine pose of the segment's first frame and ``S`` multiplies the
-    translation by ``scale``. The anchor ``A`` is the identity for the first segment and the last
-    published ``T_odom_base`` for later ones. So the odom frame starts at the first frame's body
-    pose and continues without a jump across resets.
+    translation by ``scale`` times ``segment_scale``. The anchor ``A`` is the identity for the
+    first segment and the last published ``T_odom_base`` for later ones. So the odom frame
+    starts at the first frame's body pose and continues without a jump across resets.
     """
 
     def __init__(self, base_from_camera: np.ndarray, scale: float = 1.0) -> None:
         self.base_from_camera = np.asarray(base_from_camera, dtype=np.float64)
         self.camera_from_base = invert(self.base_from_camera)
         self.scale = float(scale)
+        self.segment_scale = 1.0
+        """Factor on the current segment's translations that keeps the previous segment's scale
+        across a change of depth hypothesis; 1 after a start, reset or tracking loss."""
         self._anchor = np.eye(4)
         self._segment_origin_inverse: np.ndarray | None = None
         self.last_odom_from_base: np.ndarray | None = None
@@ -169,17 +173,29 @@ class OdometryFrame:
         """Whether the current segment has received its first pose."""
         return self._segment_origin_inverse is not None
 
-    def start_segment(self) -> None:
-        """Anchor the next pose at the last published one (identity before any pose)."""
+    @property
+    def translation_scale(self) -> float:
+        """Factor from engine translations to odom translations in the current segment."""
+        return self.scale * self.segment_scale
+
+    def start_segment(self, scale_ratio: float | None = None) -> None:
+        """Anchor the next pose at the last published one (identity before any pose).
+
+        ``scale_ratio`` is the engine's ``TrackResult.scale_ratio`` when the segment continues
+        the previous one in another depth hypothesis. The new segment then keeps the previous
+        segment's scale. Without it the new segment starts at ``scale`` alone.
+        """
         self._anchor = np.eye(4) if self.last_odom_from_base is None else self.last_odom_from_base
         self._segment_origin_inverse = None
+        valid = scale_ratio is not None and math.isfinite(scale_ratio) and scale_ratio > 0
+        self.segment_scale = self.segment_scale * scale_ratio if valid else 1.0
 
     def odom_points(self, points_world: np.ndarray) -> np.ndarray:
         """Map ``(N, 3)`` engine world points into the odom frame (scaled like the poses)."""
         if self._segment_origin_inverse is None:
             return np.zeros((0, 3))
         relative = points_world @ self._segment_origin_inverse[:3, :3].T
-        relative = (relative + self._segment_origin_inverse[:3, 3]) * self.scale
+        relative = (relative + self._segment_origin_inverse[:3, 3]) * self.translation_scale
         odom_from_camera_axes = self._anchor @ self.base_from_camera
         return relative @ odom_from_camera_axes[:3, :3].T + odom_from_camera_axes[:3, 3]
 
@@ -188,7 +204,7 @@ class OdometryFrame:
         if self._segment_origin_inverse is None:
             self._segment_origin_inverse = invert(world_from_camera)
         relative = self._segment_origin_inverse @ world_from_camera
-        relative[:3, 3] *= self.scale
+        relative[:3, 3] *= self.translation_scale
         result = self._anchor @ self.base_from_camera @ relative @ self.camera_from_base
         self.last_odom_from_base = result
         return result
