@@ -173,3 +173,138 @@ def test_failed_trajectory_write_logs_one_error(tiny_model, tmp_path):
     assert f"writing trajectory_file {trajectory_file} failed" in node.trajectory_error
     assert "the 1 published poses were not saved" in node.trajectory_error
     assert folder.read_text() == "not a folder"
+
+
+SECOND_SIGNAL = re.compile(
+    r"received SIGINT again: exiting at once with status 130 "
+    r"(after writing (?P<poses>\d+) poses to (?P<path>\S+)|before any pose was written to \S+)"
+)
+TRACKED_IMAGES = 12
+MIN_ODOMETRY = 5
+
+
+@pytest.mark.parametrize("delay_s", [0.0, 0.05, 0.15])
+def test_second_signal_exits_130_and_keeps_poses(tiny_model, tmp_path, delay_s):
+    # Two SIGINTs in a row while the node tracks. The second may arrive during the shutdown
+    # (exit 130 at once), after the handlers were restored (killed by SIGINT, also 130 in a
+    # shell) or after the exit (0). The process must never abort, and the trajectory file must
+    # match the count in the log.
+    from nav_msgs.msg import Odometry
+    from rclpy.executors import SingleThreadedExecutor
+    from rclpy.node import Node
+    from rclpy.qos import QoSProfile, ReliabilityPolicy
+    from sensor_msgs.msg import Image
+
+    from test_ros_support import spin_until, write_engine_config
+    from vo_node.io.trajectory import read_tum
+    from vo_node.ros.messages import array_to_image, ns_to_stamp
+
+    log_path = tmp_path / "node.log"
+    trajectory_file = tmp_path / "out" / "trajectory.tum"
+    command = [
+        sys.executable, "-m", "vo_node.ros.node", "--ros-args",
+        "-p", f"model.weights:={tiny_model}", "-p", "model.device:=cpu",
+        "-p", f"model.config:={write_engine_config(tmp_path)}",
+        "-p", "intrinsics:=[60.0, 60.0, 31.5, 23.5]", "-p", "image_qos:=reliable",
+        "-p", f"trajectory_file:={trajectory_file}",
+    ]
+    texture = np.random.default_rng(5).integers(0, 255, size=(48, 64 + TRACKED_IMAGES),
+                                                dtype=np.uint8)
+    with open(log_path, "w") as log:
+        process = subprocess.Popen(command, cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
+        try:
+            deadline = time.monotonic() + START_TIMEOUT_S
+            while READY_LINE not in log_path.read_text() and process.poll() is None:
+                assert time.monotonic() < deadline, log_path.read_text()
+                time.sleep(0.1)
+            with ros_context() as context:
+                node = Node("camera", context=context)
+                executor = SingleThreadedExecutor(context=context)
+                executor.add_node(node)
+                odometry = []
+                node.create_subscription(Odometry, "/odom", odometry.append, 100)
+                qos = QoSProfile(depth=100, reliability=ReliabilityPolicy.RELIABLE)
+                publisher = node.create_publisher(Image, "/image", qos)
+                assert spin_until(executor, lambda: publisher.get_subscription_count() > 0,
+                                  START_TIMEOUT_S), log_path.read_text()
+                for index in range(TRACKED_IMAGES):
+                    pixels = np.ascontiguousarray(texture[:, index:index + 64])
+                    stamp = ns_to_stamp(1_000_000_000 + index * 50_000_000)
+                    publisher.publish(array_to_image(pixels, "mono8", stamp, "camera"))
+                    spin_until(executor, lambda: False, 0.1)
+                assert spin_until(executor, lambda: len(odometry) >= MIN_ODOMETRY,
+                                  START_TIMEOUT_S), log_path.read_text()
+                executor.shutdown()
+            process.send_signal(signal.SIGINT)
+            time.sleep(delay_s)
+            if process.poll() is None:
+                process.send_signal(signal.SIGINT)
+            status = process.wait(timeout=EXIT_TIMEOUT_S)
+        finally:
+            if process.poll() is None:
+                process.kill()
+                process.wait()
+    output = log_path.read_text()
+    assert status in (0, 130, -signal.SIGINT), output
+    assert "terminate called" not in output
+    assert "Traceback" not in output
+    # No temporary file of an interrupted write is left next to the trajectory.
+    folder = trajectory_file.parent
+    leftovers = [path.name for path in folder.iterdir()] if folder.exists() else []
+    assert set(leftovers) <= {trajectory_file.name}, leftovers
+    second = SECOND_SIGNAL.search(output)
+    if status != 130:
+        assert second is None, output
+        written = re.findall(r"wrote (\d+) poses to", output)
+        assert "final counts:" in output
+        assert len(read_tum(trajectory_file)) == int(written[-1])
+        assert int(written[-1]) >= MIN_ODOMETRY
+        return
+    assert second is not None, output
+    if second["poses"] is None:
+        assert not trajectory_file.exists()
+    else:
+        assert second["path"] == str(trajectory_file)
+        assert len(read_tum(trajectory_file)) == int(second["poses"])
+        assert int(second["poses"]) >= MIN_ODOMETRY
+
+
+HARD_EXIT_CHILD = """
+import os, signal, sys, threading, time
+import rclpy
+from rclpy.executors import SingleThreadedExecutor
+from vo_node.run import StopRequest
+
+rclpy.init()
+node = rclpy.create_node("hard_exit_probe")
+executor = SingleThreadedExecutor()
+executor.add_node(node)
+# A native executor thread still runs when the second signal arrives, as in the node.
+threading.Thread(target=executor.spin, daemon=False).start()
+stop = StopRequest("stopping", hard_exit=True)
+stop.second_signal_note = lambda: "after writing 7 poses to probe.tum"
+stop.install()
+os.kill(os.getpid(), signal.SIGINT)
+while not stop():
+    time.sleep(0.01)
+print("first signal handled", flush=True)
+os.kill(os.getpid(), signal.SIGINT)
+time.sleep(5)
+print("still running", flush=True)
+"""
+
+
+def test_second_signal_hard_exit_is_130_with_note():
+    # The node's StopRequest ends the process with os._exit on a second signal: status 130 with
+    # rclpy's native threads alive, where SystemExit aborted with 134 ("terminate called").
+    result = subprocess.run(
+        [sys.executable, "-c", HARD_EXIT_CHILD], cwd=REPO, capture_output=True, text=True,
+        timeout=EXIT_TIMEOUT_S,
+    )
+    output = result.stdout + result.stderr
+    assert result.returncode == 130, output
+    assert "first signal handled" in output
+    assert "still running" not in output
+    assert "terminate called" not in output
+    assert ("received SIGINT again: exiting at once with status 130 after writing 7 poses to "
+            "probe.tum") in output

@@ -28,6 +28,7 @@ import dataclasses
 import json
 import logging
 import math
+import os
 import resource
 import signal
 import sys
@@ -663,10 +664,18 @@ class StopRequest:
 
     HANDLED = (signal.SIGINT, signal.SIGTERM)
 
-    def __init__(self, action: str = STOP_ACTION) -> None:
-        """``action`` completes the log line "received SIGINT: ACTION (send it again ...)"."""
+    def __init__(self, action: str = STOP_ACTION, hard_exit: bool = False) -> None:
+        """``action`` completes the log line "received SIGINT: ACTION (send it again ...)".
+
+        With ``hard_exit`` a second signal ends the process with ``os._exit`` after flushing
+        the logs, so no finaliser runs. A process whose native threads (DDS, the executor) are
+        still running otherwise aborts with status 134 on the way out.
+        """
         self.signal_number: int | None = None
         self.action = action
+        self.hard_exit = hard_exit
+        self.second_signal_note: Callable[[], str] | None = None
+        """Returns the end of the second signal's log line: what the outputs contain then."""
         self._previous: dict[int, Any] = {}
 
     def install(self) -> None:
@@ -683,10 +692,19 @@ class StopRequest:
     def _handle(self, signal_number: int, _frame: FrameType | None) -> None:
         if self.signal_number is not None:
             status = SIGNAL_EXIT_BASE + signal_number
+            note = "without writing the remaining outputs"
+            if self.second_signal_note is not None:
+                note = self.second_signal_note()
             logger.warning(
-                "received %s again: exiting at once with status %d without writing the "
-                "remaining outputs", signal.Signals(signal_number).name, status,
+                "received %s again: exiting at once with status %d %s",
+                signal.Signals(signal_number).name, status, note,
             )
+            if self.hard_exit:
+                for handler in logging.getLogger().handlers:
+                    handler.flush()
+                sys.stdout.flush()
+                sys.stderr.flush()
+                os._exit(status)
             raise SystemExit(status)
         self.signal_number = signal_number
         logger.warning(

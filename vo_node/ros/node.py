@@ -16,13 +16,16 @@ initialised (see :class:`vo_node.ros.pipeline.TrackingPipeline`).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import os
+import signal
 import sys
 import threading
 import time
 from collections import deque
+from collections.abc import Iterator
 from typing import Any
 
 import cv2
@@ -145,6 +148,7 @@ class VONode(Node):
         self.fatal_error: str | None = None
         self.trajectory_error: str | None = None
         """Error message of a failed ``trajectory_file`` write at shutdown, or None."""
+        self._poses_written = 0
         self.tracking_state = "waiting for images"
         # Whether the newest published pose is low confidence, and how many were so far.
         self.low_confidence = False
@@ -608,6 +612,23 @@ class VONode(Node):
         written = self._write_trajectory_file()
         self.get_logger().info(self.final_counts(written))
 
+    def write_published_so_far(self) -> None:
+        """Write the poses published so far to ``trajectory_file``, ahead of :meth:`shutdown`.
+
+        The main loop calls it as soon as a stop is requested, so that a second signal, which
+        ends the process at once, still leaves those poses on disk. :meth:`shutdown` writes the
+        file again with the frame that the worker finishes meanwhile."""
+        self._write_trajectory_file()
+
+    def second_signal_note(self) -> str:
+        """Return what ``trajectory_file`` contains if the process ends now (for the log)."""
+        path = self.params.trajectory_file
+        if not path:
+            return "(trajectory_file not set)"
+        if self._poses_written == 0:
+            return f"before any pose was written to {path}"
+        return f"after writing {self._poses_written} poses to {path}"
+
     def final_counts(self, poses_written: int) -> str:
         """Return the frame counts since start-up and ``poses_written`` as one log line."""
         received = self.input_rate.count
@@ -641,7 +662,9 @@ class VONode(Node):
             self.get_logger().warning(f"no pose was published, so {path} was not written")
             return 0
         try:
-            write_tum(path, trajectory)
+            # A second signal during the write waits until the file is complete.
+            with signals_deferred():
+                write_tum(path, trajectory)
         except OSError as error:
             # The path was checked at start-up, but its folders may have changed since.
             self.trajectory_error = (
@@ -650,6 +673,7 @@ class VONode(Node):
             )
             self.get_logger().error(self.trajectory_error)
             return 0
+        self._poses_written = len(trajectory)
         self.get_logger().info(f"wrote {len(trajectory)} poses to {path}")
         return len(trajectory)
 
@@ -661,6 +685,17 @@ def _qos_fields(profile: QoSProfile) -> dict[str, Any]:
         "reliability": profile.reliability,
         "durability": profile.durability,
     }
+
+
+@contextlib.contextmanager
+def signals_deferred() -> Iterator[None]:
+    """Hold SIGINT and SIGTERM back from this thread in the block; deliver them after it."""
+    handled = {signal.SIGINT, signal.SIGTERM}
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, handled)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
 
 def missing_params_files(args: list[str]) -> list[str]:
@@ -676,7 +711,9 @@ def main(args: list[str] | None = None) -> int:
 
     The status is 0 after SIGINT or SIGTERM, 1 when the engine failed to start or the trajectory
     file could not be written, and 2 for invalid parameters or an unreadable model file. A second
-    SIGINT or SIGTERM exits at once with 128 + signal, without writing the trajectory file.
+    SIGINT or SIGTERM exits at once with 128 + signal. The trajectory file then holds the poses
+    published before the first one, unless the second came before they were written (the log
+    line says which).
     """
     logging.basicConfig(level=logging.INFO, format="[%(levelname)s] [%(name)s]: %(message)s")
     logger = rclpy.logging.get_logger(NODE_NAME)
@@ -693,7 +730,7 @@ def main(args: list[str] | None = None) -> int:
         # rcl reports a malformed parameter file or ROS argument here.
         logger.fatal(f"invalid ROS arguments: {error}")
         return EXIT_INVALID_PARAMETERS
-    stop = StopRequest(SHUTDOWN_ACTION)
+    stop = StopRequest(SHUTDOWN_ACTION, hard_exit=True)
     stop.install()
     try:
         return _spin(logger, stop)
@@ -709,11 +746,14 @@ def _spin(logger, stop: StopRequest) -> int:
         logger.fatal(str(error))
         rclpy.try_shutdown()
         return EXIT_INVALID_PARAMETERS
+    stop.second_signal_note = node.second_signal_note
     executor = SingleThreadedExecutor()
     executor.add_node(node)
     try:
         while rclpy.ok() and node.fatal_error is None and not stop():
             executor.spin_once(timeout_sec=SPIN_PERIOD_S)
+        if stop():
+            node.write_published_so_far()
     except ExternalShutdownException:
         pass
     finally:
