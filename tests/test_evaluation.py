@@ -237,6 +237,18 @@ def test_plot_with_and_without_ground_truth(tmp_path):
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["trajectory.png"]  # no temporary left
 
 
+def test_low_confidence_frames_counted(tmp_path):
+    estimate = helix(4)
+    trace = [{"low_confidence": flag} for flag in (0, 1, 1, 0)]
+    result = RunResult(estimate, frames=4, seconds=1.0, peak_memory_bytes=2**20,
+                       memory_kind="cpu_rss", trace=trace)
+    assert result.low_confidence_frames == 2
+    outputs = write_outputs(result, tmp_path, helix(4), {})
+    assert json.loads(outputs.metrics_path.read_text())["low_confidence_frames"] == 2
+    lines = format_summary(result, outputs)
+    assert any(line.startswith("low-confidence frames: 2 (") for line in lines)
+
+
 def test_write_outputs_with_ground_truth(tmp_path):
     ground_truth = helix(60)
     estimate = transform_sim3(ground_truth, 0.5, Rotation.from_rotvec([0, 0, 0.4]), np.ones(3))

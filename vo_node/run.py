@@ -164,6 +164,11 @@ class RunResult:
         """Tracked frames per wall-clock second (0 when nothing ran)."""
         return self.frames / self.seconds if self.seconds > 0 else 0.0
 
+    @property
+    def low_confidence_frames(self) -> int:
+        """Tracked frames that the engine reported as low confidence (``TrackResult``)."""
+        return sum(int(row.get("low_confidence", 0)) for row in self.trace)
+
 
 @dataclass
 class RunOutputs:
@@ -390,6 +395,7 @@ def write_evaluation(
         "frames": result.frames,
         "seconds": result.seconds,
         "frames_per_second": result.frames_per_second,
+        "low_confidence_frames": result.low_confidence_frames,
         "peak_memory_bytes": result.peak_memory_bytes,
         "memory_kind": result.memory_kind,
         "interrupted": result.interrupted,
@@ -523,6 +529,8 @@ def format_summary(result: RunResult, outputs: RunOutputs) -> list[str]:
     lines += [
         f"frames tracked: {result.frames}{' (interrupted)' if result.interrupted else ''}",
         f"speed: {result.frames_per_second:.2f} frames/s over {result.seconds:.1f} s",
+        f"low-confidence frames: {result.low_confidence_frames} (pose variance far above its "
+        "recent median: covered, dark or blurred camera, or a plain view)",
         f"peak memory ({result.memory_kind}): "
         f"{result.peak_memory_bytes / BYTES_PER_MEBIBYTE:.0f} MiB",
     ]
