@@ -67,6 +67,12 @@ def make_node(context):
         ("model.config:=no_such_preset", "model.config 'no_such_preset' is invalid"),
         ("model.config:=/nonexistent/engine.yaml", "configuration file /nonexistent/engine.yaml"),
         ("model.config:=no_such_preset", "engine YAML path with -p model.config:=NAME"),
+        ("odom_frame:=base_link", "odom_frame and base_frame are both 'base_link'"),
+        ("camera_frame:=base_link", "camera_frame and base_frame are both 'base_link'"),
+        ("camera_frame:=odom", "camera_frame and odom_frame are both 'odom'"),
+        ("use_sim_time:=maybe", "use_sim_time: Trying to set parameter 'use_sim_time' to 'maybe'"),
+        ("use_sim_time:=1", "expecting type 'BOOL': use_sim_time (expected true or false)"),
+        ("start_type_description_service:=2", "start_type_description_service: Trying to set"),
     ],
 )
 def test_invalid_start_up_value_rejected(tiny_model, argument, message):
@@ -110,6 +116,17 @@ def test_command_line_rejects_and_exits_2():
     assert completed.returncode == 2, output
     assert "queue_depth must be at least 1; got 0" in output
     assert "image_qos must be one of sensor_data, reliable, system_default; got 'fast'" in output
+
+
+def test_bad_use_sim_time_exits_2():
+    # rclpy declares use_sim_time itself, inside Node.__init__, before the node's own checks.
+    command = [sys.executable, "-m", "vo_node.node", "--ros-args", "-p", "use_sim_time:=maybe"]
+    completed = subprocess.run(command, capture_output=True, text=True, timeout=60, cwd=REPO)
+    output = completed.stdout + completed.stderr
+    assert completed.returncode == 2, output
+    assert "use_sim_time: Trying to set parameter 'use_sim_time' to 'maybe'" in output
+    assert "(expected true or false)" in output
+    assert "Traceback" not in output
 
 
 def test_runtime_updates_checked_and_applied(tiny_model):

@@ -19,6 +19,7 @@ import pytest
 from vo_node.io.camera import PinholeCamera
 from vo_node.ros.pipeline import (
     CAMERA_INFO_GRACE_S,
+    INPUT_TIMEOUT_MIN_S,
     STATE_CHOOSING,
     STATE_INITIALISING,
     DropReporter,
@@ -84,11 +85,14 @@ class Harness:
                                          "/cam/camera_info")
         self.stamp = 1_000_000_000
 
-    def track(self, image, stamp=None, camera_model="default", received_s=0.0):
+    def track(self, image, stamp=None, camera_model="default", received_s=0.0,
+              camera_info_error=None):
         stamp = self.stamp if stamp is None else stamp
         self.stamp = stamp + STEP_NS
         model = camera(image.shape[1], image.shape[0]) if camera_model == "default" else camera_model
-        return self.pipeline.process(InputFrame(image, stamp, "cam", model, received_s))
+        frame = InputFrame(image, stamp, "cam", model, received_s,
+                           camera_info_error=camera_info_error)
+        return self.pipeline.process(frame)
 
     def initialise(self, shift: int, height: int = HEIGHT, width: int = WIDTH):
         """Track frames until the engine initialises; return the first published estimate.
@@ -391,6 +395,65 @@ def test_missing_intrinsics_skipped(engine):
     assert "-p intrinsics:=[fx, fy, cx, cy]" in warning
 
 
+def test_invalid_camera_info_names_reason(engine):
+    # camera_info arrives on the right topic but its K is all zeros: no remap hint, because the
+    # topic is right, and the reason of the bad_camera_info warning is repeated.
+    harness = Harness(engine)
+    reason = "K has focal lengths fx=0.0, fy=0.0"
+    outcome, _ = harness.track(textured_frame(0), camera_model=None, received_s=100.0,
+                               camera_info_error=reason)
+    assert outcome == Outcome.SKIPPED
+    assert harness.problems.counts == {"no_intrinsics": 1}
+    assert len(harness.messages) == 1
+    warning = harness.messages[0]
+    assert "camera_info arrives on /cam/camera_info but is invalid" in warning
+    assert reason in warning
+    assert "-p intrinsics:=[fx, fy, cx, cy]" in warning
+    assert "-r camera_info" not in warning
+
+
+def test_unset_stamp_names_driver_fix(engine):
+    # A driver that leaves header.stamp at 0: the first frame is tracked, because recorded
+    # sequences may start at 0, and every later one is skipped with the fix in the message.
+    harness = Harness(engine)
+    outcome, _ = harness.track(textured_frame(0), stamp=0)
+    assert outcome == Outcome.INITIALISING
+    outcome, estimate = harness.track(textured_frame(1), stamp=0)
+    assert outcome == Outcome.SKIPPED
+    assert estimate is None
+    assert harness.problems.counts == {"unset_stamp": 1}
+    assert "header.stamp 0" in harness.messages[-1]
+    assert "Set header.stamp to the capture time in the camera driver" in harness.messages[-1]
+
+
+def test_stamp_gap_logged_at_info(engine):
+    harness = Harness(engine)
+    harness.stamp = 10 * STEP_NS
+    harness.initialise(0)
+    outcome, _ = harness.track(textured_frame(4))
+    assert outcome == Outcome.PUBLISHED
+    assert harness.problems.counts == {}
+    outcome, _ = harness.track(textured_frame(5), stamp=harness.stamp + 10_000_000_000)
+    assert outcome == Outcome.PUBLISHED
+    assert harness.problems.counts == {"stamp_gap": 1}
+    assert harness.messages == []
+    assert "jumped 10.05 s ahead" in harness.infos[-1]
+    assert f"{INPUT_TIMEOUT_MIN_S:g} s" in harness.infos[-1]
+
+
+def test_camera_change_message_rounds_floats(engine):
+    harness = Harness(engine)
+    harness.track(textured_frame(0))
+    changed = PinholeCamera(width=WIDTH, height=HEIGHT, fx=275.19239999999996, fy=80.0,
+                            cx=47.5, cy=31.5)
+    harness.track(textured_frame(1), camera_model=changed)
+    assert harness.problems.counts == {"camera_change": 1}
+    warning = harness.messages[-1]
+    assert "from 96x64, fx=80.00" in warning
+    assert "to 96x64, fx=275.19 fy=80.00" in warning
+    assert "PinholeCamera(" not in warning
+
+
 def test_camera_info_size_mismatch_uses_fallback(engine):
     harness = Harness(engine, fallback=INTRINSICS)
     outcome, _ = harness.track(textured_frame(0), camera_model=camera(640, 480))
@@ -564,6 +627,16 @@ def test_rate_meter_recent_period_follows_rate_change():
     assert meter.rate_hz(now=4.2) < 15.0  # the window average still lags
 
 
+def test_rate_meter_period_kept_after_silence():
+    meter = RateMeter(window_s=1.0)
+    assert meter.silence_s(now=0.0) is None
+    for index in range(11):
+        meter.tick(now=index * 0.05)
+    assert meter.rate_hz(now=10.0) == 0.0  # the window is empty
+    assert meter.recent_period_s() == pytest.approx(0.05)
+    assert meter.silence_s(now=10.0) == pytest.approx(9.5)
+
+
 def test_rate_meter_window():
     meter = RateMeter(window_s=1.0)
     assert meter.rate_hz(now=1.0) == 0.0
@@ -623,7 +696,32 @@ def test_node_diagnostics_low_confidence(state, low_confidence, level, words):
     node = SimpleNamespace(
         model_state="ready", fatal_error=None, tracking_state=state,
         low_confidence=low_confidence, outcomes={Outcome.INITIALISING: 3},
+        input_rate=RateMeter(), image_topic="/cam/image",
     )
     status_level, message = VONode._diagnostic_level(node)
     assert status_level == getattr(DiagnosticStatus, level)
     assert words in message
+
+
+def test_node_diagnostics_warn_when_images_stop():
+    # 20 Hz images for 1 s, then none: OK within the outage limit of max(1 s, 5 periods), WARN
+    # with the silence after it, even though the last tracking state is "tracking".
+    from types import SimpleNamespace
+
+    from diagnostic_msgs.msg import DiagnosticStatus
+
+    from vo_node.ros.node import VONode
+
+    meter = RateMeter()
+    for index in range(21):
+        meter.tick(now=100.0 + index * 0.05)
+    node = SimpleNamespace(
+        model_state="ready", fatal_error=None, tracking_state="tracking", low_confidence=False,
+        outcomes={}, input_rate=meter, image_topic="/cam/image",
+    )
+    level, message = VONode._diagnostic_level(node, now=101.9)
+    assert level == DiagnosticStatus.OK
+    assert message == "tracking"
+    level, message = VONode._diagnostic_level(node, now=104.0)
+    assert level == DiagnosticStatus.WARN
+    assert message.startswith("no image on /cam/image for 3.0 s (outage limit 1.0 s)")

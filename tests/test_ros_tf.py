@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -283,3 +284,26 @@ def test_node_static_camera_transform(tiny_model, publish_camera_tf):
     assert transform.child_frame_id == "front_optical"
     assert transform.transform.translation.x == pytest.approx(0.1)
     assert transform.transform.translation.z == pytest.approx(0.2)
+
+
+@pytestmark_dds
+@pytest.mark.skipif(not tf2_messages_available(), reason="tf2_msgs not built; run make")
+def test_header_frame_equal_to_base_not_published(tiny_model):
+    # camera_frame is empty, so the image header's frame id names the camera. A header that
+    # names base_frame would make base_link -> base_link, which tf2 rejects.
+    from vo_node.ros.node import VONode
+
+    with ros_context(["-p", model_parameter(tiny_model)]) as context:
+        node = VONode(context=context)
+        published = []
+        node.tf_static_publisher.publish = published.append
+        errors = []
+        node.get_logger = lambda: SimpleNamespace(error=errors.append)
+        node._publish_camera_transform("base_link")
+        del node.get_logger
+        node.shutdown()
+        node.destroy_node()
+    assert published == []
+    assert len(errors) == 1
+    assert "header.frame_id 'base_link' equals base_frame or odom_frame" in errors[0]
+    assert "-p camera_frame:=" in errors[0]

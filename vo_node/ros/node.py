@@ -33,6 +33,8 @@ import numpy as np
 import rclpy
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from nav_msgs.msg import Odometry, Path
+from rclpy.clock import Clock, ClockType
+from rclpy.exceptions import ParameterException
 from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.impl.implementation_singleton import rclpy_implementation
 from rclpy.node import Node
@@ -63,6 +65,7 @@ from vo_node.ros.parameters import (
     declare_parameters,
     engine_threads,
     load_model_file,
+    rclpy_parameter_error,
     resolve_model_weights,
     unknown_parameter_overrides,
     validate_update,
@@ -81,6 +84,8 @@ from vo_node.ros.pipeline import (
     ProblemReporter,
     RateMeter,
     TrackingPipeline,
+    describe_camera,
+    input_timeout_s,
 )
 from vo_node.ros.tf import (
     OdometryFrame,
@@ -101,6 +106,7 @@ They are placeholders of the right order for short-range VO, not calibrated valu
 DEFAULT_TWIST_VARIANCES = (1e-2, 1e-2, 1e-2, 1e-2, 1e-2, 1e-2)
 """Twist variances ((m/s)^2, (rad/s)^2) used when no override is set; placeholders as above."""
 DIAGNOSTICS_PERIOD_S = 1.0
+"""Period of the diagnostics timer in steady (wall) time, also with use_sim_time:=true."""
 WORKER_POLL_S = 0.1
 FRESH_FRAME_AGE_PERIODS = 0.5
 """With ``prefer_fresh_frames``, a waiting frame older than this many input periods is stale: the
@@ -128,7 +134,12 @@ class VONode(Node):
         Raises:
             ParameterError: when a parameter value is invalid or the model file is unreadable.
         """
-        super().__init__(NODE_NAME, **node_kwargs)
+        try:
+            super().__init__(NODE_NAME, **node_kwargs)
+        except ParameterException as error:
+            # rclpy declares use_sim_time and start_type_description_service itself and raises
+            # for a value of the wrong type.
+            raise rclpy_parameter_error(error) from error
         self.params = declare_parameters(self)
         for name in unknown_parameter_overrides(self):
             self.get_logger().warning(
@@ -167,6 +178,8 @@ class VONode(Node):
         self._completed = 0
         self._completed_condition = threading.Condition()
         self._camera = None
+        self._camera_info_error: str | None = None
+        """Reason the latest camera_info was rejected, or None once a valid one arrived."""
         self._camera_frame: str | None = None
         self._path: deque = deque(maxlen=max(1, self.params.path_max_length))
         self._trajectory: list[tuple[int, np.ndarray]] = []
@@ -182,7 +195,13 @@ class VONode(Node):
         self._create_publishers()
         self._create_subscriptions()
         self.create_service(Trigger, "~/reset", self._on_reset)
-        self.create_timer(DIAGNOSTICS_PERIOD_S, self._publish_diagnostics)
+        # A steady timer keeps diagnostics coming with use_sim_time before the first /clock and
+        # after playback ends. The messages still carry the ROS clock in their stamps.
+        self.create_timer(
+            DIAGNOSTICS_PERIOD_S,
+            self._publish_diagnostics,
+            clock=Clock(clock_type=ClockType.STEADY_TIME),
+        )
         if self.params.camera_frame:
             self._publish_camera_transform(self.params.camera_frame)
 
@@ -247,7 +266,9 @@ class VONode(Node):
         frame_id = self.params.camera_frame or header.frame_id or DEFAULT_CAMERA_FRAME
         if frame_id != self._camera_frame:
             self._publish_camera_transform(frame_id)
-        frame = InputFrame(pixels, stamp_to_ns(header.stamp), frame_id, self._camera, received_s)
+        camera_info_error = self._camera_info_error if self._camera is None else None
+        frame = InputFrame(pixels, stamp_to_ns(header.stamp), frame_id, self._camera, received_s,
+                           camera_info_error=camera_info_error)
         if self._slot.put(frame) is not None:
             self.frames_dropped += 1
             self._mark_completed()
@@ -257,16 +278,16 @@ class VONode(Node):
         try:
             camera = camera_from_info(msg)
         except CameraInfoError as error:
+            self._camera_info_error = str(error)
             self.problems.report(
                 "bad_camera_info",
                 f"camera_info on {self.camera_info_topic} ignored: {error}",
             )
             return
+        self._camera_info_error = None
         if camera != self._camera:
             self.get_logger().info(
-                f"camera from {self.camera_info_topic}: {camera.width}x{camera.height}, "
-                f"fx={camera.fx:.2f} fy={camera.fy:.2f} cx={camera.cx:.2f} cy={camera.cy:.2f}, "
-                f"distortion {camera.distortion_model}"
+                f"camera from {self.camera_info_topic}: {describe_camera(camera)}"
             )
             self._camera = camera
 
@@ -495,6 +516,14 @@ class VONode(Node):
         self._camera_frame = camera_frame
         if not self.params.publish_camera_tf or not self.tf_static_publisher.enabled:
             return
+        if camera_frame in (self.params.base_frame, self.params.odom_frame):
+            # camera_frame itself is checked at start-up; this frame id came from an image header.
+            self.get_logger().error(
+                f"the images' header.frame_id {camera_frame!r} equals base_frame or odom_frame, "
+                "and tf2 rejects a transform from a frame to itself, so base_frame -> camera "
+                "frame is not published. Set -p camera_frame:=<optical frame id>"
+            )
+            return
         stamp = self.get_clock().now().to_msg()
         self.tf_static_publisher.publish(
             [make_transform(self.base_from_camera, stamp, self.params.base_frame, camera_frame)]
@@ -524,6 +553,9 @@ class VONode(Node):
             "latency median [ms]": f"{median_ms:.1f}",
             "latency p95 [ms]": f"{p95_ms:.1f}",
         }
+        silence_s = self.input_rate.silence_s()
+        if silence_s is not None:
+            values["seconds since the last image"] = f"{silence_s:.1f}"
         for kind, count in sorted(self.problems.counts.items()):
             values[f"problem {kind}"] = count
         level, message = self._diagnostic_level()
@@ -538,11 +570,20 @@ class VONode(Node):
         array.header.stamp = self.get_clock().now().to_msg()
         self.diagnostics_publisher.publish(array)
 
-    def _diagnostic_level(self) -> tuple[bytes, str]:
+    def _diagnostic_level(self, now: float | None = None) -> tuple[bytes, str]:
+        """Return the level and message of the diagnostics at ``now`` (``time.monotonic()``
+        seconds by default)."""
         if self.model_state == "failed":
             return DiagnosticStatus.ERROR, self.fatal_error or "model failed to load"
         if self.model_state == "loading":
             return DiagnosticStatus.WARN, "loading the model"
+        silence_s = self.input_rate.silence_s(now)
+        timeout_s = input_timeout_s(self.input_rate.recent_period_s())
+        if silence_s is not None and silence_s > timeout_s:
+            return DiagnosticStatus.WARN, (
+                f"no image on {self.image_topic} for {silence_s:.1f} s (outage limit "
+                f"{timeout_s:.1f} s); check the camera driver and the image topic"
+            )
         if self.tracking_state == "tracking" and self.low_confidence:
             return DiagnosticStatus.WARN, (
                 "tracking with low confidence: the position variance is far above its recent "

@@ -31,6 +31,11 @@ MODEL_DEVICES = ("auto", "cpu", "cuda")
 COVARIANCE_SIZE = 6
 INTRINSICS_SIZE = 4
 QOS_OVERRIDES_PREFIX = "qos_overrides."
+RCLPY_PARAMETER_TYPES = {
+    "use_sim_time": "true or false",
+    "start_type_description_service": "true or false",
+}
+"""Parameters that ``rclpy.node.Node.__init__`` declares itself (Jazzy), with their expected form."""
 TRAIN_COMMAND = "python -m vo_node.train --config config/train_small.yaml"
 
 
@@ -351,6 +356,7 @@ def declare_parameters(node) -> NodeParameters:
         message = check_value(name, value)
         if message:
             problems.append(f"{name} {message}")
+    problems += frame_problems(values["odom_frame"], values["base_frame"], values["camera_frame"])
     if not problems:
         # Checked only once the values are well formed, and before any model is loaded.
         problems += model_parameter_problems(
@@ -359,6 +365,38 @@ def declare_parameters(node) -> NodeParameters:
     if problems:
         raise ParameterError("invalid parameter values:\n  " + "\n  ".join(problems))
     return NodeParameters(**{name.replace(".", "_"): value for name, value in values.items()})
+
+
+def frame_problems(odom_frame: str, base_frame: str, camera_frame: str) -> list[str]:
+    """Return one message per pair of frame parameters that name the same frame.
+
+    The node publishes ``odom_frame -> base_frame`` and ``base_frame -> camera_frame``, and tf2
+    rejects a transform from a frame to itself, so these frames must differ.
+    """
+    pairs = [("odom_frame", odom_frame, "base_frame", base_frame)]
+    if camera_frame:
+        pairs += [
+            ("camera_frame", camera_frame, "base_frame", base_frame),
+            ("camera_frame", camera_frame, "odom_frame", odom_frame),
+        ]
+    return [
+        f"{name} and {other_name} are both {value!r}, but the node publishes the transform "
+        f"between them and tf2 rejects a transform from a frame to itself; give {name} "
+        "another frame id"
+        for name, value, other_name, other_value in pairs
+        if value and value == other_value
+    ]
+
+
+def rclpy_parameter_error(error: Exception) -> ParameterError:
+    """Return a :class:`ParameterError` for ``error``, which ``rclpy.node.Node.__init__`` raised
+    for a wrong-typed value of a parameter that rclpy declares itself, such as use_sim_time."""
+    message = str(error)
+    # rclpy's ParameterException messages end with ": <parameter name>".
+    name = message.rsplit(": ", 1)[-1]
+    expected = RCLPY_PARAMETER_TYPES.get(name)
+    hint = f" (expected {expected})" if expected else ""
+    return ParameterError(f"invalid parameter values:\n  {name}: {message}{hint}")
 
 
 def model_parameter_problems(weights: str, config: str, device: str) -> list[str]:

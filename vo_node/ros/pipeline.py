@@ -47,6 +47,11 @@ RECENT_INTERVALS = 10
 """Gaps between the newest frames that :meth:`RateMeter.recent_period_s` takes the median of."""
 LATENCY_WINDOW = 200
 """Latency percentiles are taken over this many newest frames."""
+INPUT_TIMEOUT_MIN_S = 1.0
+INPUT_TIMEOUT_PERIODS = 5
+"""A pause in the images longer than ``max(INPUT_TIMEOUT_MIN_S, INPUT_TIMEOUT_PERIODS * period)``
+counts as an outage, with ``period`` the median of the newest gaps (see :func:`input_timeout_s`).
+The minimum keeps a fast camera's normal jitter below the timeout."""
 NANOSECONDS_PER_SECOND = 1_000_000_000
 
 
@@ -84,6 +89,9 @@ class InputFrame:
     frame_id: str
     camera: PinholeCamera | None
     received_s: float
+    camera_info_error: str | None = None
+    """Reason the latest camera_info was rejected, set while ``camera`` is None because no valid
+    one has arrived. None when no camera_info has arrived at all."""
     encoding: Future | None = None
     """Set by :meth:`FrameSlot.claim` when a second thread encodes the frame ahead. Its result
     is a :class:`PrefetchedFrame`, or None when the frame could not be encoded there."""
@@ -138,6 +146,22 @@ class OdometryEstimate:
 
 # --------------------------------------------------------------------------------------------
 # Frame slot and counters
+
+
+def input_timeout_s(period_s: float) -> float:
+    """Return the pause, in seconds, after which images of period ``period_s`` count as stopped."""
+    return max(INPUT_TIMEOUT_MIN_S, INPUT_TIMEOUT_PERIODS * period_s)
+
+
+def describe_camera(camera: PinholeCamera) -> str:
+    """Return ``camera`` as one short log phrase: size, intrinsics and distortion."""
+    text = (
+        f"{camera.width}x{camera.height}, fx={camera.fx:.2f} fy={camera.fy:.2f} "
+        f"cx={camera.cx:.2f} cy={camera.cy:.2f}, distortion {camera.distortion_model}"
+    )
+    if any(camera.coefficients):
+        text += " [" + ", ".join(f"{value:.4g}" for value in camera.coefficients) + "]"
+    return text
 
 
 def fallback_camera(intrinsics: list[float], width: int, height: int) -> PinholeCamera:
@@ -292,12 +316,15 @@ class ProblemReporter:
         self._suppressed: dict[str, int] = {}
         self._expected_logged: set[str] = set()
 
-    def report(self, kind: str, message: str, expected: bool = False) -> None:
+    def report(
+        self, kind: str, message: str, expected: bool = False, info: bool = False
+    ) -> None:
         """Count one problem of ``kind`` and log ``message`` unless throttled.
 
         ``expected`` marks a normal start-up event: it is counted, and only its first occurrence
         per kind is logged, at info level. It leaves the throttle alone, so the first unexpected
-        occurrence is still warned about at once.
+        occurrence is still warned about at once. ``info`` logs at info level instead of as a
+        warning, with the same throttle.
         """
         now = time.monotonic()
         with self._lock:
@@ -317,7 +344,8 @@ class ProblemReporter:
                 self._info(f"[{kind}] {message}")
             return
         suffix = f" ({suppressed} more since the last report)" if suppressed else ""
-        self._warn(f"[{kind}] {message}{suffix}")
+        log = self._info if info else self._warn
+        log(f"[{kind}] {message}{suffix}")
 
 
 class DropReporter:
@@ -373,10 +401,14 @@ class RateMeter:
     def __init__(self, window_s: float = RATE_WINDOW_S) -> None:
         self._window_s = window_s
         self._times: deque[float] = deque()
+        self._newest: deque[float] = deque(maxlen=RECENT_INTERVALS + 1)
+        """The newest events, kept however old they are, for :meth:`recent_period_s`."""
         self._lock = threading.Lock()
         self.count = 0
         self.first_s: float | None = None
         """Time of the first event (``time.monotonic()`` seconds), or None before it."""
+        self.last_s: float | None = None
+        """Time of the newest event (``time.monotonic()`` seconds), or None before the first."""
 
     def tick(self, now: float | None = None) -> None:
         """Record one event at ``now`` (``time.monotonic()`` seconds by default).
@@ -388,7 +420,9 @@ class RateMeter:
             self.count += 1
             if self.first_s is None:
                 self.first_s = now
+            self.last_s = now
             self._times.append(now)
+            self._newest.append(now)
             self._trim(now)
 
     def rate_hz(self, now: float | None = None, start_s: float | None = None) -> float:
@@ -414,15 +448,23 @@ class RateMeter:
             events = sum(1 for time_s in self._times if window_start < time_s <= now)
             return events / length
 
-    def recent_period_s(self, intervals: int = RECENT_INTERVALS) -> float:
-        """Return the median of the newest ``intervals`` gaps between events, seconds; 0 with
-        fewer than two events in the window. It follows a change of rate within a few events,
-        where :meth:`rate_hz` averages over the whole window."""
+    def recent_period_s(self) -> float:
+        """Return the median of the newest :data:`RECENT_INTERVALS` gaps between events, seconds;
+        0 before two events. It follows a change of rate within a few events, where
+        :meth:`rate_hz` averages over the whole window. The events count however long ago they
+        came, so after the events stop it still returns the period they had."""
         with self._lock:
-            times = np.array(list(self._times)[-(intervals + 1):])
+            times = np.array(self._newest)
         if times.size < 2:
             return 0.0
         return float(np.median(np.diff(times)))
+
+    def silence_s(self, now: float | None = None) -> float | None:
+        """Return the seconds from the newest event to ``now`` (``time.monotonic()`` by
+        default), or None before the first event."""
+        now = time.monotonic() if now is None else now
+        last_s = self.last_s
+        return None if last_s is None else max(0.0, now - last_s)
 
     def _trim(self, now: float) -> None:
         while self._times and now - self._times[0] > self._window_s:
@@ -459,13 +501,20 @@ class TrackingPipeline:
     Bad input is handled per kind (each reported through ``problems``):
 
     * ``duplicate_stamp``: a stamp equal to the previous frame's; the frame is skipped.
+    * ``unset_stamp``: a stamp of 0 that repeats, because the camera driver leaves
+      ``header.stamp`` unset; the frame is skipped. A first frame at 0 is tracked, because
+      recorded sequences may start at 0.
     * ``stamp_backwards``: a stamp older than the previous frame's (a bag restarted or looped);
       the tracker is reset and the frame starts a new segment.
+    * ``stamp_gap``: a stamp more than :func:`input_timeout_s` of the recent stamp period after
+      the previous one (the camera or the bag paused); logged at info level, the frame is
+      tracked.
     * ``image_size_change``: a frame of another size than the segment's; the tracker is reset.
     * ``camera_info_size``: camera_info for another image size; the ``intrinsics`` fallback is
       used, or the frame is skipped without one.
     * ``no_intrinsics``: no valid camera_info yet and no fallback; the frame is skipped. Within
-      :data:`CAMERA_INFO_GRACE_S` of the first image this is logged at info level only.
+      :data:`CAMERA_INFO_GRACE_S` of the first image, and before any camera_info arrived, this
+      is logged at info level only.
     * ``camera_change``: new intrinsics or distortion from camera_info; the tracker is reset.
     * ``tracking_lost``: the engine reports ``lost`` (it re-initialises by itself); nothing is
       published until it tracks again.
@@ -496,6 +545,8 @@ class TrackingPipeline:
         self.camera_info_topic = camera_info_topic
         self.state = STATE_INITIALISING
         self._last_stamp_ns: int | None = None
+        self._stamp_gaps_ns: deque[int] = deque(maxlen=RECENT_INTERVALS)
+        """The newest gaps between accepted increasing stamps, for the ``stamp_gap`` check."""
         self._first_image_s: float | None = None
         self._segment_size: tuple[int, int] | None = None
         self._previous: tuple[int, np.ndarray] | None = None
@@ -544,7 +595,9 @@ class TrackingPipeline:
             if self._segment_size is not None:
                 self.problems.report(
                     "camera_change",
-                    f"the camera of {self.image_topic} changed to {camera}; the tracker was reset",
+                    f"the camera of {self.image_topic} changed from "
+                    f"{describe_camera(self._undistorter.source)} to {describe_camera(camera)}; "
+                    "the tracker was reset",
                 )
                 self.reset()
         self._last_stamp_ns = frame.stamp_ns
@@ -589,8 +642,19 @@ class TrackingPipeline:
 
     def _check_stamp(self, frame: InputFrame) -> bool:
         last = self._last_stamp_ns
-        if last is None or frame.stamp_ns > last:
+        if last is None:
             return True
+        if frame.stamp_ns > last:
+            self._check_stamp_gap(frame.stamp_ns - last, frame.stamp_ns)
+            return True
+        if frame.stamp_ns == last == 0:
+            self.problems.report(
+                "unset_stamp",
+                f"images on {self.image_topic} have header.stamp 0: the camera driver leaves the "
+                "stamp unset, so every frame after the first repeats it and is skipped. Set "
+                "header.stamp to the capture time in the camera driver",
+            )
+            return False
         if frame.stamp_ns == last:
             self.problems.report(
                 "duplicate_stamp",
@@ -602,8 +666,27 @@ class TrackingPipeline:
             f"image stamp on {self.image_topic} went back from {last} ns to {frame.stamp_ns} ns "
             "(bag restarted or looped?); the tracker was reset",
         )
+        self._stamp_gaps_ns.clear()
         self.reset()
         return True
+
+    def _check_stamp_gap(self, gap_ns: int, stamp_ns: int) -> None:
+        """Report a gap far above the recent stamp period, then add it to the recent gaps."""
+        if self._stamp_gaps_ns:
+            period_s = float(np.median(self._stamp_gaps_ns)) / NANOSECONDS_PER_SECOND
+            timeout_s = input_timeout_s(period_s)
+            gap_s = gap_ns / NANOSECONDS_PER_SECOND
+            if gap_s > timeout_s:
+                self.problems.report(
+                    "stamp_gap",
+                    f"image stamps on {self.image_topic} jumped {gap_s:.2f} s ahead to "
+                    f"{stamp_ns} ns, more than the outage limit of {timeout_s:.2f} s (max of "
+                    f"{INPUT_TIMEOUT_MIN_S:g} s and {INPUT_TIMEOUT_PERIODS} frame periods of "
+                    f"{period_s:.3f} s): the camera or the bag paused. Tracking continues "
+                    "across the gap",
+                    info=True,
+                )
+        self._stamp_gaps_ns.append(gap_ns)
 
     def _select_camera(self, frame: InputFrame) -> PinholeCamera | None:
         height, width = frame.image.shape[:2]
@@ -627,7 +710,14 @@ class TrackingPipeline:
             except CalibrationError as error:
                 self.problems.report("no_intrinsics", f"intrinsics parameter unusable: {error}")
                 return None
-        if camera is None:
+        if camera is None and frame.camera_info_error is not None:
+            self.problems.report(
+                "no_intrinsics",
+                f"camera_info arrives on {self.camera_info_topic} but is invalid "
+                f"({frame.camera_info_error}), and the intrinsics parameter is unset; frame "
+                "skipped. Fix the camera calibration, or set -p intrinsics:=[fx, fy, cx, cy]",
+            )
+        elif camera is None:
             starting = frame.received_s - self._first_image_s < CAMERA_INFO_GRACE_S
             self.problems.report(
                 "no_intrinsics",
