@@ -100,7 +100,8 @@ class FrontendConfig:
     """Ratio of a frame's position variance (trace of its BA covariance's translation block) to
     the median over the last ``confidence_window`` confident frames above which the frame is
     reported as low confidence. On the three real sequences (three seeds each, ``small``) the
-    ratio stayed below 7.5, and ten black frames raised it to 160-1500. 0 turns the check off."""
+    ratio stayed at or below 7.5, and ten black frames raised it to 160-1500 (``docs/benchmarks.md``,
+    "The position-variance ratio on the real sequences"). 0 turns the check off."""
     confidence_window: int = 20
     """Confident frames whose position variances form the reference median."""
     frame_memory: int = 36

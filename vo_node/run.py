@@ -23,6 +23,7 @@ trainer's validation call it);
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import dataclasses
 import json
@@ -37,7 +38,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
-from typing import Any, Callable, Sequence as TypingSequence
+from typing import Any, Callable, Iterator, Sequence as TypingSequence
 
 import numpy as np
 import torch
@@ -666,8 +667,8 @@ def positive_frame_rate(text: str) -> float:
 class StopRequest:
     """Signal handler state: the first SIGINT/SIGTERM requests a stop after the current frame.
 
-    A second signal logs a warning and exits at once with ``128 + signal``, without writing the
-    remaining outputs.
+    A second signal logs a warning and exits with ``128 + signal``: at once, or at the end of an
+    :meth:`exit_deferred` block (a file write) that it interrupted.
     """
 
     HANDLED = (signal.SIGINT, signal.SIGTERM)
@@ -685,6 +686,8 @@ class StopRequest:
         self.second_signal_note: Callable[[], str] | None = None
         """Returns the end of the second signal's log line: what the outputs contain then."""
         self._previous: dict[int, Any] = {}
+        self._deferring = False
+        self._deferred_status: int | None = None
 
     def install(self) -> None:
         """Register this object for SIGINT and SIGTERM, remembering the previous handlers."""
@@ -698,30 +701,50 @@ class StopRequest:
         self._previous.clear()
 
     def _handle(self, signal_number: int, _frame: FrameType | None) -> None:
-        if self.signal_number is not None:
-            status = SIGNAL_EXIT_BASE + signal_number
-            note = "without writing the remaining outputs"
-            if self.second_signal_note is not None:
-                note = self.second_signal_note()
+        name = signal.Signals(signal_number).name
+        if self.signal_number is None:
+            self.signal_number = signal_number
+            logger.warning("received %s: %s (send it again to exit at once)", name, self.action)
+            return
+        status = SIGNAL_EXIT_BASE + signal_number
+        if self._deferring:
+            # Python runs signal handlers in the main thread, which is inside a write here.
             logger.warning(
-                "received %s again: exiting at once with status %d %s",
-                signal.Signals(signal_number).name, status, note,
+                "received %s again: exiting with status %d once the file being written is "
+                "complete", name, status,
             )
-            if self.hard_exit:
-                for handler in logging.getLogger().handlers:
-                    handler.flush()
-                sys.stdout.flush()
-                sys.stderr.flush()
-                os._exit(status)
-            raise SystemExit(status)
-        self.signal_number = signal_number
-        logger.warning(
-            "received %s: %s (send it again to exit at once)",
-            signal.Signals(signal_number).name, self.action,
-        )
+            self._deferred_status = status
+            return
+        self._exit(f"received {name} again: exiting at once", status)
 
     def __call__(self) -> bool:
         return self.signal_number is not None
+
+    @contextlib.contextmanager
+    def exit_deferred(self) -> Iterator[None]:
+        """Hold a second signal's exit back until the block (a file write) has finished."""
+        self._deferring = True
+        try:
+            yield
+        finally:
+            self._deferring = False
+            if self._deferred_status is not None:
+                self._exit("exiting after the write", self._deferred_status)
+
+    def _exit(self, reason: str, status: int) -> None:
+        """Log ``reason`` with the outputs' state, then end with ``status``: ``os._exit`` with
+        ``hard_exit``, else ``SystemExit``."""
+        note = "without writing the remaining outputs"
+        if self.second_signal_note is not None:
+            note = self.second_signal_note()
+        logger.warning("%s with status %d %s", reason, status, note)
+        if not self.hard_exit:
+            raise SystemExit(status)
+        for handler in logging.getLogger().handlers:
+            handler.flush()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(status)
 
 
 def load_configuration(

@@ -679,8 +679,9 @@ class VisualOdometry:
             self._confident_variances.clear()
         variance_ratio = self._variance_ratio(pose_covariance)
         low_confidence = self._is_low_confidence(variance_ratio)
-        if pose_covariance is not None and not low_confidence:
-            self._confident_variances.append(float(np.trace(pose_covariance[:3, :3])))
+        variance = None if pose_covariance is None else float(np.trace(pose_covariance[:3, :3]))
+        if variance is not None and math.isfinite(variance) and variance > 0 and not low_confidence:
+            self._confident_variances.append(variance)
         return TrackResult(
             timestamp_ns=timestamp_ns,
             pose=pose,

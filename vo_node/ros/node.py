@@ -20,12 +20,10 @@ import contextlib
 import dataclasses
 import logging
 import os
-import signal
 import sys
 import threading
 import time
 from collections import deque
-from collections.abc import Iterator
 from typing import Any
 
 import cv2
@@ -160,6 +158,10 @@ class VONode(Node):
         self.trajectory_error: str | None = None
         """Error message of a failed ``trajectory_file`` write at shutdown, or None."""
         self._poses_written = 0
+        self._write_attempted_for: int | None = None
+        """Number of recorded poses at the last write attempt, so a repeat is skipped."""
+        self.stop_request: StopRequest | None = None
+        """The process's signal state; a second signal during a trajectory write waits for it."""
         self.tracking_state = "waiting for images"
         # Whether the newest published pose is low confidence, and how many were so far.
         self.low_confidence = False
@@ -699,13 +701,22 @@ class VONode(Node):
         if not path:
             return 0
         trajectory = self.trajectory()
+        if self._write_attempted_for == len(trajectory):
+            # Nothing was recorded since the early write at the stop request.
+            return self._poses_written
+        self._write_attempted_for = len(trajectory)
         if len(trajectory) == 0:
             self.get_logger().warning(f"no pose was published, so {path} was not written")
             return 0
         try:
-            # A second signal during the write waits until the file is complete.
-            with signals_deferred():
+            # A second signal during the write ends the process only once the file is complete.
+            deferred = contextlib.nullcontext()
+            if self.stop_request is not None:
+                deferred = self.stop_request.exit_deferred()
+            with deferred:
                 write_tum(path, trajectory)
+                # Set inside the block: a deferred exit at its end logs this count.
+                self._poses_written = len(trajectory)
         except OSError as error:
             # The path was checked at start-up, but its folders may have changed since.
             self.trajectory_error = (
@@ -714,7 +725,6 @@ class VONode(Node):
             )
             self.get_logger().error(self.trajectory_error)
             return 0
-        self._poses_written = len(trajectory)
         self.get_logger().info(f"wrote {len(trajectory)} poses to {path}")
         return len(trajectory)
 
@@ -726,17 +736,6 @@ def _qos_fields(profile: QoSProfile) -> dict[str, Any]:
         "reliability": profile.reliability,
         "durability": profile.durability,
     }
-
-
-@contextlib.contextmanager
-def signals_deferred() -> Iterator[None]:
-    """Hold SIGINT and SIGTERM back from this thread in the block; deliver them after it."""
-    handled = {signal.SIGINT, signal.SIGTERM}
-    previous = signal.pthread_sigmask(signal.SIG_BLOCK, handled)
-    try:
-        yield
-    finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
 
 def missing_params_files(args: list[str]) -> list[str]:
@@ -772,11 +771,10 @@ def main(args: list[str] | None = None) -> int:
         logger.fatal(f"invalid ROS arguments: {error}")
         return EXIT_INVALID_PARAMETERS
     stop = StopRequest(SHUTDOWN_ACTION, hard_exit=True)
+    # The handlers stay until the process ends, so a signal during the interpreter's exit still
+    # ends it with 128 + signal and a log line, not with a KeyboardInterrupt traceback.
     stop.install()
-    try:
-        return _spin(logger, stop)
-    finally:
-        stop.restore()
+    return _spin(logger, stop)
 
 
 def _spin(logger, stop: StopRequest) -> int:
@@ -788,6 +786,7 @@ def _spin(logger, stop: StopRequest) -> int:
         rclpy.try_shutdown()
         return EXIT_INVALID_PARAMETERS
     stop.second_signal_note = node.second_signal_note
+    node.stop_request = stop
     executor = SingleThreadedExecutor()
     executor.add_node(node)
     try:

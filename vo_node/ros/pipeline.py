@@ -778,6 +778,14 @@ class TrackingPipeline:
             # hypothesis, the pose does not continue the previous one: anchor it at the last
             # published pose. A switch also carries the previous hypothesis's scale over.
             scale_ratio = None if self._lost else getattr(result, "scale_ratio", None)
+            if not self._lost and scale_ratio is None:
+                # The two hypotheses share too few keyframes to compare their scales.
+                logger.info(
+                    "the leading depth hypothesis changed at stamp %d ns without a scale ratio; "
+                    "the new segment keeps the current scale factor %.4g",
+                    frame.stamp_ns, self.frame.segment_scale,
+                )
+                scale_ratio = 1.0
             self._lost = False
             self.frame.start_segment(scale_ratio)
             self._previous = None
@@ -823,7 +831,8 @@ class TrackingPipeline:
                 "camera or a plain view; the published covariance carries the uncertainty",
             )
         elif self.low_confidence and not low_confidence:
-            logger.info("tracking confidence recovered at stamp %d ns", frame.stamp_ns)
+            # Debug level: the warnings above are throttled, and this line would not be.
+            logger.debug("tracking confidence recovered at stamp %d ns", frame.stamp_ns)
         self.low_confidence = low_confidence
 
     def _points(self) -> np.ndarray | None:
