@@ -22,7 +22,10 @@ from vo_node.io.trajectory import read_tum
 
 REPO = Path(__file__).resolve().parents[1]
 TINY_FRAMES = 10
-SUMMARY_PREFIXES = ("frames tracked:", "frames per second:", "peak memory", "ATE", "trajectory:")
+SUMMARY_PREFIXES = (
+    "frames tracked:", "frames per second:", "low-confidence frames:", "peak memory", "ATE",
+    "trajectory:",
+)
 COMMAND_TIMEOUT_S = 300
 
 

@@ -156,6 +156,7 @@ def format_demo_summary(result: RunResult, outputs: RunOutputs) -> list[str]:
     lines = [
         f"frames tracked: {result.frames}{' (interrupted)' if result.interrupted else ''}",
         f"frames per second: {result.frames_per_second:.2f} ({result.seconds:.1f} s)",
+        f"low-confidence frames: {result.low_confidence_frames}",
         f"peak memory ({result.memory_kind}): "
         f"{result.peak_memory_bytes / BYTES_PER_MEBIBYTE:.0f} MiB",
     ]
