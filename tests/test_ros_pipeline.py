@@ -354,6 +354,27 @@ def test_hypothesis_switch_keeps_previous_scale():
     assert [estimate.segment for _, estimate in results] == [0, 0, 1, 1, 1]
 
 
+def test_switch_without_scale_ratio_keeps_factor(caplog):
+    # A first switch halves the scale; a second one without a ratio keeps that factor.
+    script = [("tracking", (0.0, 0.0, float(2 * step))) for step in range(3)]
+    script += [("tracking", (9.0, 9.0, float(2 * step))) for step in range(3)]
+    engine = ScriptedEngine(script)
+    engine.restart_at = {1, 3}
+    engine.trial_at = set(range(4))
+    engine.scale_ratio_at = {1: 0.5}
+    harness = Harness(engine)
+
+    with caplog.at_level("INFO", logger="vo_node.ros.pipeline"):
+        results = [harness.track(textured_frame(0)) for _ in script]
+
+    x = [estimate.odom_from_base[0, 3] for _, estimate in results]
+    # Segment 1 starts at frame 1 (steps of 2 halved to 1); segment 2 keeps the factor 0.5.
+    np.testing.assert_allclose(x, [0.0, 0.0, 1.0, 1.0, 2.0, 3.0], atol=1e-9)
+    assert harness.pipeline.frame.segment_scale == 0.5
+    assert "without a scale ratio; the new segment keeps the current scale factor 0.5" in (
+        caplog.text)
+
+
 def test_reset_without_pose_starts_no_segment():
     # A reset before the engine published anything leaves no segment behind: the first
     # published pose is still in segment 0.

@@ -176,8 +176,8 @@ def test_failed_trajectory_write_logs_one_error(tiny_model, tmp_path):
 
 
 SECOND_SIGNAL = re.compile(
-    r"received SIGINT again: exiting at once with status 130 "
-    r"(after writing (?P<poses>\d+) poses to (?P<path>\S+)|before any pose was written to \S+)"
+    r"(received SIGINT again: exiting at once|exiting now that the write is done) with status "
+    r"130: ((?P<poses>\d+) poses? written to (?P<path>\S+)|no pose written to \S+ yet)"
 )
 TRACKED_IMAGES = 12
 MIN_ODOMETRY = 5
@@ -287,7 +287,7 @@ executor.add_node(node)
 # A native executor thread still runs when the second signal arrives, as in the node.
 threading.Thread(target=executor.spin, daemon=False).start()
 stop = StopRequest("stopping", hard_exit=True)
-stop.second_signal_note = lambda: "after writing 7 poses to probe.tum"
+stop.second_signal_note = lambda: "7 poses written to probe.tum"
 stop.install()
 os.kill(os.getpid(), signal.SIGINT)
 while not stop():
@@ -297,6 +297,32 @@ os.kill(os.getpid(), signal.SIGINT)
 time.sleep(5)
 print("still running", flush=True)
 """
+
+
+HARD_EXIT_DEFERRED_CHILD = HARD_EXIT_CHILD.replace(
+    """os.kill(os.getpid(), signal.SIGINT)
+time.sleep(5)""",
+    """with stop.exit_deferred():
+    os.kill(os.getpid(), signal.SIGINT)
+    time.sleep(0.05)
+    print("write finished", flush=True)
+time.sleep(5)""",
+)
+
+
+def test_second_signal_during_write_exits_after_it():
+    assert HARD_EXIT_DEFERRED_CHILD != HARD_EXIT_CHILD
+    result = subprocess.run(
+        [sys.executable, "-c", HARD_EXIT_DEFERRED_CHILD], cwd=REPO, capture_output=True,
+        text=True, timeout=EXIT_TIMEOUT_S,
+    )
+    output = result.stdout + result.stderr
+    assert result.returncode == 130, output
+    assert "write finished" in output
+    assert "still running" not in output
+    assert "once the file being written is complete" in output
+    assert ("exiting now that the write is done with status 130: 7 poses written to probe.tum"
+            in output)
 
 
 def test_second_signal_hard_exit_is_130_with_note():
@@ -311,7 +337,7 @@ def test_second_signal_hard_exit_is_130_with_note():
     assert "first signal handled" in output
     assert "still running" not in output
     assert "terminate called" not in output
-    assert ("received SIGINT again: exiting at once with status 130 after writing 7 poses to "
+    assert ("received SIGINT again: exiting at once with status 130: 7 poses written to "
             "probe.tum") in output
 
 
@@ -363,4 +389,47 @@ def test_stop_writes_trajectory_once_without_new_poses(tiny_model, tmp_path, mon
             node.destroy_node()
     # The shutdown found no pose recorded since the early write, so it wrote nothing again.
     assert writes == [1]
-    assert node.second_signal_note() == f"after writing 1 poses to {trajectory_file}"
+    assert node.second_signal_note() == f"1 pose written to {trajectory_file}"
+
+
+def record_pose(node, stamp_ns):
+    from vo_node.ros.pipeline import OdometryEstimate
+
+    node._record(OdometryEstimate(
+        stamp_ns=stamp_ns, odom_from_base=np.eye(4), world_from_camera=np.eye(4),
+        twist=np.zeros(6), pose_covariance=None, state="tracking", is_keyframe=True,
+    ))
+
+
+def test_shutdown_rewrites_after_new_pose_and_retries(tiny_model, tmp_path, monkeypatch):
+    import vo_node.ros.node as node_module
+    from vo_node.io.trajectory import read_tum
+    from vo_node.ros.node import VONode
+
+    writes = []
+    original = node_module.write_tum
+
+    def failing_once(path, trajectory):
+        writes.append(len(trajectory))
+        if len(writes) == 1:
+            raise OSError(28, "No space left on device")
+        original(path, trajectory)
+
+    monkeypatch.setattr(node_module, "write_tum", failing_once)
+    trajectory_file = tmp_path / "vo.tum"
+    arguments = ["-p", model_parameter(tiny_model), "-p", f"trajectory_file:={trajectory_file}"]
+    with ros_context(arguments) as context:
+        node = VONode(context=context)
+        try:
+            record_pose(node, 1_000)
+            node.write_published_so_far()
+            assert node.trajectory_error is not None
+            # The worker finishes one more frame before the shutdown.
+            record_pose(node, 2_000)
+            node.shutdown()
+        finally:
+            node.destroy_node()
+    assert writes == [1, 2]
+    assert node.trajectory_error is None
+    assert len(read_tum(trajectory_file)) == 2
+    assert node.second_signal_note() == f"2 poses written to {trajectory_file}"

@@ -684,7 +684,8 @@ class StopRequest:
         self.action = action
         self.hard_exit = hard_exit
         self.second_signal_note: Callable[[], str] | None = None
-        """Returns the end of the second signal's log line: what the outputs contain then."""
+        """Returns the end of the second signal's log line: what the outputs contain then, such
+        as "12 poses written to out.tum"."""
         self._previous: dict[int, Any] = {}
         self._deferring = False
         self._deferred_status: int | None = None
@@ -724,20 +725,27 @@ class StopRequest:
     def exit_deferred(self) -> Iterator[None]:
         """Hold a second signal's exit back until the block (a file write) has finished."""
         self._deferring = True
+        failure: BaseException | None = None
         try:
             yield
+        except BaseException as error:
+            failure = error
+            raise
         finally:
             self._deferring = False
             if self._deferred_status is not None:
-                self._exit("exiting after the write", self._deferred_status)
+                reason = "exiting now that the write is done"
+                if failure is not None:
+                    reason = f"exiting after the write failed ({failure})"
+                self._exit(reason, self._deferred_status)
 
     def _exit(self, reason: str, status: int) -> None:
         """Log ``reason`` with the outputs' state, then end with ``status``: ``os._exit`` with
         ``hard_exit``, else ``SystemExit``."""
-        note = "without writing the remaining outputs"
+        note = "the remaining outputs are not written"
         if self.second_signal_note is not None:
             note = self.second_signal_note()
-        logger.warning("%s with status %d %s", reason, status, note)
+        logger.warning("%s with status %d: %s", reason, status, note)
         if not self.hard_exit:
             raise SystemExit(status)
         for handler in logging.getLogger().handlers:

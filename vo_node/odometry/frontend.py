@@ -707,9 +707,10 @@ class VisualOdometry:
             return None
         reference = float(np.median(self._confident_variances))
         variance = float(np.trace(covariance[:3, :3]))
-        if not math.isfinite(variance) or reference <= 0.0:
-            return None
-        return variance / reference
+        if not math.isfinite(variance):
+            # An unbounded variance is the least confident case, so the frame is flagged.
+            return math.inf
+        return variance / reference if reference > 0.0 else None
 
     def _is_low_confidence(self, variance_ratio: float | None) -> bool:
         # NOTE: flagged frames never enter the reference, so a lasting rise of the variance by

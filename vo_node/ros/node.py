@@ -158,8 +158,9 @@ class VONode(Node):
         self.trajectory_error: str | None = None
         """Error message of a failed ``trajectory_file`` write at shutdown, or None."""
         self._poses_written = 0
-        self._write_attempted_for: int | None = None
-        """Number of recorded poses at the last write attempt, so a repeat is skipped."""
+        self._settled_count: int | None = None
+        """Recorded poses at the last write that succeeded or found none, so a repeat is
+        skipped; a failed write leaves it, so the shutdown tries again."""
         self.stop_request: StopRequest | None = None
         """The process's signal state; a second signal during a trajectory write waits for it."""
         self.tracking_state = "waiting for images"
@@ -640,7 +641,8 @@ class VONode(Node):
         """Stop the worker, write the trajectory file if one is configured, and log the final
         frame counts. Calls after the first do nothing.
 
-        A failed write is logged as one error and kept in :attr:`trajectory_error`.
+        A failed write is logged as an error and kept in :attr:`trajectory_error`; a later write
+        that succeeds clears it.
         """
         if self._shut_down:
             return
@@ -667,10 +669,11 @@ class VONode(Node):
         """Return what ``trajectory_file`` contains if the process ends now (for the log)."""
         path = self.params.trajectory_file
         if not path:
-            return "(trajectory_file not set)"
+            return "trajectory_file not set"
         if self._poses_written == 0:
-            return f"before any pose was written to {path}"
-        return f"after writing {self._poses_written} poses to {path}"
+            return f"no pose written to {path} yet"
+        plural = "" if self._poses_written == 1 else "s"
+        return f"{self._poses_written} pose{plural} written to {path}"
 
     def final_counts(self, poses_written: int) -> str:
         """Return the frame counts since start-up and ``poses_written`` as one log line."""
@@ -701,12 +704,12 @@ class VONode(Node):
         if not path:
             return 0
         trajectory = self.trajectory()
-        if self._write_attempted_for == len(trajectory):
-            # Nothing was recorded since the early write at the stop request.
+        if self._settled_count == len(trajectory):
+            # Nothing was recorded since the last write that succeeded (or found no pose).
             return self._poses_written
-        self._write_attempted_for = len(trajectory)
         if len(trajectory) == 0:
             self.get_logger().warning(f"no pose was published, so {path} was not written")
+            self._settled_count = 0
             return 0
         try:
             # A second signal during the write ends the process only once the file is complete.
@@ -725,6 +728,8 @@ class VONode(Node):
             )
             self.get_logger().error(self.trajectory_error)
             return 0
+        self.trajectory_error = None
+        self._settled_count = len(trajectory)
         self.get_logger().info(f"wrote {len(trajectory)} poses to {path}")
         return len(trajectory)
 
@@ -751,9 +756,8 @@ def main(args: list[str] | None = None) -> int:
 
     The status is 0 after SIGINT or SIGTERM, 1 when the engine failed to start or the trajectory
     file could not be written, and 2 for invalid parameters or an unreadable model file. A second
-    SIGINT or SIGTERM exits at once with 128 + signal. The trajectory file then holds the poses
-    published before the first one, unless the second came before they were written (the log
-    line says which).
+    SIGINT or SIGTERM exits with 128 + signal, at once or when the trajectory write in progress
+    is complete. The log line gives the number of poses the file then holds.
     """
     logging.basicConfig(level=logging.INFO, format="[%(levelname)s] [%(name)s]: %(message)s")
     logger = rclpy.logging.get_logger(NODE_NAME)
@@ -771,8 +775,8 @@ def main(args: list[str] | None = None) -> int:
         logger.fatal(f"invalid ROS arguments: {error}")
         return EXIT_INVALID_PARAMETERS
     stop = StopRequest(SHUTDOWN_ACTION, hard_exit=True)
-    # The handlers stay until the process ends, so a signal during the interpreter's exit still
-    # ends it with 128 + signal and a log line, not with a KeyboardInterrupt traceback.
+    # The handlers stay until the process ends, so a second signal during the interpreter's exit
+    # still ends it with 128 + signal and a log line, not with a KeyboardInterrupt traceback.
     stop.install()
     return _spin(logger, stop)
 

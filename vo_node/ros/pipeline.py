@@ -682,8 +682,9 @@ class TrackingPipeline:
                     f"image stamps on {self.image_topic} jumped {gap_s:.2f} s ahead to "
                     f"{stamp_ns} ns, more than the outage limit of {timeout_s:.2f} s (max of "
                     f"{INPUT_TIMEOUT_MIN_S:g} s and {INPUT_TIMEOUT_PERIODS} frame periods of "
-                    f"{period_s:.3f} s): the camera or the bag paused. Tracking continues "
-                    "across the gap",
+                    f"{period_s:.3f} s): the camera or the bag paused, or the node dropped the "
+                    "frames between while tracking fell behind. Tracking continues across the "
+                    "gap",
                     info=True,
                 )
         self._stamp_gaps_ns.append(gap_ns)
