@@ -551,4 +551,5 @@ def test_stop_request_signals(caplog):
     with pytest.raises(SystemExit) as exit_info:
         stop._handle(signal.SIGINT, None)
     assert exit_info.value.code == 130
-    assert "received SIGINT again: exiting at once with status 130 without writing" in caplog.text
+    assert ("received SIGINT again: exiting at once with status 130: the remaining outputs are "
+            "not written") in caplog.text
