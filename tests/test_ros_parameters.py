@@ -71,7 +71,7 @@ def make_node(context):
         ("camera_frame:=base_link", "camera_frame and base_frame are both 'base_link'"),
         ("camera_frame:=odom", "camera_frame and odom_frame are both 'odom'"),
         ("use_sim_time:=maybe", "use_sim_time: Trying to set parameter 'use_sim_time' to 'maybe'"),
-        ("use_sim_time:=1", "expecting type 'BOOL': use_sim_time (expected true or false)"),
+        ("use_sim_time:=1", "expecting type 'BOOL' (expected true or false)"),
         ("start_type_description_service:=2", "start_type_description_service: Trying to set"),
     ],
 )

@@ -392,11 +392,12 @@ def rclpy_parameter_error(error: Exception) -> ParameterError:
     """Return a :class:`ParameterError` for ``error``, which ``rclpy.node.Node.__init__`` raised
     for a wrong-typed value of a parameter that rclpy declares itself, such as use_sim_time."""
     message = str(error)
-    # rclpy's ParameterException messages end with ": <parameter name>".
-    name = message.rsplit(": ", 1)[-1]
+    # rclpy's ParameterException messages end with ": <parameter name>", which the line below
+    # already starts with.
+    detail, _, name = message.rpartition(": ")
     expected = RCLPY_PARAMETER_TYPES.get(name)
     hint = f" (expected {expected})" if expected else ""
-    return ParameterError(f"invalid parameter values:\n  {name}: {message}{hint}")
+    return ParameterError(f"invalid parameter values:\n  {name}: {detail or message}{hint}")
 
 
 def model_parameter_problems(weights: str, config: str, device: str) -> list[str]:
