@@ -7,13 +7,13 @@ import pytest
 import torch
 
 from tests.conftest import SCRIPTS_DIR, load_module_from_file
+from tests.test_initial_window_oracle import random_poses as random_poses_wc
 from vo_node.config import ConfigError
 from vo_node.demo_data import render_demo_sequence
 from vo_node.geometry import se3
 from vo_node.io.trajectory import Trajectory
 from vo_node.odometry import frontend
 
-DOUBLE = torch.float64
 FAST_OVERRIDES = [
     "max_image_width=128",
     "frontend.motion_probe_threshold=0",
@@ -29,13 +29,6 @@ MEDIAN_LINE = re.compile(r"median ATE, (\S+): (\d+\.\d+) % over 1 runs")
 @pytest.fixture(scope="module")
 def variants():
     return load_module_from_file(SCRIPTS_DIR / "frame_variants.py", "frame_variants")
-
-
-def random_poses_wc(count, seed, step):
-    generator = torch.Generator().manual_seed(seed)
-    tangent = 0.05 * torch.randn(count, 6, generator=generator, dtype=DOUBLE)
-    tangent[:, :3] += step * torch.arange(count, dtype=DOUBLE)[:, None]
-    return se3.exp(tangent)
 
 
 def similarity_of(poses_wc, scale, world_from_true_wc):

@@ -8,11 +8,13 @@ trajectory file that can no longer be written at shutdown gives one error, not a
 
 from __future__ import annotations
 
+import contextlib
 import re
 import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 
 import numpy as np
 import pytest
@@ -32,6 +34,24 @@ START_TIMEOUT_S = 120.0
 EXIT_TIMEOUT_S = 60.0
 
 
+@contextlib.contextmanager
+def node_process(command: list[str], log_path) -> Iterator[subprocess.Popen]:
+    """Start the node ``command`` with its output in ``log_path``, wait until it tracks images,
+    and kill it on the way out if it still runs."""
+    with open(log_path, "w") as log:
+        process = subprocess.Popen(command, cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
+        try:
+            deadline = time.monotonic() + START_TIMEOUT_S
+            while READY_LINE not in log_path.read_text() and process.poll() is None:
+                assert time.monotonic() < deadline, log_path.read_text()
+                time.sleep(0.1)
+            yield process
+        finally:
+            if process.poll() is None:
+                process.kill()
+                process.wait()
+
+
 @pytest.mark.parametrize("signal_number", [signal.SIGINT, signal.SIGTERM])
 def test_node_signal_shutdown_is_clean(tiny_model, tmp_path, signal_number):
     log_path = tmp_path / "node.log"
@@ -41,19 +61,9 @@ def test_node_signal_shutdown_is_clean(tiny_model, tmp_path, signal_number):
         "-p", f"model.weights:={tiny_model}", "-p", "model.device:=cpu",
         "-p", f"trajectory_file:={trajectory_file}",
     ]
-    with open(log_path, "w") as log:
-        process = subprocess.Popen(command, cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
-        try:
-            deadline = time.monotonic() + START_TIMEOUT_S
-            while READY_LINE not in log_path.read_text() and process.poll() is None:
-                assert time.monotonic() < deadline, log_path.read_text()
-                time.sleep(0.1)
-            process.send_signal(signal_number)
-            status = process.wait(timeout=EXIT_TIMEOUT_S)
-        finally:
-            if process.poll() is None:
-                process.kill()
-                process.wait()
+    with node_process(command, log_path) as process:
+        process.send_signal(signal_number)
+        status = process.wait(timeout=EXIT_TIMEOUT_S)
     output = log_path.read_text()
     assert status == 0, output
     assert f"received {signal.Signals(signal_number).name}" in output
@@ -103,36 +113,26 @@ def test_final_counts_after_image_burst(tiny_model, tmp_path):
         "-p", f"queue_depth:={SLOW_IMAGES + BURST_IMAGES}",
     ]
     generator = np.random.default_rng(3)
-    with open(log_path, "w") as log:
-        process = subprocess.Popen(command, cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
-        try:
+    with node_process(command, log_path) as process:
+        with ros_context() as context:
+            node = Node("camera", context=context)
+            qos = QoSProfile(depth=100, reliability=ReliabilityPolicy.RELIABLE)
+            publisher = node.create_publisher(Image, "/image", qos)
             deadline = time.monotonic() + START_TIMEOUT_S
-            while READY_LINE not in log_path.read_text() and process.poll() is None:
+            while publisher.get_subscription_count() == 0:
                 assert time.monotonic() < deadline, log_path.read_text()
-                time.sleep(0.1)
-            with ros_context() as context:
-                node = Node("camera", context=context)
-                qos = QoSProfile(depth=100, reliability=ReliabilityPolicy.RELIABLE)
-                publisher = node.create_publisher(Image, "/image", qos)
-                deadline = time.monotonic() + START_TIMEOUT_S
-                while publisher.get_subscription_count() == 0:
-                    assert time.monotonic() < deadline, log_path.read_text()
-                    time.sleep(0.05)
-                sent = 0
-                for index in range(SLOW_IMAGES + BURST_IMAGES):
-                    pixels = generator.integers(0, 255, size=(48, 64), dtype=np.uint8)
-                    stamp = ns_to_stamp(1_000_000_000 + index * 50_000_000)
-                    publisher.publish(array_to_image(pixels, "mono8", stamp, "camera"))
-                    sent += 1
-                    time.sleep(0.5 if index < SLOW_IMAGES else 0.001)
-                assert publisher.wait_for_all_acked(Duration(seconds=10))
-                time.sleep(1.0)
-            process.send_signal(signal.SIGINT)
-            status = process.wait(timeout=EXIT_TIMEOUT_S)
-        finally:
-            if process.poll() is None:
-                process.kill()
-                process.wait()
+                time.sleep(0.05)
+            sent = 0
+            for index in range(SLOW_IMAGES + BURST_IMAGES):
+                pixels = generator.integers(0, 255, size=(48, 64), dtype=np.uint8)
+                stamp = ns_to_stamp(1_000_000_000 + index * 50_000_000)
+                publisher.publish(array_to_image(pixels, "mono8", stamp, "camera"))
+                sent += 1
+                time.sleep(0.5 if index < SLOW_IMAGES else 0.001)
+            assert publisher.wait_for_all_acked(Duration(seconds=10))
+            time.sleep(1.0)
+        process.send_signal(signal.SIGINT)
+        status = process.wait(timeout=EXIT_TIMEOUT_S)
     output = log_path.read_text()
     assert status == 0, output
     assert output.count("final counts:") == 1, output
@@ -149,9 +149,18 @@ def test_final_counts_after_image_burst(tiny_model, tmp_path):
     assert float(rates["taken"]) < float(rates["received"]), rates.group(0)
 
 
+def record_pose(node, stamp_ns):
+    """Record one identity pose at ``stamp_ns``, as the worker records it before publishing."""
+    from vo_node.ros.pipeline import OdometryEstimate
+
+    node._record(OdometryEstimate(
+        stamp_ns=stamp_ns, odom_from_base=np.eye(4), world_from_camera=np.eye(4),
+        twist=np.zeros(6), pose_covariance=None, state="tracking", is_keyframe=True,
+    ))
+
+
 def test_failed_trajectory_write_logs_one_error(tiny_model, tmp_path):
     from vo_node.ros.node import VONode
-    from vo_node.ros.pipeline import OdometryEstimate
 
     folder = tmp_path / "runs"
     trajectory_file = folder / "vo.tum"
@@ -159,11 +168,7 @@ def test_failed_trajectory_write_logs_one_error(tiny_model, tmp_path):
     with ros_context(arguments) as context:
         node = VONode(context=context)
         try:
-            # One recorded pose, as the worker records it before publishing.
-            node._record(OdometryEstimate(
-                stamp_ns=1_000, odom_from_base=np.eye(4), world_from_camera=np.eye(4),
-                twist=np.zeros(6), pose_covariance=None, state="tracking", is_keyframe=True,
-            ))
+            record_pose(node, 1_000)
             # The path was valid at start-up; a regular file now takes the folder's place.
             folder.write_text("not a folder")
             node.shutdown()
@@ -210,45 +215,35 @@ def test_second_signal_exits_130_and_keeps_poses(tiny_model, tmp_path, delay_s):
     ]
     texture = np.random.default_rng(5).integers(0, 255, size=(48, 64 + TRACKED_IMAGES),
                                                 dtype=np.uint8)
-    with open(log_path, "w") as log:
-        process = subprocess.Popen(command, cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
-        try:
+    with node_process(command, log_path) as process:
+        with ros_context() as context:
+            node = Node("camera", context=context)
+            executor = SingleThreadedExecutor(context=context)
+            executor.add_node(node)
+            odometry = []
+            node.create_subscription(Odometry, "/odom", odometry.append, 100)
+            qos = QoSProfile(depth=100, reliability=ReliabilityPolicy.RELIABLE)
+            publisher = node.create_publisher(Image, "/image", qos)
+            assert spin_until(executor, lambda: publisher.get_subscription_count() > 0,
+                              START_TIMEOUT_S), log_path.read_text()
+            # On a loaded machine the worker may fall behind and frames get replaced, so
+            # images keep coming until enough odometry has arrived.
             deadline = time.monotonic() + START_TIMEOUT_S
-            while READY_LINE not in log_path.read_text() and process.poll() is None:
+            index = 0
+            while len(odometry) < MIN_ODOMETRY:
                 assert time.monotonic() < deadline, log_path.read_text()
-                time.sleep(0.1)
-            with ros_context() as context:
-                node = Node("camera", context=context)
-                executor = SingleThreadedExecutor(context=context)
-                executor.add_node(node)
-                odometry = []
-                node.create_subscription(Odometry, "/odom", odometry.append, 100)
-                qos = QoSProfile(depth=100, reliability=ReliabilityPolicy.RELIABLE)
-                publisher = node.create_publisher(Image, "/image", qos)
-                assert spin_until(executor, lambda: publisher.get_subscription_count() > 0,
-                                  START_TIMEOUT_S), log_path.read_text()
-                # On a loaded machine the worker may fall behind and frames get replaced, so
-                # images keep coming until enough odometry has arrived.
-                deadline = time.monotonic() + START_TIMEOUT_S
-                index = 0
-                while len(odometry) < MIN_ODOMETRY:
-                    assert time.monotonic() < deadline, log_path.read_text()
-                    shift = index % TRACKED_IMAGES
-                    pixels = np.ascontiguousarray(texture[:, shift:shift + 64])
-                    stamp = ns_to_stamp(1_000_000_000 + index * 50_000_000)
-                    publisher.publish(array_to_image(pixels, "mono8", stamp, "camera"))
-                    index += 1
-                    spin_until(executor, lambda: False, 0.1)
-                executor.shutdown()
+                shift = index % TRACKED_IMAGES
+                pixels = np.ascontiguousarray(texture[:, shift:shift + 64])
+                stamp = ns_to_stamp(1_000_000_000 + index * 50_000_000)
+                publisher.publish(array_to_image(pixels, "mono8", stamp, "camera"))
+                index += 1
+                spin_until(executor, lambda: False, 0.1)
+            executor.shutdown()
+        process.send_signal(signal.SIGINT)
+        time.sleep(delay_s)
+        if process.poll() is None:
             process.send_signal(signal.SIGINT)
-            time.sleep(delay_s)
-            if process.poll() is None:
-                process.send_signal(signal.SIGINT)
-            status = process.wait(timeout=EXIT_TIMEOUT_S)
-        finally:
-            if process.poll() is None:
-                process.kill()
-                process.wait()
+        status = process.wait(timeout=EXIT_TIMEOUT_S)
     output = log_path.read_text()
     assert status in (0, 130, -signal.SIGINT), output
     assert "terminate called" not in output
@@ -367,7 +362,6 @@ def test_second_signal_waits_for_deferred_write():
 def test_stop_writes_trajectory_once_without_new_poses(tiny_model, tmp_path, monkeypatch):
     import vo_node.ros.node as node_module
     from vo_node.ros.node import VONode
-    from vo_node.ros.pipeline import OdometryEstimate
 
     writes = []
     original = node_module.write_tum
@@ -379,10 +373,7 @@ def test_stop_writes_trajectory_once_without_new_poses(tiny_model, tmp_path, mon
     with ros_context(arguments) as context:
         node = VONode(context=context)
         try:
-            node._record(OdometryEstimate(
-                stamp_ns=1_000, odom_from_base=np.eye(4), world_from_camera=np.eye(4),
-                twist=np.zeros(6), pose_covariance=None, state="tracking", is_keyframe=True,
-            ))
+            record_pose(node, 1_000)
             node.write_published_so_far()
             node.shutdown()
         finally:
@@ -390,15 +381,6 @@ def test_stop_writes_trajectory_once_without_new_poses(tiny_model, tmp_path, mon
     # The shutdown found no pose recorded since the early write, so it wrote nothing again.
     assert writes == [1]
     assert node.second_signal_note() == f"1 pose written to {trajectory_file}"
-
-
-def record_pose(node, stamp_ns):
-    from vo_node.ros.pipeline import OdometryEstimate
-
-    node._record(OdometryEstimate(
-        stamp_ns=stamp_ns, odom_from_base=np.eye(4), world_from_camera=np.eye(4),
-        twist=np.zeros(6), pose_covariance=None, state="tracking", is_keyframe=True,
-    ))
 
 
 def test_shutdown_rewrites_after_new_pose_and_retries(tiny_model, tmp_path, monkeypatch):
