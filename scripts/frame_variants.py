@@ -23,10 +23,9 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import dataclasses
+import functools
 import logging
 import re
-import statistics
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -34,14 +33,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from vo_node.config import ConfigError
+from vo_node.accuracy import COMPARISON_ERRORS, ate_percent_once, compare_seeds
+from vo_node.config import ConfigError, EngineConfig
 from vo_node.geometry import se3
-from vo_node.io.camera import CalibrationError
-from vo_node.io.sequence import SequenceError, open_sequence
-from vo_node.io.trajectory import Trajectory, TrajectoryError
-from vo_node.model.network import ModelFileError
+from vo_node.io.trajectory import Trajectory
 from vo_node.odometry import frontend
-from vo_node.run import evaluate_run, load_engine, run_sequence
+from vo_node.run import load_engine
 
 PRIOR_SCALE_KEYFRAMES = 4
 """Keyframes back over which the estimate's local scale is measured for ``true-prior``."""
@@ -107,7 +104,7 @@ def variant_installed(variant: str, ground_truth: Trajectory) -> Iterator[None]:
         return predict(odometry, timestamp_ns)
 
     def optimize_more(odometry, iterations, times, guard, covariance=False):
-        # Per-frame calls ask for one iteration; initialisation and finish() ask for more.
+        # Per-frame calls request one iteration, and initialisation and finish() request more.
         if iterations == 1:
             iterations = int(match.group(1))
         return optimize(odometry, iterations, times, guard, covariance)
@@ -138,24 +135,6 @@ def check_variant(variant: str) -> str:
     )
 
 
-def track_once(path: Path, camera: Path | None, config, network, device: str,
-               variant: str | None) -> float | None:
-    """Track ``path`` once; return the ATE in % of path, or None when it cannot be computed."""
-    sequence = open_sequence(path, camera_path=camera)
-    ground_truth = sequence.ground_truth
-    if ground_truth is None:
-        raise SequenceError(f"{path} has no ground truth; the comparison needs one")
-    with variant_installed(variant, ground_truth) if variant else contextlib.nullcontext():
-        result = run_sequence(sequence, config, network, device, progress=False)
-    metrics = evaluate_run(result, ground_truth)
-    return None if metrics is None else metrics.ate_percent
-
-
-def format_percent(value: float | None) -> str:
-    """Return ``value`` as ``"6.42 %"``, or ``"n/a"`` for a run without ATE."""
-    return "n/a" if value is None else f"{value:.2f} %"
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("sequence", type=Path, help="sequence folder with ground truth")
@@ -181,24 +160,17 @@ def main(argv: list[str] | None = None) -> int:
     try:
         variant = check_variant(args.variant)
         config, network, device = load_engine(args.config, args.override, args.model, "cpu")
-        rows = []
-        for run in range(args.runs):
-            seeded = dataclasses.replace(config, seed=config.seed + run)
-            engine = track_once(args.sequence, args.camera, seeded, network, device, None)
-            changed = track_once(args.sequence, args.camera, seeded, network, device, variant)
-            rows.append((engine, changed))
-            print(f"seed {seeded.seed}: engine {format_percent(engine)}, "
-                  f"{variant} {format_percent(changed)}", flush=True)
-    except (
-        CalibrationError, ConfigError, FileNotFoundError, ModelFileError, SequenceError,
-        TrajectoryError,
-    ) as error:
+
+        def track(seeded: EngineConfig, arm: int) -> float | None:
+            change = None
+            if arm == 1:
+                change = functools.partial(variant_installed, variant)
+            return ate_percent_once(args.sequence, args.camera, seeded, network, device, change)
+
+        compare_seeds(config, args.runs, ("engine", variant), track)
+    except COMPARISON_ERRORS as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    for column, name in ((0, "engine"), (1, variant)):
-        values = [row[column] for row in rows if row[column] is not None]
-        median = statistics.median(values) if values else None
-        print(f"median ATE, {name}: {format_percent(median)} over {len(values)} runs")
     return 0
 
 

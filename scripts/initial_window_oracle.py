@@ -26,23 +26,22 @@ it changes no file.
 from __future__ import annotations
 
 import argparse
-import dataclasses
+import contextlib
 import logging
-import statistics
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from vo_node.config import ConfigError
+from vo_node.accuracy import COMPARISON_ERRORS, ate_percent_once, compare_seeds
+from vo_node.config import ConfigError, EngineConfig
 from vo_node.geometry import se3
-from vo_node.io.camera import CalibrationError
-from vo_node.io.sequence import SequenceError, open_sequence
-from vo_node.io.trajectory import Trajectory, TrajectoryError
-from vo_node.model.network import ModelFileError
+from vo_node.io.sequence import SequenceError
+from vo_node.io.trajectory import Trajectory
 from vo_node.odometry import frontend
-from vo_node.run import evaluate_run, load_engine, run_sequence
+from vo_node.run import load_engine
 
 TRIAL_KEY = "frontend.hypothesis_frames"
 ORACLE_OVERRIDES = (f"{TRIAL_KEY}=0",)
@@ -74,14 +73,13 @@ def true_window_poses(
     return se3.compose(relative, estimated[:1].expand_as(relative)).to(estimated_cw)
 
 
-def track_once(
-    path: Path, camera: Path | None, config, network, device: str, true_window: bool
-) -> float | None:
-    """Track ``path`` once; return the ATE in % of path, or None when it cannot be computed."""
-    sequence = open_sequence(path, camera_path=camera)
-    ground_truth = sequence.ground_truth
-    if ground_truth is None:
-        raise SequenceError(f"{path} has no ground truth; the comparison needs one")
+@contextlib.contextmanager
+def true_window_installed(ground_truth: Trajectory) -> Iterator[None]:
+    """Replace each estimated initial window by :func:`true_window_poses` inside the block.
+
+    Raises:
+        ConfigError: the engine estimated no initial window, so nothing was replaced.
+    """
     estimate = frontend.VisualOdometry._estimate_initial_window
     replaced = []
 
@@ -94,24 +92,16 @@ def track_once(
         )
         return window
 
-    if true_window:
-        frontend.VisualOdometry._estimate_initial_window = with_true_poses
+    frontend.VisualOdometry._estimate_initial_window = with_true_poses
     try:
-        result = run_sequence(sequence, config, network, device, progress=False)
+        yield
     finally:
         frontend.VisualOdometry._estimate_initial_window = estimate
-    if true_window and not replaced:
+    if not replaced:
         raise ConfigError(
             "the engine never estimated an initial window, so no pose was replaced; keep "
             "frontend.multi_start_init on (the default)"
         )
-    metrics = evaluate_run(result, ground_truth)
-    return None if metrics is None else metrics.ate_percent
-
-
-def format_percent(value: float | None) -> str:
-    """Return ``value`` as ``"6.42 %"``, or ``"n/a"`` for a run without ATE."""
-    return "n/a" if value is None else f"{value:.2f} %"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -144,28 +134,16 @@ def main() -> int:
         config, network, device = load_engine(
             args.config, [*args.override, *ORACLE_OVERRIDES], args.model, "cpu"
         )
-        rows = []
-        for run in range(args.runs):
-            seeded = dataclasses.replace(config, seed=config.seed + run)
-            estimated = track_once(
-                args.sequence, args.camera, seeded, network, device, true_window=False
-            )
-            oracle = track_once(args.sequence, args.camera, seeded, network, device, true_window=True)
-            rows.append((seeded.seed, estimated, oracle))
-            print(f"seed {seeded.seed}: estimated {format_percent(estimated)}, "
-                  f"true window {format_percent(oracle)}", flush=True)
-    except (
-        CalibrationError, ConfigError, FileNotFoundError, ModelFileError, SequenceError,
-        TrajectoryError,
-    ) as error:
+
+        def track(seeded: EngineConfig, arm: int) -> float | None:
+            change = true_window_installed if arm == 1 else None
+            return ate_percent_once(args.sequence, args.camera, seeded, network, device, change)
+
+        compare_seeds(config, args.runs, ("estimated", "true window"), track)
+    except COMPARISON_ERRORS as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    for column, name in ((1, "estimated"), (2, "true window")):
-        values = [row[column] for row in rows if row[column] is not None]
-        median = statistics.median(values) if values else None
-        print(f"median ATE, {name}: {format_percent(median)} over {len(values)} runs")
     return 0
-
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -15,6 +15,7 @@ sequences under ``$VO_NODE_DATA`` (default ``../shared/data``).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import logging
@@ -22,10 +23,14 @@ import os
 import statistics
 import sys
 from pathlib import Path
-from typing import Any, Sequence as TypingSequence
+from typing import Any, Callable, ContextManager, Sequence as TypingSequence
 
+from vo_node.config import ConfigError, EngineConfig
 from vo_node.io.atomic import atomic_write
-from vo_node.io.sequence import open_sequence
+from vo_node.io.camera import CalibrationError
+from vo_node.io.sequence import SequenceError, open_sequence
+from vo_node.io.trajectory import Trajectory, TrajectoryError
+from vo_node.model.network import ModelFileError
 from vo_node.run import EXIT_OK, EXIT_USAGE, evaluate_run, load_engine, run_sequence
 
 logger = logging.getLogger(__name__)
@@ -42,6 +47,68 @@ DEFAULT_RUNS = 3
 def data_root() -> Path:
     """Return the folder of the real sequences: ``$VO_NODE_DATA`` or ``../shared/data``."""
     return Path(os.environ.get("VO_NODE_DATA", DEFAULT_DATA_ROOT))
+
+
+COMPARISON_ERRORS = (
+    CalibrationError, ConfigError, FileNotFoundError, ModelFileError, SequenceError, TrajectoryError,
+)
+"""Errors of the arguments or the input that a seed comparison reports in one line."""
+
+
+def format_percent(value: float | None) -> str:
+    """Return ``value`` as ``"6.42 %"``, or ``"n/a"`` for a run without ATE."""
+    return "n/a" if value is None else f"{value:.2f} %"
+
+
+def ate_percent_once(
+    path: Path,
+    camera: Path | None,
+    config: EngineConfig,
+    network: Any,
+    device: str,
+    change: Callable[[Trajectory], ContextManager[Any]] | None = None,
+) -> float | None:
+    """Track ``path`` once and return the ATE in % of path, or None when it cannot be computed.
+
+    ``change``, when given, receives the ground truth and returns the context in which the
+    sequence is tracked (a changed engine step, for example).
+
+    Raises:
+        SequenceError: the sequence has no ground truth.
+    """
+    sequence = open_sequence(path, camera_path=camera)
+    ground_truth = sequence.ground_truth
+    if ground_truth is None:
+        raise SequenceError(f"{path} has no ground truth; the comparison needs one")
+    with change(ground_truth) if change is not None else contextlib.nullcontext():
+        result = run_sequence(sequence, config, network, device, progress=False)
+    metrics = evaluate_run(result, ground_truth)
+    return None if metrics is None else metrics.ate_percent
+
+
+def compare_seeds(
+    config: EngineConfig,
+    runs: int,
+    names: tuple[str, str],
+    track: Callable[[EngineConfig, int], float | None],
+) -> list[tuple[float | None, float | None]]:
+    """Track two arms on ``runs`` consecutive seeds; print each seed's ATE, then the medians.
+
+    ``track(seeded_config, arm)`` returns the ATE in % of path of arm 0 or 1, or None. Returns
+    one ``(arm 0, arm 1)`` pair per seed.
+    """
+    rows = []
+    for run in range(runs):
+        seeded = dataclasses.replace(config, seed=config.seed + run)
+        first, second = track(seeded, 0), track(seeded, 1)
+        rows.append((first, second))
+        print(f"seed {seeded.seed}: {names[0]} {format_percent(first)}, "
+              f"{names[1]} {format_percent(second)}", flush=True)
+    for column, name in enumerate(names):
+        values = [row[column] for row in rows if row[column] is not None]
+        median = statistics.median(values) if values else None
+        print(f"median ATE, {name}: {format_percent(median)} over {len(values)} runs")
+    return rows
 
 
 def measure_sequence(
