@@ -65,7 +65,7 @@ def true_motion_prior(
 
     Returns:
         The true motion from the newest keyframe to the new frame, its translation times the
-        estimate's local scale, composed onto the newest estimated pose; None when a timestamp
+        estimate's local scale, composed onto the newest estimated pose. None when a timestamp
         has no ground-truth pose.
     """
     index = {int(stamp): row for row, stamp in enumerate(ground_truth.timestamps_ns)}

@@ -26,11 +26,11 @@ BLIND_COVARIANCE_RATIO = 30.0
 """Minimum ratio of the median position variance on black frames to the one before. The
 shipped model gives about 450 on this sequence."""
 CUT_COVARIANCE_RATIO = 5.0
-"""Minimum ratio at the first frame of the other scene; about 33 with the shipped model."""
+"""Minimum ratio at the first frame of the other scene (about 33 with the shipped model)."""
 CONFIDENT_MAX_RATIO = 6.0
-"""Maximum ``variance_ratio`` on the unchanged sequence; about 2 with the shipped model."""
+"""Maximum ``variance_ratio`` on the unchanged sequence (about 2 with the shipped model)."""
 RECOVERED_COVARIANCE_RATIO = 20.0
-"""Maximum ratio 10 to 20 frames after the blind frames; about 4 with the shipped model."""
+"""Maximum ratio 10 to 20 frames after the blind frames (about 4 with the shipped model)."""
 
 
 @pytest.fixture(scope="module")
@@ -44,8 +44,9 @@ def scenes(tmp_path_factory):
 
 
 def track(main, images, *overrides):
-    """Track ``images`` with the main sequence's stamps; return results and the position
-    variance (trace of the pose covariance's translation block) per frame, NaN without one."""
+    """Track ``images`` with the main sequence's stamps and return the results, the position
+    variance per frame (trace of the covariance's translation block, NaN without one) and the
+    finished trajectory."""
     torch.set_num_threads(1)
     config, network, device = load_engine("small", list(overrides), None, "cpu")
     odometry = VisualOdometry(config, network, device)

@@ -355,7 +355,7 @@ def test_hypothesis_switch_keeps_previous_scale():
 
 
 def test_switch_without_scale_ratio_keeps_factor(caplog):
-    # A first switch halves the scale; a second one without a ratio keeps that factor.
+    # A first switch halves the scale, and a second one without a ratio keeps that factor.
     script = [("tracking", (0.0, 0.0, float(2 * step))) for step in range(3)]
     script += [("tracking", (9.0, 9.0, float(2 * step))) for step in range(3)]
     engine = ScriptedEngine(script)
@@ -368,7 +368,7 @@ def test_switch_without_scale_ratio_keeps_factor(caplog):
         results = [harness.track(textured_frame(0)) for _ in script]
 
     x = [estimate.odom_from_base[0, 3] for _, estimate in results]
-    # Segment 1 starts at frame 1 (steps of 2 halved to 1); segment 2 keeps the factor 0.5.
+    # Segment 1 starts at frame 1 (steps of 2 halved to 1), and segment 2 keeps the factor 0.5.
     np.testing.assert_allclose(x, [0.0, 0.0, 1.0, 1.0, 2.0, 3.0], atol=1e-9)
     assert harness.pipeline.frame.segment_scale == 0.5
     assert "without a scale ratio; the new segment keeps the current scale factor 0.5" in (

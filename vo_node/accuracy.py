@@ -92,7 +92,7 @@ def compare_seeds(
     names: tuple[str, str],
     track: Callable[[EngineConfig, int], float | None],
 ) -> list[tuple[float | None, float | None]]:
-    """Track two arms on ``runs`` consecutive seeds; print each seed's ATE, then the medians.
+    """Track two arms on ``runs`` consecutive seeds, print each seed's ATE, then the medians.
 
     ``track(seeded_config, arm)`` returns the ATE in % of path of arm 0 or 1, or None. Returns
     one ``(arm 0, arm 1)`` pair per seed.

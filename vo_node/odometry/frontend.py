@@ -173,7 +173,7 @@ class TrackResult:
     segment's translations by it to keep the previous scale. None on every other frame."""
     variance_ratio: float | None = None
     """Position variance of this frame (trace of ``pose_covariance[:3, :3]``) over its median
-    across the recent confident frames of the same segment; None without a covariance or before
+    across the recent confident frames of the same segment. None without a covariance or before
     enough confident frames."""
     low_confidence: bool = False
     """True when ``variance_ratio`` exceeds ``frontend.low_confidence_ratio``: the images carry

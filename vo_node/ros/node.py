@@ -159,10 +159,10 @@ class VONode(Node):
         """Error message of a failed ``trajectory_file`` write at shutdown, or None."""
         self._poses_written = 0
         self._settled_count: int | None = None
-        """Recorded poses at the last write that succeeded or found none, so a repeat is
-        skipped; a failed write leaves it, so the shutdown tries again."""
+        """Recorded poses at the last write that succeeded or found none, so that a repeat is
+        skipped. A failed write leaves it unchanged, so the shutdown tries again."""
         self.stop_request: StopRequest | None = None
-        """The process's signal state; a second signal during a trajectory write waits for it."""
+        """The process's signal state, so that a second signal waits for a trajectory write."""
         self.tracking_state = "waiting for images"
         # Whether the newest published pose is low confidence, and how many were so far.
         self.low_confidence = False
@@ -520,7 +520,7 @@ class VONode(Node):
         if not self.params.publish_camera_tf or not self.tf_static_publisher.enabled:
             return
         if camera_frame in (self.params.base_frame, self.params.odom_frame):
-            # camera_frame itself is checked at start-up; this frame id came from an image header.
+            # camera_frame itself is checked at start-up, but this frame id came from an image.
             self.get_logger().error(
                 f"the images' header.frame_id {camera_frame!r} equals base_frame or odom_frame, "
                 "and tf2 rejects a transform from a frame to itself, so base_frame -> camera "
@@ -641,7 +641,7 @@ class VONode(Node):
         """Stop the worker, write the trajectory file if one is configured, and log the final
         frame counts. Calls after the first do nothing.
 
-        A failed write is logged as an error and kept in :attr:`trajectory_error`; a later write
+        A failed write is logged as an error and kept in :attr:`trajectory_error`. A later write
         that succeeds clears it.
         """
         if self._shut_down:

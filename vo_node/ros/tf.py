@@ -163,7 +163,7 @@ class OdometryFrame:
         self.scale = float(scale)
         self.segment_scale = 1.0
         """Factor on the current segment's translations that keeps the previous segment's scale
-        across a change of depth hypothesis; 1 after a start, reset or tracking loss."""
+        across a change of depth hypothesis. It is 1 after a start, reset or tracking loss."""
         self._anchor = np.eye(4)
         self._segment_origin_inverse: np.ndarray | None = None
         self.last_odom_from_base: np.ndarray | None = None
