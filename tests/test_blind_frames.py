@@ -33,14 +33,26 @@ RECOVERED_COVARIANCE_RATIO = 20.0
 """Maximum ratio 10 to 20 frames after the blind frames (about 4 with the shipped model)."""
 
 
-@pytest.fixture(scope="module")
-def scenes(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("blind")
+def render_scenes(folder):
+    """Render the main and the other demo sequence into ``folder`` and return both, opened."""
     main = open_sequence(render_demo_sequence(folder / "main", num_frames=FRAMES))
     other = open_sequence(
         render_demo_sequence(folder / "other", num_frames=FRAMES, seed=OTHER_SCENE_SEED)
     )
     return main, other
+
+
+def blacked_out(main):
+    """Return the main sequence's images with the ``BLIND`` frames replaced by black ones."""
+    images = [frame.image for frame in main]
+    for index in range(BLIND.start, BLIND.stop):
+        images[index] = np.zeros_like(images[index])
+    return images
+
+
+@pytest.fixture(scope="module")
+def scenes(tmp_path_factory):
+    return render_scenes(tmp_path_factory.mktemp("blind"))
 
 
 def track(main, images, *overrides):
@@ -64,9 +76,7 @@ def track(main, images, *overrides):
 
 def test_black_frames_raise_covariance(scenes):
     main, _ = scenes
-    images = [frame.image for frame in main]
-    for index in range(BLIND.start, BLIND.stop):
-        images[index] = np.zeros_like(images[index])
+    images = blacked_out(main)
 
     results, variance, trajectory = track(main, images)
 
@@ -95,9 +105,7 @@ def test_unchanged_sequence_stays_confident(scenes):
 
 def test_low_confidence_check_can_be_off(scenes):
     main, _ = scenes
-    images = [frame.image for frame in main]
-    for index in range(BLIND.start, BLIND.stop):
-        images[index] = np.zeros_like(images[index])
+    images = blacked_out(main)
 
     results, _, _ = track(main, images, "frontend.low_confidence_ratio=0")
 
@@ -119,3 +127,34 @@ def test_scene_cut_raises_covariance(scenes):
     assert results[BLIND.start].variance_ratio > CUT_COVARIANCE_RATIO
     assert len(trajectory.timestamps_ns) == FRAMES
     assert np.isfinite(trajectory.poses).all()
+
+
+def print_ratios() -> None:
+    """Print the figures that the constants above quote: each case's variance ratios, and the
+    largest ``variance_ratio`` of the unchanged sequence."""
+    import tempfile
+    from pathlib import Path
+
+    with tempfile.TemporaryDirectory() as folder:
+        main, other = render_scenes(Path(folder))
+        results, variance, _ = track(main, blacked_out(main))
+        before = np.nanmedian(variance[BEFORE])
+        ratios = [result.variance_ratio for result in results[BLIND]]
+        flagged = [index for index, result in enumerate(results) if result.low_confidence]
+        print(f"black frames: variance_ratio {min(ratios):.0f} to {max(ratios):.0f}; median "
+              f"variance {np.nanmedian(variance[BLIND]) / before:.0f} times the one before, "
+              f"{np.nanmedian(variance[AFTER]) / before:.1f} times after; flagged {flagged}")
+
+        images = [frame.image for frame in main][: BLIND.start]
+        images += [frame.image for frame in other][BLIND.start :]
+        results, _, _ = track(main, images)
+        print(f"scene cut: variance_ratio {results[BLIND.start].variance_ratio:.1f} at the cut")
+
+        results, _, _ = track(main, [frame.image for frame in main])
+        ratios = [result.variance_ratio for result in results if result.variance_ratio is not None]
+        print(f"unchanged sequence: largest variance_ratio {max(ratios):.2f}")
+
+
+if __name__ == "__main__":
+    # Prints the figures quoted in docs/ros2.md: .venv/bin/python tests/test_blind_frames.py
+    print_ratios()
