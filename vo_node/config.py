@@ -104,6 +104,10 @@ class FrontendConfig:
     "The position-variance ratio on the real sequences"). 0 turns the check off."""
     confidence_window: int = 20
     """Confident frames whose position variances form the reference median."""
+    reuse_correlation: bool = True
+    """Keep each edge's integer-grid correlation products from frame to frame and compute only
+    those of edges whose grid corners moved (``vo_node.model.correlation.correlate_reusing``).
+    The correlation features are the same either way, and False recomputes every edge."""
     frame_memory: int = 36
     """Frames whose dense matching maps stay in the ring buffer."""
     max_keyframes: int = 4096

@@ -16,7 +16,12 @@ from torch import Tensor, nn
 
 from vo_node.config import ConfigError, EngineConfig, NetworkConfig, from_dict, to_dict
 from vo_node.io.atomic import atomic_write
-from vo_node.model.correlation import CorrelationPyramid, correlate
+from vo_node.model.correlation import (
+    CorrelationPyramid,
+    GridProducts,
+    correlate,
+    correlate_reusing,
+)
 from vo_node.model.patchifier import PatchBatch, Patchifier
 from vo_node.model.update import UpdateOperator
 
@@ -92,15 +97,20 @@ class VONetwork(nn.Module):
         coords: Tensor,
         kk: Tensor,
         jj: Tensor,
+        store: GridProducts | None = None,
     ) -> Tensor:
         """Correlation features ``(E, 882)`` (default sizes) of edges ``(kk, jj)``.
 
         ``maps`` is either the ``(F, C, h, w)`` matching maps or a prepared pyramid; pass a
         pyramid when the same maps serve many calls. ``coords`` is ``(E, 2, P, P)`` in
-        1/4-resolution pixels; see :func:`vo_node.model.correlation.correlate`.
+        1/4-resolution pixels; see :func:`vo_node.model.correlation.correlate`. With ``store``
+        (inference only) the products of edges whose grid corners did not move are reused
+        from it and the others written into it (:func:`~vo_node.model.correlation.correlate_reusing`).
         """
         if isinstance(maps, Tensor):
             maps = self.pyramid(maps)
+        if store is not None:
+            return correlate_reusing(gmap, maps, coords, kk, jj, store)
         return correlate(gmap, maps, coords, kk, jj)
 
     def update(

@@ -898,7 +898,9 @@ class VisualOdometry:
         graph = self.graph
         ii, jj, kk = graph.ii, graph.jj, graph.kk
         coords = reproject(graph.active_poses, graph.active_patches, self._intrinsics, ii, jj, kk).coords
-        delta, weight, hidden = self._predict_corrections(coords, ii, jj, kk, graph.hidden, times)
+        delta, weight, hidden = self._predict_corrections(
+            coords, ii, jj, kk, graph.hidden, times, graph_edges=True
+        )
         if hidden is not None:
             graph.hidden = hidden
         centre = graph.patch_size // 2
@@ -959,8 +961,13 @@ class VisualOdometry:
         kk: torch.Tensor,
         hidden: torch.Tensor | None,
         times: StageTimes,
+        graph_edges: bool = False,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-        """Return ``delta (E, 2)``, ``weight (E, 2)`` and the new hidden state (None: oracle)."""
+        """Return ``delta (E, 2)``, ``weight (E, 2)`` and the new hidden state (None: oracle).
+
+        Set ``graph_edges`` when the edges are the graph's own, in its order. The correlation
+        may then reuse and update the graph's stored products (``frontend.reuse_correlation``).
+        """
         graph = self.graph
         centre = graph.patch_size // 2
         if self.oracle is not None:
@@ -975,7 +982,7 @@ class VisualOdometry:
                 current = coords[:, :, centre, centre]
                 return true.to(current) - current, weight.to(current), hidden
 
-        from vo_node.model.correlation import CorrelationPyramid
+        from vo_node.model.correlation import CorrelationPyramid, GridProducts
 
         if self.network is None or graph.gmap is None or graph.context is None:
             raise RuntimeError("network corrections requested without a network or its features")
@@ -985,8 +992,14 @@ class VisualOdometry:
                 pyramid = CorrelationPyramid(
                     graph.fmaps or [], self._pyramid_borders(), self.config.network.correlation_radius
                 )
+                store = None
+                if graph_edges and self.config.frontend.reuse_correlation:
+                    if graph.grid_products is None or len(graph.grid_products) != len(kk):
+                        graph.grid_products = GridProducts.empty(len(kk), pyramid, graph.patch_size)
+                    store = graph.grid_products
                 corr = self.network.correlate(
-                    graph.gmap[: graph.n].flatten(0, 1), pyramid, coords, kk, graph.fmap_slots(jj)
+                    graph.gmap[: graph.n].flatten(0, 1), pyramid, coords, kk, graph.fmap_slots(jj),
+                    store=store,
                 )
             with self._timer(times, "update"):
                 hidden, delta, weight = self.network.update(

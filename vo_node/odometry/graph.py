@@ -27,6 +27,7 @@ import torch
 
 from vo_node.config import ConfigError, FrontendConfig, NetworkConfig
 from vo_node.geometry import se3
+from vo_node.model.correlation import GridProducts
 
 logger = logging.getLogger(__name__)
 
@@ -67,6 +68,8 @@ class PatchGraph:
             ``g % frame_memory``, and :meth:`fmap_slots` maps that position to its slot in
             ``fmaps``. Removing a keyframe permutes this table instead of moving maps.
         ii, jj, kk: ``(E,)`` int64 edge indices; hidden: ``(E, D)`` per-edge state or None.
+        grid_products: the edges' correlation products kept for reuse, one row per edge, or
+            None until the frontend first correlates the edges.
     """
 
     def __init__(
@@ -126,6 +129,7 @@ class PatchGraph:
         self.jj = torch.zeros_like(self.ii)
         self.kk = torch.zeros_like(self.ii)
         self.hidden: torch.Tensor | None = None
+        self.grid_products: GridProducts | None = None
 
     @property
     def num_edges(self) -> int:
@@ -401,6 +405,8 @@ class PatchGraph:
                 self.hidden = torch.cat([self.hidden, zeros])
             else:
                 self.hidden = zeros
+        if self.grid_products is not None:
+            self.grid_products.append(len(ii))
 
     def remove_edges(self, mask: torch.Tensor) -> None:
         """Drop the edges where ``mask`` ``(E,)`` is True."""
@@ -412,6 +418,8 @@ class PatchGraph:
         self.kk = self.kk[keep]
         if self.hidden is not None:
             self.hidden = self.hidden[keep]
+        if self.grid_products is not None:
+            self.grid_products.keep(keep)
 
     def retire_edges(self, removal_window: int) -> None:
         """Drop edges whose source keyframe is older than ``n - removal_window``."""

@@ -1,0 +1,139 @@
+"""Correlation that reuses each edge's integer-grid products between calls.
+
+At inference an edge's patch features and target map do not change, so only edges whose grid
+corners moved need new products. These tests check that the reusing path returns what a fresh
+correlation returns, that it really reuses, and that tracking gives the same trajectory with
+and without reuse.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from test_model import correlation_case
+from vo_node.demo_data import render_demo_sequence
+from vo_node.io.sequence import open_sequence
+from vo_node.model.correlation import (
+    MISSING_CORNER,
+    CorrelationPyramid,
+    GridProducts,
+    correlate,
+    correlate_reusing,
+)
+from vo_node.odometry.frontend import VisualOdometry
+from vo_node.run import load_engine
+
+TRACKED_FRAMES = 40
+
+
+def moved(coords: torch.Tensor, step: int) -> torch.Tensor:
+    """Return ``coords`` ``(E, 2, P, P)`` after a move that differs per edge and per step.
+
+    Edge 0 stays put, edge 1 moves by 0.01 px (usually within its grid cell), the others by up
+    to 1.5 px, and at step 2 edge 2 jumps far outside the map, to come back at step 3.
+    """
+    generator = torch.Generator().manual_seed(100 + step)
+    shift = 1.5 * (2 * torch.rand(coords.shape[0], 2, 1, 1, generator=generator) - 1)
+    shift = shift.to(coords.dtype)
+    shift[0] = 0.0
+    shift[1] = 0.01
+    result = coords + shift
+    if step in (2, 3):
+        result[2] += 500.0 if step == 2 else -500.0
+    return result
+
+
+def test_reusing_matches_fresh_correlation_over_moves():
+    gmap, fmap, coords, kk, jj = correlation_case(num_edges=12, seed=7, spread=1.2)
+    coords[3] = coords[3, :, 1:2, 1:2] + 2.5 * (coords[3] - coords[3, :, 1:2, 1:2])  # wide
+    pyramid = CorrelationPyramid.from_fmap(fmap, 2, 3)
+    store = GridProducts.empty(len(kk), pyramid, patch_size=3)
+    for step in range(5):
+        expected = correlate(gmap, pyramid, coords, kk, jj)
+        result = correlate_reusing(gmap, pyramid, coords, kk, jj, store)
+        assert torch.allclose(result, expected, rtol=0.0, atol=1e-12), f"step {step}"
+        assert expected.abs().max() > 1.0
+        if step == 3:
+            assert torch.all(result[2] == 0), "edge 2 lies far outside the map"
+        coords = moved(coords, step)
+
+
+def test_unmoved_edges_reuse_their_products():
+    # Changing the maps behind the store's back shows which edges were recomputed: the moved
+    # ones follow the new maps, the unmoved edge 0 keeps the products of the old ones.
+    gmap, fmap, coords, kk, jj = correlation_case(num_edges=6, seed=8)
+    pyramid = CorrelationPyramid.from_fmap(fmap, 2, 3)
+    store = GridProducts.empty(len(kk), pyramid, patch_size=3)
+    before = correlate_reusing(gmap, pyramid, coords, kk, jj, store)
+    new_coords = coords.clone()
+    new_coords[1:] += 4.0  # four pixels: a new grid corner at the finest level
+    doubled = CorrelationPyramid.from_fmap(2.0 * fmap, 2, 3)
+    result = correlate_reusing(gmap, doubled, new_coords, kk, jj, store)
+    assert torch.allclose(result[0], before[0], atol=1e-12), "edge 0 did not move: reused"
+    finest = slice(0, result.shape[1] // 2)
+    fresh = correlate(gmap, doubled, new_coords, kk, jj)
+    assert torch.allclose(result[1:, finest], fresh[1:, finest], atol=1e-12)
+    assert fresh[0].abs().max() > 1.0 and not torch.allclose(result[0], fresh[0])
+
+
+def test_store_follows_removed_and_added_edges():
+    gmap, fmap, coords, kk, jj = correlation_case(num_edges=10, seed=9)
+    pyramid = CorrelationPyramid.from_fmap(fmap, 2, 3)
+    store = GridProducts.empty(len(kk), pyramid, patch_size=3)
+    correlate_reusing(gmap, pyramid, coords, kk, jj, store)
+    keep = torch.tensor([True, False, True, True, False, True, True, True, False, True])
+    _, _, extra_coords, extra_kk, extra_jj = correlation_case(num_edges=30, seed=10)
+    store.keep(keep)
+    store.append(len(extra_kk))  # beyond the capacity: the buffers grow
+    assert len(store) == int(keep.sum()) + 30 and store.capacity >= len(store)
+    assert torch.all(store.corners[int(keep.sum()) :] == MISSING_CORNER)
+    coords = torch.cat([coords[keep], extra_coords])
+    kk, jj = torch.cat([kk[keep], extra_kk]), torch.cat([jj[keep], extra_jj])
+    for step in range(2):
+        expected = correlate(gmap, pyramid, coords, kk, jj)
+        result = correlate_reusing(gmap, pyramid, coords, kk, jj, store)
+        assert torch.allclose(result, expected, rtol=0.0, atol=1e-12)
+        coords = moved(coords, step)
+
+
+def test_misaligned_store_names_the_fix():
+    gmap, fmap, coords, kk, jj = correlation_case(num_edges=5)
+    pyramid = CorrelationPyramid.from_fmap(fmap, 2, 3)
+    store = GridProducts.empty(4, pyramid, patch_size=3)
+    with pytest.raises(ValueError, match=r"4 rows for 5 edges.*GridProducts.keep"):
+        correlate_reusing(gmap, pyramid, coords, kk, jj, store)
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory):
+    return open_sequence(
+        render_demo_sequence(tmp_path_factory.mktemp("reuse"), num_frames=TRACKED_FRAMES)
+    )
+
+
+def track(sequence, reuse: bool) -> tuple[np.ndarray, int]:
+    """Return the finished ``T_world_cam`` trajectory ``(N, 7)`` and the graph's final edge
+    count, tracked with the shipped model and ``frontend.reuse_correlation=reuse``."""
+    torch.set_num_threads(1)
+    overrides = [f"frontend.reuse_correlation={str(reuse).lower()}"]
+    config, network, device = load_engine("accurate", overrides, None, "cpu")
+    odometry = VisualOdometry(config, network, device)
+    for frame in sequence:
+        odometry.track(frame.image, frame.timestamp_ns, sequence.camera.intrinsics)
+    edges = odometry.graph.num_edges
+    stored = odometry.graph.grid_products
+    if reuse:
+        assert stored is not None and len(stored) == edges, "the store follows the edges"
+    else:
+        assert stored is None
+    return odometry.finish().poses, edges
+
+
+def test_tracking_is_the_same_with_and_without_reuse(demo):
+    with_reuse, edges = track(demo, reuse=True)
+    without, edges_without = track(demo, reuse=False)
+    assert edges == edges_without > 0
+    assert with_reuse.shape == (TRACKED_FRAMES, 7)
+    np.testing.assert_allclose(with_reuse, without, rtol=0.0, atol=1e-5)
