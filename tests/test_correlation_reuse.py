@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 import torch
 
-from test_model import correlation_case
+from tests.conftest import SCRIPTS_DIR, load_module_from_file
+from tests.test_model import correlation_case
 from vo_node.demo_data import render_demo_sequence
 from vo_node.io.sequence import open_sequence
 from vo_node.model.correlation import (
@@ -76,6 +77,8 @@ def test_unmoved_edges_reuse_their_products():
     fresh = correlate(gmap, doubled, new_coords, kk, jj)
     assert torch.allclose(result[1:, finest], fresh[1:, finest], atol=1e-12)
     assert fresh[0].abs().max() > 1.0 and not torch.allclose(result[0], fresh[0])
+    assert store.reused == [1, 1], "only edge 0 kept its corners, at both levels"
+    assert store.computed[0] == 6 + 5, "six edges at the first call, five moved at the second"
 
 
 def test_store_follows_removed_and_added_edges():
@@ -107,10 +110,13 @@ def test_misaligned_store_names_the_fix():
 
 
 @pytest.fixture(scope="module")
-def demo(tmp_path_factory):
-    return open_sequence(
-        render_demo_sequence(tmp_path_factory.mktemp("reuse"), num_frames=TRACKED_FRAMES)
-    )
+def demo_path(tmp_path_factory):
+    return render_demo_sequence(tmp_path_factory.mktemp("reuse"), num_frames=TRACKED_FRAMES)
+
+
+@pytest.fixture(scope="module")
+def demo(demo_path):
+    return open_sequence(demo_path)
 
 
 def track(sequence, reuse: bool) -> tuple[np.ndarray, int]:
@@ -137,3 +143,24 @@ def test_tracking_is_the_same_with_and_without_reuse(demo):
     assert edges == edges_without > 0
     assert with_reuse.shape == (TRACKED_FRAMES, 7)
     np.testing.assert_allclose(with_reuse, without, rtol=0.0, atol=1e-5)
+
+
+def test_reuse_script_prints_shares(demo_path, capsys):
+    script = load_module_from_file(SCRIPTS_DIR / "correlation_reuse.py", "correlation_reuse")
+    torch.set_num_threads(1)
+    assert script.main([str(demo_path), "--config", "small"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split(":")[0] for line in lines] == ["level 0", "level 1"]
+    shares = [float(line.split()[2]) for line in lines]
+    # The rendered camera moves a few pixels per frame, so many edges keep their corners from one
+    # frame to the next, and the coarser level keeps them more often.
+    assert 20.0 < shares[0] < 100.0
+    assert shares[0] <= shares[1] < 100.0
+
+
+def test_reuse_script_rejects_reuse_off(demo_path, tmp_path, capsys):
+    config = tmp_path / "no_reuse.yaml"
+    config.write_text("name: no_reuse\nfrontend:\n  reuse_correlation: false\n")
+    script = load_module_from_file(SCRIPTS_DIR / "correlation_reuse.py", "correlation_reuse")
+    assert script.main([str(demo_path), "--config", str(config)]) == 2
+    assert "set it to true" in capsys.readouterr().err

@@ -136,10 +136,12 @@ class GridProducts:
     buffers with spare capacity, so appending copies nothing and removing copies the kept rows
     once, into a second set of buffers that is reused.
 
-    Attributes (views of the first ``len(self)`` rows):
+    Attributes (``corners`` and ``products`` are views of the first ``len(self)`` rows):
         corners: ``(E, L, P*P, 2)`` int64 top-left grid position ``(u, v)`` of each pixel at
             each level when its products were computed, or :data:`MISSING_CORNER`.
         products: ``(E, L, P*P, G, G)`` dot products on those grids, in the maps' dtype.
+        reused, computed: per level, the edges inside the map whose products were reused or
+            computed, summed over the calls of :func:`correlate_reusing` on this store.
     """
 
     def __init__(self, corner_buffer: Tensor, product_buffer: Tensor, count: int) -> None:
@@ -147,6 +149,9 @@ class GridProducts:
         self._products = product_buffer
         self._spare = (torch.empty_like(corner_buffer), torch.empty_like(product_buffer))
         self._count = count
+        levels = corner_buffer.shape[1]
+        self.reused = [0] * levels
+        self.computed = [0] * levels
 
     @classmethod
     def empty(
@@ -347,7 +352,11 @@ def _correlate_levels(
             # An edge whose grids all miss the map has zero products, as correlate() gives.
             grid.index_fill_(0, (stale & plan.outside).nonzero().squeeze(1), 0.0)
             store.corners[:, index] = plan.corner
+            inside = int(wanted.sum())
             wanted &= stale
+            computed = int(wanted.sum())
+            store.computed[index] += computed
+            store.reused[index] += inside - computed
         for rows, products in _path_products(gmap, kk, jj, pyramid, level, plan, wanted, order,
                                              chunk_size):
             if grid is None:
