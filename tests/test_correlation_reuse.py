@@ -163,4 +163,4 @@ def test_reuse_script_rejects_reuse_off(demo_path, tmp_path, capsys):
     config.write_text("name: no_reuse\nfrontend:\n  reuse_correlation: false\n")
     script = load_module_from_file(SCRIPTS_DIR / "correlation_reuse.py", "correlation_reuse")
     assert script.main([str(demo_path), "--config", str(config)]) == 2
-    assert "set it to true" in capsys.readouterr().err
+    assert "Set it to true" in capsys.readouterr().err
