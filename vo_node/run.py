@@ -674,7 +674,7 @@ class StopRequest:
     HANDLED = (signal.SIGINT, signal.SIGTERM)
 
     def __init__(self, action: str = STOP_ACTION, hard_exit: bool = False) -> None:
-        """``action`` completes the log line "received SIGINT: ACTION (send it again ...)".
+        """``action`` completes the log line "received SIGINT: ACTION (a second signal ...)".
 
         With ``hard_exit`` a second signal ends the process with ``os._exit`` after flushing
         the logs, so no finaliser runs. A process whose native threads (DDS, the executor) are
@@ -705,7 +705,9 @@ class StopRequest:
         name = signal.Signals(signal_number).name
         if self.signal_number is None:
             self.signal_number = signal_number
-            logger.warning("received %s: %s (send it again to exit at once)", name, self.action)
+            logger.warning(
+                "received %s: %s (a second signal exits without finishing)", name, self.action
+            )
             return
         status = SIGNAL_EXIT_BASE + signal_number
         if self._deferring:
