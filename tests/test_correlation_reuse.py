@@ -101,6 +101,63 @@ def test_store_follows_removed_and_added_edges():
         coords = moved(coords, step)
 
 
+def test_half_precision_products_match_fresh():
+    # Under float16 autocast (the engine's on CUDA, CPU autocast stands in here) the products
+    # of bfloat16 maps come out in float16, and the store must not round them again.
+    gmap, fmap, coords, kk, jj = correlation_case(num_edges=12, seed=7)
+    gmap, fmap, coords = gmap.float(), fmap.float(), coords.float()
+    pyramid = CorrelationPyramid.from_fmap(fmap, 2, 3, dtype=torch.bfloat16)
+    store = GridProducts.empty(len(kk), pyramid, patch_size=3)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.float16):
+        expected = correlate(gmap, pyramid, coords, kk, jj)
+        result = correlate_reusing(gmap, pyramid, coords, kk, jj, store)
+    assert expected.abs().max() > 1.0
+    assert torch.allclose(result, expected, rtol=0.0, atol=1e-4)
+
+
+def identical_coords_case(num_edges: int):
+    """Return a correlation case whose edges share one set of coordinates but differ in patch
+    and target frame, so only the store's row order tells their products apart."""
+    gmap, fmap, coords, kk, jj = correlation_case(num_edges=num_edges, seed=11)
+    centre = torch.tensor([10.3, 7.6], dtype=coords.dtype).view(1, 2, 1, 1)
+    coords = (coords[:1] - coords[:1, :, 1:2, 1:2] + centre).expand_as(coords).clone()
+    kk = torch.arange(num_edges) % gmap.shape[0]
+    jj = torch.arange(num_edges) % fmap.shape[0]
+    return gmap, fmap, coords, kk, jj
+
+
+def test_keep_keeps_rows_aligned():
+    gmap, fmap, coords, kk, jj = identical_coords_case(6)
+    pyramid = CorrelationPyramid.from_fmap(fmap, 2, 3)
+    store = GridProducts.empty(len(kk), pyramid, patch_size=3)
+    correlate_reusing(gmap, pyramid, coords, kk, jj, store)
+    keep = torch.tensor([True, False, True, True, True, False])
+    store.keep(keep)
+    reused = list(store.reused)
+    result = correlate_reusing(gmap, pyramid, coords[keep], kk[keep], jj[keep], store)
+    expected = correlate(gmap, pyramid, coords[keep], kk[keep], jj[keep])
+    assert [after - before for after, before in zip(store.reused, reused)] == [4, 4]
+    assert torch.allclose(result, expected, rtol=0.0, atol=1e-12)
+
+
+def test_append_within_capacity_forgets_rows():
+    gmap, fmap, coords, kk, jj = identical_coords_case(10)
+    pyramid = CorrelationPyramid.from_fmap(fmap, 2, 3)
+    store = GridProducts.empty(len(kk), pyramid, patch_size=3)
+    correlate_reusing(gmap, pyramid, coords, kk, jj, store)
+    store.keep(torch.ones(10, dtype=torch.bool))  # rows 5..9 stay in the spare buffer
+    store.keep(torch.arange(10) < 5)  # back to that buffer, rows 5..9 left behind
+    capacity = store.capacity
+    store.append(5)
+    assert store.capacity == capacity, "appended within the capacity, without growing"
+    assert torch.all(store.corners[5:] == MISSING_CORNER)
+    # The new edges have the removed edges' coordinates but other patches and frames.
+    new_kk, new_jj = torch.cat([kk[:5], kk[5:].flip(0)]), torch.cat([jj[:5], jj[5:].roll(1)])
+    result = correlate_reusing(gmap, pyramid, coords, new_kk, new_jj, store)
+    expected = correlate(gmap, pyramid, coords, new_kk, new_jj)
+    assert torch.allclose(result, expected, rtol=0.0, atol=1e-12)
+
+
 def test_misaligned_store_names_the_fix():
     gmap, fmap, coords, kk, jj = correlation_case(num_edges=5)
     pyramid = CorrelationPyramid.from_fmap(fmap, 2, 3)

@@ -139,7 +139,8 @@ class GridProducts:
     Attributes (``corners`` and ``products`` are views of the first ``len(self)`` rows):
         corners: ``(E, L, P*P, 2)`` int64 top-left grid position ``(u, v)`` of each pixel at
             each level when its products were computed, or :data:`MISSING_CORNER`.
-        products: ``(E, L, P*P, G, G)`` dot products on those grids, in the maps' dtype.
+        products: ``(E, L, P*P, G, G)`` dot products on those grids, in float32 (float64 for
+            float64 maps).
         reused, computed: per level, the edges inside the map whose products were reused or
             computed, summed over the calls of :func:`correlate_reusing` on this store.
     """
@@ -169,9 +170,11 @@ class GridProducts:
         corners = torch.full(
             (capacity, levels, pixels, 2), MISSING_CORNER, dtype=torch.long, device=device
         )
+        # float32 or wider holds every product exactly, also the float16 products of bfloat16
+        # maps under float16 autocast, which a store in the maps' dtype would round again.
         products = torch.empty(
             (capacity, levels, pixels, grid_size, grid_size),
-            dtype=pyramid.levels[0].dtype,
+            dtype=torch.promote_types(pyramid.levels[0].dtype, torch.float32),
             device=device,
         )
         return cls(corners, products, num_edges)
