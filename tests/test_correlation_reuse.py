@@ -117,7 +117,7 @@ def test_half_precision_products_match_fresh():
 
 def identical_coords_case(num_edges: int):
     """Return a correlation case whose edges share one set of coordinates but differ in patch
-    and target frame, so only the store's row order tells their products apart."""
+    and target frame, so only the store's row order distinguishes their products."""
     gmap, fmap, coords, kk, jj = correlation_case(num_edges=num_edges, seed=11)
     centre = torch.tensor([10.3, 7.6], dtype=coords.dtype).view(1, 2, 1, 1)
     coords = (coords[:1] - coords[:1, :, 1:2, 1:2] + centre).expand_as(coords).clone()

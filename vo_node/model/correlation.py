@@ -170,8 +170,8 @@ class GridProducts:
         corners = torch.full(
             (capacity, levels, pixels, 2), MISSING_CORNER, dtype=torch.long, device=device
         )
-        # float32 or wider holds every product exactly, also the float16 products of bfloat16
-        # maps under float16 autocast, which a store in the maps' dtype would round again.
+        # float32 represents every product exactly, also the float16 products of bfloat16 maps
+        # under float16 autocast, which a store in the maps' dtype would round again.
         products = torch.empty(
             (capacity, levels, pixels, grid_size, grid_size),
             dtype=torch.promote_types(pyramid.levels[0].dtype, torch.float32),
