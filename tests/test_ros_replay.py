@@ -151,27 +151,44 @@ def test_replay_keeps_stamps_and_publishes_clock(image_bag):
     assert any(stamps[-2] < value < stamps[-1] for value in clock_ns)
 
 
-def test_replay_command_line(tmp_path):
-    stamps = [START_NS + step for step in STEPS_NS]
-    path = write_image_bag(tmp_path / "bag", "mcap", stamps, small_frames(len(stamps)))
-    images = []
+def play_with_listener(path, arguments, topics, count, timeout_s):
+    """Run ``vo_replay PATH ARGUMENTS`` while a listener subscribes to ``topics`` (name to
+    message type); return the exit status, the output and the messages received per topic.
+
+    The listener spins until each topic has ``count`` messages or the player exits, then for at
+    most 2 s more for messages still in flight.
+    """
+    received = {topic: [] for topic in topics}
     with ros_context() as context:
         listener = Node("listener", context=context)
         executor = SingleThreadedExecutor(context=context)
         executor.add_node(listener)
-        listener.create_subscription(Image, "/cam0/image_raw", images.append, reliable())
-        command = [sys.executable, "-m", "vo_node.ros.replay", str(path), "--rate", "5",
-                   "--topics", "/cam0/image_raw", "--wait-for-subscribers", "30",
-                   "--start-delay", "0.2"]
+        for topic, message_type in topics.items():
+            listener.create_subscription(message_type, topic, received[topic].append, reliable())
+        command = [sys.executable, "-m", "vo_node.ros.replay", str(path), *arguments]
         process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE,
                                    stderr=subprocess.STDOUT, text=True)
-        spin_until(executor, lambda: len(images) == len(stamps) or process.poll() is not None,
-                   30.0)
-        spin_until(executor, lambda: len(images) == len(stamps), 2.0)
+
+        def all_received() -> bool:
+            return all(len(messages) == count for messages in received.values())
+
+        spin_until(executor, lambda: all_received() or process.poll() is not None, timeout_s)
+        spin_until(executor, all_received, 2.0)
         output, _ = process.communicate(timeout=30)
         executor.shutdown()
-    assert process.returncode == 0, output
-    assert [stamp_to_ns(m.header.stamp) for m in images] == stamps
+    return process.returncode, output, received
+
+
+def test_replay_command_line(tmp_path):
+    stamps = [START_NS + step for step in STEPS_NS]
+    path = write_image_bag(tmp_path / "bag", "mcap", stamps, small_frames(len(stamps)))
+    arguments = ["--rate", "5", "--topics", "/cam0/image_raw", "--wait-for-subscribers", "30",
+                 "--start-delay", "0.2"]
+    status, output, received = play_with_listener(
+        path, arguments, {"/cam0/image_raw": Image}, len(stamps), 30.0
+    )
+    assert status == 0, output
+    assert [stamp_to_ns(m.header.stamp) for m in received["/cam0/image_raw"]] == stamps
 
 
 def wait_until(condition, timeout_s: float = 10.0) -> bool:
@@ -220,26 +237,14 @@ def test_replay_command_line_waits_for_image_subscribers(tmp_path):
     poses = {stamp: [0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 1.0] for stamp in stamps}
     path = write_image_bag(tmp_path / "bag", "mcap", stamps, small_frames(len(stamps)),
                            poses=poses)
-    images, infos = [], []
-    with ros_context() as context:
-        listener = Node("listener", context=context)
-        executor = SingleThreadedExecutor(context=context)
-        executor.add_node(listener)
-        listener.create_subscription(Image, "/cam0/image_raw", images.append, reliable())
-        listener.create_subscription(CameraInfo, "/cam0/camera_info", infos.append, reliable())
-        command = [sys.executable, "-m", "vo_node.ros.replay", str(path), "--rate", "5",
-                   "--wait-for-subscribers", "30"]
-        process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE,
-                                   stderr=subprocess.STDOUT, text=True)
-        spin_until(executor, lambda: len(images) == len(stamps) or process.poll() is not None,
-                   25.0)
-        spin_until(executor, lambda: len(infos) == len(stamps), 2.0)
-        output, _ = process.communicate(timeout=30)
-        executor.shutdown()
-    assert process.returncode == 0, output
+    topics = {"/cam0/image_raw": Image, "/cam0/camera_info": CameraInfo}
+    status, output, received = play_with_listener(
+        path, ["--rate", "5", "--wait-for-subscribers", "30"], topics, len(stamps), 25.0
+    )
+    assert status == 0, output
     # Playback started without a subscriber on /groundtruth/pose, which nothing subscribes to.
-    assert len(images) == len(stamps), output
-    assert len(infos) == len(stamps), output
+    assert len(received["/cam0/image_raw"]) == len(stamps), output
+    assert len(received["/cam0/camera_info"]) == len(stamps), output
     assert "subscribers matched after" in output
     assert "playing anyway" not in output
 
