@@ -152,8 +152,9 @@ def test_replay_keeps_stamps_and_publishes_clock(image_bag):
 
 
 def play_with_listener(path, arguments, topics, count, timeout_s):
-    """Run ``vo_replay PATH ARGUMENTS`` while a listener subscribes to ``topics`` (name to
-    message type); return the exit status, the output and the messages received per topic.
+    """Run ``vo_replay PATH ARGUMENTS`` while a listener subscribes to ``topics``, a mapping of
+    topic name to message type. Return the exit status, the output and the messages received
+    per topic.
 
     The listener spins until each topic has ``count`` messages or the player exits, then for at
     most 2 s more for messages still in flight.
