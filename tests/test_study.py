@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+import matplotlib.axes
 import pytest
 import torch
 
@@ -34,7 +35,9 @@ from vo_node.study.speedup import (
     compare_seed,
     first_reaching,
     first_sustained,
+    mean_curve,
     plan_runs,
+    plot_curves,
     plot_curves_per_seed,
     read_curve,
     summarise,
@@ -232,6 +235,35 @@ def test_per_seed_plot_panel_count(tmp_path):
     width, height = png_size(path)
     assert width == round(3 * PANEL_SIZE_INCHES[0] * DPI)
     assert height == round(PANEL_SIZE_INCHES[1] * DPI)
+
+
+def test_mean_curve_uses_shared_steps():
+    first = Curve([10, 20, 30], [1.0, 2.0, 3.0], {"pose": [0.6, 0.4, math.nan]})
+    second = Curve([10, 20, 30], [3.0, 4.0, 5.0], {"pose": [0.2, 0.2, 0.1]})
+    mean = mean_curve([first, second], "pose")
+    assert mean.steps == [10, 20], "step 30 has no finite value in the first run"
+    assert mean.metric("pose") == pytest.approx([0.4, 0.3])
+    assert mean.times_s == pytest.approx([2.0, 3.0])
+    assert mean_curve([Curve([10], [1.0], {"pose": [0.5]}), Curve([20], [1.0], {"pose": [0.5]})],
+                      "pose") is None
+
+
+def test_curve_plot_legend_lists_variants(tmp_path, monkeypatch):
+    # Twenty runs must not give twenty legend entries: one mean line per variant has one.
+    curves = {(variant, seed): Curve([10, 20], [1.0, 2.0], {"pose": [0.5, 0.4 - 0.01 * seed]})
+              for variant in ("baseline", "sigma") for seed in range(10)}
+    legends = []
+    original = matplotlib.axes.Axes.legend
+
+    def record(axis, *args, **kwargs):
+        legend = original(axis, *args, **kwargs)
+        legends.append([text.get_text() for text in legend.get_texts()])
+        return legend
+
+    monkeypatch.setattr(matplotlib.axes.Axes, "legend", record)
+    path = plot_curves(curves, "pose", tmp_path / "curves.png")
+    assert path.read_bytes().startswith(PNG_SIGNATURE)
+    assert legends == [["baseline, mean of 10 seeds", "sigma, mean of 10 seeds"]] * 2
 
 
 def test_read_curve_sums_wall_time(tmp_path):

@@ -330,18 +330,51 @@ def summarise(rows: Sequence[Mapping[str, object]]) -> list[dict[str, object]]:
 
 
 def plot_curves(curves: Mapping[tuple[str, int], Curve], metric: str, path: Path) -> Path:
-    """Plot the validation metric over steps and over wall time, one line per run."""
+    """Plot the validation metric over steps and over wall time for every run.
+
+    Each run is a thin line without a legend entry. Each variant's mean over its seeds is a
+    thick line with one, so the legend stays readable with many seeds.
+    """
     by_step, by_time = [], []
     for (variant, seed), curve in sorted(curves.items()):
-        style = {"color": VARIANT_COLOURS.get(variant)}
-        label = f"{variant} seed {seed}"
+        style = {"color": VARIANT_COLOURS.get(variant), "linewidth": 0.7, "alpha": 0.35,
+                 "marker": ""}
+        # matplotlib leaves labels that start with an underscore out of the legend.
+        label = f"_{variant} seed {seed}"
         by_step.append(Series(curve.steps, curve.metric(metric), label, style))
         by_time.append(Series(curve.times_s, curve.metric(metric), label, style))
+    for variant in (BASELINE, SIGMA, SIGMA_ONLY, BALANCE_ONLY):
+        runs = [curve for (name, _), curve in sorted(curves.items()) if name == variant]
+        mean = mean_curve(runs, metric)
+        if mean is None:
+            continue
+        label = f"{variant}, mean of {len(runs)} seeds" if len(runs) > 1 else variant
+        style = {"color": VARIANT_COLOURS.get(variant), "linewidth": 2.0}
+        by_step.append(Series(mean.steps, mean.metric(metric), label, style))
+        by_time.append(Series(mean.times_s, mean.metric(metric), label, style))
     panels = [
         Panel(by_step, f"validation {metric}", "training step", metric),
         Panel(by_time, f"validation {metric}", "training wall time (s)", metric),
     ]
     return plot_panels(panels, path, "baseline (none, no balance) vs sigma (+ balance)")
+
+
+def mean_curve(runs: Sequence[Curve], metric: str) -> Curve | None:
+    """Return the mean of ``runs`` at the steps where every run has a finite ``metric`` value,
+    with the mean wall time at those steps; None when no step is shared."""
+    shared = None
+    for run in runs:
+        steps = {step for step, value in zip(run.steps, run.metric(metric)) if math.isfinite(value)}
+        shared = steps if shared is None else shared & steps
+    if not shared:
+        return None
+    steps = sorted(shared)
+    values, times = [], []
+    for step in steps:
+        positions = [run.steps.index(step) for run in runs]
+        values.append(statistics.fmean(run.metric(metric)[i] for run, i in zip(runs, positions)))
+        times.append(statistics.fmean(run.times_s[i] for run, i in zip(runs, positions)))
+    return Curve(steps, times, {metric: values})
 
 
 def plot_curves_per_seed(
