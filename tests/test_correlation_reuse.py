@@ -76,7 +76,8 @@ def test_unmoved_edges_reuse_their_products():
     finest = slice(0, result.shape[1] // 2)
     fresh = correlate(gmap, doubled, new_coords, kk, jj)
     assert torch.allclose(result[1:, finest], fresh[1:, finest], atol=1e-12)
-    assert fresh[0].abs().max() > 1.0 and not torch.allclose(result[0], fresh[0])
+    assert fresh[0].abs().max() > 1.0
+    assert not torch.allclose(result[0], fresh[0]), "edge 0 kept the old maps' products"
     assert store.reused == [1, 1], "only edge 0 kept its corners, at both levels"
     assert store.computed[0] == 6 + 5, "six edges at the first call, five moved at the second"
 
@@ -90,7 +91,8 @@ def test_store_follows_removed_and_added_edges():
     _, _, extra_coords, extra_kk, extra_jj = correlation_case(num_edges=30, seed=10)
     store.keep(keep)
     store.append(len(extra_kk))  # beyond the capacity: the buffers grow
-    assert len(store) == int(keep.sum()) + 30 and store.capacity >= len(store)
+    assert len(store) == int(keep.sum()) + 30
+    assert store.capacity >= len(store)
     assert torch.all(store.corners[int(keep.sum()) :] == MISSING_CORNER)
     coords = torch.cat([coords[keep], extra_coords])
     kk, jj = torch.cat([kk[keep], extra_kk]), torch.cat([jj[keep], extra_jj])
@@ -102,7 +104,7 @@ def test_store_follows_removed_and_added_edges():
 
 
 def test_half_precision_products_match_fresh():
-    # Under float16 autocast (the engine's on CUDA, CPU autocast stands in here) the products
+    # Under float16 autocast (the engine's on CUDA, CPU autocast replaces it here) the products
     # of bfloat16 maps come out in float16, and the store must not round them again.
     gmap, fmap, coords, kk, jj = correlation_case(num_edges=12, seed=7)
     gmap, fmap, coords = gmap.float(), fmap.float(), coords.float()

@@ -20,7 +20,7 @@ small: on the CPU, large temporary buffers cost more in page faults than the cop
 Reuse at inference: an edge's patch features and target map do not change while it lives, so its
 integer-grid products depend only on the grid corners of its pixels. :func:`correlate_reusing`
 keeps them in a :class:`GridProducts` store aligned with the edges and recomputes only the edges
-whose corners moved at a level; every edge is blended again, because the fractional part of its
+whose corners moved at a level. Every edge is blended again, because the fractional part of its
 coordinates changes with each BA step.
 
 Backward: when gradients are recorded, the forward pass keeps no per-chunk tensors. The backward
@@ -254,14 +254,7 @@ def correlate(
     # 240x368 input, one thread on a shared, loaded 2-core machine), mostly the window copies and
     # the small batched products. A fused gather-and-dot kernel would avoid the copies.
     _check_inputs(gmap, pyramid, coords, kk, jj)
-    if chunk_size is None:
-        budget = CHUNK_ELEMENTS_CUDA if gmap.is_cuda else CHUNK_ELEMENTS
-        chunk_size = max(1, budget // (max(pyramid.windows) ** 2 * gmap.shape[1]))
-    if not coords.is_floating_point():
-        coords = coords.float()
-    # float16 cannot hold the limit, so its largest finite value takes the limit's place.
-    limit = min(COORDINATE_LIMIT, torch.finfo(coords.dtype).max)
-    coords = coords.clamp(-limit, limit).nan_to_num(-limit)
+    coords, chunk_size = _prepare(gmap, pyramid, coords, chunk_size)
     record = torch.is_grad_enabled() and (
         gmap.requires_grad
         or coords.requires_grad
@@ -304,19 +297,28 @@ def correlate_reusing(
     _check_inputs(gmap, pyramid, coords, kk, jj)
     if len(store) != kk.shape[0]:
         raise ValueError(
-            f"the grid-product store has {len(store)} rows for {kk.shape[0]} edges; keep it "
+            f"the grid-product store has {len(store)} rows for {kk.shape[0]} edges. Keep it "
             "aligned with the edges (GridProducts.keep and .append)"
         )
+    coords, chunk_size = _prepare(gmap, pyramid, coords, chunk_size)
+    order = torch.argsort(jj, stable=True)
+    with torch.no_grad():
+        return _correlate_levels(gmap, pyramid, coords, kk, jj, order, chunk_size, store)
+
+
+def _prepare(
+    gmap: Tensor, pyramid: CorrelationPyramid, coords: Tensor, chunk_size: int | None
+) -> tuple[Tensor, int]:
+    """Return ``coords`` as clamped floats, NaN mapped to the negative limit, and the chunk size
+    (the default for the device when ``chunk_size`` is None)."""
     if chunk_size is None:
         budget = CHUNK_ELEMENTS_CUDA if gmap.is_cuda else CHUNK_ELEMENTS
         chunk_size = max(1, budget // (max(pyramid.windows) ** 2 * gmap.shape[1]))
     if not coords.is_floating_point():
         coords = coords.float()
+    # float16 cannot hold the limit, so its largest finite value takes the limit's place.
     limit = min(COORDINATE_LIMIT, torch.finfo(coords.dtype).max)
-    coords = coords.clamp(-limit, limit).nan_to_num(-limit)
-    order = torch.argsort(jj, stable=True)
-    with torch.no_grad():
-        return _correlate_levels(gmap, pyramid, coords, kk, jj, order, chunk_size, store)
+    return coords.clamp(-limit, limit).nan_to_num(-limit), chunk_size
 
 
 def _correlate_levels(
@@ -348,19 +350,19 @@ def _correlate_levels(
         level_coords = pixel_coords / PYRAMID_POOL**index
         plan = _plan_level(pyramid, index, level_coords)
         target = output[:, index]  # (E, P*P, (2r+1)^2) view
-        wanted = ~plan.outside
+        pending = ~plan.outside
         grid = None if store is None else store.products[:, index]  # (E, P*P, G, G) view
         if store is not None:
             stale = (plan.corner != store.corners[:, index]).flatten(1).any(dim=1)
             # An edge whose grids all miss the map has zero products, as correlate() gives.
             grid.index_fill_(0, (stale & plan.outside).nonzero().squeeze(1), 0.0)
             store.corners[:, index] = plan.corner
-            inside = int(wanted.sum())
-            wanted &= stale
-            computed = int(wanted.sum())
+            inside = int(pending.sum())
+            pending &= stale
+            computed = int(pending.sum())
             store.computed[index] += computed
             store.reused[index] += inside - computed
-        for rows, products in _path_products(gmap, kk, jj, pyramid, level, plan, wanted, order,
+        for rows, products in _path_products(gmap, kk, jj, pyramid, level, plan, pending, order,
                                              chunk_size):
             if grid is None:
                 blended = _bilinear_blend(products.to(coords.dtype), level_coords[rows])
@@ -379,11 +381,11 @@ def _path_products(
     pyramid: CorrelationPyramid,
     level: _Level,
     plan: _LevelPlan,
-    wanted: Tensor,
+    pending: Tensor,
     order: Tensor,
     chunk_size: int,
 ) -> Iterator[tuple[Tensor, Tensor]]:
-    """Yield ``(rows (n,), products (n, P*P, G, G))`` chunk by chunk for the ``wanted`` edges.
+    """Yield ``(rows (n,), products (n, P*P, G, G))`` chunk by chunk for the ``pending`` edges.
 
     Each edge takes the cheapest path its pixels' spread allows: a shared window one pixel
     smaller than the border, the full shared window, or one window per pixel.
@@ -398,7 +400,7 @@ def _path_products(
                 chosen &= plan.spread > window - 1 - grid_size
         else:
             chosen = ~plan.fits
-        selected = order[(chosen & wanted)[order]]
+        selected = order[(chosen & pending)[order]]
         if not selected.numel():
             continue
         # Gathering each path's per-edge inputs once leaves only views to take per chunk.

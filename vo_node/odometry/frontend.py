@@ -994,7 +994,8 @@ class VisualOdometry:
                 )
                 store = None
                 if graph_edges and self.config.frontend.reuse_correlation:
-                    if graph.grid_products is None or len(graph.grid_products) != len(kk):
+                    # The graph keeps an existing store aligned with its edges.
+                    if graph.grid_products is None:
                         graph.grid_products = GridProducts.empty(len(kk), pyramid, graph.patch_size)
                     store = graph.grid_products
                 corr = self.network.correlate(
