@@ -305,14 +305,19 @@ time.sleep(5)""",
 )
 
 
+def run_child(code: str) -> tuple[int, str]:
+    """Run ``python -c code`` in the repository and return its exit status and its output."""
+    result = subprocess.run(
+        [sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True,
+        timeout=EXIT_TIMEOUT_S,
+    )
+    return result.returncode, result.stdout + result.stderr
+
+
 def test_second_signal_during_write_exits_after_it():
     assert HARD_EXIT_DEFERRED_CHILD != HARD_EXIT_CHILD
-    result = subprocess.run(
-        [sys.executable, "-c", HARD_EXIT_DEFERRED_CHILD], cwd=REPO, capture_output=True,
-        text=True, timeout=EXIT_TIMEOUT_S,
-    )
-    output = result.stdout + result.stderr
-    assert result.returncode == 130, output
+    status, output = run_child(HARD_EXIT_DEFERRED_CHILD)
+    assert status == 130, output
     assert "write finished" in output
     assert "still running" not in output
     assert "once the file being written is complete" in output
@@ -323,12 +328,8 @@ def test_second_signal_during_write_exits_after_it():
 def test_second_signal_hard_exit_is_130_with_note():
     # The node's StopRequest ends the process with os._exit on a second signal: status 130 with
     # rclpy's native threads alive, where SystemExit aborted with 134 ("terminate called").
-    result = subprocess.run(
-        [sys.executable, "-c", HARD_EXIT_CHILD], cwd=REPO, capture_output=True, text=True,
-        timeout=EXIT_TIMEOUT_S,
-    )
-    output = result.stdout + result.stderr
-    assert result.returncode == 130, output
+    status, output = run_child(HARD_EXIT_CHILD)
+    assert status == 130, output
     assert "first signal handled" in output
     assert "still running" not in output
     assert "terminate called" not in output
@@ -359,9 +360,23 @@ def test_second_signal_waits_for_deferred_write():
         stop.restore()
 
 
+@contextlib.contextmanager
+def trajectory_node(tiny_model, trajectory_file) -> Iterator:
+    """Yield a ``VONode`` with the tiny model that writes its trajectory to ``trajectory_file``,
+    destroyed on exit."""
+    from vo_node.ros.node import VONode
+
+    arguments = ["-p", model_parameter(tiny_model), "-p", f"trajectory_file:={trajectory_file}"]
+    with ros_context(arguments) as context:
+        node = VONode(context=context)
+        try:
+            yield node
+        finally:
+            node.destroy_node()
+
+
 def test_stop_writes_trajectory_once_without_new_poses(tiny_model, tmp_path, monkeypatch):
     import vo_node.ros.node as node_module
-    from vo_node.ros.node import VONode
 
     writes = []
     original = node_module.write_tum
@@ -369,15 +384,10 @@ def test_stop_writes_trajectory_once_without_new_poses(tiny_model, tmp_path, mon
                         lambda path, trajectory: writes.append(len(trajectory)) or original(
                             path, trajectory))
     trajectory_file = tmp_path / "vo.tum"
-    arguments = ["-p", model_parameter(tiny_model), "-p", f"trajectory_file:={trajectory_file}"]
-    with ros_context(arguments) as context:
-        node = VONode(context=context)
-        try:
-            record_pose(node, 1_000)
-            node.write_published_so_far()
-            node.shutdown()
-        finally:
-            node.destroy_node()
+    with trajectory_node(tiny_model, trajectory_file) as node:
+        record_pose(node, 1_000)
+        node.write_published_so_far()
+        node.shutdown()
     # The shutdown found no pose recorded since the early write, so it wrote nothing again.
     assert writes == [1]
     assert node.second_signal_note() == f"1 pose written to {trajectory_file}"
@@ -386,7 +396,6 @@ def test_stop_writes_trajectory_once_without_new_poses(tiny_model, tmp_path, mon
 def test_shutdown_rewrites_after_new_pose_and_retries(tiny_model, tmp_path, monkeypatch):
     import vo_node.ros.node as node_module
     from vo_node.io.trajectory import read_tum
-    from vo_node.ros.node import VONode
 
     writes = []
     original = node_module.write_tum
@@ -399,18 +408,13 @@ def test_shutdown_rewrites_after_new_pose_and_retries(tiny_model, tmp_path, monk
 
     monkeypatch.setattr(node_module, "write_tum", failing_once)
     trajectory_file = tmp_path / "vo.tum"
-    arguments = ["-p", model_parameter(tiny_model), "-p", f"trajectory_file:={trajectory_file}"]
-    with ros_context(arguments) as context:
-        node = VONode(context=context)
-        try:
-            record_pose(node, 1_000)
-            node.write_published_so_far()
-            assert node.trajectory_error is not None
-            # The worker finishes one more frame before the shutdown.
-            record_pose(node, 2_000)
-            node.shutdown()
-        finally:
-            node.destroy_node()
+    with trajectory_node(tiny_model, trajectory_file) as node:
+        record_pose(node, 1_000)
+        node.write_published_so_far()
+        assert node.trajectory_error is not None
+        # The worker finishes one more frame before the shutdown.
+        record_pose(node, 2_000)
+        node.shutdown()
     assert writes == [1, 2]
     assert node.trajectory_error is None
     assert len(read_tum(trajectory_file)) == 2
