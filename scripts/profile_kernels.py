@@ -13,7 +13,9 @@ Prints one line per measurement (medians over repetitions):
 5. the correlation: the inputs of the last ``--calls`` calls while tracking ``--frames`` frames
    of the sequence with ``--config``, then the median time per call over those inputs;
 6. the largest difference of the matching encoder's output between the channels-last
-   normalisation and ``group_norm``, on the first frames of the sequence.
+   normalisation and ``group_norm``, on the first frames of the sequence;
+7. removing an eighth of the rows of a correlation grid-product store sized for ``accurate``
+   on EuRoC, with ``index_select`` into a preallocated buffer and with boolean indexing.
 
 With ``PYTHONPATH=CHECKOUT --steps correlation`` it times another version's correlation on
 that version's own tracking of the same frames. The other steps need this version's encoder.
@@ -46,7 +48,9 @@ EDGES = 3600
 MAP_SHAPE = (1, 12, 120, 184)
 """The matching encoder's first maps for a 240x368 input."""
 MEAN_IN_DEVIATIONS = 20.0
-STEPS = ("reductions", "normalisation", "variance", "grey", "correlation", "encoder")
+STORE_ROW_SHAPE = (2, 9, 8, 8)
+"""Levels, patch pixels and grid side of one store row (radius 3, 3x3 patches)."""
+STEPS = ("reductions", "normalisation", "variance", "grey", "correlation", "encoder", "store")
 
 
 def median_milliseconds(function: Callable[[], object], repetitions: int) -> float:
@@ -117,6 +121,19 @@ def time_grey_preparation(repetitions: int) -> None:
     repeat = median_milliseconds(lambda: np.repeat(grey[:, :, None], 3, axis=2), repetitions)
     prepare = median_milliseconds(lambda: prepare_image(grey, intrinsics, 376), repetitions)
     print(f"np.repeat to 3 channels {repeat:.3f} ms, prepare_image of the grey frame {prepare:.3f} ms")
+
+
+def time_store_removal(repetitions: int) -> None:
+    products = torch.randn(EDGES, *STORE_ROW_SHAPE)
+    keep = torch.arange(EDGES) % 8 != 0
+    rows = keep.nonzero().squeeze(1)
+    spare = torch.empty_like(products)
+    selected = median_milliseconds(
+        lambda: torch.index_select(products, 0, rows, out=spare[: rows.numel()]), repetitions
+    )
+    masked = median_milliseconds(lambda: products[keep], repetitions)
+    print(f"store rows: index_select into a buffer {selected:.3f} ms, boolean indexing "
+          f"{masked:.3f} ms ({EDGES} rows)")
 
 
 def engine_parts(sequence_path: Path, config_name: str, frames: int):
@@ -231,6 +248,8 @@ def main(argv: list[str] | None = None) -> int:
             time_correlation(parts, args.calls, max(1, args.repetitions // 10))
         if "encoder" in steps:
             encoder_difference(parts)
+    if "store" in steps:
+        time_store_removal(args.repetitions)
     return 0
 
 
