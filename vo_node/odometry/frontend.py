@@ -1064,24 +1064,19 @@ class VisualOdometry:
         candidate = graph.n - self.config.frontend.keyframe_index
         if candidate < 1 or candidate + 1 >= graph.n:
             return
-        flow = 0.5 * (
-            self._mean_flow(candidate - 1, candidate + 1)
-            + self._mean_flow(candidate + 1, candidate - 1)
-        )
-        if flow < self._scaled_threshold(self.config.frontend.keyframe_threshold):
-            graph.remove_keyframe(candidate)
-
-    def _mean_flow(self, source: int, target: int) -> float:
-        """Mean optical flow (1/4-resolution pixels) of ``source``'s patches into ``target``,
-        averaging full and translation-only motion."""
-        graph = self.graph
-        return mean_patch_flow(
-            graph.poses[source],
-            graph.poses[target],
-            graph.patches[source],
+        before, after = candidate - 1, candidate + 1
+        forward, backward = mean_patch_flows(
+            [
+                (graph.poses[before], graph.poses[after], graph.patches[before]),
+                (graph.poses[after], graph.poses[before], graph.patches[after]),
+            ],
             self._intrinsics,
             FLOW_BETA,
         )
+        if 0.5 * (forward + backward) < self._scaled_threshold(
+            self.config.frontend.keyframe_threshold
+        ):
+            graph.remove_keyframe(candidate)
 
     # -----------------------------------------------------------------------------------------
     # Helpers
@@ -1164,18 +1159,50 @@ def mean_patch_flow(
     The flow mixes ``beta`` times the full reprojection flow with ``1 - beta`` times the flow of
     the translation alone (rotation removed), so pure rotation counts less.
     """
-    relative = se3.compose(target_cw, se3.invert(source_cw))
+    return mean_patch_flows([(source_cw, target_cw, patches)], intrinsics, beta)[0]
+
+
+def mean_patch_flows(
+    directions: Sequence[tuple[torch.Tensor, torch.Tensor, torch.Tensor]],
+    intrinsics: torch.Tensor,
+    beta: float = FLOW_BETA,
+) -> list[float]:
+    """Return :func:`mean_patch_flow` of each ``(source_cw, target_cw, patches)`` direction.
+
+    One reprojection serves all directions and one host transfer returns the values, which
+    matters for the keyframe test of every frame: each call costs mostly fixed overhead.
+    """
+    sources = torch.stack([source for source, _, _ in directions])
+    targets = torch.stack([target for _, target, _ in directions])
+    relative = se3.compose(targets, se3.invert(sources))  # (D, 7)
     translation_only = relative.clone()
-    translation_only[3:] = se3.identity(dtype=relative.dtype, device=relative.device)[3:]
-    poses = torch.stack([se3.identity(dtype=relative.dtype, device=relative.device), relative, translation_only])
-    count = patches.shape[0]
-    kk = torch.arange(count, device=patches.device).repeat(2)
-    ii = torch.zeros_like(kk)
-    jj = torch.cat([torch.ones(count, dtype=torch.long), torch.full((count,), 2)]).to(patches.device)
-    coords = reproject(poses, patches, intrinsics, ii, jj, kk).coords
-    flow = (coords - patches[kk, :2]).norm(dim=1)  # (2M, P, P)
-    full, translation = flow[:count].mean(), flow[count:].mean()
-    return float(beta * full + (1 - beta) * translation)
+    translation_only[:, 3:] = se3.identity(dtype=relative.dtype, device=relative.device)[3:]
+    identity = se3.identity(dtype=relative.dtype, device=relative.device)
+    # Pose 0 is every source; direction d reprojects into poses 2d + 1 (full) and 2d + 2.
+    pairs = torch.stack([relative, translation_only], dim=1).flatten(0, 1)
+    poses = torch.cat([identity[None], pairs])
+    counts = [patches.shape[0] for _, _, patches in directions]
+    all_patches = torch.cat([patches for _, _, patches in directions])
+    device = all_patches.device
+    kk_parts, jj_parts, offset = [], [], 0
+    for direction, count in enumerate(counts):
+        own = torch.arange(offset, offset + count, device=device)
+        kk_parts.append(own.repeat(2))
+        jj_parts.append(torch.repeat_interleave(
+            torch.tensor([2 * direction + 1, 2 * direction + 2], device=device), count
+        ))
+        offset += count
+    kk, jj = torch.cat(kk_parts), torch.cat(jj_parts)
+    coords = reproject(poses, all_patches, intrinsics, torch.zeros_like(kk), jj, kk).coords
+    # Not .norm(dim=1): on a (1152, 2, 3, 3) tensor torch 2.13's CPU norm over this middle axis
+    # took 0.85 ms and the sum of squares 0.04 ms. The two agree to one unit in the last place.
+    flow = (coords - all_patches[kk, :2]).square().sum(dim=1).sqrt()  # (2 * sum(counts), P, P)
+    full, translation, start = [], [], 0
+    for count in counts:
+        full.append(flow[start : start + count].mean())
+        translation.append(flow[start + count : start + 2 * count].mean())
+        start += 2 * count
+    return (beta * torch.stack(full) + (1 - beta) * torch.stack(translation)).tolist()
 
 
 def _newest_covariance(covariance: torch.Tensor | None) -> torch.Tensor | None:
