@@ -467,6 +467,27 @@ def test_update_gradients_reach_hidden_and_correlation(small_network):
     assert corr.grad.abs().sum() > 0
 
 
+def test_update_runs_under_half_precision_autocast(small_network):
+    """``mixed_precision`` runs the network under float16 autocast on CUDA; CPU autocast takes
+    the same code path here. The soft aggregation used to add half-precision terms into a
+    float32 sum, which raised in index_add."""
+    config = small_network.config
+    generator = torch.Generator().manual_seed(3)
+    hidden = torch.randn(6, config.context_dim, generator=generator)
+    corr = torch.randn(6, 882, generator=generator)
+    context = torch.randn(4, config.context_dim, generator=generator)
+    ii = torch.tensor([0, 0, 1, 1, 0, 1])
+    jj = torch.tensor([1, 2, 0, 2, 3, 3])
+    kk = torch.tensor([0, 0, 2, 2, 1, 3])
+    with torch.no_grad():
+        _, delta, weight = small_network.update(hidden, context, corr, ii, jj, kk)
+        with torch.autocast("cpu", dtype=torch.float16):
+            _, half_delta, half_weight = small_network.update(hidden, context, corr, ii, jj, kk)
+    assert half_delta.dtype == torch.float16
+    torch.testing.assert_close(half_delta.float(), delta, atol=0.02, rtol=0.02)
+    torch.testing.assert_close(half_weight.float(), weight, atol=0.01, rtol=0.0)
+
+
 def test_update_rejects_short_context(small_network):
     dim = small_network.config.context_dim
     edges = torch.tensor([0, 5])

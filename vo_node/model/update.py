@@ -95,7 +95,10 @@ class SoftAggregation(nn.Module):
         """Aggregate ``x`` ``(E, D)`` over edges with equal integer ``keys`` ``(E,)``."""
         groups, num_groups = group_ids(keys)
         weights = scatter_softmax(self.g(x), groups, num_groups)
-        pooled = x.new_zeros((num_groups, x.shape[1])).index_add(0, groups, self.f(x) * weights)
+        # Under autocast f(x) and the weights come in half precision; the sum runs in x's dtype.
+        pooled = x.new_zeros((num_groups, x.shape[1])).index_add(
+            0, groups, (self.f(x) * weights).to(x.dtype)
+        )
         return self.h(pooled)[groups]
 
 
