@@ -14,7 +14,12 @@ from vo_node.ba.solver import bundle_adjust
 from vo_node.config import BAConfig, ConfigError, EngineConfig, FrontendConfig, NetworkConfig
 from vo_node.geometry import se3
 from vo_node.geometry.projection import reproject
-from vo_node.odometry.frontend import MAX_TIMESTAMP_RATIO, mean_patch_flow, predict_pose
+from vo_node.odometry.frontend import (
+    MAX_TIMESTAMP_RATIO,
+    mean_patch_flow,
+    mean_patch_flows,
+    predict_pose,
+)
 from vo_node.odometry.graph import PatchGraph
 from vo_node.odometry.image import prepare_image
 from vo_node.odometry.initialization import (
@@ -519,6 +524,26 @@ def test_mean_patch_flow_discounts_rotation():
     full_flow = 50.0 * math.tan(0.1)
     flow = mean_patch_flow(se3.identity(), yaw, patches, intrinsics, beta=0.5)
     assert flow == pytest.approx(0.5 * full_flow, rel=1e-4)
+
+
+def test_mean_patch_flows_match_single_directions():
+    """One reprojection for several directions gives each direction's own flow, also with
+    different patch counts per direction."""
+    intrinsics = torch.tensor([50.0, 50.0, 20.0, 15.0])
+    generator = torch.Generator().manual_seed(5)
+    first = torch.rand(4, 3, P, P, generator=generator) * 30.0
+    second = torch.rand(6, 3, P, P, generator=generator) * 30.0
+    first[:, 2], second[:, 2] = 0.4, 0.7
+    near = translation_pose(-0.2)
+    turned = se3.compose(se3.exp(torch.tensor([0.0, 0.1, 0.0, 0.05, 0.0, 0.02])), near)
+    directions = [(near, turned, first), (turned, near, second)]
+    flows = mean_patch_flows(directions, intrinsics)
+    singles = [mean_patch_flow(source, target, patches, intrinsics)
+               for source, target, patches in directions]
+    assert len(flows) == 2
+    assert flows[0] == pytest.approx(singles[0], rel=1e-6)
+    assert flows[1] == pytest.approx(singles[1], rel=1e-6)
+    assert flows[0] > 0.5
 
 
 # ---------------------------------------------------------------------------------------------
