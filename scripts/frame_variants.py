@@ -24,21 +24,18 @@ from __future__ import annotations
 import argparse
 import contextlib
 import functools
-import logging
 import re
 import sys
 from collections.abc import Iterator
-from pathlib import Path
 
 import numpy as np
 import torch
 
-from vo_node.accuracy import COMPARISON_ERRORS, ate_percent_once, compare_seeds
-from vo_node.config import ConfigError, EngineConfig
+from vo_node.accuracy import add_comparison_arguments, run_comparison
+from vo_node.config import ConfigError
 from vo_node.geometry import se3
 from vo_node.io.trajectory import Trajectory
 from vo_node.odometry import frontend
-from vo_node.run import load_engine
 
 PRIOR_SCALE_KEYFRAMES = 4
 """Keyframes back over which the estimate's local scale is measured for ``true-prior``."""
@@ -137,14 +134,9 @@ def check_variant(variant: str) -> str:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("sequence", type=Path, help="sequence folder with ground truth")
+    add_comparison_arguments(parser, "seeds per arm (default 5)")
     parser.add_argument("--variant", required=True,
                         help=f"true-prior, or updates-N with N from 2 to {MAX_UPDATES}")
-    parser.add_argument("--runs", type=int, default=5, help="seeds per arm (default 5)")
-    parser.add_argument("--model", type=Path, default=None, help="model file (default: shipped)")
-    parser.add_argument("--config", default="small", help="engine preset (default small)")
-    parser.add_argument("--camera", type=Path, default=None,
-                        help="camera_info YAML for an image folder without camera.yaml")
     parser.add_argument("--override", action="append", default=[], metavar="KEY=VALUE",
                         help="engine setting for both arms, repeatable")
     return parser
@@ -152,26 +144,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    if args.runs < 1:
-        print(f"error: --runs must be at least 1, got {args.runs}", file=sys.stderr)
-        return 2
-    torch.set_num_threads(1)
     try:
         variant = check_variant(args.variant)
-        config, network, device = load_engine(args.config, args.override, args.model, "cpu")
-
-        def track(seeded: EngineConfig, arm: int) -> float | None:
-            change = None
-            if arm == 1:
-                change = functools.partial(variant_installed, variant)
-            return ate_percent_once(args.sequence, args.camera, seeded, network, device, change)
-
-        compare_seeds(config, args.runs, ("engine", variant), track)
-    except COMPARISON_ERRORS as error:
+    except ConfigError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    return 0
+
+    def change_of_arm(arm: int):
+        return functools.partial(variant_installed, variant) if arm == 1 else None
+
+    return run_comparison(args, args.override, ("engine", variant), change_of_arm)
 
 
 if __name__ == "__main__":

@@ -27,21 +27,18 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import logging
 import sys
 from collections.abc import Iterator
-from pathlib import Path
 
 import numpy as np
 import torch
 
-from vo_node.accuracy import COMPARISON_ERRORS, ate_percent_once, compare_seeds
-from vo_node.config import ConfigError, EngineConfig
+from vo_node.accuracy import add_comparison_arguments, run_comparison
+from vo_node.config import ConfigError
 from vo_node.geometry import se3
 from vo_node.io.sequence import SequenceError
 from vo_node.io.trajectory import Trajectory
 from vo_node.odometry import frontend
-from vo_node.run import load_engine
 
 TRIAL_KEY = "frontend.hypothesis_frames"
 ORACLE_OVERRIDES = (f"{TRIAL_KEY}=0",)
@@ -106,12 +103,7 @@ def true_window_installed(ground_truth: Trajectory) -> Iterator[None]:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("sequence", type=Path, help="sequence folder with ground truth")
-    parser.add_argument("--runs", type=int, default=5, help="seeds per variant (default 5)")
-    parser.add_argument("--model", type=Path, default=None, help="model file (default: shipped)")
-    parser.add_argument("--config", default="small", help="engine preset (default small)")
-    parser.add_argument("--camera", type=Path, default=None,
-                        help="camera_info YAML for an image folder without camera.yaml")
+    add_comparison_arguments(parser, "seeds per variant (default 5)")
     parser.add_argument(
         "--override", action="append", default=[], metavar="KEY=VALUE",
         help="engine setting, repeatable (frontend.hypothesis_frames is set to 0)",
@@ -119,31 +111,17 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main() -> int:
-    args = build_parser().parse_args()
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    if args.runs < 1:
-        print(f"error: --runs must be at least 1, got {args.runs}", file=sys.stderr)
-        return 2
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     if any(text.split("=", 1)[0].strip() == TRIAL_KEY for text in args.override):
         print(f"error: {TRIAL_KEY} is fixed to 0 by this script, so the window it sets is the "
               "one tracked; remove that --override", file=sys.stderr)
         return 2
-    torch.set_num_threads(1)
-    try:
-        config, network, device = load_engine(
-            args.config, [*args.override, *ORACLE_OVERRIDES], args.model, "cpu"
-        )
+    return run_comparison(
+        args, [*args.override, *ORACLE_OVERRIDES], ("estimated", "true window"),
+        lambda arm: true_window_installed if arm == 1 else None,
+    )
 
-        def track(seeded: EngineConfig, arm: int) -> float | None:
-            change = true_window_installed if arm == 1 else None
-            return ate_percent_once(args.sequence, args.camera, seeded, network, device, change)
-
-        compare_seeds(config, args.runs, ("estimated", "true window"), track)
-    except COMPARISON_ERRORS as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    return 0
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -111,6 +111,52 @@ def compare_seeds(
     return rows
 
 
+def add_comparison_arguments(parser: argparse.ArgumentParser, runs_help: str) -> None:
+    """Add the arguments of every seed-comparison script: the sequence, ``--runs``,
+    ``--model``, ``--config`` and ``--camera``."""
+    parser.add_argument("sequence", type=Path, help="sequence folder with ground truth")
+    parser.add_argument("--runs", type=int, default=5, help=runs_help)
+    parser.add_argument("--model", type=Path, default=None, help="model file (default: shipped)")
+    parser.add_argument("--config", default="small", help="engine preset (default small)")
+    parser.add_argument("--camera", type=Path, default=None,
+                        help="camera_info YAML for an image folder without camera.yaml")
+
+
+def run_comparison(
+    args: argparse.Namespace,
+    overrides: TypingSequence[str],
+    names: tuple[str, str],
+    change_of_arm: Callable[[int], Callable[[Trajectory], ContextManager[Any]] | None],
+) -> int:
+    """Track both arms of a seed comparison on one thread and print the table.
+
+    ``args`` carries the arguments of :func:`add_comparison_arguments`, ``overrides`` the engine
+    settings of both arms and ``change_of_arm(arm)`` the change of :func:`ate_percent_once` for
+    arm 0 or 1 (None for the unchanged engine). Returns the exit status: 0, or 2 after printing
+    one line for invalid arguments or input.
+    """
+    import torch
+
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    if args.runs < 1:
+        print(f"error: --runs must be at least 1, got {args.runs}", file=sys.stderr)
+        return EXIT_USAGE
+    torch.set_num_threads(1)
+    try:
+        config, network, device = load_engine(args.config, list(overrides), args.model, "cpu")
+
+        def track(seeded: EngineConfig, arm: int) -> float | None:
+            return ate_percent_once(
+                args.sequence, args.camera, seeded, network, device, change_of_arm(arm)
+            )
+
+        compare_seeds(config, args.runs, names, track)
+    except COMPARISON_ERRORS as error:
+        print(f"error: {error}", file=sys.stderr)
+        return EXIT_USAGE
+    return EXIT_OK
+
+
 def measure_sequence(
     path: Path, runs: int, config: Any, network: Any, device: str, stride: int, max_frames: int | None
 ) -> dict[str, Any]:
