@@ -140,3 +140,65 @@ def test_bad_override_stops_before_measuring(tmp_path, caplog):
     assert not report_path.exists()
     assert "no_such_key" in caplog.text
     assert "measuring" not in caplog.text
+
+
+def test_config_spec_splits_own_overrides():
+    assert bench.parse_config_spec("accurate") == ("accurate", ())
+    assert bench.parse_config_spec("small:frontend.patches_per_frame=48,ba.iterations=2") == (
+        "small", ("frontend.patches_per_frame=48", "ba.iterations=2")
+    )
+    assert bench.parse_config_spec("config/a:b.yaml") == ("config/a:b.yaml", ())
+
+
+def test_rounds_pair_ratios_within_a_round():
+    def summary(spec, round_number, total):
+        return {"config": spec, "round": round_number,
+                "milliseconds": {"stages_total": {"median": total}}}
+
+    summaries = [summary("a", 1, 50.0), summary("b", 1, 45.0), summary("a", 2, 60.0),
+                 summary("b", 2, 57.0), summary("a", 3, 52.0), summary("b", 3, 46.8)]
+    rounds = bench.summarize_rounds(summaries, ["a", "b"])
+    first, second = rounds["configs"]
+    assert first["median_ms"] == pytest.approx(52.0)
+    assert first["median_ratio"] == pytest.approx(1.0)
+    assert second["ratio_to_first"] == pytest.approx([0.9, 0.95, 0.9])
+    assert second["median_ratio"] == pytest.approx(0.9)
+    lines = bench.format_rounds(rounds)
+    assert "b: 45.0, 57.0, 46.8 (median 46.8); ratio 0.900 (rounds 0.900 to 0.950)" in lines[2]
+
+
+def test_rounds_end_to_end_alternate_configs(tmp_path, capsys):
+    from vo_node.demo_data import render_demo_sequence
+
+    sequence = render_demo_sequence(tmp_path / "sequence", num_frames=16, height=96, width=128)
+    report_path = tmp_path / "bench.json"
+    specs = ["small", "small:frontend.reuse_correlation=false"]
+    argv = [
+        str(sequence), "--configs", *specs, "--rounds", "2", "--frames", "16", "--threads", "1",
+        "--device", "cpu", "--output", str(report_path), "--log-level", "WARNING",
+    ]
+
+    status = bench.main(argv)
+
+    assert status == 0
+    report = json.loads(report_path.read_text())
+    order = [(r["summary"]["round"], r["summary"]["config"]) for r in report["results"]]
+    assert order == [(1, specs[0]), (1, specs[1]), (2, specs[0]), (2, specs[1])]
+    engine_configs = [r["measurement"]["engine_config"] for r in report["results"]]
+    assert [c["frontend"]["reuse_correlation"] for c in engine_configs] == [True, False] * 2
+    assert [row["config"] for row in report["rounds"]["configs"]] == specs
+    assert len(report["rounds"]["configs"][1]["ratio_to_first"]) == 2
+    assert "ratio to small within a round" in capsys.readouterr().out
+
+
+def test_bad_config_override_stops_before_measuring(tmp_path, caplog):
+    caplog.set_level(logging.INFO)
+    report_path = tmp_path / "bench.json"
+    argv = ["--configs", "small", "small:frontend.no_such_key=1", "--output", str(report_path)]
+
+    status = bench.main(argv)
+
+    assert status == 2
+    assert not report_path.exists()
+    assert "no_such_key" in caplog.text
+    assert "measuring" not in caplog.text

@@ -1,7 +1,14 @@
 """Measure the tracking speed and memory of one or more engine configurations.
 
 ``python -m vo_node.bench [SEQUENCE] [--configs small full] [--frames N] [--width 376]
-[--threads N] [--model PATH] [--device auto] [--override KEY=VALUE ...] [--output FILE.json]``
+[--threads N] [--model PATH] [--device auto] [--override KEY=VALUE ...] [--rounds N]
+[--output FILE.json]``
+
+A configuration may carry its own overrides, ``NAME:KEY=VALUE[,KEY=VALUE...]``, so one
+checkout can compare a setting on and off: ``--configs accurate
+accurate:frontend.reuse_correlation=false --rounds 3`` measures both three times, alternating,
+and prints each one's time relative to the first configuration within a round, with the median
+over rounds.
 
 For each configuration a fresh child process loads the frames into memory, tracks them one by one
 and records the wall time of every :meth:`VisualOdometry.track` call, its CPU time (all threads of
@@ -320,13 +327,18 @@ def summarize(measurement: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def format_table(summaries: list[dict[str, Any]]) -> list[str]:
-    """Return the text table: one row per configuration, median / p90 milliseconds per stage."""
+def format_table(summaries: list[dict[str, Any]], with_rounds: bool = False) -> list[str]:
+    """Return the text table: one row per measurement, median / p90 milliseconds per stage, and
+    the round in the first column when ``with_rounds``."""
     columns = [*STAGES, "stages_total", "wall", "cpu"]
     header = ["config", *columns, "fps med", "fps all", "peak MiB"]
+    if with_rounds:
+        header.insert(0, "round")
     rows = []
     for summary in summaries:
         cells = [summary["config"]]
+        if with_rounds:
+            cells.insert(0, str(summary["round"]))
         for name in columns:
             times = summary["milliseconds"].get(name)
             if times is None:
@@ -388,8 +400,18 @@ def build_parser() -> argparse.ArgumentParser:
         "sequence)",
     )
 
-    parser.add_argument("--configs", nargs="+", default=list(DEFAULT_CONFIGS),
-                        help="preset names or YAML paths to measure (default: small)")
+    parser.add_argument(
+        "--configs", nargs="+", default=list(DEFAULT_CONFIGS), metavar="CONFIG",
+        help="preset names or YAML paths to measure, each optionally followed by its own "
+        "overrides as NAME:KEY=VALUE[,KEY=VALUE...], e.g. accurate "
+        "accurate:frontend.reuse_correlation=false (default: small)",
+    )
+    parser.add_argument(
+        "--rounds", type=positive_int, default=1,
+        help="measure the configurations this many times, alternating, and report the median "
+        "over rounds and each configuration's time relative to the first one in the same round "
+        "(default 1)",
+    )
     parser.add_argument("--frames", type=positive_int, default=DEFAULT_FRAMES,
                         help=f"frames to track per configuration (default: {DEFAULT_FRAMES})")
     parser.add_argument("--stride", type=positive_int, default=1, metavar="N",
@@ -454,34 +476,94 @@ def main(argv: TypingSequence[str] | None = None) -> int:
     sequence = args.sequence or default_sequence()
     report: dict[str, Any] = {"command": " ".join(sys.argv), "results": []}
     summaries = []
-    for config_name in args.configs:
-        settings = BenchSettings(
-            config=config_name, sequence=str(sequence), frames=args.frames, stride=args.stride,
-            width=args.width, threads=args.threads,
-            model=str(args.model) if args.model else None, device=args.device,
-            overrides=tuple(args.override),
-        )
-        logger.info("measuring %s on %d frames of %s", config_name, args.frames, sequence)
-        try:
-            measurement = measure_in_child(settings, log_level)
-        except (ConfigError, SequenceError, ModelFileError, FileNotFoundError) as error:
-            logger.error("%s", error)
-            return EXIT_USAGE
-        summary = summarize(measurement)
-        summaries.append(summary)
-        report["results"].append({"summary": summary, "measurement": measurement})
-        print(format_machine(measurement["machine"]))
-        print(
-            f"{config_name}: {summary['measured_frames']} frames of {measurement['sequence']} "
-            f"measured after {summary['warmup_discarded']} warm-up frames, tracked at "
-            f"{measurement['tracked_size'][0]}x{measurement['tracked_size'][1]}, "
-            f"weights: {measurement['weights']['kind']}, states {summary['states']}"
-        )
-    for line in format_table(summaries):
+    for round_number in range(1, args.rounds + 1):
+        for spec in args.configs:
+            name, own_overrides = parse_config_spec(spec)
+            settings = BenchSettings(
+                config=name, sequence=str(sequence), frames=args.frames, stride=args.stride,
+                width=args.width, threads=args.threads,
+                model=str(args.model) if args.model else None, device=args.device,
+                overrides=(*args.override, *own_overrides),
+            )
+            logger.info("measuring %s (round %d of %d) on %d frames of %s", spec, round_number,
+                        args.rounds, args.frames, sequence)
+            try:
+                measurement = measure_in_child(settings, log_level)
+            except (ConfigError, SequenceError, ModelFileError, FileNotFoundError) as error:
+                logger.error("%s", error)
+                return EXIT_USAGE
+            summary = summarize(measurement)
+            summary.update(config=spec, round=round_number)
+            summaries.append(summary)
+            report["results"].append({"summary": summary, "measurement": measurement})
+            print(format_machine(measurement["machine"]))
+            print(
+                f"{spec}: {summary['measured_frames']} frames of {measurement['sequence']} "
+                f"measured after {summary['warmup_discarded']} warm-up frames, tracked at "
+                f"{measurement['tracked_size'][0]}x{measurement['tracked_size'][1]}, "
+                f"weights: {measurement['weights']['kind']}, states {summary['states']}"
+            )
+    for line in format_table(summaries, with_rounds=args.rounds > 1):
         print(line)
+    if args.rounds > 1:
+        report["rounds"] = summarize_rounds(summaries, list(args.configs))
+        for line in format_rounds(report["rounds"]):
+            print(line)
     _write_report(args.output, report)
     print(f"report written to {args.output}")
     return EXIT_OK
+
+
+def parse_config_spec(spec: str) -> tuple[str, tuple[str, ...]]:
+    """Split ``NAME[:KEY=VALUE[,KEY=VALUE...]]`` into the preset name or YAML path and its
+    overrides.
+
+    A colon starts the overrides only when ``=`` follows it, so a path with a colon and no
+    overrides stays whole.
+    """
+    name, separator, rest = spec.partition(":")
+    if not separator or "=" not in rest:
+        return spec, ()
+    return name, tuple(text for text in rest.split(",") if text)
+
+
+def summarize_rounds(summaries: list[dict[str, Any]], specs: list[str]) -> dict[str, Any]:
+    """Return the all-stages medians per round of each configuration, their median, and each
+    configuration's time over the first configuration's time in the same round.
+
+    Machines that other jobs share drift by more than the differences worth measuring, so the
+    ratio is taken within a round and its median over rounds is the figure to quote.
+    """
+    totals = {
+        spec: [s["milliseconds"]["stages_total"]["median"] for s in summaries if s["config"] == spec]
+        for spec in specs
+    }
+    reference = totals[specs[0]]
+    rows = []
+    for spec in specs:
+        ratios = [value / base for value, base in zip(totals[spec], reference)]
+        rows.append({
+            "config": spec,
+            "stages_total_ms": totals[spec],
+            "median_ms": float(np.median(totals[spec])),
+            "ratio_to_first": ratios,
+            "median_ratio": float(np.median(ratios)),
+        })
+    return {"reference": specs[0], "configs": rows}
+
+
+def format_rounds(rounds: dict[str, Any]) -> list[str]:
+    """Return one line per configuration: its all-stages median per round, the median over
+    rounds and its median ratio to the reference configuration within a round."""
+    lines = [f"all stages, ms per frame by round; ratio to {rounds['reference']} within a round:"]
+    for row in rounds["configs"]:
+        per_round = ", ".join(f"{value:.1f}" for value in row["stages_total_ms"])
+        low, high = min(row["ratio_to_first"]), max(row["ratio_to_first"])
+        lines.append(
+            f"  {row['config']}: {per_round} (median {row['median_ms']:.1f}); ratio "
+            f"{row['median_ratio']:.3f} (rounds {low:.3f} to {high:.3f})"
+        )
+    return lines
 
 
 def _check_configs(names: TypingSequence[str], overrides: TypingSequence[str]) -> None:
@@ -489,8 +571,9 @@ def _check_configs(names: TypingSequence[str], overrides: TypingSequence[str]) -
     measurement; raise :class:`vo_node.config.ConfigError` naming it."""
     from vo_node.config import apply_overrides, load_engine_config, parse_override
 
-    parsed = dict(parse_override(text) for text in overrides)
-    for name in names:
+    for spec in names:
+        name, own_overrides = parse_config_spec(spec)
+        parsed = dict(parse_override(text) for text in (*overrides, *own_overrides))
         config = load_engine_config(name)
         if parsed:
             apply_overrides(config, parsed)
