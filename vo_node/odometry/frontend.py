@@ -1194,9 +1194,7 @@ def mean_patch_flows(
         offset += count
     kk, jj = torch.cat(kk_parts), torch.cat(jj_parts)
     coords = reproject(poses, all_patches, intrinsics, torch.zeros_like(kk), jj, kk).coords
-    # Not .norm(dim=1): on a (1152, 2, 3, 3) tensor torch 2.13's CPU norm over this middle axis
-    # took 0.85 ms and the sum of squares 0.04 ms. The two agree to one unit in the last place.
-    flow = (coords - all_patches[kk, :2]).square().sum(dim=1).sqrt()  # (2 * sum(counts), P, P)
+    flow = (coords - all_patches[kk, :2]).norm(dim=1)  # (2 * sum(counts), P, P)
     full, translation, start = [], [], 0
     for count in counts:
         full.append(flow[start : start + count].mean())
