@@ -148,6 +148,21 @@ def test_config_spec_splits_own_overrides():
         "small", ("frontend.patches_per_frame=48", "ba.iterations=2")
     )
     assert bench.parse_config_spec("config/a:b.yaml") == ("config/a:b.yaml", ())
+    assert bench.parse_config_spec("config/a:b.yaml:ba.iterations=2") == (
+        "config/a:b.yaml", ("ba.iterations=2",)
+    )
+    with pytest.raises(ConfigError, match="drop the colon"):
+        bench.parse_config_spec("small:")
+
+
+def test_repeated_config_stops_before_measuring(tmp_path, caplog):
+    report_path = tmp_path / "bench.json"
+
+    status = bench.main(["--configs", "small", "small", "--output", str(report_path)])
+
+    assert status == 2
+    assert not report_path.exists()
+    assert "more than once" in caplog.text
 
 
 def test_rounds_pair_ratios_within_a_round():
@@ -201,4 +216,5 @@ def test_bad_config_override_stops_before_measuring(tmp_path, caplog):
     assert status == 2
     assert not report_path.exists()
     assert "no_such_key" in caplog.text
+    assert "--configs small:frontend.no_such_key=1" in caplog.text
     assert "measuring" not in caplog.text

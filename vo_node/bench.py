@@ -518,13 +518,21 @@ def parse_config_spec(spec: str) -> tuple[str, tuple[str, ...]]:
     """Split ``NAME[:KEY=VALUE[,KEY=VALUE...]]`` into the preset name or YAML path and its
     overrides.
 
-    A colon starts the overrides only when ``=`` follows it, so a path with a colon and no
-    overrides stays whole.
+    The overrides start at the last colon before the first ``=``, so a path with colons stays
+    whole. Raises :class:`vo_node.config.ConfigError` for a trailing colon with no override.
     """
-    name, separator, rest = spec.partition(":")
-    if not separator or "=" not in rest:
+    from vo_node.config import ConfigError
+
+    if spec.endswith(":"):
+        raise ConfigError(
+            f"configuration {spec!r} ends with a colon but gives no override; write "
+            f"{spec}KEY=VALUE or drop the colon"
+        )
+    equals = spec.find("=")
+    colon = spec.rfind(":", 0, equals) if equals >= 0 else -1
+    if colon < 0:
         return spec, ()
-    return name, tuple(text for text in rest.split(",") if text)
+    return spec[:colon], tuple(text for text in spec[colon + 1 :].split(",") if text)
 
 
 def summarize_rounds(summaries: list[dict[str, Any]], specs: list[str]) -> dict[str, Any]:
@@ -569,14 +577,26 @@ def format_rounds(rounds: dict[str, Any]) -> list[str]:
 def _check_configs(names: TypingSequence[str], overrides: TypingSequence[str]) -> None:
     """Load every configuration with the overrides, so a bad one stops the bench before any
     measurement; raise :class:`vo_node.config.ConfigError` naming it."""
-    from vo_node.config import apply_overrides, load_engine_config, parse_override
+    from vo_node.config import ConfigError, apply_overrides, load_engine_config, parse_override
 
+    repeated = sorted({spec for spec in names if list(names).count(spec) > 1})
+    if repeated:
+        raise ConfigError(
+            f"--configs lists {', '.join(repeated)} more than once; give each configuration "
+            "once (use --rounds to measure it again)"
+        )
+    global_overrides = [parse_override(text) for text in overrides]
     for spec in names:
         name, own_overrides = parse_config_spec(spec)
-        parsed = dict(parse_override(text) for text in (*overrides, *own_overrides))
-        config = load_engine_config(name)
-        if parsed:
-            apply_overrides(config, parsed)
+        try:
+            parsed = dict([*global_overrides, *(parse_override(text) for text in own_overrides)])
+            config = load_engine_config(name)
+            if parsed:
+                apply_overrides(config, parsed)
+        except ConfigError as error:
+            if not own_overrides:
+                raise
+            raise ConfigError(f"--configs {spec}: {error}") from error
 
 
 def _write_report(path: Path, report: dict[str, Any]) -> None:
