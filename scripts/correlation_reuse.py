@@ -23,6 +23,7 @@ from vo_node.io.sequence import SequenceError, open_sequence
 from vo_node.odometry.frontend import VisualOdometry
 from vo_node.run import load_engine
 
+
 def reuse_shares(sequence_path: str, config_name: str, max_frames: int | None) -> list[float]:
     """Track ``sequence_path`` and return the reused share of each pyramid level (0 to 1)."""
     config, network, device = load_engine(config_name, [], None, "cpu")

@@ -826,6 +826,4 @@ def _bilinear_blend(products: Tensor, coords: Tensor, out: Tensor | None = None)
     fx = fraction[..., 0, None, None]
     fy = fraction[..., 1, None, None]
     columns = torch.lerp(products[..., :-1], products[..., 1:], fx)  # (E, P*P, G, G-1)
-    if out is None:
-        return torch.lerp(columns[..., :-1, :], columns[..., 1:, :], fy)
     return torch.lerp(columns[..., :-1, :], columns[..., 1:, :], fy, out=out)

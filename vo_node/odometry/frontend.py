@@ -1175,9 +1175,9 @@ def mean_patch_flows(
     sources = torch.stack([source for source, _, _ in directions])
     targets = torch.stack([target for _, target, _ in directions])
     relative = se3.compose(targets, se3.invert(sources))  # (D, 7)
-    translation_only = relative.clone()
-    translation_only[:, 3:] = se3.identity(dtype=relative.dtype, device=relative.device)[3:]
     identity = se3.identity(dtype=relative.dtype, device=relative.device)
+    translation_only = relative.clone()
+    translation_only[:, 3:] = identity[3:]
     # Pose 0 is every source; direction d reprojects into poses 2d + 1 (full) and 2d + 2.
     pairs = torch.stack([relative, translation_only], dim=1).flatten(0, 1)
     poses = torch.cat([identity[None], pairs])
@@ -1186,11 +1186,9 @@ def mean_patch_flows(
     device = all_patches.device
     kk_parts, jj_parts, offset = [], [], 0
     for direction, count in enumerate(counts):
-        own = torch.arange(offset, offset + count, device=device)
-        kk_parts.append(own.repeat(2))
-        jj_parts.append(torch.repeat_interleave(
-            torch.tensor([2 * direction + 1, 2 * direction + 2], device=device), count
-        ))
+        kk_parts.append(torch.arange(offset, offset + count, device=device).repeat(2))
+        jj_parts.append(torch.full((count,), 2 * direction + 1, device=device))
+        jj_parts.append(torch.full((count,), 2 * direction + 2, device=device))
         offset += count
     kk, jj = torch.cat(kk_parts), torch.cat(jj_parts)
     coords = reproject(poses, all_patches, intrinsics, torch.zeros_like(kk), jj, kk).coords
