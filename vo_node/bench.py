@@ -525,7 +525,7 @@ def parse_config_spec(spec: str) -> tuple[str, tuple[str, ...]]:
 
     if spec.endswith(":"):
         raise ConfigError(
-            f"configuration {spec!r} ends with a colon but gives no override; write "
+            f"invalid configuration {spec!r}: the colon must be followed by overrides; write "
             f"{spec}KEY=VALUE or drop the colon"
         )
     equals = spec.find("=")
@@ -539,8 +539,8 @@ def summarize_rounds(summaries: list[dict[str, Any]], specs: list[str]) -> dict[
     """Return the all-stages medians per round of each configuration, their median, and each
     configuration's time over the first configuration's time in the same round.
 
-    Machines that other jobs share drift by more than the differences worth measuring, so the
-    ratio is taken within a round and its median over rounds is the figure to quote.
+    On a shared machine the speed drifts from round to round, so the ratio is taken within a
+    round, and its median over rounds is the figure to quote.
     """
     totals = {
         spec: [s["milliseconds"]["stages_total"]["median"] for s in summaries if s["config"] == spec]

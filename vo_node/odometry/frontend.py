@@ -1169,8 +1169,8 @@ def mean_patch_flows(
 ) -> list[float]:
     """Return :func:`mean_patch_flow` of each ``(source_cw, target_cw, patches)`` direction.
 
-    One reprojection serves all directions and one host transfer returns the values, which
-    matters for the keyframe test of every frame: each call costs mostly fixed overhead.
+    One reprojection serves all directions and one host transfer returns the values. The
+    keyframe test runs on every frame, and the cost of each call is mostly fixed overhead.
     """
     sources = torch.stack([source for source, _, _ in directions])
     targets = torch.stack([target for _, target, _ in directions])
