@@ -15,7 +15,11 @@ Prints one line per measurement (medians over repetitions):
 6. the largest difference of the matching encoder's output between the channels-last
    normalisation and ``group_norm``, on the first frames of the sequence;
 7. removing an eighth of the rows of a correlation grid-product store sized for ``accurate``
-   on EuRoC, with ``index_select`` into a preallocated buffer and with boolean indexing.
+   on EuRoC, with ``index_select`` into a preallocated buffer and with boolean indexing;
+8. per-frame overheads: ``sum(dim=1)`` against adding the two rows of ``(E, 2, 6)`` BA terms,
+   ``torch.broadcast_shapes`` on two equal shapes, the correlation blend with a copy into the
+   output against writing there (``out=``), and how many keyframe flows the square root of
+   summed squares gives differently from ``norm``.
 
 With ``PYTHONPATH=CHECKOUT --steps correlation`` it times another version's correlation on
 that version's own tracking of the same frames. The other steps need this version's encoder.
@@ -50,7 +54,14 @@ MAP_SHAPE = (1, 12, 120, 184)
 MEAN_IN_DEVIATIONS = 20.0
 STORE_ROW_SHAPE = (2, 9, 8, 8)
 """Levels, patch pixels and grid side of one store row (radius 3, 3x3 patches)."""
-STEPS = ("reductions", "normalisation", "variance", "grey", "correlation", "encoder", "store")
+BA_EDGES = 3648
+"""Edges of an ``accurate`` BA problem on EuRoC."""
+FLOW_SHAPE = (4000, 2, 3, 3)
+"""Pixel displacements ``(2 * patches, 2, P, P)`` of the keyframe test, enlarged for the count."""
+STEPS = (
+    "reductions", "normalisation", "variance", "grey", "correlation", "encoder", "store",
+    "overhead",
+)
 
 
 def median_milliseconds(function: Callable[[], object], repetitions: int) -> float:
@@ -134,6 +145,40 @@ def time_store_removal(repetitions: int) -> None:
     masked = median_milliseconds(lambda: products[keep], repetitions)
     print(f"store rows: index_select into a buffer {selected:.3f} ms, boolean indexing "
           f"{masked:.3f} ms ({EDGES} rows)")
+
+
+def time_overheads(repetitions: int) -> None:
+    from vo_node.model.correlation import _bilinear_blend
+
+    terms = torch.randn(BA_EDGES, 2, 6)
+    summed = median_milliseconds(lambda: terms.sum(dim=1), repetitions)
+    added = median_milliseconds(lambda: terms[:, 0] + terms[:, 1], repetitions)
+    shape = torch.Size([40])
+    broadcast = median_milliseconds(lambda: torch.broadcast_shapes(shape, shape), repetitions)
+
+    products = torch.randn(EDGES, *STORE_ROW_SHAPE[1:])
+    coords = torch.rand(EDGES, STORE_ROW_SHAPE[1], 2) * 50.0
+    output = torch.zeros(EDGES, 2, STORE_ROW_SHAPE[1], (STORE_ROW_SHAPE[2] - 1) ** 2)
+    level = output[:, 0]
+    copied = median_milliseconds(
+        lambda: level.copy_(_bilinear_blend(products, coords).flatten(2)), repetitions
+    )
+    blended = level.view(EDGES, STORE_ROW_SHAPE[1], STORE_ROW_SHAPE[2] - 1, -1)
+    written = median_milliseconds(lambda: _bilinear_blend(products, coords, out=blended), repetitions)
+
+    displacement = torch.randn(FLOW_SHAPE, generator=torch.Generator().manual_seed(0)) * 5.0
+    by_norm = displacement.norm(dim=1)
+    by_squares = displacement.square().sum(dim=1).sqrt()
+    differ = int((by_norm != by_squares).sum())
+    spacing = torch.finfo(by_norm.dtype).eps * by_norm.abs().clamp_min(1e-30)
+    largest_units = float(((by_norm - by_squares).abs() / spacing).max())
+    print(
+        f"overhead: sum(dim=1) {summed:.3f} ms, row addition {added:.3f} ms ({BA_EDGES} edges); "
+        f"broadcast_shapes {1000 * broadcast:.1f} us; blend with copy {copied:.3f} ms, "
+        f"out= {written:.3f} ms ({EDGES} edges, one level); square root of squares differs "
+        f"from norm in {differ} of {by_norm.numel()} flows, by at most {largest_units:.1f} "
+        "units of float32 eps relative to the flow"
+    )
 
 
 def engine_parts(sequence_path: Path, config_name: str, frames: int):
@@ -250,6 +295,8 @@ def main(argv: list[str] | None = None) -> int:
             encoder_difference(parts)
     if "store" in steps:
         time_store_removal(args.repetitions)
+    if "overhead" in steps:
+        time_overheads(args.repetitions)
     return 0
 
 

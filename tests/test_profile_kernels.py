@@ -30,6 +30,7 @@ def test_profile_kernels_prints_every_step(profile_kernels, tmp_path, capsys):
     assert lines[4].startswith("correlation: median")
     assert lines[5].startswith("matching encoder")
     assert lines[6].startswith("store rows")
+    assert lines[7].startswith("overhead:")
     for line in lines:
         assert numbers(line), line
         assert all(value >= 0 for value in numbers(line)), line

@@ -490,7 +490,8 @@ def _sum_axes(terms: torch.Tensor) -> torch.Tensor:
     """Return the sum ``(E, 6)`` of the two pixel axes of ``terms`` ``(E, 2, 6)``.
 
     Equal to ``terms.sum(dim=1)`` bit for bit, and about a third of its time for 3,648 edges on
-    two threads (torch 2.13 reduces a short middle axis slowly).
+    two threads, because torch 2.13 reduces a short middle axis slowly
+    (``scripts/profile_kernels.py --steps overhead``).
     """
     return terms[:, 0] + terms[:, 1]
 

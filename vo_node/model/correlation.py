@@ -820,7 +820,7 @@ def _bilinear_blend(products: Tensor, coords: Tensor, out: Tensor | None = None)
 
     ``out``, when given, receives the samples and may be a strided view (a level of the
     correlation output): writing there saves a copy of every sample, about 0.3 ms per level for
-    3,600 edges (two threads).
+    3,600 edges on two threads (``scripts/profile_kernels.py --steps overhead``).
     """
     fraction = coords - torch.floor(coords)
     fx = fraction[..., 0, None, None]
