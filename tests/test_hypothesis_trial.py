@@ -90,6 +90,21 @@ def test_trial_runs_full_length_on_close_costs(clip, monkeypatch):
     assert settled_from(results) == settled_from(without) + 1 + 6
 
 
+def test_trial_goes_on_while_costs_are_close(clip, monkeypatch):
+    monkeypatch.setattr(frontend, "EARLY_DECISION_RATIO", float("inf"))
+    without, _ = track(clip, {"frontend.hypothesis_frames": 0})
+    trial = {"frontend.hypothesis_frames": 4, "frontend.hypothesis_extra_frames": 5}
+    # No cost ratio reaches a margin of 1e12, so the trial runs its extra frames too.
+    undecided, trajectory = track(clip, {**trial, "frontend.hypothesis_margin": 1e12})
+    assert settled_from(undecided) == settled_from(without) + 1 + 4 + 5
+    # The oracle's mirrored hypothesis costs far more than the true one, so the default margin
+    # decides the trial after its first 4 frames.
+    decided, _ = track(clip, trial)
+    assert settled_from(decided) == settled_from(without) + 1 + 4
+    assert len(trajectory.poses) == NUM_FRAMES
+    assert ate_percent(trajectory.poses, clip.poses_wc) < MAX_ATE_PERCENT
+
+
 def test_trial_recovers_from_a_wrong_initial_choice(clip, monkeypatch, caplog):
     monkeypatch.setattr(frontend, "initialize_window", swapped_initial_window)
     # Without the trial, the mirrored scene is kept and the trajectory is far off.
@@ -156,10 +171,15 @@ def test_finish_during_the_trial_keeps_a_hypothesis(clip, monkeypatch):
     assert ate_percent(trajectory.poses, clip.poses_wc[:21]) < MAX_ATE_PERCENT
 
 
-def test_negative_hypothesis_frames_are_rejected():
+@pytest.mark.parametrize("key, value", [
+    ("hypothesis_frames", -1),
+    ("hypothesis_extra_frames", -1),
+    ("hypothesis_margin", 0.99),
+])
+def test_invalid_trial_settings_are_rejected(key, value):
     config = load_engine_config("small")
-    config.frontend.hypothesis_frames = -1
-    with pytest.raises(ConfigError, match="hypothesis_frames"):
+    setattr(config.frontend, key, value)
+    with pytest.raises(ConfigError, match=f"frontend.{key} must be"):
         config.validate()
 
 

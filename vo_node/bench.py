@@ -15,7 +15,7 @@ and records the wall time of every :meth:`VisualOdometry.track` call, its CPU ti
 the process) and the per-stage times of its :class:`TrackResult`. The frames before the engine
 first tracks outside the depth-hypothesis trial are warm-up and are left out of the statistics:
 the motion probe, the initialisation and the trial, which tracks every frame twice
-(``frontend.hypothesis_frames``). If it never tracks, the first ``frontend.init_frames`` frames
+(``frontend.hypothesis_frames``, plus ``frontend.hypothesis_extra_frames`` while undecided). If it never tracks, the first ``frontend.init_frames`` frames
 are the warm-up. The command prints the median and 90th
 percentile per stage in milliseconds, frames per second, peak memory and the machine, and writes
 the same figures as JSON. Quote medians: a shared machine makes single frames noisy. On a shared

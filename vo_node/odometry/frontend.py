@@ -14,7 +14,8 @@ differed by 0.2 to 18 %, and in 4 of them the lower one led to a failed run (ove
 path, where the other stayed under 3 %). The BA's weighted mean squared residual separates them
 once more frames add parallax. So both hypotheses are tracked, each in its own
 patch graph, for ``frontend.hypothesis_frames`` frames (sooner when one costs
-``EARLY_DECISION_RATIO`` times the other), and the cheaper one is kept. Meanwhile each frame
+``EARLY_DECISION_RATIO`` times the other, up to ``frontend.hypothesis_extra_frames`` later while
+their costs differ by less than ``frontend.hypothesis_margin``), and the cheaper one is kept. Meanwhile each frame
 reports the pose of the hypothesis that leads so far, with ``TrackResult.on_trial`` set. When the
 lead changes, the frame's ``restarted`` flag makes a live consumer start a new segment, as after
 a tracking loss. The finished trajectory comes from the kept hypothesis alone.
@@ -636,15 +637,19 @@ class VisualOdometry:
         )
 
     def _trial_decided(self) -> bool:
-        """True when one hypothesis is left, the trial has run ``hypothesis_frames`` frames, or
-        one hypothesis costs ``EARLY_DECISION_RATIO`` times the other."""
+        """True when one hypothesis is left, one costs ``EARLY_DECISION_RATIO`` times the other,
+        the trial has run ``hypothesis_frames`` frames and the costs differ by
+        ``hypothesis_margin``, or it has run ``hypothesis_extra_frames`` more."""
         if len(self._hypotheses) == 1:
             return True
-        if self._trial_frames >= self.config.frontend.hypothesis_frames:
+        frontend = self.config.frontend
+        if self._trial_frames >= frontend.hypothesis_frames + frontend.hypothesis_extra_frames:
             return True
         if self._trial_frames < EARLY_DECISION_FRAMES:
             return False
         low, high = sorted(h.mean_cost for h in self._hypotheses)
+        if self._trial_frames >= frontend.hypothesis_frames:
+            return high >= frontend.hypothesis_margin * low
         return high > EARLY_DECISION_RATIO * low
 
     def _keep_best_hypothesis(self) -> None:

@@ -11,8 +11,9 @@ the requested image QoS and the default depth-1 queue, and a recorder node in th
 its odometry. Both processes read the same host clock, so the latency of a frame is its odometry's
 receipt time minus its stamp. ``--warmup N`` first sends N frames one at a time, each after the
 node finished the previous one, so the engine's initialisation is not timed. N should cover the
-depth-hypothesis trial after it too (up to ``frontend.hypothesis_frames`` frames, 30 by default,
-each tracked twice): 50 on EuRoC. The tool reports, for the timed frames only:
+depth-hypothesis trial after it too (``frontend.hypothesis_frames`` frames, 30 by default, or up
+to ``frontend.hypothesis_extra_frames`` more while the hypotheses' costs stay close, each tracked
+twice): 50 on EuRoC. The tool reports, for the timed frames only:
 
 - latency median, p95 and max (image publish to odometry receipt), and its median in the first
   and second half of the run (a growing queue would make the second larger);
