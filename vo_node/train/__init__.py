@@ -20,6 +20,8 @@ logger = logging.getLogger(__name__)
 
 EXIT_ERROR = 1
 EXIT_USAGE = 2
+EXIT_INTERRUPTED = 128 + 2
+"""Exit code after SIGINT (signal 2), as shells report a process stopped by Ctrl-C."""
 DEFAULT_RECIPE = "train_small"
 """Preset trained when neither --config nor --resume names a recipe: the CPU recipe."""
 DEFAULT_VALIDATE_CLIPS = 64
@@ -50,8 +52,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--resume", nargs="?", const="", default=None, metavar="CKPT",
-        help="continue from CKPT (a .pt file or a run folder); without CKPT, from "
-        "OUTPUT/checkpoints/latest.pt",
+        help="continue from CKPT: a checkpoint file, a run folder (its checkpoints/latest.pt) "
+        "or 'latest' (OUTPUT/checkpoints/latest.pt, as without CKPT); without --output, a "
+        "checkpoint inside a run folder continues writing into that folder",
     )
     parser.add_argument("--max-steps", type=positive_int,
                         help="stop after this many more steps (default: train to optim.steps)")
@@ -80,25 +83,35 @@ def _configure_logging() -> None:
     )
 
 
+RESUME_LATEST = "latest"
+"""``--resume`` keyword (like ``--resume`` without a value): the run folder's latest checkpoint."""
+
+
 def _resolve(args: argparse.Namespace):
     """Return ``(config, output, resume_path)`` from the command-line arguments.
 
     Without ``--config``, a resumed run takes the configuration stored in its checkpoint.
+    Without ``--output``, a resumed checkpoint inside a run folder (``RUN/checkpoints/NAME.pt``)
+    continues writing into that run folder.
     """
     from vo_node.config import apply_overrides, find_preset, from_dict, parse_override
     from vo_node.train import checkpoint as ckpt
     from vo_node.train.config import TrainConfig, load_train_config
 
-    overrides = dict(parse_override(text) for text in args.overrides)
+    resume, override_texts = _split_resume_argument(args.resume, args.overrides)
+    overrides = dict(parse_override(text) for text in override_texts)
     config = load_train_config(args.config, overrides) if args.config is not None else None
     resume_path = None
-    if args.resume is not None:
-        target = args.resume or args.output or (config.output if config else None)
+    if resume is not None:
+        target = resume or args.output or (config.output if config else None)
         if not target:
-            raise ValueError("--resume without CKPT needs --output RUN_FOLDER or --config")
+            raise ValueError(
+                f"--resume {resume or RESUME_LATEST} needs --output RUN_FOLDER or --config to "
+                "find the run's latest checkpoint; or pass --resume RUN_FOLDER or a checkpoint file"
+            )
         resume_path = ckpt.resolve_resume_path(target)
     if config is None and resume_path is not None:
-        stored = ckpt.load_checkpoint(resume_path)["config"]
+        stored = ckpt.load_checkpoint(resume_path, mmap=True)["config"]
         config = apply_overrides(from_dict(TrainConfig, stored), overrides).validate()
     elif config is None:
         default_recipe = find_preset(DEFAULT_RECIPE)
@@ -108,8 +121,56 @@ def _resolve(args: argparse.Namespace):
         )
         config = load_train_config(default_recipe, overrides)
     warn_if_too_large_for_cpu(config)
-    output = args.output if args.output else Path(config.output)
+    output = _resolve_output(args.output, config, resume_path)
     return config, output, resume_path
+
+
+def _split_resume_argument(
+    resume: str | None, overrides: list[str]
+) -> tuple[str | None, list[str]]:
+    """Return ``(resume, overrides)`` with the ``--resume`` value normalised.
+
+    ``latest`` becomes ``""`` (the run folder's latest checkpoint). A ``key=value`` value that
+    is not an existing path is an override that argparse took as the optional CKPT, as in
+    ``--resume optim.lr=1e-4``.
+    """
+    if resume == RESUME_LATEST:
+        return "", overrides
+    if resume and "=" in resume and not Path(resume).exists():
+        return "", [resume, *overrides]
+    return resume, overrides
+
+
+def run_folder_of(checkpoint: Path) -> Path | None:
+    """Return the run folder of a checkpoint at ``RUN/checkpoints/NAME.pt``, else None."""
+    from vo_node.train import checkpoint as ckpt
+
+    if checkpoint.parent.name == ckpt.CHECKPOINT_DIR:
+        return checkpoint.parent.parent
+    return None
+
+
+def _resolve_output(output: Path | None, config, resume_path: Path | None) -> Path:
+    """Return the run folder to write: ``--output``, else the resumed run's folder, else the
+    recipe's ``output`` key. Log where a resumed run writes when that is not its own folder."""
+    if resume_path is None:
+        return output if output else Path(config.output)
+    run_folder = run_folder_of(resume_path)
+    if output is None and run_folder is not None:
+        return run_folder
+    if output is None:
+        output = Path(config.output)
+        logger.info(
+            "resuming %s, which is not inside a run folder (RUN/checkpoints/): writing "
+            "checkpoints and metrics into %s, the recipe's output; pass --output to choose "
+            "another folder", resume_path, output,
+        )
+    elif run_folder is not None and run_folder.resolve() != output.resolve():
+        logger.info(
+            "resuming %s into --output %s: new checkpoints and metrics go there, and the "
+            "resumed run folder %s stays unchanged", resume_path, output, run_folder,
+        )
+    return output
 
 
 def check_run_folder(output: Path, resume_path: Path | None) -> None:
@@ -239,9 +300,37 @@ def _print_paired_differences(scored: list) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run the trainer command; return the process exit code."""
+    """Run the trainer command; return the process exit code.
+
+    Ctrl-C (SIGINT) outside the training loop, as during ``--validate``, stops the command with
+    a one-line message and exit code 130. Inside the loop, the trainer's own handler saves a
+    checkpoint first.
+    """
     args = build_parser().parse_args(argv)
     _configure_logging()
+    try:
+        return _run_command(args)
+    except KeyboardInterrupt:
+        logger.error("%s", _interrupted_message(args))
+        return EXIT_INTERRUPTED
+
+
+def _interrupted_message(args: argparse.Namespace) -> str:
+    """Return the one-line message for a command stopped by KeyboardInterrupt."""
+    if args.validate:
+        return (f"validation interrupted by SIGINT (Ctrl-C); the lines printed above are "
+                f"complete, the other checkpoints were not scored (exit status {EXIT_INTERRUPTED})")
+    if args.export is not None:
+        return (f"export interrupted by SIGINT (Ctrl-C); run it again, because {args.output} "
+                f"may not have been written (exit status {EXIT_INTERRUPTED})")
+    # The training loop raises KeyboardInterrupt itself on a second SIGINT or SIGTERM.
+    return (f"training interrupted by SIGINT (Ctrl-C) or a second stop signal before a "
+            f"checkpoint was saved; continue from the last saved checkpoint with --resume "
+            f"(exit status {EXIT_INTERRUPTED})")
+
+
+def _run_command(args: argparse.Namespace) -> int:
+    """Run validation, export or training as ``args`` select; return the exit code."""
     from vo_node.config import ConfigError
     from vo_node.train.trainer import Trainer, TrainingError, export_checkpoint
 

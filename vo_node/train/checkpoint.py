@@ -96,7 +96,9 @@ def resolve_resume_path(resume: str | Path) -> Path:
         path = next((c for c in candidates if c.is_file()), candidates[0])
     if not path.is_file():
         raise FileNotFoundError(
-            f"cannot resume: checkpoint {path} not found; pass --resume PATH/TO/latest.pt"
+            f"cannot resume: checkpoint {path} not found; pass --resume with a checkpoint "
+            "file, a run folder that contains checkpoints/latest.pt, or latest with --output "
+            "RUN_FOLDER"
         )
     return path
 

@@ -379,6 +379,7 @@ class Trainer:
         wall_s_known = True
         if self.resume_path is not None:
             state = ckpt.load_checkpoint(self.resume_path, map_location="cpu")
+            check_resume_state(state, self.resume_path, self.network, self.engine, config)
             self.load_state(state)
             wall_s_known = "wall_s" in state
         # Built before MetricsLog creates the run folder, so a missing dataset leaves no folder.
@@ -659,6 +660,10 @@ class Trainer:
         """
         config = self.config
         self.output.mkdir(parents=True, exist_ok=True)
+        if self.step >= config.optim.steps:
+            self.metrics.close()
+            self._report_complete()
+            return 0
         self.write_run_files()
         if config.checkpoint.save_initial and self.step == 0:
             self.save(INITIAL_CHECKPOINT_NAME)
@@ -710,6 +715,21 @@ class Trainer:
             self.export(self.output / "model.pt")
         return 0
 
+    def _report_complete(self) -> None:
+        """Log that a resumed run has no steps left, and export model.pt if it is missing."""
+        if not self.context.is_main:
+            return
+        logger.warning(
+            "the run is already complete at step %d of %d (optim.steps), so nothing was trained. "
+            "To train further, start a fine-tune run from its weights: --config RECIPE --output "
+            "NEW_FOLDER init_weights=%s optim.steps=N (as config/finetune_small_largeflow.yaml "
+            "does); resuming with a larger optim.steps cannot extend the run's learning-rate "
+            "schedule", self.step, self.config.optim.steps, self.resume_path,
+        )
+        model = self.output / "model.pt"
+        if not model.is_file():
+            self.export(model)
+
     def _save_periodic(self) -> None:
         self.save(ckpt.LATEST_NAME)
         keep = self.config.checkpoint.keep_every_steps
@@ -742,6 +762,68 @@ class Trainer:
             metadata = {"step": self.step, "code_version": ckpt.code_version(),
                         "train_config": to_dict(self.config)}
             save_model(path, self.network, self.engine, metadata)
+
+
+def check_resume_state(
+    state: dict[str, Any],
+    path: Path,
+    network: VONetwork,
+    engine: EngineConfig,
+    config: TrainConfig,
+) -> None:
+    """Raise ConfigError when the checkpoint ``state`` (read from ``path``) cannot continue
+    under ``config``.
+
+    The checkpoint's network sizes must equal those of the configuration's engine, and
+    ``optim.steps`` must not exceed the length of the checkpoint's one-cycle schedule, because
+    the restored scheduler raises ValueError on the first step past its stored length.
+    """
+    fix = _resume_fix(path)
+    differing = _differing_network_sizes(state, engine)
+    if differing:
+        raise ConfigError(
+            f"checkpoint {path} has network sizes that do not match the configuration (engine "
+            f"{config.engine}): {'; '.join(differing)}; {fix}"
+        )
+    try:
+        check_state_dict(path, network, state["model"], fix=fix)
+    except ModelFileError as error:
+        raise ConfigError(
+            f"checkpoint weights do not fit the configuration's network: {error}"
+        ) from None
+    scheduled = state.get("scheduler", {}).get("total_steps")
+    if isinstance(scheduled, int) and config.optim.steps > scheduled:
+        raise ConfigError(
+            f"optim.steps={config.optim.steps} exceeds the {scheduled} steps of the learning-rate "
+            f"schedule stored in checkpoint {path}, and a resumed run cannot extend its "
+            f"schedule; resume with optim.steps={scheduled} or less, or train further in a "
+            f"fine-tune run from its weights: --config RECIPE --output NEW_FOLDER "
+            f"init_weights={path} optim.steps=N"
+        )
+
+
+def _differing_network_sizes(state: dict[str, Any], engine: EngineConfig) -> list[str]:
+    """Describe each network size that differs between the checkpoint and ``engine``."""
+    try:
+        stored = to_dict(from_dict(EngineConfig, state["engine"]).network)
+    except (ConfigError, KeyError, TypeError):
+        return []  # no readable engine section: the weight shapes are checked instead
+    current = to_dict(engine.network)
+    return [
+        f"network.{key} is {stored[key]} in the checkpoint but {value} in the configuration"
+        for key, value in current.items() if stored.get(key) != value
+    ]
+
+
+def _resume_fix(path: Path) -> str:
+    """Return the advice that ends a resume error: how to resume with the run's own settings."""
+    saved = path.parent.parent / "config.yaml"
+    if path.parent.name == ckpt.CHECKPOINT_DIR and saved.is_file():
+        own = f"leave out --config, or pass --config {saved}, the run's resolved configuration"
+    else:
+        own = "leave out --config to use the configuration stored in the checkpoint"
+    return (f"resume with the run's own configuration ({own}), or start a new run with another "
+            "--output")
 
 
 _VALIDATION_CLIP_CACHE: dict[tuple, list[dict[str, torch.Tensor]]] = {}
