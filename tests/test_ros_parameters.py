@@ -118,6 +118,65 @@ def test_command_line_rejects_and_exits_2():
     assert "image_qos must be one of sensor_data, reliable, system_default; got 'fast'" in output
 
 
+WRONG_TYPED_OVERRIDES = [
+    ("model.threads:=two", "model.threads: Trying to set parameter 'model.threads' to 'two'"),
+    ("queue_depth:=1.5", "queue_depth: Trying to set parameter 'queue_depth' to '1.5'"),
+    ("publish_tf:=yes please", "publish_tf: Trying to set parameter 'publish_tf'"),
+]
+
+
+@pytest.mark.parametrize("argument, message", WRONG_TYPED_OVERRIDES)
+def test_wrong_type_rejected_after_params_file(tiny_model, argument, message):
+    # rcl keeps the file's value beside a -p value of another type, and rclpy used to read the
+    # file's, so the wrong -p value was dropped without an error.
+    arguments = ["--params-file", str(REPO / "config" / "vo_node.yaml"),
+                 "-p", model_parameter(tiny_model), "-p", argument]
+    with ros_context(arguments) as context:
+        with pytest.raises(ParameterError) as error:
+            make_node_with_arguments(["--ros-args", *arguments], context)
+    assert message in str(error.value)
+    assert "(expected " in str(error.value)
+
+
+def make_node_with_arguments(arguments, context):
+    from vo_node.ros.node import VONode
+
+    return VONode(ros_arguments=arguments, context=context)
+
+
+def test_params_file_wrong_type_exits_2(tiny_model):
+    command = [sys.executable, "-m", "vo_node.node", "--ros-args",
+               "--params-file", str(REPO / "config" / "vo_node.yaml"),
+               "-p", model_parameter(tiny_model), "-p", "model.threads:=two"]
+    completed = subprocess.run(command, capture_output=True, text=True, timeout=60, cwd=REPO)
+    output = completed.stdout + completed.stderr
+    assert completed.returncode == 2, output
+    assert "model.threads: Trying to set parameter 'model.threads' to 'two'" in output
+    assert "(expected an integer)" in output
+    assert "CPU threads" not in output
+
+
+def test_command_line_parameters_parse_ros_arguments():
+    from vo_node.ros.parameters import command_line_parameters
+
+    arguments = ["prog", "-p", "ignored:=1", "--ros-args", "-p", "a:=two", "--param", "b:=2",
+                 "-r", "x:=y", "-p", "c:=[1.0, 2.0]", "-p", "a:=3", "--", "-p", "d:=4"]
+    assert command_line_parameters(arguments) == {"a": 3, "b": 2, "c": [1.0, 2.0]}
+
+
+def test_same_type_override_left_alone(tiny_model):
+    arguments = ["--params-file", str(REPO / "config" / "vo_node.yaml"),
+                 "-p", model_parameter(tiny_model), "-p", "model.threads:=3"]
+    with ros_context(arguments) as context:
+        node = make_node_with_arguments(["--ros-args", *arguments], context)
+        try:
+            threads = node.params.model_threads
+        finally:
+            node.shutdown()
+            node.destroy_node()
+    assert threads == 3
+
+
 def test_bad_use_sim_time_exits_2():
     # rclpy declares use_sim_time itself, inside Node.__init__, before the node's own checks.
     command = [sys.executable, "-m", "vo_node.node", "--ros-args", "-p", "use_sim_time:=maybe"]

@@ -52,7 +52,7 @@ def node_in_process(
     node = recorder = spinner = None
     try:
         try:
-            node = (node_class or VONode)(context=context)
+            node = (node_class or VONode)(ros_arguments=arguments, context=context)
         except ParameterError as problem:
             raise error(f"the node did not start: {problem}") from None
         recorder = rclpy.create_node(recorder_name, context=context)

@@ -24,7 +24,7 @@ import sys
 import threading
 import time
 from collections import deque
-from typing import Any
+from typing import Any, Sequence
 
 import cv2
 import numpy as np
@@ -65,6 +65,7 @@ from vo_node.ros.parameters import (
     load_model_file,
     rclpy_parameter_error,
     resolve_model_weights,
+    restore_command_line_overrides,
     unknown_parameter_overrides,
     validate_update,
 )
@@ -126,8 +127,12 @@ RCLError = rclpy_implementation.RCLError
 class VONode(Node):
     """Monocular visual odometry node; see the module docstring and docs/ros2.md."""
 
-    def __init__(self, **node_kwargs: Any) -> None:
+    def __init__(self, ros_arguments: Sequence[str] | None = None, **node_kwargs: Any) -> None:
         """Create the node; ``node_kwargs`` go to ``rclpy.node.Node`` (context, cli_args, ...).
+
+        ``ros_arguments`` are the arguments that initialised the node's context (None: this
+        process's ``sys.argv``). Their ``-p`` values are checked against the overrides that
+        rclpy read, see :func:`restore_command_line_overrides`.
 
         Raises:
             ParameterError: when a parameter value is invalid or the model file is unreadable.
@@ -138,6 +143,9 @@ class VONode(Node):
             # rclpy declares use_sim_time and start_type_description_service itself and raises
             # for a value of the wrong type.
             raise rclpy_parameter_error(error) from error
+        arguments = list(sys.argv[1:] if ros_arguments is None else ros_arguments)
+        arguments += list(node_kwargs.get("cli_args") or [])
+        restore_command_line_overrides(self, arguments)
         self.params = declare_parameters(self)
         for name in unknown_parameter_overrides(self):
             self.get_logger().warning(
@@ -778,13 +786,13 @@ def main(args: list[str] | None = None) -> int:
     # The handlers stay until the process ends, so a second signal during the interpreter's exit
     # still ends it with 128 + signal and a log line, not with a KeyboardInterrupt traceback.
     stop.install()
-    return _spin(logger, stop)
+    return _spin(logger, stop, sys.argv[1:] if args is None else args)
 
 
-def _spin(logger, stop: StopRequest) -> int:
+def _spin(logger, stop: StopRequest, arguments: list[str]) -> int:
     """Create the node and spin it until a stop request or a fatal error; shut down cleanly."""
     try:
-        node = VONode()
+        node = VONode(ros_arguments=arguments)
     except ParameterError as error:
         logger.fatal(str(error))
         rclpy.try_shutdown()

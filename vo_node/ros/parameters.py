@@ -21,6 +21,7 @@ from typing import Any, Callable, Sequence
 from rcl_interfaces.msg import ParameterDescriptor, SetParametersResult
 from rclpy.exceptions import ParameterException, ParameterUninitializedException
 from rclpy.parameter import Parameter
+import yaml
 
 from vo_node.io.atomic import output_file_problem
 from vo_node.ros.tf import DEFAULT_CAMERA_TO_BASE, check_transform
@@ -31,6 +32,9 @@ MODEL_DEVICES = ("auto", "cpu", "cuda")
 COVARIANCE_SIZE = 6
 INTRINSICS_SIZE = 4
 QOS_OVERRIDES_PREFIX = "qos_overrides."
+ROS_ARGUMENTS_FLAG = "--ros-args"
+ROS_ARGUMENTS_END = "--"
+PARAMETER_FLAGS = ("-p", "--param")
 RCLPY_PARAMETER_TYPES = {
     "use_sim_time": "true or false",
     "start_type_description_service": "true or false",
@@ -506,6 +510,64 @@ def unknown_parameter_overrides(node) -> list[str]:
         name for name in overrides
         if not node.has_parameter(name) and not name.startswith(QOS_OVERRIDES_PREFIX)
     )
+
+
+def command_line_parameters(arguments: Sequence[str]) -> dict[str, Any]:
+    """Return the ``-p NAME:=VALUE`` (or ``--param``) values in the ROS arguments of
+    ``arguments``, with each VALUE parsed as YAML like rcl does.
+
+    ROS arguments follow ``--ros-args`` and end at ``--``. A later value of a name wins, and a
+    VALUE that is not valid YAML is kept as the string.
+    """
+    values: dict[str, Any] = {}
+    in_ros_arguments = False
+    tokens = list(arguments)
+    for index, token in enumerate(tokens):
+        if token == ROS_ARGUMENTS_FLAG:
+            in_ros_arguments = True
+        elif token == ROS_ARGUMENTS_END:
+            in_ros_arguments = False
+        elif in_ros_arguments and token in PARAMETER_FLAGS and index + 1 < len(tokens):
+            name, separator, text = tokens[index + 1].partition(":=")
+            if not separator:
+                continue
+            try:
+                values[name] = yaml.safe_load(text)
+            except yaml.YAMLError:
+                values[name] = text
+    return values
+
+
+def restore_command_line_overrides(node, arguments: Sequence[str]) -> list[str]:
+    """Put back the ``-p`` values that rcl lost to a ``--params-file`` value of another type;
+    return the names restored.
+
+    rcl (Jazzy, as installed from PyPI here) merges a ``-p`` value into a parameter that a
+    parameter file or an earlier ``-p`` already set, but it keeps the old value of another
+    type beside the new one. rclpy then reads the first of them in the order bool, integer,
+    double, string. So with ``--params-file config/vo_node.yaml -p model.threads:=two`` the
+    node would read 0 from the file, and the type check that rejects ``two`` never sees it.
+    Call this before the parameters are declared.
+    """
+    # NOTE: rclpy has no public setter for the overrides. Jazzy's rclpy.node.Node keeps them
+    # in _parameter_overrides, and an rclpy without that attribute is left as it is.
+    overrides = getattr(node, "_parameter_overrides", None)
+    if overrides is None:
+        return []
+    restored = []
+    for name, value in command_line_parameters(arguments).items():
+        current = overrides.get(name)
+        if current is None or value is None:
+            continue
+        try:
+            expected = Parameter.Type.from_parameter_value(value)
+        except TypeError:
+            # rcl rejects such a value (a mixed list) itself, or reads it another way.
+            continue
+        if current.type_ != expected:
+            overrides[name] = Parameter(name, expected, value)
+            restored.append(name)
+    return restored
 
 
 def check_value(name: str, value: Any) -> str | None:
