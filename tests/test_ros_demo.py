@@ -29,6 +29,7 @@ from test_ros_support import (
     write_image_bag,
 )
 
+from vo_node import demo
 from vo_node.demo_data import CAMERA_FILE, TIMES_FILE, render_demo_sequence
 from vo_node.io.readers.poses import matrices_to_poses, poses_to_matrices
 from vo_node.io.sequence import open_sequence
@@ -145,6 +146,48 @@ def test_cached_bag_reused_until_sequence_changes(tiny_sequence, tmp_path):
     assert storage_file.stat().st_ino != first
     assert len(open_sequence(bag)) == 5
     assert json.loads((bag / SOURCE_FILE).read_text())["frames"] == 5
+
+
+def test_cached_bag_rewritten_after_frames_overwritten(grey_sequence, tmp_path):
+    # Overwriting files in place leaves the folder's modification time as it was.
+    source = tmp_path / "sequence"
+    shutil.copytree(grey_sequence, source)
+    bag = tmp_path / "bag"
+    cached_sequence_bag(open_sequence(source), bag)
+    first = (bag / "bag.db3").stat().st_ino
+    folder_times = source.stat()
+
+    for image in sorted(source.glob("*.png")):
+        cv2.imwrite(str(image), 255 - cv2.imread(str(image), cv2.IMREAD_GRAYSCALE))
+    os.utime(source, ns=(folder_times.st_atime_ns, folder_times.st_mtime_ns))
+    cached_sequence_bag(open_sequence(source), bag)
+
+    assert (bag / "bag.db3").stat().st_ino != first
+    replayed = next(iter(open_sequence(bag))).image
+    expected = 255 - cv2.imread(str(grey_sequence / "000000.png"), cv2.IMREAD_GRAYSCALE)
+    np.testing.assert_array_equal(replayed, expected)
+
+
+def test_cached_bag_rewritten_after_frame_added_or_removed(grey_sequence, tmp_path):
+    source = tmp_path / "sequence"
+    shutil.copytree(grey_sequence, source)
+    bag = tmp_path / "bag"
+    cached_sequence_bag(open_sequence(source), bag)
+    fingerprint = json.loads((bag / SOURCE_FILE).read_text())
+    first = (bag / "bag.db3").stat().st_ino
+
+    (source / "notes.txt").write_text("an unrelated file\n")
+    cached_sequence_bag(open_sequence(source), bag)
+    second = (bag / "bag.db3").stat().st_ino
+    (source / "notes.txt").unlink()
+    cached_sequence_bag(open_sequence(source), bag)
+
+    assert fingerprint["source_files"] == len(list(source.iterdir()))
+    assert second != first
+    assert (bag / "bag.db3").stat().st_ino != second
+    assert json.loads((bag / SOURCE_FILE).read_text())["source_files_sha1"] == (
+        fingerprint["source_files_sha1"]
+    )
 
 
 def test_demo_folder_of_one_bag_replays_it(tiny_sequence, tmp_path):
@@ -316,6 +359,64 @@ def test_demo_on_short_euroc_bag_with_shipped_model(tmp_path):
     assert report["frames_processed"] + report["frames_initialising"] == 32
     assert report["metrics"] is not None, report["metrics_error"]
     assert report["metrics"]["ate_percent"] < 5.0
+
+
+def node_report(**fields):
+    from test_ros_replay import evaluation_report, segmented_report
+
+    from vo_node.io.trajectory import Trajectory
+
+    empty = Trajectory(np.zeros(0, dtype=np.int64), np.zeros((0, 7)))
+    if fields.pop("segmented", False):
+        return segmented_report(trajectory=empty, **fields)
+    return evaluation_report(trajectory=empty, **fields)
+
+
+def reject_constant(name: str) -> None:
+    raise ValueError(f"{name} is not valid JSON")
+
+
+def test_demo_summary_and_report_list_segment_ates(tmp_path):
+    report = node_report(segmented=True)
+    bag = demo.DemoBag(tmp_path / "bag", "/camera/image_raw", None, "/groundtruth/pose")
+
+    lines = demo.format_node_summary(report, bag, {})
+    demo.write_node_outputs(report, bag, tmp_path, {})
+    document = json.loads((tmp_path / "metrics.json").read_text(), parse_constant=reject_constant)
+
+    assert any(line.startswith("WARNING: the odometry has 3 segments") for line in lines)
+    assert any(line.startswith("segment 1 (18 poses):") and "ATE RMSE 0.007 m" in line
+               for line in lines)
+    assert "segment 3 (2 poses):      ATE not computed (2 poses, fewer than 3)" in lines
+    assert [segment["poses"] for segment in document["segments"]] == [18, 6, 2]
+    assert document["segments"][1]["metrics"]["ate_rmse"] == 0.004
+    assert document["segments"][2]["metrics"] is None
+    assert document["segments"][2]["metrics_error"] == "2 poses, fewer than 3"
+
+
+def test_demo_report_without_odometry_is_valid_json(tmp_path):
+    report = node_report(frames_processed=0, odometry_messages=0, latency_median_ms=None,
+                         latency_p95_ms=None, ate_error="only 0 poses were recorded")
+    bag = demo.DemoBag(tmp_path / "bag", "/camera/image_raw", None, None)
+
+    lines = demo.format_node_summary(report, bag, {})
+    demo.write_node_outputs(report, bag, tmp_path, {})
+    document = json.loads((tmp_path / "metrics.json").read_text(), parse_constant=reject_constant)
+
+    assert "latency median/p95: n/a (no odometry received)" in lines
+    assert not any("nan" in line for line in lines)
+    assert document["latency_median_ms"] is None
+    assert document["latency_p95_ms"] is None
+
+
+@pytest.mark.parametrize("value", ["0", "-1", "nan"])
+def test_demo_rejects_non_positive_frame_timeout(value, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        demo.build_parser().parse_args(["--frame-timeout", value])
+    assert exit_info.value.code == 2
+    assert f"--frame-timeout: must be a positive number of seconds, got {value}" in (
+        capsys.readouterr().err
+    )
 
 
 def test_demo_missing_model_before_dds(tiny_sequence, tmp_path):

@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 import shutil
 from pathlib import Path
 from typing import Any
@@ -226,15 +227,20 @@ CACHE_FORMAT = 1
 def sequence_fingerprint(sequence: Sequence, storage: str) -> dict[str, Any]:
     """Return a JSON-ready description of ``sequence`` that changes when its bag would change.
 
-    It contains the source path and its modification time (a re-rendered or replaced folder
-    gets a new one), the frame selection, a hash of the timestamps and the camera.
+    It contains the source path and its modification time, a hash of the name, size and
+    modification time of every file under it (:func:`source_files_fingerprint`), the frame
+    selection, a hash of the timestamps and the camera. The file hash changes when a frame is
+    overwritten in place, which leaves the folder's own modification time unchanged.
     """
     camera = sequence.camera
     root = sequence.root.resolve()
+    files, files_sha1 = source_files_fingerprint(root)
     return {
         "cache_format": CACHE_FORMAT,
         "source": str(root),
         "source_mtime_ns": root.stat().st_mtime_ns,
+        "source_files": files,
+        "source_files_sha1": files_sha1,
         "layout": sequence.layout,
         "stride": int(sequence.stride),
         "frames": len(sequence),
@@ -242,6 +248,31 @@ def sequence_fingerprint(sequence: Sequence, storage: str) -> dict[str, Any]:
         "camera": [camera.width, camera.height, camera.fx, camera.fy, camera.cx, camera.cy],
         "storage": storage,
     }
+
+
+def source_files_fingerprint(root: Path) -> tuple[int, str]:
+    """Return the number of files under ``root`` (or 1 for a file) and a SHA-1 of their
+    relative names, sizes and modification times in nanoseconds, in sorted name order.
+
+    Symbolic links to files count with their target's size and time. Folders that are
+    symbolic links are not entered.
+    """
+    if root.is_file():
+        entries = [(root.name, root.stat())]
+    else:
+        entries = []
+        for folder, subfolders, names in os.walk(root):
+            subfolders.sort()
+            for name in names:
+                path = Path(folder) / name
+                try:
+                    entries.append((path.relative_to(root).as_posix(), path.stat()))
+                except FileNotFoundError:
+                    continue  # a broken symbolic link, or a file removed during the walk
+    digest = hashlib.sha1()
+    for name, status in sorted(entries, key=lambda entry: entry[0]):
+        digest.update(f"{name}\0{status.st_size}\0{status.st_mtime_ns}\n".encode())
+    return len(entries), digest.hexdigest()
 
 
 def cached_sequence_bag(sequence: Sequence, path: str | Path, storage: str = "sqlite3",
