@@ -416,6 +416,33 @@ def test_evaluation_summary_one_segment():
     assert not any(line.startswith(("WARNING", "segment ")) for line in lines)
 
 
+def test_summary_without_odometry_has_no_nan():
+    report = evaluation_report(frames_processed=0, odometry_messages=0, latency_median_ms=None,
+                               latency_p95_ms=None)
+    summary = report.summary()
+    assert "latency median / p95:     n/a (no odometry received)" in summary.splitlines()
+    assert "nan" not in summary
+
+
+def test_latency_percentiles_none_without_values():
+    from vo_node.ros.pipeline import LatencyWindow
+    from vo_node.ros.replay import latency_percentiles
+
+    assert latency_percentiles(LatencyWindow()) == (None, None)
+
+
+@pytest.mark.parametrize("value", ["0", "-5", "nan", "inf"])
+def test_replay_rejects_non_positive_frame_timeout(value, capsys):
+    from vo_node.ros.replay import build_parser
+
+    with pytest.raises(SystemExit) as exit_info:
+        build_parser().parse_args(["bag", "--evaluate", "--frame-timeout", value])
+    assert exit_info.value.code == 2
+    assert f"--frame-timeout: must be a positive number of seconds, got {value}" in (
+        capsys.readouterr().err
+    )
+
+
 def test_split_segments_groups_labels():
     segments = split_segments([10, 20, 30, 40, 50], [0, 0, 1, 1, 1])
     assert [(s.start, s.poses, s.first_stamp_ns) for s in segments] == [(0, 2, 10), (2, 3, 30)]

@@ -39,6 +39,7 @@ from vo_node.io.camera import CalibrationError
 from vo_node.io.sequence import Sequence, SequenceError, open_sequence
 from vo_node.io.trajectory import TrajectoryError, write_tum
 from vo_node.model.network import ModelFileError, default_model_path, load_model
+from vo_node.ros.replay import positive_seconds
 from vo_node.run import (
     BYTES_PER_MEBIBYTE,
     EXIT_FAILED,
@@ -274,13 +275,14 @@ def format_node_summary(report: Any, bag: DemoBag, outputs: dict[str, Path]) -> 
         f"frames dropped: {report.frames_dropped}",
         f"frames skipped: {report.frames_skipped}",
         f"frames lost: {report.frames_lost}",
-        f"latency median/p95: {report.latency_median_ms:.1f} / {report.latency_p95_ms:.1f} ms "
-        "(image arrival to published odometry)",
+        f"latency median/p95: {report.latency_text()}"
+        + ("" if report.latency_median_ms is None else " (image arrival to published odometry)"),
     ]
     if report.ate is not None:
         lines += format_node_accuracy(report.ate, bag.unit)
     else:
         lines.append(f"ATE: not computed ({report.ate_error})")
+    lines += report.segment_lines()
     lines.extend(f"{name}: {path}" for name, path in outputs.items())
     return lines
 
@@ -329,6 +331,7 @@ def write_node_outputs(report: Any, bag: DemoBag, output_dir: Path,
         **counts,
         "metrics": report.ate,
         "metrics_error": report.ate_error,
+        "segments": [segment_document(segment) for segment in report.segments],
         **extra,
     }
     outputs["report"] = output_dir / METRICS_FILE
@@ -336,6 +339,21 @@ def write_node_outputs(report: Any, bag: DemoBag, output_dir: Path,
         json.dump(document, handle, indent=2)
         handle.write("\n")
     return outputs
+
+
+def segment_document(segment: Any) -> dict[str, Any]:
+    """Return the JSON fields of one odometry segment (``SegmentEvaluation``).
+
+    ``metrics`` and ``metrics_error`` stay None unless the run had several segments and
+    ground truth.
+    """
+    return {
+        "start": segment.start,
+        "poses": segment.poses,
+        "first_stamp_ns": segment.first_stamp_ns,
+        "metrics": segment.ate,
+        "metrics_error": segment.ate_error,
+    }
 
 
 def run_through_node(args: argparse.Namespace) -> int:
@@ -460,7 +478,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="T_body_cam (metres, unit quaternion) when the bag's ground truth is the pose of a "
         "body or IMU frame; see docs/ros2.md for EuRoC's value",
     )
-    node.add_argument("--frame-timeout", type=float, default=300.0, metavar="SECONDS",
+    node.add_argument("--frame-timeout", type=positive_seconds, default=300.0, metavar="SECONDS",
                       help="maximum wait for the node to finish one frame, seconds (default 300)")
     return parser
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import math
 import shlex
 import sys
 import threading
@@ -422,8 +423,10 @@ class EvaluationReport:
     frames_skipped: int
     frames_lost: int
     odometry_messages: int
-    latency_median_ms: float
-    latency_p95_ms: float
+    latency_median_ms: float | None
+    """Median time from image arrival to published odometry, ms; None when no odometry was
+    published."""
+    latency_p95_ms: float | None
     wall_time_s: float
     odometry_stamps_ns: list[int]
     image_stamps_ns: list[int]
@@ -470,8 +473,7 @@ class EvaluationReport:
             _format_row("frames lost", self.frames_lost),
             _format_row("odometry messages", self.odometry_messages),
             _format_row("odometry segments", self._segment_counts()),
-            _format_row("latency median / p95",
-                 f"{self.latency_median_ms:.1f} / {self.latency_p95_ms:.1f} ms"),
+            _format_row("latency median / p95", self.latency_text()),
             _format_row("wall time", f"{self.wall_time_s:.1f} s"),
         ]
         if self.groundtruth_extrinsic is not None:
@@ -481,14 +483,27 @@ class EvaluationReport:
             lines.extend(format_metrics(self.ate, self.length_unit))
         else:
             lines.append(f"ATE: not computed ({self.ate_error})")
-        evaluated = any(segment.ate is not None or segment.ate_error for segment in self.segments)
-        if len(self.segments) > 1 and evaluated:
-            lines.append(
-                f"WARNING: the odometry has {len(self.segments)} segments, whose scales may "
-                "differ; the ATE above fits one Sim(3) to all of them. Each segment on its own:"
-            )
-            lines.extend(self._segment_row(index) for index in range(len(self.segments)))
+        lines.extend(self.segment_lines())
         return "\n".join(lines)
+
+    def latency_text(self) -> str:
+        """Return ``"median / p95 ms"``, or a note that no odometry was received."""
+        if self.latency_median_ms is None or self.latency_p95_ms is None:
+            return "n/a (no odometry received)"
+        return f"{self.latency_median_ms:.1f} / {self.latency_p95_ms:.1f} ms"
+
+    def segment_lines(self) -> list[str]:
+        """Return a warning and one ATE line per segment when there are several segments and
+        their ATE was evaluated (ground truth given), else no lines."""
+        evaluated = any(segment.ate is not None or segment.ate_error for segment in self.segments)
+        if len(self.segments) < 2 or not evaluated:
+            return []
+        lines = [
+            f"WARNING: the odometry has {len(self.segments)} segments, whose scales may "
+            "differ; the ATE above fits one Sim(3) to all of them. Each segment on its own:"
+        ]
+        lines.extend(self._segment_row(index) for index in range(len(self.segments)))
+        return lines
 
     def _segment_counts(self) -> str:
         if len(self.segments) <= 1:
@@ -657,7 +672,7 @@ def evaluate_bag(
         stamps = [stamp_to_ns(message.header.stamp) for message in odometry]
         trajectory, segments = _camera_trajectory(node, odometry, pose_msg_to_matrix,
                                                   node.segment_starts_ns)
-        median_ms, p95_ms = node.latency.percentiles_ms()
+        median_ms, p95_ms = latency_percentiles(node.latency)
         report = EvaluationReport(
             frames_in_bag=result.counts[image_topic],
             frames_received=node.input_rate.count,
@@ -688,6 +703,15 @@ def evaluate_bag(
         return report
 
 
+def latency_percentiles(window) -> tuple[float | None, float | None]:
+    """Return the ``(median, p95)`` milliseconds of a ``LatencyWindow``, or ``(None, None)``
+    when it has no value because no odometry was published (None stays valid JSON, NaN not)."""
+    median_ms, p95_ms = window.percentiles_ms()
+    if math.isnan(median_ms) or math.isnan(p95_ms):
+        return None, None
+    return median_ms, p95_ms
+
+
 def _warn_about_segments(segments: list[SegmentEvaluation]) -> None:
     if len(segments) < 2:
         return
@@ -695,8 +719,8 @@ def _warn_about_segments(segments: list[SegmentEvaluation]) -> None:
     logger.warning(
         "the odometry has %d segments (%s poses): a reset, a tracking loss or a change of the "
         "leading depth hypothesis started each new one, and a reset or loss also a new scale. "
-        "The whole-trajectory ATE fits one Sim(3) to all of them, so the summary adds the ATE "
-        "of each segment",
+        "The whole-trajectory ATE fits one Sim(3) to all of them, so when there is ground truth "
+        "the summary also gives the ATE of each segment on its own",
         len(segments), poses,
     )
 
@@ -969,6 +993,19 @@ def _wait_for_publisher_match(node, topic: str, timeout_s: float) -> None:
 # Command line
 
 
+def positive_seconds(text: str) -> float:
+    """Parse an argparse duration in seconds that must be a finite number above 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of seconds, got {text!r}") from None
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(
+            f"must be a positive number of seconds, got {text}"
+        )
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="vo_replay",
@@ -1016,7 +1053,8 @@ def build_parser() -> argparse.ArgumentParser:
                             "for a bag the demo wrote from a rendered sequence, else m)")
     evaluation.add_argument("--node-args", default="",
                             help="extra ROS arguments for the node, e.g. \"-p model.device:=cpu\"")
-    evaluation.add_argument("--frame-timeout", type=float, default=120.0, metavar="SECONDS",
+    evaluation.add_argument("--frame-timeout", type=positive_seconds, default=120.0,
+                            metavar="SECONDS",
                             help="maximum wait for the node to finish one frame, seconds "
                             "(default 120)")
     return parser
