@@ -189,3 +189,91 @@ def test_override_values_that_break_parsing():
     key, value = parse_override("frontend.patches_per_frame=.inf")
     with pytest.raises(ConfigError, match="patches_per_frame must be an integer"):
         apply_overrides(load_engine_config("small"), {key: value})
+
+
+def numeric_keys() -> list[tuple[str, type]]:
+    """Return the dotted key and type of every int or float field of the engine configuration."""
+    import dataclasses
+
+    keys = []
+    config = EngineConfig()
+    for field in dataclasses.fields(config):
+        value = getattr(config, field.name)
+        if dataclasses.is_dataclass(value):
+            for inner in dataclasses.fields(value):
+                inner_value = getattr(value, inner.name)
+                if type(inner_value) in (int, float):
+                    keys.append((f"{field.name}.{inner.name}", type(inner_value)))
+        elif type(value) in (int, float):
+            keys.append((field.name, type(value)))
+    return keys
+
+
+@pytest.mark.parametrize("key, kind", numeric_keys())
+def test_every_numeric_key_rejects_non_finite_and_huge(key, kind):
+    values = [float("nan"), float("inf"), float("-inf")] if kind is float else [-(10**19)]
+    for value in values:
+        with pytest.raises(ConfigError) as raised:
+            apply_overrides(EngineConfig(), {key: value})
+        message = str(raised.value)
+        assert key in message
+        if kind is float:
+            assert str(value) in message
+            assert "must be" in message
+
+
+OUT_OF_RANGE = [
+    ("frontend.frame_memory", 0, "at least 35"),
+    ("frontend.max_keyframes", 0, "at least 36"),
+    ("max_image_width", -100, "at least 32"),
+    ("max_image_width", 8, "at least 32"),
+    ("ba.pose_damping", float("nan"), "finite number 0 or more"),
+    ("frontend.keyframe_threshold", float("nan"), "finite number 0 or more"),
+    ("frontend.keyframe_threshold", -1, "0 or more"),
+    ("ba.min_depth", -1, "0 or more"),
+    ("ba.max_inverse_depth", -1, "above 0.0001"),
+    ("ba.max_inverse_depth", 1e-5, "above 0.0001"),
+    ("ba.lm_damping_factor", float("nan"), "finite number above 1"),
+    ("ba.lm_damping", 0, "positive"),
+    ("network.patch_size", -1, "positive"),
+    ("network.correlation_radius", -1, "0 or more"),
+    ("frontend.keyframe_index", 0, "at least 1"),
+    ("frontend.motion_damping", 1.5, "at most 1"),
+    ("frontend.init_iterations", 0, "positive"),
+    ("frontend.final_iterations", -1, "0 or more"),
+]
+
+
+@pytest.mark.parametrize("key, value, valid_range", OUT_OF_RANGE)
+def test_out_of_range_value_names_key_value_range(key, value, valid_range):
+    with pytest.raises(ConfigError) as raised:
+        apply_overrides(EngineConfig(), {key: value})
+    message = str(raised.value)
+    assert message.startswith(f"{key} must be")
+    assert f"got {value}" in message
+    assert valid_range in message
+
+
+@pytest.mark.parametrize("key, value", [
+    ("max_image_width", 0), ("max_image_width", 32), ("frontend.keyframe_threshold", 0.0),
+    ("frontend.frame_memory", 35), ("ba.min_depth", 0.0), ("seed", -1),
+])
+def test_boundary_values_accepted(key, value):
+    config = apply_overrides(EngineConfig(), {key: value})
+    assert config is not None
+
+
+def test_override_of_section_says_it_is_a_section():
+    with pytest.raises(ConfigError) as raised:
+        apply_overrides(EngineConfig(), dict([parse_override("frontend=3")]))
+    message = str(raised.value)
+    assert "frontend is a section, not a value" in message
+    assert "frontend.KEY=VALUE" in message
+    assert "frontend." + " must" not in message
+
+
+def test_yaml_section_that_is_a_number(tmp_path):
+    path = tmp_path / "flat.yaml"
+    path.write_text("frontend: 3\n")
+    with pytest.raises(ConfigError, match=r"^frontend must be a section of key: value lines"):
+        load_engine_config(path)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
@@ -28,6 +29,12 @@ MOTION_MODELS = ("damped_linear", "constant")
 DEVICES = ("auto", "cpu", "cuda")
 MIN_CONFIDENCE_HISTORY = 5
 """Confident frames needed before a frame's position variance is compared with their median."""
+MIN_IMAGE_WIDTH = 32
+"""Smallest ``max_image_width`` in pixels: the tracker crops frames to multiples of 16 pixels
+and needs at least 32 (``MIN_PREPARED_SIZE`` in ``vo_node.odometry.image``)."""
+MIN_SEED = -(2**63)
+MAX_SEED = 2**63 - 1
+"""Seeds must fit a signed 64-bit integer, the range of ``torch.Generator.manual_seed``."""
 
 
 class ConfigError(ValueError):
@@ -180,7 +187,10 @@ class EngineConfig:
     """Seed of the patch-centre draws, so a run is repeatable."""
 
     def validate(self) -> "EngineConfig":
-        """Check value ranges and choices; raise :class:`ConfigError` on the first invalid one."""
+        """Check value ranges and choices; raise :class:`ConfigError` on the first invalid one.
+
+        Every number must be finite. Each message names the key, the value and the valid range.
+        """
         check_choice("device", self.device, DEVICES)
         check_choice("frontend.motion_model", self.frontend.motion_model, MOTION_MODELS)
         check_choice(
@@ -191,62 +201,111 @@ class EngineConfig:
             "network.matching_dim": self.network.matching_dim,
             "network.context_dim": self.network.context_dim,
             "network.encoder_dim": self.network.encoder_dim,
+            "network.patch_size": self.network.patch_size,
+            "network.correlation_levels": self.network.correlation_levels,
             "frontend.patches_per_frame": self.frontend.patches_per_frame,
             "frontend.patch_lifetime": self.frontend.patch_lifetime,
             "frontend.optimization_window": self.frontend.optimization_window,
             "frontend.init_frames": self.frontend.init_frames,
+            "frontend.init_iterations": self.frontend.init_iterations,
             "ba.iterations": self.ba.iterations,
             "ba.lm_max_trials": self.ba.lm_max_trials,
+            "ba.max_residual": self.ba.max_residual,
+            "ba.lm_damping": self.ba.lm_damping,
         })
-        if self.frontend.threshold_reference_width < 0:
-            raise ConfigError(
-                "frontend.threshold_reference_width must be 0 (absolute thresholds) or a "
-                f"positive width in pixels, got {self.frontend.threshold_reference_width}"
-            )
-        if self.frontend.hypothesis_frames < 0:
-            raise ConfigError(
-                "frontend.hypothesis_frames must be 0 (choose at initialisation) or a positive "
-                f"number of frames, got {self.frontend.hypothesis_frames}"
-            )
-        if self.frontend.hypothesis_margin < 1.0:
-            raise ConfigError(
-                "frontend.hypothesis_margin must be at least 1 (1 decides at hypothesis_frames), "
-                f"got {self.frontend.hypothesis_margin}"
-            )
-        if self.frontend.hypothesis_extra_frames < 0:
-            raise ConfigError(
-                "frontend.hypothesis_extra_frames must be 0 (end every trial at "
-                "hypothesis_frames) or a positive number of frames, got "
-                f"{self.frontend.hypothesis_extra_frames}"
-            )
-        if self.frontend.low_confidence_ratio < 0:
-            raise ConfigError(
-                "frontend.low_confidence_ratio must be 0 (no check) or a positive ratio, got "
-                f"{self.frontend.low_confidence_ratio}"
-            )
-        if self.frontend.confidence_window < MIN_CONFIDENCE_HISTORY:
-            raise ConfigError(
-                f"frontend.confidence_window must be at least {MIN_CONFIDENCE_HISTORY} frames, "
-                f"got {self.frontend.confidence_window}"
-            )
-        if self.ba.lm_damping_factor <= 1.0:
-            raise ConfigError(
-                f"ba.lm_damping_factor must be above 1 so rejected steps get more damping, got "
-                f"{self.ba.lm_damping_factor}"
-            )
         if self.network.patch_size % 2 != 1:
             raise ConfigError(f"network.patch_size must be odd, got {self.network.patch_size}")
-        if self.frontend.removal_window < self.frontend.patch_lifetime:
-            raise ConfigError(
-                f"frontend.removal_window ({self.frontend.removal_window}) must be at least "
-                f"frontend.patch_lifetime ({self.frontend.patch_lifetime})"
+        self._validate_frontend()
+        self._validate_ba()
+        if self.max_image_width != 0:
+            check_range(
+                "max_image_width", self.max_image_width, at_least=MIN_IMAGE_WIDTH,
+                meaning="pixels, or 0 to keep the input width",
             )
-        if self.frontend.keyframe_index >= self.frontend.optimization_window:
-            raise ConfigError(
-                f"frontend.keyframe_index ({self.frontend.keyframe_index}) must be smaller than "
-                f"frontend.optimization_window ({self.frontend.optimization_window})"
-            )
+        check_range("seed", self.seed, at_least=MIN_SEED, at_most=MAX_SEED)
         return self
+
+    def _validate_frontend(self) -> None:
+        frontend = self.frontend
+        check_range("network.correlation_radius", self.network.correlation_radius, at_least=0)
+        check_range(
+            "frontend.keyframe_index", frontend.keyframe_index, at_least=1,
+            at_most=frontend.optimization_window - 1,
+            meaning="it must be smaller than frontend.optimization_window "
+            f"({frontend.optimization_window})",
+        )
+        check_range(
+            "frontend.keyframe_threshold", frontend.keyframe_threshold, at_least=0.0,
+            meaning="mean flow in 1/4-resolution pixels, and 0 never removes a keyframe",
+        )
+        check_range(
+            "frontend.motion_damping", frontend.motion_damping, at_least=0.0, at_most=1.0,
+            meaning="0 copies the last pose, 1 repeats the last motion in full",
+        )
+        check_range("frontend.final_iterations", frontend.final_iterations, at_least=0)
+        check_range(
+            "frontend.motion_probe_threshold", frontend.motion_probe_threshold, at_least=0.0,
+            meaning="median flow in 1/4-resolution pixels",
+        )
+        check_range(
+            "frontend.threshold_reference_width", frontend.threshold_reference_width,
+            at_least=0.0, meaning="0 keeps absolute thresholds, else a width in pixels",
+        )
+        check_range(
+            "frontend.hypothesis_frames", frontend.hypothesis_frames, at_least=0,
+            meaning="0 chooses at initialisation, else a number of frames",
+        )
+        check_range(
+            "frontend.hypothesis_margin", frontend.hypothesis_margin, at_least=1.0,
+            meaning="1 decides at hypothesis_frames",
+        )
+        check_range(
+            "frontend.hypothesis_extra_frames", frontend.hypothesis_extra_frames, at_least=0,
+            meaning="0 ends every trial at hypothesis_frames, else a number of frames",
+        )
+        check_range(
+            "frontend.low_confidence_ratio", frontend.low_confidence_ratio, at_least=0.0,
+            meaning="0 turns the check off, else a positive ratio",
+        )
+        check_range(
+            "frontend.confidence_window", frontend.confidence_window,
+            at_least=MIN_CONFIDENCE_HISTORY, meaning="a number of frames",
+        )
+        check_range(
+            "frontend.removal_window", frontend.removal_window, at_least=frontend.patch_lifetime,
+            meaning=f"frontend.patch_lifetime is {frontend.patch_lifetime}",
+        )
+        # The patch graph keeps the matching maps of the frames that edges can reach.
+        reach = frontend.removal_window + frontend.patch_lifetime
+        check_range(
+            "frontend.frame_memory", frontend.frame_memory, at_least=reach,
+            meaning=f"frontend.removal_window + frontend.patch_lifetime = {reach}, because "
+            "edges reach that many frames back",
+        )
+        check_range(
+            "frontend.max_keyframes", frontend.max_keyframes, at_least=reach + 1,
+            meaning=f"above frontend.removal_window + frontend.patch_lifetime = {reach}",
+        )
+
+    def _validate_ba(self) -> None:
+        ba = self.ba
+        for key, value in (
+            ("ba.pose_damping", ba.pose_damping),
+            ("ba.pose_damping_relative", ba.pose_damping_relative),
+            ("ba.depth_damping", ba.depth_damping),
+            ("ba.min_depth", ba.min_depth),
+            ("ba.image_margin", ba.image_margin),
+            ("ba.min_inverse_depth", ba.min_inverse_depth),
+        ):
+            check_range(key, value, at_least=0.0)
+        check_range(
+            "ba.max_inverse_depth", ba.max_inverse_depth, above=ba.min_inverse_depth,
+            meaning=f"ba.min_inverse_depth is {ba.min_inverse_depth}",
+        )
+        check_range(
+            "ba.lm_damping_factor", ba.lm_damping_factor, above=1.0,
+            meaning="rejected steps must get more damping",
+        )
 
 
 def check_choice(key: str, value: str, choices: tuple[str, ...]) -> None:
@@ -256,16 +315,60 @@ def check_choice(key: str, value: str, choices: tuple[str, ...]) -> None:
 
 
 def check_positive(values: Mapping[str, float]) -> None:
-    """Raise :class:`ConfigError` naming the first key of ``values`` whose value is not above 0."""
+    """Raise :class:`ConfigError` naming the first key of ``values`` whose value is not a finite
+    number above 0."""
     for key, value in values.items():
-        if value <= 0:
-            raise ConfigError(f"{key} must be positive, got {value}")
+        if not (math.isfinite(value) and value > 0):
+            raise ConfigError(f"{key} must be positive (a finite number above 0), got {value}")
+
+
+def check_range(
+    key: str,
+    value: float,
+    *,
+    at_least: float | None = None,
+    above: float | None = None,
+    at_most: float | None = None,
+    meaning: str = "",
+) -> None:
+    """Raise :class:`ConfigError` unless ``value`` is finite and within the given bounds.
+
+    The message names ``key``, ``value`` and the valid range, followed by ``meaning`` (what the
+    bounds stand for) in brackets.
+    """
+    valid = math.isfinite(value)
+    valid = valid and (at_least is None or value >= at_least)
+    valid = valid and (above is None or value > above)
+    valid = valid and (at_most is None or value <= at_most)
+    if valid:
+        return
+    bounds = []
+    if at_least is not None:
+        bounds.append("0 or more" if at_least == 0 else f"at least {_format_bound(at_least)}")
+    if above is not None:
+        bounds.append(f"above {_format_bound(above)}")
+    if at_most is not None:
+        bounds.append(f"at most {_format_bound(at_most)}")
+    kind = "" if math.isfinite(value) else "a finite number "
+    detail = f" ({meaning})" if meaning else ""
+    raise ConfigError(
+        f"{key} must be {kind}{' and '.join(bounds)}{detail}, got {value}; set a valid value in "
+        f"the configuration file or with --override {key}=VALUE"
+    )
+
+
+def _format_bound(bound: float) -> str:
+    return f"{bound:g}" if isinstance(bound, float) else str(bound)
 
 
 def from_dict(cls: type, values: Mapping[str, Any], prefix: str = "") -> Any:
     """Build dataclass ``cls`` from a nested mapping, rejecting unknown keys by name."""
     if not isinstance(values, Mapping):
-        raise ConfigError(f"{prefix or 'configuration'} must be a mapping, got {values!r}")
+        section = prefix.rstrip(".") or "configuration"
+        raise ConfigError(
+            f"{section} must be a section of key: value lines (a mapping), got {values!r}; "
+            "set its keys one per line below it"
+        )
     fields = {f.name: f for f in dataclasses.fields(cls)}
     kwargs: dict[str, Any] = {}
     for key, value in values.items():
@@ -405,6 +508,14 @@ def apply_overrides(config: Any, overrides: Mapping[str, Any]) -> Any:
         if parts[-1] not in node:
             raise ConfigError(
                 f"unknown configuration key {dotted!r}; valid keys here: {', '.join(sorted(node))}"
+            )
+        section = node[parts[-1]]
+        if isinstance(section, dict) and not isinstance(value, Mapping):
+            example = next(iter(section))
+            raise ConfigError(
+                f"override {dotted}={value!r} is invalid: {dotted} is a section, not a value; "
+                f"set one of its keys with {dotted}.KEY=VALUE, such as {dotted}.{example}="
+                f"{section[example]!r}"
             )
         node[parts[-1]] = value
     result = from_dict(type(config), nested)
