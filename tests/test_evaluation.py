@@ -319,3 +319,23 @@ def test_scene_units_label_plot_and_metrics(tmp_path):
     assert "scene units" in over_time.get_title()
     assert " m " not in over_time.get_title()
     plt.close(figure)
+
+
+def test_partial_plot_crops_ground_truth(tmp_path):
+    ground_truth = helix(80)
+    first = Trajectory(ground_truth.timestamps_ns[:30], ground_truth.poses[:30])
+    estimate = transform_sim3(first, 0.5, Rotation.identity(), np.zeros(3))
+    metrics = evaluate_trajectory(estimate, ground_truth)
+    figure = trajectory_figure(estimate, ground_truth, metrics, partial=True)
+    top = figure.axes[0]
+    drawn = next(line for line in top.get_lines() if line.get_label() == "ground truth")
+    assert len(drawn.get_xdata()) == 30
+    assert "partial" in figure._suptitle.get_text()
+    assert "partial" in top.get_title()
+    plt.close(figure)
+
+    complete = trajectory_figure(estimate, ground_truth, metrics)
+    drawn = next(line for line in complete.axes[0].get_lines() if line.get_label() == "ground truth")
+    assert len(drawn.get_xdata()) == 80
+    assert complete._suptitle is None
+    plt.close(complete)

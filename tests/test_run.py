@@ -411,3 +411,87 @@ def test_run_trace_has_one_row_per_frame(
     # A later run without --trace removes the stale trace.
     assert run_main(demo_sequence, small_model, output) == run.EXIT_OK
     assert not (output / run.TRACE_FILE).exists()
+
+
+def test_write_outputs_partial_in_new_folder(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A stopped run into a new folder does not claim to have left complete files there, and
+    one next to some complete files names only those."""
+    poses = np.zeros((5, 7))
+    poses[:, 6] = 1.0
+    trajectory = Trajectory(np.arange(5, dtype=np.int64) * 50_000_000, poses)
+    result = run.RunResult(trajectory, 5, 1.0, 0, "cpu_rss", interrupted=True)
+
+    with caplog.at_level(logging.INFO, logger="vo_node.run"):
+        run.write_outputs(result, tmp_path, None)
+    assert f"wrote trajectory.partial.tum to {tmp_path} under partial names" in caplog.text
+    assert "left the files" not in caplog.text
+    assert "unchanged" not in caplog.text
+
+    (tmp_path / run.TRAJECTORY_FILE).write_text("complete\n")
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="vo_node.run"):
+        run.write_outputs(result, tmp_path, None)
+    assert "complete run there (trajectory.tum) unchanged" in caplog.text
+
+
+def test_run_stop_after_last_frame_logs_complete_names(
+    small_model: Path, demo_sequence: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A SIGINT during the final optimisation, after every frame was tracked, leaves a
+    complete run, and the log says that its files get the complete names."""
+    real_run_sequence = run.run_sequence
+
+    def signal_during_finish(*args, **kwargs):
+        result = real_run_sequence(*args, **kwargs)
+        kwargs["should_stop"]._handle(signal.SIGINT, None)
+        return result
+
+    monkeypatch.setattr(run, "run_sequence", signal_during_finish)
+    output = tmp_path / "out"
+    with caplog.at_level(logging.INFO, logger="vo_node.run"):
+        status = run_main(demo_sequence, small_model, output)
+    assert status == run.SIGNAL_EXIT_BASE + signal.SIGINT
+    assert "the run is complete and its outputs get the complete names" in caplog.text
+    assert (output / run.TRAJECTORY_FILE).is_file()
+    assert not (output / "trajectory.partial.tum").exists()
+
+
+def test_run_never_initialised_warns(
+    small_model: Path, tmp_path: Path, capsys: pytest.CaptureFixture,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A run on identical black frames never initialises: a warning says so and why, the
+    summary and metrics.json record it, and the exit status stays 0."""
+    import cv2
+
+    sequence = tmp_path / "black"
+    sequence.mkdir()
+    frames = 10
+    for index in range(frames):
+        cv2.imwrite(str(sequence / f"{index:03d}.png"), np.zeros((96, 128), np.uint8))
+    (sequence / "camera.yaml").write_text(
+        "image_width: 128\nimage_height: 96\n"
+        "camera_matrix: {rows: 3, cols: 3, data: [100.0, 0, 64.0, 0, 100.0, 48.0, 0, 0, 1]}\n"
+        "distortion_model: plumb_bob\n"
+        "distortion_coefficients: {rows: 1, cols: 5, data: [0, 0, 0, 0, 0]}\n"
+    )
+    (sequence / "groundtruth.tum").write_text(
+        "".join(f"{index * 0.05:.2f} {index * 0.1} 0 0 0 0 0 1\n" for index in range(frames))
+    )
+    output = tmp_path / "out"
+    argv = [
+        str(sequence), "--config", "small", "--model", str(small_model), "--device", "cpu",
+        "--output", str(output), "--no-progress", "--override", "frontend.init_frames=4",
+    ]
+    with caplog.at_level(logging.INFO, logger="vo_node.run"):
+        assert run.main(argv) == run.EXIT_OK
+    warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
+    message = f"the engine never initialised in {frames} frames of black"
+    assert any(message in record.getMessage() for record in warnings)
+    assert "did not move" in caplog.text
+    assert "NOT INITIALISED" in capsys.readouterr().out
+    report = json.loads((output / run.METRICS_FILE).read_text())
+    assert report["initialized"] is False

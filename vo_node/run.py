@@ -153,6 +153,9 @@ class RunResult:
         input_error: message of the :class:`SequenceError` that ended the run early (an
             unreadable frame), or None.
         trace: one dict per tracked frame with the keys of :data:`TRACE_COLUMNS`.
+        initialized: whether the engine initialised on some frame. False means every frame
+            stayed in the initialising state, so every pose is the identity. None when unknown
+            (no frame tracked, or a result built without :func:`run_sequence`).
     """
 
     trajectory: Trajectory
@@ -163,6 +166,7 @@ class RunResult:
     interrupted: bool = False
     input_error: str | None = None
     trace: list[dict[str, Any]] = field(default_factory=list)
+    initialized: bool | None = None
 
     @property
     def frames_per_second(self) -> float:
@@ -230,6 +234,7 @@ def run_sequence(
     are finished and returned, with the message in ``input_error``.
     """
     from vo_node.odometry import VisualOdometry
+    from vo_node.odometry.frontend import STATE_INITIALIZING
 
     odometry = VisualOdometry(config, network, device)
     intrinsics = sequence.camera.intrinsics
@@ -264,7 +269,31 @@ def run_sequence(
         "tracked %d frames of %s in %.1f s (%.2f frames/s)", frames, sequence.name, seconds,
         frames / seconds if seconds > 0 else 0.0,
     )
-    return RunResult(trajectory, frames, seconds, peak, kind, interrupted, input_error, trace)
+    result = RunResult(trajectory, frames, seconds, peak, kind, interrupted, input_error, trace)
+    if frames:
+        result.initialized = any(row["state"] != STATE_INITIALIZING for row in trace)
+    if result.initialized is False:
+        logger.warning(
+            "%s", never_initialized_message(result, sequence.name, config.frontend.init_frames)
+        )
+    return result
+
+
+def never_initialized_message(result: RunResult, name: str, init_frames: int) -> str:
+    """Return the warning for a run whose engine never initialised."""
+    cause = (
+        "the camera likely did not move, or the images have too little texture (blank, dark or "
+        "uniform frames)"
+    )
+    if result.frames < init_frames:
+        cause = (
+            f"the input has fewer frames than frontend.init_frames ({init_frames}) needs, or "
+            f"{cause}"
+        )
+    return (
+        f"the engine never initialised in {result.frames} frames of {name}, so every pose of the "
+        f"trajectory is the identity: {cause}"
+    )
 
 
 def trace_row(index: int, step: Any) -> dict[str, Any]:
@@ -405,6 +434,7 @@ def write_evaluation(
         "memory_kind": result.memory_kind,
         "interrupted": result.interrupted,
         "input_error": result.input_error,
+        "initialized": result.initialized,
         "length_unit": length_unit,
         "metrics": outputs.metrics.to_dict() if outputs.metrics is not None else None,
         **outputs.extra,
@@ -417,6 +447,7 @@ def write_evaluation(
 
     outputs.plot_path = plot_trajectory(
         result.trajectory, ground_truth, outputs.metrics, plot_path, length_unit=length_unit,
+        partial=outputs.partial,
     )
 
 
@@ -427,10 +458,13 @@ def log_partial_outputs(result: RunResult, outputs: RunOutputs, output_dir: Path
     else:
         reason = "tracking was interrupted"
     names = ", ".join(path.name for _, path in outputs.written())
+    kept = [name for name in COMPLETE_OUTPUTS if (output_dir / name).is_file()]
+    note = ""
+    if kept:
+        note = f", and left the files of an earlier complete run there ({', '.join(kept)}) unchanged"
     logger.warning(
-        "wrote %s to %s under partial names because %s after %d frames, and left the files of "
-        "a complete run there (%s) unchanged",
-        names, output_dir, reason, result.frames, ", ".join(COMPLETE_OUTPUTS),
+        "wrote %s to %s under partial names because %s after %d frames%s",
+        names, output_dir, reason, result.frames, note,
     )
 
 
@@ -526,6 +560,11 @@ def report_nothing_tracked(output_dir: Path, created: TypingSequence[Path]) -> N
 def format_summary(result: RunResult, outputs: RunOutputs) -> list[str]:
     """Return the human-readable result lines that :func:`main` prints."""
     lines = []
+    if result.initialized is False:
+        lines.append(
+            f"NOT INITIALISED: the engine never initialised in {result.frames} frames, so the "
+            "trajectory is the identity (no camera motion or too little texture)"
+        )
     if result.input_error:
         lines.append(
             f"STOPPED EARLY: input frame {result.frames} could not be read, so every output "
@@ -626,7 +665,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--fps", type=positive_frame_rate, default=None, metavar="HZ",
         help="frame rate (Hz, above 0) for image folders or videos without timestamps (default "
         "20 for image folders); an input with its own timestamps (times.txt, timestamp file "
-        "names, the video's frame times) keeps them and --fps is ignored with a warning",
+        "names, the video's frame times, or an EuRoC, KITTI, TartanAir, TUM RGB-D or ROS 2 bag "
+        "sequence) keeps them and --fps is ignored with a warning",
     )
     parser.add_argument("--image-topic", default=None, help="image topic of a ROS 2 bag")
     parser.add_argument(
@@ -832,6 +872,9 @@ def _run(args: argparse.Namespace, stop: StopRequest) -> int:
             image_topic=args.image_topic, groundtruth_topic=args.groundtruth_topic,
             T_body_cam=T_body_cam,
         )
+        # The ground truth is read before tracking, so a malformed file fails at once and
+        # does not end a long run with a traceback after the work is done.
+        ground_truth = sequence.ground_truth
         _log_unused_pose_topics(sequence)
         output_dir = args.output or DEFAULT_OUTPUT_ROOT / sequence.name
         created = prepare_output_dir(output_dir)
@@ -845,6 +888,11 @@ def _run(args: argparse.Namespace, stop: StopRequest) -> int:
     result = run_sequence(
         sequence, config, network, device, progress=not args.no_progress, should_stop=stop
     )
+    if stop() and not result.interrupted and result.input_error is None:
+        logger.warning(
+            "the stop request came after the last frame was tracked, so the run is complete and "
+            "its outputs get the complete names (%s), not partial ones", TRAJECTORY_FILE,
+        )
     if result.frames == 0:
         report_nothing_tracked(output_dir, created)
         return exit_status(result, stop)
@@ -860,7 +908,7 @@ def _run(args: argparse.Namespace, stop: StopRequest) -> int:
     }
     try:
         outputs = write_outputs(
-            result, output_dir, sequence.ground_truth, extra, sequence_length_unit(sequence),
+            result, output_dir, ground_truth, extra, sequence_length_unit(sequence),
             trace=args.trace,
         )
     except OSError as error:

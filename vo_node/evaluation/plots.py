@@ -22,7 +22,7 @@ from vo_node.evaluation.metrics import (  # noqa: E402
     align_trajectories,
 )
 from vo_node.io.atomic import atomic_write  # noqa: E402
-from vo_node.io.trajectory import Trajectory  # noqa: E402
+from vo_node.io.trajectory import NANOSECONDS_PER_SECOND, Trajectory  # noqa: E402
 
 logger = logging.getLogger(__name__)
 
@@ -45,14 +45,19 @@ def plot_trajectory(
     path: str | Path,
     max_time_difference_s: float = DEFAULT_MAX_TIME_DIFFERENCE_S,
     length_unit: str = METRES,
+    partial: bool = False,
 ) -> Path:
     """Write a PNG: the top view (plane of largest ground-truth extent) and ATE over time.
 
     With ground truth, the estimate is Sim(3)-aligned onto it first; without it (or when the two
     cannot be associated) the raw estimate is drawn alone and the error panel states that.
     ``length_unit`` labels the lengths: ``m``, or ``scene units`` for rendered sequences.
+    ``partial`` marks the estimate of a run that stopped early: the figure's title says so and
+    the ground truth is drawn only over the estimate's time span.
     """
-    figure = trajectory_figure(estimate, ground_truth, metrics, max_time_difference_s, length_unit)
+    figure = trajectory_figure(
+        estimate, ground_truth, metrics, max_time_difference_s, length_unit, partial
+    )
     return write_figure(figure, path)
 
 
@@ -73,8 +78,11 @@ def trajectory_figure(
     metrics: TrajectoryMetrics | None,
     max_time_difference_s: float = DEFAULT_MAX_TIME_DIFFERENCE_S,
     length_unit: str = METRES,
+    partial: bool = False,
 ) -> Figure:
     """Draw the figure of :func:`plot_trajectory`; the caller closes it (``plt.close``)."""
+    if partial and ground_truth is not None:
+        ground_truth = crop_to_time_span(ground_truth, estimate, max_time_difference_s)
     aligned_positions = estimate.positions
     errors: tuple[np.ndarray, np.ndarray] | None = None
     if ground_truth is not None:
@@ -98,7 +106,7 @@ def trajectory_figure(
     top.set_ylabel(f"{AXIS_NAMES[second]} [{length_unit}]")
     top.set_aspect("equal", adjustable="datalim")
     top.legend(loc="best")
-    top.set_title("top view")
+    top.set_title("top view (partial run)" if partial else "top view")
 
     if errors is not None:
         over_time.plot(errors[0], errors[1], "tab:red")
@@ -108,8 +116,28 @@ def trajectory_figure(
         over_time.text(0.5, 0.5, "no ground truth to compare", ha="center", va="center")
         over_time.set_axis_off()
     over_time.set_title(_summary(metrics, length_unit))
+    if partial:
+        figure.suptitle(
+            f"partial run: the first {len(estimate)} frames, before the run stopped early"
+        )
     figure.tight_layout()
     return figure
+
+
+def crop_to_time_span(
+    ground_truth: Trajectory, estimate: Trajectory, tolerance_s: float
+) -> Trajectory | None:
+    """Return the poses of ``ground_truth`` within ``tolerance_s`` of the span of ``estimate``,
+    or None when none are."""
+    if len(estimate) == 0:
+        return None
+    tolerance_ns = int(round(tolerance_s * NANOSECONDS_PER_SECOND))
+    start = estimate.timestamps_ns[0] - tolerance_ns
+    end = estimate.timestamps_ns[-1] + tolerance_ns
+    inside = (ground_truth.timestamps_ns >= start) & (ground_truth.timestamps_ns <= end)
+    if not inside.any():
+        return None
+    return Trajectory(ground_truth.timestamps_ns[inside], ground_truth.poses[inside])
 
 
 def _summary(metrics: TrajectoryMetrics | None, length_unit: str) -> str:
