@@ -20,7 +20,8 @@ from rosbags.typesys import Stores, get_typestore
 
 from vo_node.io import CalibrationError, PinholeCamera, SequenceError, load_camera, open_sequence
 from vo_node.io.bag import BagSequence
-from vo_node.run import SIGNAL_EXIT_BASE, StopRequest, build_parser, main
+from vo_node.io.trajectory import TrajectoryError
+from vo_node.run import DEFAULT_PRESET, SIGNAL_EXIT_BASE, StopRequest, build_parser, main
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = Path(os.environ.get("VO_NODE_DATA", REPO.parent / "shared" / "data"))
@@ -524,7 +525,7 @@ def test_run_parser_values():
     assert args.stride == 2
     assert args.max_frames == 5
     assert args.override == ["a.b=1", "c.d=2", "e=3"]
-    assert args.config == "small"
+    assert args.config == DEFAULT_PRESET
     assert args.device is None
 
 
@@ -553,3 +554,206 @@ def test_stop_request_signals(caplog):
     assert exit_info.value.code == 130
     assert ("received SIGINT again: exiting at once with status 130: the remaining outputs are "
             "not written") in caplog.text
+
+
+# --------------------------------------------------------------------------------------------
+# Malformed ground truth: read when the sequence opens, named by file and line
+
+
+def _kitti_folder(root: Path, poses: str) -> Path:
+    sequence = root / "sequences" / "07"
+    image_folder(sequence / "image_0", count=3)
+    (sequence / "image_0" / "camera.yaml").unlink()
+    (sequence / "calib.txt").write_text("P0: 60 0 32 0 0 60 24 0 0 0 1 0\n")
+    (sequence / "times.txt").write_text("0.0\n0.1\n0.2\n")
+    (root / "poses").mkdir()
+    (root / "poses" / "07.txt").write_text(poses)
+    return sequence
+
+
+def _tartanair_folder(root: Path, poses: str) -> Path:
+    (root / "image_left").mkdir(parents=True)
+    for index in range(3):
+        cv2.imwrite(str(root / "image_left" / f"{index:06d}_left.png"), np.zeros((8, 8), np.uint8))
+    (root / "pose_left.txt").write_text(poses)
+    return root
+
+
+def _tum_folder(root: Path, ground_truth: str) -> Path:
+    image_folder(root / "rgb", count=3)
+    (root / "rgb.txt").write_text("".join(f"1.{i} rgb/frame_{i:03d}.png\n" for i in range(3)))
+    (root / "groundtruth.txt").write_text(ground_truth)
+    return root
+
+
+IDENTITY = "0 0 0 0 0 0 1"
+KITTI_IDENTITY = "1 0 0 0 0 1 0 0 0 0 1 0"
+MALFORMED_GROUND_TRUTH = [
+    ("kitti", f"{KITTI_IDENTITY}\n{KITTI_IDENTITY}\ngarbage line\n", "poses/07.txt line 3"),
+    ("kitti", f"{KITTI_IDENTITY}\n1 0 0 nan 0 1 0 0 0 0 1 0\n", "poses/07.txt line 2"),
+    ("tartanair", f"{IDENTITY}\ngarbage line\n", "pose_left.txt line 2"),
+    ("tartanair", f"{IDENTITY}\n0 0 0 x 0 0 1\n", "pose_left.txt line 2"),
+    ("tartanair", f"{IDENTITY}\n0 0 0 0 0 0 0\n", "pose_left.txt line 2"),
+    ("tum", f"1.0 {IDENTITY}\ngarbage,line\n", "groundtruth.txt:2"),
+    ("tum", f"1.0 {IDENTITY}\n1.1 0 0 0 0 0 0 nan\n", "groundtruth.txt:2"),
+    ("tum", f"1.0 {IDENTITY}\n1.1 0 0 0 0 0 0 0\n", "groundtruth.txt line 2"),
+    ("images", f"0.0 {IDENTITY}\ngarbage,line\n", "groundtruth.tum:2"),
+    ("images", f"0.0 {IDENTITY}\n0.05 0 nan 0 0 0 0 1\n", "groundtruth.tum:2"),
+]
+
+
+def _folder_with_ground_truth(tmp_path: Path, layout: str, text: str) -> Path:
+    if layout == "kitti":
+        return _kitti_folder(tmp_path / "kitti", text)
+    if layout == "tartanair":
+        return _tartanair_folder(tmp_path / "tartanair", text)
+    if layout == "tum":
+        return _tum_folder(tmp_path / "tum", text)
+    root = image_folder(tmp_path / "images")
+    (root / "groundtruth.tum").write_text(text)
+    return root
+
+
+@pytest.mark.parametrize("layout, text, location", MALFORMED_GROUND_TRUTH)
+def test_malformed_ground_truth_names_line(tmp_path, layout, text, location):
+    sequence = open_sequence(_folder_with_ground_truth(tmp_path, layout, text))
+    with pytest.raises((SequenceError, TrajectoryError)) as raised:
+        sequence.ground_truth
+    message = str(raised.value)
+    assert location in message
+    assert "correct" in message
+
+
+@pytest.mark.parametrize("layout, text, location", MALFORMED_GROUND_TRUTH)
+def test_run_malformed_ground_truth_exits_2_early(tmp_path, caplog, layout, text, location):
+    root = _folder_with_ground_truth(tmp_path, layout, text)
+    output = tmp_path / "out"
+    # The image size does not matter: the ground truth fails before any frame is read.
+    arguments = [str(root), "--device", "cpu", "--no-progress", "--output", str(output)]
+    if layout == "tartanair":
+        arguments += ["--max-frames", "2"]
+    assert main(arguments) == 2
+    assert location in caplog.text
+    assert "tracked" not in caplog.text
+    assert not output.exists()
+
+
+@needs_euroc
+def test_euroc_garbage_ground_truth_row(tmp_path, caplog):
+    root = _small_euroc_copy(tmp_path, frames=3)
+    source = EUROC / "mav0" / "state_groundtruth_estimate0" / "data.csv"
+    folder = root / "mav0" / "state_groundtruth_estimate0"
+    folder.mkdir()
+    lines = source.read_text().splitlines()[:50]
+    (folder / "data.csv").write_text("\n".join(lines) + "\ngarbage,line\n")
+    sequence = open_sequence(root)
+    with pytest.raises(SequenceError) as raised:
+        sequence.ground_truth
+    message = str(raised.value)
+    assert f"ground-truth file {folder / 'data.csv'} line 51 has 2 values" in message
+    assert "correct or delete that line" in message
+
+    output = tmp_path / "out"
+    assert main([str(root), "--device", "cpu", "--no-progress", "--output", str(output)]) == 2
+    assert "line 51 has 2 values" in caplog.text
+    assert not output.exists()
+
+
+def test_bag_ground_truth_with_nan_pose(tmp_path):
+    PoseStamped = TYPESTORE.types["geometry_msgs/msg/PoseStamped"]
+    Pose = TYPESTORE.types["geometry_msgs/msg/Pose"]
+    Point = TYPESTORE.types["geometry_msgs/msg/Point"]
+    Quaternion = TYPESTORE.types["geometry_msgs/msg/Quaternion"]
+
+    def pose(stamp_ns: int, x: float) -> object:
+        header = Header(stamp=Time(sec=stamp_ns // 10**9, nanosec=stamp_ns % 10**9), frame_id="w")
+        return PoseStamped(
+            header=header,
+            pose=Pose(position=Point(x=x, y=0.0, z=0.0),
+                      orientation=Quaternion(x=0.0, y=0.0, z=0.0, w=1.0)),
+        )
+
+    bag = _bag(tmp_path / "bag", {
+        "/image": [_image(START_NS), _image(START_NS + 10**8)],
+        "/pose": [pose(START_NS, 0.0), pose(START_NS + 10**8, float("nan"))],
+    })
+    camera = write_camera_yaml(tmp_path / "camera.yaml")
+    sequence = open_sequence(bag, camera_path=camera, groundtruth_topic="/pose")
+    with pytest.raises(SequenceError) as raised:
+        sequence.ground_truth
+    message = str(raised.value)
+    assert "message 2 of ground-truth topic /pose" in message
+    assert "--groundtruth-topic" in message
+
+
+# --------------------------------------------------------------------------------------------
+# Wording of input errors, and --fps on layouts with their own timestamps
+
+
+def test_times_file_nan_names_line(tmp_path):
+    root = image_folder(tmp_path / "images")
+    (root / "times.txt").write_text("0.0\nnan\n0.2\n")
+    with pytest.raises(SequenceError) as raised:
+        open_sequence(root)
+    message = str(raised.value)
+    assert f"{root / 'times.txt'} line 2" in message
+    assert "not a finite number of seconds" in message
+    assert "NaN to integer" not in message
+
+
+def test_binary_calibration_names_file(tmp_path):
+    root = image_folder(tmp_path / "images")
+    (root / "camera.yaml").unlink()
+    binary = root / "frame_000.png"
+    with pytest.raises(CalibrationError) as raised:
+        open_sequence(root, camera_path=binary)
+    assert f"calibration file {binary} is not a text file" in str(raised.value)
+
+
+def test_calibration_list_says_mapping(tmp_path):
+    path = tmp_path / "camera.yaml"
+    path.write_text("- image_width\n- image_height\n")
+    with pytest.raises(CalibrationError) as raised:
+        load_camera(path)
+    message = str(raised.value)
+    assert "must contain a YAML mapping" in message
+    assert "it contains a list" in message
+    assert "document(s)" not in message
+
+
+def test_option_not_taken_names_flag(tmp_path):
+    root = image_folder(tmp_path / "images")
+    with pytest.raises(SequenceError) as raised:
+        open_sequence(root, T_body_cam=np.eye(4))
+    message = str(raised.value)
+    assert "(--groundtruth-extrinsic)" in message
+    assert "they accept --camera, --fps" in message
+    (root / "camera.yaml").unlink()
+    with pytest.raises(CalibrationError) as raised:
+        open_sequence(root)
+    assert "camera_path" not in str(raised.value)
+    assert "--camera" in str(raised.value)
+
+
+@pytest.mark.parametrize("layout", ["kitti", "tartanair", "tum"])
+def test_fps_on_timestamped_layout_warns(tmp_path, caplog, layout):
+    text = {"kitti": f"{KITTI_IDENTITY}\n" * 3, "tartanair": f"{IDENTITY}\n" * 3,
+            "tum": f"1.0 {IDENTITY}\n"}[layout]
+    root = _folder_with_ground_truth(tmp_path, layout, text)
+    expected = open_sequence(root).timestamps_ns
+    sequence = open_sequence(root, fps=30.0)
+    np.testing.assert_array_equal(sequence.timestamps_ns, expected)
+    assert "fps 30 (--fps) is ignored" in caplog.text
+
+
+def test_run_invalid_config_value_exits_2_without_output(tmp_path, caplog):
+    root = image_folder(tmp_path / "images")
+    for override in ("frontend.frame_memory=0", "frontend.max_keyframes=0",
+                     "max_image_width=-100", "max_image_width=8", "ba.pose_damping=nan",
+                     "frontend=3"):
+        caplog.clear()
+        output = tmp_path / "out"
+        argv = [str(root), "--override", override, "--device", "cpu", "--output", str(output)]
+        assert main(argv) == 2, override
+        assert override.split("=")[0] in caplog.text
+        assert not output.exists(), override

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
@@ -180,9 +181,12 @@ class BagSequence(Sequence):
         stamps: list[int] = []
         poses: list[list[float]] = []
         with self._open_reader() as reader:
-            for _, message in self._messages(reader, self.groundtruth_topic):
+            for number, (_, message) in enumerate(
+                self._messages(reader, self.groundtruth_topic), start=1
+            ):
                 stamps.append(stamp_ns(message.header.stamp))
                 poses.append(pose_of_message(message))
+                self._check_ground_truth_pose(poses[-1], number)
         if not stamps:
             return None
         order = np.argsort(stamps, kind="stable")
@@ -193,6 +197,18 @@ class BagSequence(Sequence):
         )
         camera_poses = matrices_to_poses(poses_to_matrices(body_at_images) @ self.T_body_cam)
         return Trajectory(timestamps_ns[valid], camera_poses)
+
+    def _check_ground_truth_pose(self, pose: list[float], number: int) -> None:
+        """Raise :class:`SequenceError` for a pose of the ground-truth topic that is not finite
+        or has a zero quaternion; ``number`` counts the topic's messages from 1."""
+        if all(math.isfinite(value) for value in pose) and math.hypot(*pose[3:]) >= 1e-6:
+            return
+        raise SequenceError(
+            f"message {number} of ground-truth topic {self.groundtruth_topic} in bag {self.path} "
+            f"has an invalid pose {pose} (a value that is not a finite number or a zero "
+            "quaternion); pass another --groundtruth-topic or leave it out to run without "
+            "ground truth"
+        )
 
 
 def bag_folder(path: Path) -> Path:

@@ -245,13 +245,27 @@ def _read_yaml_document(path: Path) -> dict[str, Any]:
             f"calibration file {path} not found; pass the camera YAML (ROS camera_info format)"
         )
     try:
-        documents = [d for d in yaml.safe_load_all(path.read_text()) if d is not None]
+        documents = [
+            d for d in yaml.safe_load_all(path.read_text(encoding="utf-8")) if d is not None
+        ]
+    except UnicodeDecodeError:
+        raise CalibrationError(
+            f"calibration file {path} is not a text file (not valid UTF-8); pass the camera YAML "
+            "(ROS camera_info format), not an image or another binary file"
+        ) from None
     except yaml.YAMLError as error:
         raise CalibrationError(f"calibration file {path} is not valid YAML: {error}") from None
-    if len(documents) != 1 or not isinstance(documents[0], dict):
+    if len(documents) != 1:
         raise CalibrationError(
             f"calibration file {path} must contain exactly one YAML mapping, found "
-            f"{len(documents)} document(s); keep one camera_info block in the file"
+            f"{len(documents)} documents; keep one camera_info block in the file"
+        )
+    if not isinstance(documents[0], dict):
+        kind = {list: "a list", str: "plain text"}.get(type(documents[0]), "a single value")
+        raise CalibrationError(
+            f"calibration file {path} must contain a YAML mapping of camera_info keys "
+            f"(image_width: ..., camera_matrix: ...), but it contains {kind}; write one key: "
+            "value per line"
         )
     return documents[0]
 

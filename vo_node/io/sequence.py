@@ -22,7 +22,7 @@ import cv2
 import numpy as np
 
 from vo_node.io.camera import PinholeCamera, Undistorter
-from vo_node.io.trajectory import NANOSECONDS_PER_SECOND, Trajectory
+from vo_node.io.trajectory import NANOSECONDS_PER_SECOND, Trajectory, TrajectoryError
 
 logger = logging.getLogger(__name__)
 
@@ -116,8 +116,24 @@ class Sequence(abc.ABC):
         """``T_world_cam`` of the selected frames (optical axes, ns), or None when unknown.
 
         Frames without a ground-truth pose (outside the recorded range or in a gap) are left out.
+        Callers read it before tracking, so a malformed ground-truth file stops a run before
+        any work is lost.
+
+        Raises:
+            SequenceError: the ground truth is malformed; the message names the file or topic.
+            TrajectoryError: a TUM ground-truth file is malformed.
         """
-        trajectory = self._load_ground_truth(self.timestamps_ns)
+        try:
+            trajectory = self._load_ground_truth(self.timestamps_ns)
+        except (SequenceError, TrajectoryError):
+            raise
+        except ValueError as error:
+            # A check that a reader lacks surfaces here, e.g. scipy's error for a rotation it
+            # cannot build, so it still ends in one line that names the sequence.
+            raise SequenceError(
+                f"the ground truth of {self.root} is invalid ({error}); correct its ground-truth "
+                "file or move it away to run without ground truth"
+            ) from None
         if trajectory is None or len(trajectory) == 0:
             return None
         if len(trajectory) < len(self):
@@ -262,6 +278,8 @@ def seconds_to_ns(text: str) -> int:
         value = Decimal(text.strip()) * NANOSECONDS_PER_SECOND
     except InvalidOperation:
         raise ValueError(f"not a number of seconds: {text!r}") from None
+    if not value.is_finite():
+        raise ValueError(f"not a finite number of seconds: {text.strip()!r}")
     return int(value.to_integral_value())
 
 
@@ -287,6 +305,16 @@ def list_dataset_images(folder: Path, dataset: str) -> list[Path]:
     return files
 
 
+OPTION_FLAGS = {
+    "camera_path": "--camera",
+    "fps": "--fps",
+    "image_topic": "--image-topic",
+    "groundtruth_topic": "--groundtruth-topic",
+    "T_body_cam": "--groundtruth-extrinsic",
+}
+"""Command-line option of ``python -m vo_node.run`` for each reader option, named in errors."""
+
+
 def open_sequence(
     path: str | Path,
     stride: int = 1,
@@ -309,6 +337,8 @@ def open_sequence(
         camera_path: calibration YAML for layouts that carry none (image folder, video) or to
             replace the one they carry (TUM RGB-D, ROS 2 bag).
         fps: frame rate for image folders without timestamps and for videos without them.
+            Layouts with their own timestamps (EuRoC, KITTI, TartanAir, TUM RGB-D, ROS 2 bags)
+            ignore it with a warning.
         image_topic: image topic of a ROS 2 bag with more than one.
         groundtruth_topic: pose topic of a ROS 2 bag to use as ground truth.
         T_body_cam: ``(4, 4)`` camera pose in the body frame whose pose ``groundtruth_topic``
@@ -330,11 +360,21 @@ def open_sequence(
         "groundtruth_topic": groundtruth_topic, "T_body_cam": T_body_cam,
     }
     accepted = {key: value for key, value in options.items() if value is not None}
+    if "fps" in accepted and "fps" not in reader.OPTIONS:
+        # Every layout without the fps option has its own frame times, and the help of --fps
+        # promises a warning for those rather than an error.
+        logger.warning(
+            "%s is a %s sequence with its own timestamps, so they are used and fps %g (--fps) "
+            "is ignored; fps applies only to image folders and videos without timestamps",
+            path, reader.layout, accepted.pop("fps"),
+        )
     unsupported = sorted(set(accepted) - set(reader.OPTIONS))
     if unsupported:
+        rejected = ", ".join(f"{name} ({OPTION_FLAGS[name]})" for name in unsupported)
+        allowed = ", ".join(OPTION_FLAGS[name] for name in reader.OPTIONS)
         raise SequenceError(
-            f"{reader.layout} sequences do not take {', '.join(unsupported)}; "
-            f"they accept {', '.join(reader.OPTIONS) or 'no extra options'}"
+            f"{reader.layout} sequences do not take {rejected}; leave it out (they accept "
+            f"{allowed or 'no extra options'})"
         )
     sequence = reader.open(path, stride=stride, max_frames=max_frames, **accepted)
     logger.info("opened %s sequence %s: %d frames", reader.layout, path, len(sequence))

@@ -6,6 +6,7 @@ time, seconds as a decimal number.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -100,13 +101,20 @@ def read_tum(path: str | Path) -> Trajectory:
         if len(fields) != 8:
             raise TrajectoryError(
                 f"{path}:{number}: expected 8 values (timestamp tx ty tz qx qy qz qw), "
-                f"found {len(fields)}"
+                f"found {len(fields)}; correct or delete that line"
             )
         try:
             stamps.append(_seconds_text_to_ns(fields[0]))
             poses.append([float(value) for value in fields[1:]])
         except ValueError:
-            raise TrajectoryError(f"{path}:{number}: not a number in {line!r}") from None
+            raise TrajectoryError(
+                f"{path}:{number}: not a number in {line!r}; correct or delete that line"
+            ) from None
+        if not all(math.isfinite(value) for value in poses[-1]):
+            raise TrajectoryError(
+                f"{path}:{number}: a pose value is not a finite number in {line!r}; correct or "
+                "delete that line"
+            )
         if abs(stamps[-1]) > MAX_TUM_STAMP_NS:
             raise TrajectoryError(
                 f"{path}:{number}: timestamp {fields[0]} is not in seconds; TUM files give "

@@ -10,12 +10,15 @@ world ``R`` with quaternion order ``w x y z``; the camera pose is
 from __future__ import annotations
 
 import csv
+import math
 from pathlib import Path
+
 import numpy as np
 import yaml
 
 from vo_node.io.camera import CalibrationError, camera_from_euroc_sensor, euroc_body_from_sensor
 from vo_node.io.readers.poses import (
+    check_quaternions,
     interpolated_trajectory,
     matrices_to_poses,
     poses_to_matrices,
@@ -24,6 +27,8 @@ from vo_node.io.sequence import ImageFileSequence, SequenceError
 from vo_node.io.trajectory import Trajectory
 
 GROUND_TRUTH_FOLDER = "state_groundtruth_estimate0"
+GROUND_TRUTH_COLUMNS = 8
+"""Leading columns of a ground-truth row that the reader uses: timestamp, position, quaternion."""
 MAX_GROUND_TRUTH_GAP_NS = 50_000_000
 """Largest distance (ns) from an image to its neighbouring ground-truth samples (200 Hz: 5 ms)."""
 
@@ -108,19 +113,54 @@ def read_euroc_ground_truth(path: Path) -> tuple[np.ndarray, np.ndarray]:
     Returns:
         ``(M,)`` int64 timestamps in ns and ``(M, 7)`` ``T_world_body`` poses (``q`` reordered to
         ``x y z w``).
+
+    Raises:
+        SequenceError: a row is not ``timestamp [ns]`` followed by at least seven finite numbers,
+            a quaternion has zero norm, or the file has no rows. The message names the line.
     """
-    try:
-        table = np.loadtxt(path, delimiter=",", comments="#", dtype=np.float64, ndmin=2)
-        stamps = np.loadtxt(path, delimiter=",", comments="#", usecols=0, dtype=np.int64, ndmin=1)
-    except ValueError as error:
-        raise SequenceError(f"ground-truth file {path} is malformed: {error}") from None
-    if table.shape[1] < 8:
+    stamps: list[int] = []
+    rows: list[list[float]] = []
+    lines: list[int] = []
+    fix = (
+        f"correct or delete that line, or move {path.parent.name} out of the sequence folder to "
+        "run without ground truth"
+    )
+    with path.open(newline="") as handle:
+        for number, row in enumerate(csv.reader(handle), start=1):
+            if not row or row[0].lstrip().startswith("#"):
+                continue
+            if len(row) < GROUND_TRUTH_COLUMNS:
+                raise SequenceError(
+                    f"ground-truth file {path} line {number} has {len(row)} values; expected "
+                    f"at least {GROUND_TRUTH_COLUMNS} (timestamp [ns], p_RS_R x y z, "
+                    f"q_RS w x y z); {fix}"
+                )
+            try:
+                stamp = int(row[0].strip())
+                values = [float(value) for value in row[1:GROUND_TRUTH_COLUMNS]]
+            except ValueError:
+                raise SequenceError(
+                    f"ground-truth file {path} line {number} is invalid: expected an integer "
+                    f"timestamp in nanoseconds and numbers, got {','.join(row)[:80]!r}; {fix}"
+                ) from None
+            if not all(math.isfinite(value) for value in values):
+                raise SequenceError(
+                    f"ground-truth file {path} line {number} contains a value that is not a "
+                    f"finite number: {','.join(row)[:80]!r}; {fix}"
+                )
+            stamps.append(stamp)
+            rows.append(values)
+            lines.append(number)
+    if not rows:
         raise SequenceError(
-            f"ground-truth file {path} has {table.shape[1]} columns; expected timestamp, "
-            "p_RS_R x y z, q_RS w x y z"
+            f"ground-truth file {path} contains no poses; add its rows, or move "
+            f"{path.parent.name} out of the sequence folder to run without ground truth"
         )
-    order = np.argsort(stamps, kind="stable")
-    positions = table[order, 1:4]
-    quaternions_wxyz = table[order, 4:8]
+    table = np.array(rows, dtype=np.float64)
+    stamps_array = np.array(stamps, dtype=np.int64)
+    check_quaternions(table[:, 3:7], lines, f"ground-truth file {path}", fix)
+    order = np.argsort(stamps_array, kind="stable")
+    positions = table[order, 0:3]
+    quaternions_wxyz = table[order, 3:7]
     quaternions_xyzw = quaternions_wxyz[:, [1, 2, 3, 0]]
-    return stamps[order], np.concatenate([positions, quaternions_xyzw], axis=1)
+    return stamps_array[order], np.concatenate([positions, quaternions_xyzw], axis=1)

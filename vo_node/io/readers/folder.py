@@ -145,20 +145,29 @@ def find_camera(folder: Path, camera_path: str | Path | None, video: Path | None
             return load_camera(candidate)
     raise CalibrationError(
         f"missing calibration for {video or folder}: none of {', '.join(map(str, candidates))} "
-        "exists; write the camera as a ROS camera_info YAML there or pass its path "
-        "(camera_path, --camera)"
+        "exists; write the camera as a ROS camera_info YAML there or pass its path with "
+        "--camera"
     )
 
 
 def _read_times(path: Path, count: int) -> np.ndarray:
-    lines = [line for line in path.read_text().splitlines() if line.strip() and not line.startswith("#")]
-    if len(lines) != count:
+    numbered = [
+        (number, line) for number, line in enumerate(path.read_text().splitlines(), start=1)
+        if line.strip() and not line.startswith("#")
+    ]
+    if len(numbered) != count:
         raise SequenceError(
-            f"{path} has {len(lines)} timestamps for {count} images; give one line of seconds per "
-            "image (in file name order), or delete it to take the times from the file names or "
-            "--fps"
+            f"{path} has {len(numbered)} timestamps for {count} images; give one line of seconds "
+            "per image (in file name order), or delete it to take the times from the file names "
+            "or --fps"
         )
-    try:
-        return np.array([seconds_to_ns(line.split()[0]) for line in lines], dtype=np.int64)
-    except ValueError as error:
-        raise SequenceError(f"{path}: {error}") from None
+    stamps = []
+    for number, line in numbered:
+        try:
+            stamps.append(seconds_to_ns(line.split()[0]))
+        except ValueError as error:
+            raise SequenceError(
+                f"{path} line {number}: {error}; write the image's time in seconds there, or "
+                "delete the file to take the times from the file names or --fps"
+            ) from None
+    return np.array(stamps, dtype=np.int64)

@@ -91,11 +91,16 @@ def _read_times(path: Path, files: list[Path]) -> tuple[np.ndarray, np.ndarray]:
     """Return the ``times.txt`` stamp and line of each image; a numeric file name is its line."""
     if not path.is_file():
         raise SequenceError(f"KITTI timestamps {path} not found; the sequence needs times.txt")
-    lines = [line for line in path.read_text().splitlines() if line.strip()]
-    try:
-        stamps = [seconds_to_ns(line) for line in lines]
-    except ValueError as error:
-        raise SequenceError(f"{path}: {error}") from None
+    stamps = []
+    for number, line in enumerate(path.read_text().splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            stamps.append(seconds_to_ns(line))
+        except ValueError as error:
+            raise SequenceError(
+                f"{path} line {number}: {error}; write the image's time in seconds there"
+            ) from None
     numbered = all(file.stem.isdigit() for file in files)
     rows = [int(file.stem) for file in files] if numbered else list(range(len(files)))
     if max(rows) >= len(stamps):

@@ -20,6 +20,8 @@ from vo_node.io.trajectory import Trajectory
 logger = logging.getLogger(__name__)
 
 POSE_SIZE = 7
+MIN_QUATERNION_NORM = 1e-6
+"""Quaternions shorter than this cannot be normalised into a rotation."""
 
 
 def matrices_to_poses(matrices: np.ndarray) -> np.ndarray:
@@ -101,7 +103,9 @@ def interpolate_poses(
     return valid, np.concatenate([translation, quaternions], axis=1)
 
 
-def read_pose_table(path: Path, columns: int, description: str, expected: str) -> np.ndarray:
+def read_pose_table(
+    path: Path, columns: int, description: str, expected: str, lines: list[int] | None = None
+) -> np.ndarray:
     """Read a whitespace-separated table with ``columns`` numbers per line as ``(N, columns)``.
 
     Blank lines and lines starting with ``#`` are skipped.
@@ -109,12 +113,14 @@ def read_pose_table(path: Path, columns: int, description: str, expected: str) -
     Args:
         description: the file's name in messages, e.g. ``KITTI poses file``.
         expected: the expected line layout in messages, e.g. ``12 (3x4)``.
+        lines: when given, receives the line number (counted from 1) of each row.
 
     Raises:
         SequenceError: the file has no pose, a value is not a finite number, or a line has
             another number of values. The message names the line (counted from 1).
     """
     rows = []
+    fix = f"correct that line to {expected} numbers"
     for number, line in enumerate(Path(path).read_text().splitlines(), start=1):
         text = line.strip()
         if not text or text.startswith("#"):
@@ -123,23 +129,47 @@ def read_pose_table(path: Path, columns: int, description: str, expected: str) -
         if len(values) != columns:
             raise SequenceError(
                 f"{description} {path} line {number} has {len(values)} values; expected "
-                f"{expected}"
+                f"{expected}; {fix}"
             )
         try:
             row = [float(value) for value in values]
         except ValueError:
             raise SequenceError(
                 f"{description} {path} line {number} contains a value that is not a number: "
-                f"{text!r}"
+                f"{text[:80]!r}; {fix}"
             ) from None
         if not all(math.isfinite(value) for value in row):
             raise SequenceError(
-                f"{description} {path} line {number} contains a non-finite value: {text!r}"
+                f"{description} {path} line {number} contains a non-finite value: {text[:80]!r}; "
+                f"{fix}"
             )
         rows.append(row)
+        if lines is not None:
+            lines.append(number)
     if not rows:
         raise SequenceError(f"{description} {path} is empty; expected lines of {expected}")
     return np.array(rows, dtype=np.float64)
+
+
+def check_quaternions(
+    quaternions: np.ndarray, lines: list[int], source: str, fix: str
+) -> None:
+    """Raise :class:`SequenceError` naming the line of the first quaternion of zero norm.
+
+    Args:
+        quaternions: ``(N, 4)`` quaternions in any component order.
+        lines: the file line (counted from 1) of each quaternion.
+        source: the file's description and path for the message.
+        fix: what to do, the end of the message.
+    """
+    norms = np.linalg.norm(quaternions, axis=1)
+    if np.any(norms < MIN_QUATERNION_NORM):
+        row = int(np.argmax(norms < MIN_QUATERNION_NORM))
+        raise SequenceError(
+            f"{source} line {lines[row]}, pose {row + 1} has a zero quaternion "
+            f"{quaternions[row].tolist()}; "
+            f"{fix}"
+        )
 
 
 def rows_with_poses(rows: np.ndarray, pose_count: int, poses_path: Path) -> np.ndarray:

@@ -27,6 +27,7 @@ import numpy as np
 from vo_node.io.camera import PinholeCamera, load_camera
 from vo_node.io.readers.poses import (
     POSE_SIZE,
+    check_quaternions,
     matrices_to_poses,
     poses_to_matrices,
     read_pose_table,
@@ -41,8 +42,6 @@ FRAME_PERIOD_NS = 100_000_000
 """TartanAir frames are rendered at a nominal 10 Hz."""
 DEFAULT_CAMERA = PinholeCamera(width=640, height=480, fx=320.0, fy=320.0, cx=320.0, cy=240.0)
 """The fixed TartanAir v1 intrinsics (640x480, 90 degree horizontal field of view)."""
-MIN_QUATERNION_NORM = 1e-6
-"""Quaternions shorter than this cannot be normalised into a rotation."""
 NED_BODY_FROM_OPTICAL = np.array([[0.0, 0.0, 1.0], [1.0, 0.0, 0.0], [0.0, 1.0, 0.0]])
 """``M`` above: maps optical camera coordinates to NED body coordinates."""
 
@@ -98,14 +97,13 @@ def read_tartanair_poses(path: Path) -> np.ndarray:
     Raises:
         SequenceError: as :func:`read_pose_table`, or a quaternion has zero norm.
     """
-    poses = read_pose_table(path, POSE_SIZE, "TartanAir pose file", "7 (tx ty tz qx qy qz qw)")
-    norms = np.linalg.norm(poses[:, 3:], axis=1)
-    if np.any(norms < MIN_QUATERNION_NORM):
-        row = int(np.argmax(norms < MIN_QUATERNION_NORM))
-        raise SequenceError(
-            f"TartanAir pose file {path} pose {row + 1} has a zero quaternion "
-            f"{poses[row, 3:].tolist()}; each line needs a unit quaternion qx qy qz qw"
-        )
+    lines: list[int] = []
+    layout = "7 (tx ty tz qx qy qz qw)"
+    poses = read_pose_table(path, POSE_SIZE, "TartanAir pose file", layout, lines)
+    check_quaternions(
+        poses[:, 3:], lines, f"TartanAir pose file {path}",
+        "correct that line: each line needs a unit quaternion qx qy qz qw",
+    )
     return poses
 
 

@@ -10,11 +10,13 @@ folder, else the published calibration of the Kinect named in the folder name (`
 from __future__ import annotations
 
 import logging
+import math
 from pathlib import Path
+
 import numpy as np
 
 from vo_node.io.camera import PinholeCamera, load_camera
-from vo_node.io.readers.poses import interpolated_trajectory
+from vo_node.io.readers.poses import check_quaternions, interpolated_trajectory
 from vo_node.io.sequence import ImageFileSequence, SequenceError, seconds_to_ns
 from vo_node.io.trajectory import Trajectory
 
@@ -86,29 +88,32 @@ def _tum_camera(root: Path, camera_path: str | Path | None) -> PinholeCamera:
             return camera
     logger.warning(
         "%s: no camera.yaml and no freiburg1/2/3 in the folder name; assuming the %s "
-        "calibration. Pass camera_path if that is wrong",
+        "calibration. Pass the calibration with --camera if that is wrong",
         root, DEFAULT_FREIBURG,
     )
     return FREIBURG_CAMERAS[DEFAULT_FREIBURG]
 
 
-def _read_stamped_lines(path: Path, expected_fields: int, field_names: str) -> list[tuple[int, list[str]]]:
-    """Return ``(timestamp_ns, other fields)`` for each non-comment line of a TUM text file."""
+def _read_stamped_lines(
+    path: Path, expected_fields: int, field_names: str
+) -> list[tuple[int, int, list[str]]]:
+    """Return ``(line number, timestamp_ns, other fields)`` per non-comment line of a TUM file."""
     if not path.is_file():
         raise SequenceError(f"TUM file {path} not found")
-    rows: list[tuple[int, list[str]]] = []
+    rows: list[tuple[int, int, list[str]]] = []
     for number, line in enumerate(path.read_text().splitlines(), start=1):
         fields = line.split()
         if not fields or fields[0].startswith("#"):
             continue
         if len(fields) != expected_fields:
             raise SequenceError(
-                f"{path}:{number}: expected {expected_fields} fields ({field_names}), got {len(fields)}"
+                f"{path}:{number}: expected {expected_fields} fields ({field_names}), got "
+                f"{len(fields)}; correct or delete that line"
             )
         try:
-            rows.append((seconds_to_ns(fields[0]), fields[1:]))
+            rows.append((number, seconds_to_ns(fields[0]), fields[1:]))
         except ValueError as error:
-            raise SequenceError(f"{path}:{number}: {error}") from None
+            raise SequenceError(f"{path}:{number}: {error}; correct or delete that line") from None
     return rows
 
 
@@ -117,17 +122,35 @@ def read_tum_list(path: Path, root: Path) -> tuple[np.ndarray, list[Path]]:
     rows = _read_stamped_lines(path, 2, "timestamp filename")
     if not rows:
         raise SequenceError(f"{path} lists no images; the TUM folder {root} is empty")
-    stamps = np.array([stamp for stamp, _ in rows], dtype=np.int64)
-    return stamps, [root / fields[0] for _, fields in rows]
+    stamps = np.array([stamp for _, stamp, _ in rows], dtype=np.int64)
+    return stamps, [root / fields[0] for _, _, fields in rows]
 
 
 def read_tum_poses(path: Path) -> tuple[np.ndarray, np.ndarray]:
-    """Read a TUM pose file into ``(M,)`` int64 ns timestamps and ``(M, 7)`` poses."""
+    """Read a TUM pose file into ``(M,)`` int64 ns timestamps and ``(M, 7)`` poses.
+
+    Raises:
+        SequenceError: a line has another number of fields, a value that is not a finite number
+            or a zero quaternion. The message names the line.
+    """
     rows = _read_stamped_lines(path, 8, "timestamp tx ty tz qx qy qz qw")
-    try:
-        poses = np.array([[float(value) for value in fields] for _, fields in rows]).reshape(-1, 7)
-    except ValueError:
-        raise SequenceError(f"{path}: a pose value is not a number") from None
-    stamps = np.array([stamp for stamp, _ in rows], dtype=np.int64)
+    fix = "correct or delete that line, or move the file away to run without ground truth"
+    poses = []
+    for number, _, fields in rows:
+        try:
+            pose = [float(value) for value in fields]
+        except ValueError:
+            raise SequenceError(
+                f"{path}:{number}: a pose value is not a number in {' '.join(fields)!r}; {fix}"
+            ) from None
+        if not all(math.isfinite(value) for value in pose):
+            raise SequenceError(
+                f"{path}:{number}: a pose value is not a finite number in "
+                f"{' '.join(fields)!r}; {fix}"
+            )
+        poses.append(pose)
+    table = np.array(poses, dtype=np.float64).reshape(-1, 7)
+    check_quaternions(table[:, 3:], [number for number, _, _ in rows], f"TUM pose file {path}", fix)
+    stamps = np.array([stamp for _, stamp, _ in rows], dtype=np.int64)
     order = np.argsort(stamps, kind="stable")
-    return stamps[order], poses[order]
+    return stamps[order], table[order]
