@@ -1,5 +1,7 @@
 """The accuracy command: table formatting and argument errors (tracking itself is tested elsewhere)."""
 
+import pytest
+
 from vo_node.accuracy import EXIT_USAGE, format_table, main
 
 
@@ -25,3 +27,29 @@ def test_missing_sequence_is_usage_error(tmp_path, capsys):
 def test_runs_below_one_rejected(tmp_path, capsys):
     assert main([str(tmp_path), "--runs", "0"]) == EXIT_USAGE
     assert "--runs must be at least 1" in capsys.readouterr().err
+
+
+
+@pytest.mark.parametrize("arguments, message", [
+    (["--config", "nosuch"], "configuration preset 'nosuch' not found"),
+    (["--model", "JUNK"], "is not a vo_node model file"),
+    (["--override", "frontend.no_such_key=1"], "unknown configuration key"),
+    (["--override", "frontend=3"], "frontend is a section"),
+])
+def test_bad_engine_arguments_are_one_line(tmp_path, capsys, arguments, message):
+    junk = tmp_path / "junk.pt"
+    junk.write_text("junk\n")
+    arguments = [str(junk) if value == "JUNK" else value for value in arguments]
+    assert main([str(tmp_path), "--device", "cpu", *arguments]) == EXIT_USAGE
+    error = capsys.readouterr().err
+    assert message in error
+    assert "Traceback" not in error
+    assert error.count("\n") == 1
+
+
+@pytest.mark.parametrize("arguments", [["--max-frames", "-5"], ["--stride", "0"]])
+def test_bad_counts_are_usage_errors(tmp_path, capsys, arguments):
+    with pytest.raises(SystemExit) as exit_info:
+        main([str(tmp_path), *arguments])
+    assert exit_info.value.code == EXIT_USAGE
+    assert "expected a positive integer" in capsys.readouterr().err

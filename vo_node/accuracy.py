@@ -31,7 +31,14 @@ from vo_node.io.camera import CalibrationError
 from vo_node.io.sequence import SequenceError, open_sequence
 from vo_node.io.trajectory import Trajectory, TrajectoryError
 from vo_node.model.network import ModelFileError
-from vo_node.run import EXIT_OK, EXIT_USAGE, evaluate_run, load_engine, run_sequence
+from vo_node.run import (
+    EXIT_OK,
+    EXIT_USAGE,
+    evaluate_run,
+    load_engine,
+    positive_int,
+    run_sequence,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -168,8 +175,10 @@ def measure_sequence(
     for run in range(runs):
         seeded = dataclasses.replace(config, seed=config.seed + run)
         sequence = open_sequence(path, stride=stride, max_frames=max_frames)
+        # Read before tracking, so a malformed ground-truth file fails before the run.
+        ground_truth = sequence.ground_truth
         result = run_sequence(sequence, seeded, network, device, progress=False)
-        metrics = evaluate_run(result, sequence.ground_truth)
+        metrics = evaluate_run(result, ground_truth)
         fps.append(result.frames_per_second)
         if metrics is None:
             logger.warning("%s run %d: no ATE (see the error above)", path, run)
@@ -228,9 +237,12 @@ def build_parser() -> argparse.ArgumentParser:
                         help="runs per sequence, each with the next patch-selection seed")
     parser.add_argument("--config", default="small", help="engine preset name or YAML path")
     parser.add_argument("--model", type=Path, default=None, help="model file (default: shipped)")
-    parser.add_argument("--device", default=None, help="auto, cpu or cuda (default: the preset's)")
-    parser.add_argument("--stride", type=int, default=1, help="keep every N-th frame")
-    parser.add_argument("--max-frames", type=int, default=None, help="frames per run (after stride)")
+    parser.add_argument("--device", default=None, choices=("auto", "cpu", "cuda"),
+                        help="compute device (default: the preset's, normally auto)")
+    parser.add_argument("--stride", type=positive_int, default=1, metavar="N",
+                        help="keep every N-th frame (default 1)")
+    parser.add_argument("--max-frames", type=positive_int, default=None, metavar="N",
+                        help="frames per run, counted after --stride (default: all)")
     parser.add_argument("--override", action="append", default=[], metavar="KEY=VALUE",
                         help="configuration override, repeatable")
     parser.add_argument("--output", type=Path, default=None, help="JSON file for the results")
@@ -249,11 +261,15 @@ def main(argv: TypingSequence[str] | None = None) -> int:
     if missing:
         print(f"error: sequence not found: {', '.join(missing)}", file=sys.stderr)
         return EXIT_USAGE
-    config, network, device = load_engine(args.config, args.override, args.model, args.device)
-    rows = [
-        measure_sequence(path, args.runs, config, network, device, args.stride, args.max_frames)
-        for path in paths
-    ]
+    try:
+        config, network, device = load_engine(args.config, args.override, args.model, args.device)
+        rows = [
+            measure_sequence(path, args.runs, config, network, device, args.stride, args.max_frames)
+            for path in paths
+        ]
+    except COMPARISON_ERRORS as error:
+        print(f"error: {error}", file=sys.stderr)
+        return EXIT_USAGE
     print(format_table(rows))
     if args.output is not None:
         with atomic_write(args.output) as handle:
