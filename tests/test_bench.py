@@ -193,3 +193,108 @@ def test_rounds_end_to_end_alternate_configs(tmp_path, capsys):
     assert [row["config"] for row in report["rounds"]["configs"]] == specs
     assert len(report["rounds"]["configs"][1]["ratio_to_first"]) == 2
     assert "ratio to small within a round" in capsys.readouterr().out
+
+
+def _warmup_frame(wall, state="tracking", on_trial=True):
+    record = _frame(wall)
+    record.update(state=state, on_trial=on_trial)
+    return record
+
+
+def test_summary_flags_trial_frames():
+    # No frame left the trial, so the fallback warm-up leaves trial frames in the measurement.
+    frames = [_warmup_frame(0.5, "initializing", False)] * 2 + [_warmup_frame(0.3)] * 4
+    summary = bench.summarize(_measurement(frames, warmup=2))
+    steady = bench.summarize(_measurement([_frame(0.1)] * 4, warmup=1))
+
+    assert summary["steady"] is False
+    assert summary["not_steady_frames"] == 4
+    assert steady["steady"] is True
+    assert steady["not_steady_frames"] == 0
+    table = bench.format_table([summary, steady])
+    assert table[3].split()[0] == "small*"
+    assert table[4].split()[0] == "small"
+    assert table[-1].startswith("* measured frames include initialisation or depth-hypothesis")
+    assert "raise --frames" in table[-1]
+    assert not any(line.startswith("*") for line in bench.format_table([steady]))
+
+
+def test_not_steady_warning_names_frames_option():
+    summary = {"not_steady_frames": 32, "measured_frames": 32}
+    measurement = {"engine_config": {"frontend": {
+        "init_frames": 8, "hypothesis_frames": 30, "hypothesis_extra_frames": 30}}}
+
+    text = bench.not_steady_warning("small", summary, measurement, frames=40)
+
+    assert text.startswith("small: 32 of 32 measured frames are initialisation or")
+    assert "within the 40 frames tracked" in text
+    assert "Raise --frames" in text
+    assert "up to 60 frames" in text
+
+
+def test_rounds_ratio_withheld_across_phases():
+    def summary(spec, round_number, total, steady=True):
+        return {"config": spec, "round": round_number, "steady": steady,
+                "milliseconds": {"stages_total": {"median": total}}}
+
+    summaries = [summary("a", 1, 50.0, steady=False), summary("b", 1, 31.5),
+                 summary("a", 2, 40.0), summary("b", 2, 36.0)]
+    rounds = bench.summarize_rounds(summaries, ["a", "b"])
+    first, second = rounds["configs"]
+    assert second["ratio_to_first"] == [None, pytest.approx(0.9)]
+    assert second["median_ratio"] == pytest.approx(0.9)
+    assert first["steady"] == [False, True]
+    lines = bench.format_rounds(rounds)
+    assert "ratio 0.900 (rounds 0.900 to 0.900), 1 round left out" in lines[2]
+
+    never = bench.summarize_rounds(summaries[:2], ["a", "b"])
+    assert never["configs"][1]["ratio_to_first"] == [None]
+    assert never["configs"][1]["median_ratio"] is None
+    assert "ratio not reported" in bench.format_rounds(never)[2]
+    assert "raise --frames" in bench.format_rounds(never)[2]
+    json.dumps(never, allow_nan=False)
+
+
+PROGRESS_TIMEOUT_S = 120.0
+
+
+def test_ctrl_c_exits_130_without_report(tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import threading
+    import time
+
+    from vo_node.demo_data import render_demo_sequence
+
+    sequence = render_demo_sequence(tmp_path / "sequence", num_frames=200, height=96, width=128)
+    report_path = tmp_path / "out" / "bench.json"
+    command = [sys.executable, "-m", "vo_node.bench", str(sequence), "--frames", "200",
+               "--threads", "1", "--device", "cpu", "--output", str(report_path)]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               text=True, start_new_session=True,
+                               cwd=os.path.dirname(os.path.dirname(__file__)))
+    # tqdm redraws its bar with carriage returns, so stderr is read by character.
+    stderr_chunks = []
+    reader = threading.Thread(
+        target=lambda: stderr_chunks.extend(iter(lambda: process.stderr.read(1), "")),
+        daemon=True,
+    )
+    reader.start()
+    deadline = time.monotonic() + PROGRESS_TIMEOUT_S
+    while "frame/s" not in "".join(stderr_chunks) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    # Ctrl-C in a terminal signals the whole process group, the measuring child too.
+    os.killpg(process.pid, signal.SIGINT)
+    process.wait(timeout=60)
+    reader.join(timeout=10)
+    stderr = "".join(stderr_chunks)
+
+    assert "frame/s" in stderr, "the child never started tracking"
+    assert process.returncode == 130, stderr
+    assert "Traceback" not in stderr
+    assert "KeyboardInterrupt" not in stderr
+    assert "interrupted by Ctrl-C; no report was written" in stderr
+    assert not report_path.exists()
+    assert not list(tmp_path.rglob("*.tmp"))

@@ -16,7 +16,10 @@ the process) and the per-stage times of its :class:`TrackResult`. The frames bef
 first tracks outside the depth-hypothesis trial are warm-up and are left out of the statistics:
 the motion probe, the initialisation and the trial, which tracks every frame twice
 (``frontend.hypothesis_frames``, plus ``frontend.hypothesis_extra_frames`` while undecided). If it never tracks, the first ``frontend.init_frames`` frames
-are the warm-up. The command prints the median and 90th
+are the warm-up, and the measured frames then still include initialisation or trial frames:
+the bench logs a WARNING, marks the configuration with ``*`` in the table and ``"steady": false``
+in the JSON, and reports no round ratio that involves it. Raise ``--frames`` to measure steady
+tracking. The command prints the median and 90th
 percentile per stage in milliseconds, frames per second, peak memory and the machine, and writes
 the same figures as JSON. Quote medians: a shared machine makes single frames noisy. On a shared
 machine the CPU time per frame also varies less than the wall time, because time spent waiting
@@ -36,7 +39,6 @@ Correlation times measured with random weights are therefore an upper bound.
 from __future__ import annotations
 
 import argparse
-import concurrent.futures
 import dataclasses
 import json
 import logging
@@ -44,6 +46,7 @@ import multiprocessing
 import os
 import platform
 import resource
+import signal
 import sys
 import time
 from dataclasses import dataclass
@@ -74,6 +77,10 @@ BYTES_PER_KIBIBYTE = 1024
 BYTES_PER_MEBIBYTE = 1024 * 1024
 EXIT_OK = 0
 EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130
+"""Exit status after Ctrl-C: 128 + SIGINT."""
+NOT_STEADY_MARK = "*"
+"""Marks a configuration in the table whose measured frames include warm-up frames."""
 
 
 @dataclass(frozen=True)
@@ -287,11 +294,19 @@ def warmup_frames(records: list[dict[str, Any]], fallback: int) -> int:
     return min(fallback, len(records))
 
 
+def is_steady(record: dict[str, Any]) -> bool:
+    """Check that a frame record tracks outside the depth-hypothesis trial: not an
+    initialisation, lost or trial frame."""
+    return record["state"] == "tracking" and not record.get("on_trial", False)
+
+
 def summarize(measurement: dict[str, Any]) -> dict[str, Any]:
     """Return median and p90 milliseconds per stage, frames per second and memory in MiB.
 
     Warm-up frames (``measurement["warmup_frames"]``) are left out; if no frame remains, all
-    frames are used and ``warmup_discarded`` is 0.
+    frames are used and ``warmup_discarded`` is 0. ``not_steady_frames`` counts the measured
+    frames that still initialise or run the depth-hypothesis trial, and ``steady`` is True when
+    there are none: only then do the times describe steady tracking.
     """
     records = measurement["frames"]
     warmup = measurement["warmup_frames"] if len(records) > measurement["warmup_frames"] else 0
@@ -311,10 +326,13 @@ def summarize(measurement: dict[str, Any]) -> dict[str, Any]:
     wall_seconds = float(np.sum(columns["wall"]))
     states = [record["state"] for record in measured]
     edges = [record["edges"] for record in measured]
+    not_steady = sum(1 for record in measured if not is_steady(record))
     return {
         "config": measurement["config"],
         "measured_frames": len(measured),
         "warmup_discarded": warmup,
+        "not_steady_frames": not_steady,
+        "steady": not_steady == 0,
         "milliseconds": milliseconds,
         "fps_median": MILLISECONDS_PER_SECOND / milliseconds["wall"]["median"],
         "fps_overall": len(measured) / wall_seconds if wall_seconds > 0 else 0.0,
@@ -336,7 +354,8 @@ def format_table(summaries: list[dict[str, Any]], with_rounds: bool = False) -> 
         header.insert(0, "round")
     rows = []
     for summary in summaries:
-        cells = [summary["config"]]
+        mark = "" if summary.get("steady", True) else NOT_STEADY_MARK
+        cells = [summary["config"] + mark]
         if with_rounds:
             cells.insert(0, str(summary["round"]))
         for name in columns:
@@ -354,6 +373,11 @@ def format_table(summaries: list[dict[str, Any]], with_rounds: bool = False) -> 
     widths = [max(len(row[index]) for row in [header, *rows]) for index in range(len(header))]
     lines = ["  ".join(cell.rjust(width) for cell, width in zip(row, widths)) for row in [header, *rows]]
     lines.insert(1, "  ".join("-" * width for width in widths))
+    if not all(summary.get("steady", True) for summary in summaries):
+        lines.append(
+            f"{NOT_STEADY_MARK} measured frames include initialisation or depth-hypothesis "
+            "trial frames, so these times are not steady tracking; raise --frames"
+        )
     return [f"per-stage milliseconds per frame as median/p{PERCENTILE}", *lines]
 
 
@@ -444,23 +468,52 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def measure_in_child(settings: BenchSettings, log_level: int = logging.INFO) -> dict[str, Any]:
-    """Run :func:`measure` in a fresh process, so each configuration's peak memory is its own."""
+    """Run :func:`measure` in a fresh process, so each configuration's peak memory is its own.
+
+    The child ignores SIGINT from its start, so Ctrl-C raises KeyboardInterrupt here only, and
+    the child is then terminated.
+    """
     context = multiprocessing.get_context("spawn")
-    with concurrent.futures.ProcessPoolExecutor(
-        max_workers=1, mp_context=context, initializer=_configure_logging, initargs=(log_level,)
-    ) as pool:
-        return pool.submit(measure, settings).result()
+    # An ignored signal stays ignored across exec, and Python then installs no SIGINT handler,
+    # so the child cannot print a KeyboardInterrupt traceback even while it starts up.
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        pool = context.Pool(1, initializer=_configure_logging, initargs=(log_level,))
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    try:
+        measurement = pool.apply(measure, (settings,))
+    except BaseException:
+        pool.terminate()
+        pool.join()
+        raise
+    # Closing rather than terminating lets the child release its semaphores, which terminate
+    # would leave for the resource tracker to warn about.
+    pool.close()
+    pool.join()
+    return measurement
 
 
 def _configure_logging(level: int) -> None:
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
 
+
 def main(argv: TypingSequence[str] | None = None) -> int:
-    """Run the command; return the process exit status."""
+    """Run the command; return the process exit status: 0, 2 for invalid arguments, 130 after
+    Ctrl-C (no report is written then)."""
     args = build_parser().parse_args(argv)
     log_level = getattr(logging, args.log_level)
     _configure_logging(log_level)
+    try:
+        return _run(args, log_level)
+    except KeyboardInterrupt:
+        logger.warning("interrupted by Ctrl-C; no report was written to %s", args.output)
+        return EXIT_INTERRUPTED
+
+
+def _run(args: argparse.Namespace, log_level: int) -> int:
+    """Measure every configuration of ``args``, print the figures and write the report."""
     from vo_node.config import ConfigError
     from vo_node.io.sequence import SequenceError
     from vo_node.model.network import ModelFileError
@@ -494,6 +547,9 @@ def main(argv: TypingSequence[str] | None = None) -> int:
                 return EXIT_USAGE
             summary = summarize(measurement)
             summary.update(config=spec, round=round_number)
+            if not summary["steady"]:
+                summary["warning"] = not_steady_warning(spec, summary, measurement, args.frames)
+                logger.warning("%s", summary["warning"])
             summaries.append(summary)
             report["results"].append({"summary": summary, "measurement": measurement})
             print(format_machine(measurement["machine"]))
@@ -512,6 +568,22 @@ def main(argv: TypingSequence[str] | None = None) -> int:
     _write_report(args.output, report)
     print(f"report written to {args.output}")
     return EXIT_OK
+
+
+def not_steady_warning(spec: str, summary: dict[str, Any], measurement: dict[str, Any],
+                       frames: int) -> str:
+    """Return the warning for a configuration whose measured frames include warm-up frames."""
+    frontend = measurement.get("engine_config", {}).get("frontend", {})
+    trial = frontend.get("hypothesis_frames", 0) + frontend.get("hypothesis_extra_frames", 0)
+    return (
+        f"{spec}: {summary['not_steady_frames']} of {summary['measured_frames']} measured frames "
+        "are initialisation or depth-hypothesis trial frames, because tracking did not leave "
+        f"the trial within the {frames} frames tracked. Its times are not steady tracking and "
+        "not comparable with a configuration measured after its trial. Raise --frames: the "
+        f"trial can last up to {trial} frames (frontend.hypothesis_frames + "
+        "frontend.hypothesis_extra_frames) after the "
+        f"{frontend.get('init_frames', 'frontend.init_frames')} initialisation frames"
+    )
 
 
 def parse_config_spec(spec: str) -> tuple[str, tuple[str, ...]]:
@@ -540,24 +612,37 @@ def summarize_rounds(summaries: list[dict[str, Any]], specs: list[str]) -> dict[
     configuration's time over the first configuration's time in the same round.
 
     On a shared machine the speed drifts from round to round, so the ratio is taken within a
-    round, and its median over rounds is the figure to quote.
+    round, and its median over rounds is the figure to quote. A round's ratio is None when
+    either configuration's measured frames include initialisation or trial frames (``steady``
+    False in its summary), because its time then mixes phases of different cost.
+    ``median_ratio`` is None when no round has a ratio.
     """
     totals = {
         spec: [s["milliseconds"]["stages_total"]["median"] for s in summaries if s["config"] == spec]
         for spec in specs
     }
-    reference = totals[specs[0]]
+    steady = {
+        spec: [s.get("steady", True) for s in summaries if s["config"] == spec] for spec in specs
+    }
+    reference = specs[0]
     rows = []
     for spec in specs:
-        ratios = [value / base for value, base in zip(totals[spec], reference)]
+        ratios = [
+            value / base if own_steady and base_steady else None
+            for value, base, own_steady, base_steady in zip(
+                totals[spec], totals[reference], steady[spec], steady[reference]
+            )
+        ]
+        valid = [ratio for ratio in ratios if ratio is not None]
         rows.append({
             "config": spec,
             "stages_total_ms": totals[spec],
+            "steady": steady[spec],
             "median_ms": float(np.median(totals[spec])),
             "ratio_to_first": ratios,
-            "median_ratio": float(np.median(ratios)),
+            "median_ratio": float(np.median(valid)) if valid else None,
         })
-    return {"reference": specs[0], "configs": rows}
+    return {"reference": reference, "configs": rows}
 
 
 def format_rounds(rounds: dict[str, Any]) -> list[str]:
@@ -566,11 +651,23 @@ def format_rounds(rounds: dict[str, Any]) -> list[str]:
     lines = [f"all stages, ms per frame by round; ratio to {rounds['reference']} within a round:"]
     for row in rounds["configs"]:
         per_round = ", ".join(f"{value:.1f}" for value in row["stages_total_ms"])
-        low, high = min(row["ratio_to_first"]), max(row["ratio_to_first"])
-        lines.append(
-            f"  {row['config']}: {per_round} (median {row['median_ms']:.1f}); ratio "
-            f"{row['median_ratio']:.3f} (rounds {low:.3f} to {high:.3f})"
-        )
+        valid = [ratio for ratio in row["ratio_to_first"] if ratio is not None]
+        left_out = len(row["ratio_to_first"]) - len(valid)
+        if not valid:
+            ratio = (
+                "ratio not reported: it or the reference was measured during initialisation "
+                "or the depth-hypothesis trial, so raise --frames"
+            )
+        else:
+            ratio = (
+                f"ratio {row['median_ratio']:.3f} (rounds {min(valid):.3f} to {max(valid):.3f})"
+            )
+            if left_out:
+                ratio += (
+                    f", {left_out} round{'' if left_out == 1 else 's'} left out as measured "
+                    "during initialisation or the trial"
+                )
+        lines.append(f"  {row['config']}: {per_round} (median {row['median_ms']:.1f}); {ratio}")
     return lines
 
 
