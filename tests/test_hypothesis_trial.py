@@ -105,6 +105,14 @@ def test_trial_goes_on_while_costs_are_close(clip, monkeypatch):
     assert ate_percent(trajectory.poses, clip.poses_wc) < MAX_ATE_PERCENT
 
 
+def test_trial_shorter_than_early_decision(clip, monkeypatch):
+    monkeypatch.setattr(frontend, "EARLY_DECISION_RATIO", float("inf"))
+    without, _ = track(clip, {"frontend.hypothesis_frames": 0})
+    results, _ = track(clip, {"frontend.hypothesis_frames": 1})
+    assert frontend.EARLY_DECISION_FRAMES > 1
+    assert settled_from(results) == settled_from(without) + 1 + 1
+
+
 def test_trial_recovers_from_a_wrong_initial_choice(clip, monkeypatch, caplog):
     monkeypatch.setattr(frontend, "initialize_window", swapped_initial_window)
     # Without the trial, the mirrored scene is kept and the trajectory is far off.

@@ -645,11 +645,11 @@ class VisualOdometry:
         frontend = self.config.frontend
         if self._trial_frames >= frontend.hypothesis_frames + frontend.hypothesis_extra_frames:
             return True
-        if self._trial_frames < EARLY_DECISION_FRAMES:
-            return False
         low, high = sorted(h.mean_cost for h in self._hypotheses)
         if self._trial_frames >= frontend.hypothesis_frames:
             return high >= frontend.hypothesis_margin * low
+        if self._trial_frames < EARLY_DECISION_FRAMES:
+            return False
         return high > EARLY_DECISION_RATIO * low
 
     def _keep_best_hypothesis(self) -> None:
