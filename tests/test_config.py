@@ -1,5 +1,8 @@
 """The configuration carrier: presets, overrides and rejection of invalid keys and values."""
 
+import re
+from pathlib import Path
+
 import pytest
 
 from vo_node.config import (
@@ -277,3 +280,38 @@ def test_yaml_section_that_is_a_number(tmp_path):
     path.write_text("frontend: 3\n")
     with pytest.raises(ConfigError, match=r"^frontend must be a section of key: value lines"):
         load_engine_config(path)
+
+
+RECIPES = Path(__file__).resolve().parents[1] / "config"
+
+
+@pytest.mark.parametrize("recipe", ["train_small.yaml", "train_tiny.yaml"])
+def test_mapping_override_suggests_working_fix(recipe):
+    from vo_node.train.config import load_train_config
+
+    path = RECIPES / recipe
+    recipe_mapping = load_train_config(path).engine_overrides
+    for text in ["engine_overrides=5", "engine_overrides.network.matching_dim=16"]:
+        with pytest.raises(ConfigError) as raised:
+            load_train_config(path, dict([parse_override(text)]))
+        message = str(raised.value)
+        assert "engine_overrides is a mapping" in message, text
+        assert "replaces the whole mapping" in message, text
+        suggestion = re.search(r"such as '([^']+)'", message)
+        assert suggestion is not None, message
+        if not recipe_mapping:
+            assert suggestion.group(1) == "engine_overrides={KEY: VALUE}"
+            continue
+        # The suggestion, typed as shown, restores the recipe's own entries.
+        config = load_train_config(path, dict([parse_override(suggestion.group(1))]))
+        assert config.engine_overrides == recipe_mapping
+
+
+def test_mapping_override_accepts_yaml_mapping():
+    from vo_node.train.config import load_train_config, resolve_engine_config
+
+    override = parse_override("engine_overrides={network.context_dim: 32}")
+    config = load_train_config(RECIPES / "train_small.yaml", dict([override]))
+
+    assert config.engine_overrides == {"network.context_dim": 32}
+    assert resolve_engine_config(config).network.context_dim == 32

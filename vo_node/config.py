@@ -496,8 +496,16 @@ def apply_overrides(config: Any, overrides: Mapping[str, Any]) -> Any:
     nested = to_dict(config)
     for dotted, value in overrides.items():
         node = nested
+        owner = config
         parts = dotted.split(".")
-        for part in parts[:-1]:
+        for index, part in enumerate(parts[:-1]):
+            if part in node and _is_mapping_field(owner, part):
+                field_name = ".".join(parts[: index + 1])
+                raise ConfigError(
+                    f"unknown configuration key {dotted!r}: {field_name} is a mapping whose keys "
+                    "may contain dots, so its entries cannot be set one by one. "
+                    f"{_mapping_override_hint(field_name, node[part])}"
+                )
             if part not in node or not isinstance(node[part], dict):
                 sections = sorted(key for key, entry in node.items() if isinstance(entry, dict))
                 raise ConfigError(
@@ -505,12 +513,18 @@ def apply_overrides(config: Any, overrides: Mapping[str, Any]) -> Any:
                     f"sections here: {', '.join(sections)}"
                 )
             node = node[part]
+            owner = getattr(owner, part)
         if parts[-1] not in node:
             raise ConfigError(
                 f"unknown configuration key {dotted!r}; valid keys here: {', '.join(sorted(node))}"
             )
         section = node[parts[-1]]
         if isinstance(section, dict) and not isinstance(value, Mapping):
+            if _is_mapping_field(owner, parts[-1]):
+                raise ConfigError(
+                    f"override {dotted}={value!r} is invalid: {dotted} is a mapping, not a "
+                    f"single value. {_mapping_override_hint(dotted, section)}"
+                )
             example = next(iter(section))
             raise ConfigError(
                 f"override {dotted}={value!r} is invalid: {dotted} is a section, not a value; "
@@ -520,6 +534,30 @@ def apply_overrides(config: Any, overrides: Mapping[str, Any]) -> Any:
         node[parts[-1]] = value
     result = from_dict(type(config), nested)
     return result.validate() if hasattr(result, "validate") else result
+
+
+def _is_mapping_field(owner: Any, name: str) -> bool:
+    """Check whether field ``name`` of dataclass ``owner`` is a free-form mapping (such as a
+    training recipe's ``engine_overrides``) rather than a configuration section."""
+    value = getattr(owner, name, None)
+    return isinstance(value, Mapping) and not dataclasses.is_dataclass(value)
+
+
+def _mapping_override_hint(dotted: str, current: Mapping[str, Any]) -> str:
+    """Return how to override the mapping field ``dotted`` from the command line."""
+    if current:
+        # A flow mapping on one line; infinite width keeps PyYAML from wrapping it.
+        example = yaml.safe_dump(
+            dict(current), default_flow_style=True, sort_keys=False, width=float("inf")
+        ).strip()
+        return (
+            f"Pass a YAML mapping, quoted for the shell, which replaces the whole mapping, such as "
+            f"'{dotted}={example}' (its current entries); drop or change entries there"
+        )
+    return (
+        f"Pass a YAML mapping, quoted for the shell, which replaces the whole mapping, such as "
+        f"'{dotted}={{KEY: VALUE}}' (it is empty now)"
+    )
 
 
 def parse_override(text: str) -> tuple[str, Any]:
