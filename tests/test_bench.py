@@ -2,6 +2,8 @@
 
 import json
 import logging
+import os
+import signal
 
 import pytest
 
@@ -298,3 +300,57 @@ def test_ctrl_c_exits_130_without_report(tmp_path):
     assert "interrupted by Ctrl-C; no report was written" in stderr
     assert not report_path.exists()
     assert not list(tmp_path.rglob("*.tmp"))
+
+
+CHILD_DEATH_TIMEOUT_S = 120
+
+
+def _kill_self(settings):
+    """Replace ``bench.measure`` in the child: die as the out-of-memory killer leaves it."""
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+def _crash_self(settings):
+    """Replace ``bench.measure`` in the child: die as a segmentation fault leaves it."""
+    os.kill(os.getpid(), signal.SIGSEGV)
+
+
+DEAD_CHILDREN = [
+    (_kill_self, ["killed by SIGKILL (signal 9)", "out-of-memory killer"]),
+    (_crash_self, ["killed by SIGSEGV (signal 11)", "crashed in native code"]),
+]
+
+
+# The timeout turns a hang, as in a pool that waits for a lost task, into a failure.
+@pytest.mark.timeout(CHILD_DEATH_TIMEOUT_S)
+@pytest.mark.parametrize("worker, expected", DEAD_CHILDREN)
+def test_dead_child_fails_with_error(tmp_path, monkeypatch, caplog, worker, expected):
+    # The child is spawned and imports ``measure`` by name, so it runs the replacement.
+    monkeypatch.setattr(bench, "measure", worker)
+    report_path = tmp_path / "bench.json"
+    argv = [str(tmp_path / "unused"), "--configs", "small", "--frames", "4", "--device", "cpu",
+            "--output", str(report_path)]
+
+    status = bench.main(argv)
+
+    assert status == bench.EXIT_FAILED
+    assert "measuring small failed: its child process was" in caplog.text
+    for text in expected:
+        assert text in caplog.text
+    assert f"No report was written to {report_path}" in caplog.text
+    assert not report_path.exists()
+
+
+@pytest.mark.timeout(CHILD_DEATH_TIMEOUT_S)
+def test_child_error_is_raised_in_parent(tmp_path, caplog):
+    report_path = tmp_path / "bench.json"
+    missing = tmp_path / "no_such_sequence"
+    argv = [str(missing), "--configs", "small", "--frames", "4", "--threads", "1",
+            "--device", "cpu", "--output", str(report_path), "--log-level", "WARNING"]
+
+    status = bench.main(argv)
+
+    assert status == bench.EXIT_USAGE
+    assert str(missing) in caplog.text
+    assert "child process" not in caplog.text
+    assert not report_path.exists()

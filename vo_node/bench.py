@@ -43,12 +43,15 @@ import dataclasses
 import json
 import logging
 import multiprocessing
+import multiprocessing.connection
 import os
+import pickle
 import platform
 import resource
 import signal
 import sys
 import time
+import traceback
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence as TypingSequence
@@ -76,6 +79,8 @@ MILLISECONDS_PER_SECOND = 1000.0
 BYTES_PER_KIBIBYTE = 1024
 BYTES_PER_MEBIBYTE = 1024 * 1024
 EXIT_OK = 0
+EXIT_FAILED = 1
+"""Exit status when a measuring child process dies without a result."""
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
 """Exit status after Ctrl-C: 128 + SIGINT."""
@@ -467,31 +472,133 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class MeasurementProcessError(RuntimeError):
+    """The child process that measures a configuration died before it returned a result."""
+
+
 def measure_in_child(settings: BenchSettings, log_level: int = logging.INFO) -> dict[str, Any]:
     """Run :func:`measure` in a fresh process, so each configuration's peak memory is its own.
 
     The child ignores SIGINT from its start, so Ctrl-C raises KeyboardInterrupt here only, and
-    the child is then terminated.
+    the child is then terminated. An exception in the child is raised here again.
+
+    Raises:
+        MeasurementProcessError: the child died without a result, for example killed by the
+            out-of-memory killer or by a segmentation fault.
     """
     context = multiprocessing.get_context("spawn")
+    receiver, sender = context.Pipe(duplex=False)
+    # ``measure`` is looked up now and pickled by name, so a test can replace it.
+    process = context.Process(
+        target=_run_in_child, args=(measure, settings, log_level, sender),
+        name=f"bench {settings.config}",
+    )
     # An ignored signal stays ignored across exec, and Python then installs no SIGINT handler,
     # so the child cannot print a KeyboardInterrupt traceback even while it starts up.
     previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:
-        pool = context.Pool(1, initializer=_configure_logging, initargs=(log_level,))
+        process.start()
     finally:
         signal.signal(signal.SIGINT, previous)
+    # Without the parent's copy of the sending end, the pipe reports EOF once the child is gone.
+    sender.close()
     try:
-        measurement = pool.apply(measure, (settings,))
+        outcome = _receive_outcome(receiver, process)
     except BaseException:
-        pool.terminate()
-        pool.join()
+        process.terminate()
+        process.join()
         raise
-    # Closing rather than terminating lets the child release its semaphores, which terminate
-    # would leave for the resource tracker to warn about.
-    pool.close()
-    pool.join()
-    return measurement
+    finally:
+        receiver.close()
+    process.join()
+    if outcome is None:
+        raise MeasurementProcessError(_death_message(settings.config, process.exitcode))
+    if process.exitcode != 0:
+        logger.warning("the child process that measured %s exited with status %s after "
+                       "returning its result", settings.config, process.exitcode)
+    if isinstance(outcome, _ChildFailure):
+        raise outcome.error from _ChildTraceback(outcome.traceback)
+    return outcome
+
+
+@dataclass
+class _ChildFailure:
+    """An exception raised in the child, with its formatted traceback."""
+
+    error: BaseException
+    traceback: str
+
+
+class _ChildTraceback(Exception):
+    """The traceback of an exception raised in the child, shown as the cause of the re-raised
+    exception."""
+
+    def __str__(self) -> str:
+        return "\n" + self.args[0]
+
+
+def _run_in_child(worker: Any, settings: BenchSettings, log_level: int,
+                  sender: multiprocessing.connection.Connection) -> None:
+    """Send ``worker(settings)``, or the exception it raises, to the parent."""
+    _configure_logging(log_level)
+    try:
+        outcome: Any = worker(settings)
+    except Exception as error:  # noqa: BLE001 - every error goes to the parent
+        outcome = _ChildFailure(_picklable(error), traceback.format_exc())
+    sender.send(outcome)
+    sender.close()
+
+
+def _picklable(error: Exception) -> Exception:
+    """Return ``error`` when it survives pickling, else a RuntimeError with its type and text."""
+    try:
+        pickle.loads(pickle.dumps(error))
+    except Exception:  # noqa: BLE001 - any pickling failure falls back to the text
+        return RuntimeError(f"{type(error).__name__}: {error}")
+    return error
+
+
+def _receive_outcome(receiver: multiprocessing.connection.Connection,
+                     process: multiprocessing.process.BaseProcess) -> Any:
+    """Wait for the child's result or its exit; return None when it exited without sending."""
+    multiprocessing.connection.wait([receiver, process.sentinel])
+    if not receiver.poll():
+        return None
+    try:
+        return receiver.recv()
+    except EOFError:
+        # The child died, or exited, before or while it sent its result.
+        return None
+
+
+def _death_message(config: str, exitcode: int | None) -> str:
+    """Return the error for a measuring child that exited without a result."""
+    if exitcode is not None and exitcode < 0:
+        number = -exitcode
+        try:
+            name = signal.Signals(number).name
+        except ValueError:
+            name = f"signal {number}"
+        how = f"was killed by {name} (signal {number})"
+        if number == signal.SIGKILL:
+            cause = (
+                "The out-of-memory killer sends SIGKILL, so check the kernel log (dmesg) and "
+                "lower --frames or --width, or free memory"
+            )
+        elif number in (signal.SIGSEGV, signal.SIGBUS, signal.SIGABRT, signal.SIGILL):
+            cause = (
+                "It crashed in native code, such as torch or a library it loads. Rerun with "
+                "PYTHONFAULTHANDLER=1 set to print the Python stack of the crash"
+            )
+        else:
+            cause = "Another process sent this signal"
+    else:
+        how = f"exited with status {exitcode}"
+        cause = "Check the log lines above for the child's own error output"
+    return (
+        f"measuring {config} failed: its child process {how} before it returned a result. "
+        f"{cause}"
+    )
 
 
 def _configure_logging(level: int) -> None:
@@ -500,8 +607,8 @@ def _configure_logging(level: int) -> None:
 
 
 def main(argv: TypingSequence[str] | None = None) -> int:
-    """Run the command; return the process exit status: 0, 2 for invalid arguments, 130 after
-    Ctrl-C (no report is written then)."""
+    """Run the command; return the process exit status: 0, 1 when a measuring child process
+    died, 2 for invalid arguments, 130 after Ctrl-C (no report is written unless it is 0)."""
     args = build_parser().parse_args(argv)
     log_level = getattr(logging, args.log_level)
     _configure_logging(log_level)
@@ -545,6 +652,9 @@ def _run(args: argparse.Namespace, log_level: int) -> int:
             except (ConfigError, SequenceError, ModelFileError, FileNotFoundError) as error:
                 logger.error("%s", error)
                 return EXIT_USAGE
+            except MeasurementProcessError as error:
+                logger.error("%s. No report was written to %s", error, args.output)
+                return EXIT_FAILED
             summary = summarize(measurement)
             summary.update(config=spec, round=round_number)
             if not summary["steady"]:
