@@ -118,24 +118,81 @@ def test_command_line_rejects_and_exits_2():
     assert "image_qos must be one of sensor_data, reliable, system_default; got 'fast'" in output
 
 
-WRONG_TYPED_OVERRIDES = [
-    ("model.threads:=two", "model.threads: Trying to set parameter 'model.threads' to 'two'"),
-    ("queue_depth:=1.5", "queue_depth: Trying to set parameter 'queue_depth' to '1.5'"),
-    ("publish_tf:=yes please", "publish_tf: Trying to set parameter 'publish_tf'"),
+PARAMS_FILE = REPO / "config" / "vo_node.yaml"
+"""Sets every parameter but the intrinsics and covariances, so a -p value meets a file value."""
+VALID_OVERRIDES = [
+    ("scale:=1e-3", "scale", 1e-3),
+    ("scale:=2.0e3", "scale", 2000.0),
+    ("scale:=.5", "scale", 0.5),
+    ("pose_covariance_diagonal:=[1e-4,1e-4,1e-4,1e-6,1e-6,1e-6]", "pose_covariance_diagonal",
+     [1e-4, 1e-4, 1e-4, 1e-6, 1e-6, 1e-6]),
+    ("camera_to_base:=[0.1, -0.2, -1.5, -0.5, 0.5, -0.5, 0.5]", "camera_to_base",
+     [0.1, -0.2, -1.5, -0.5, 0.5, -0.5, 0.5]),
+    ("publish_tf:=y", "publish_tf", True),
+    ("publish_tf:=n", "publish_tf", False),
+    ("publish_tf:=True", "publish_tf", True),
+    ("publish_tf:=false", "publish_tf", False),
+    ("publish_tf:=off", "publish_tf", False),
+    ("encode_ahead:=true", "encode_ahead", True),
+    ("model.threads:=3", "model_threads", 3),
+    ("path_max_length:=0x10", "path_max_length", 16),
+    ("queue_depth:=+2", "queue_depth", 2),
+    ("odom_frame:='42'", "odom_frame", "42"),
+    ('base_frame:="base"', "base_frame", "base"),
+    ("image_qos:=reliable", "image_qos", "reliable"),
 ]
+"""-p values of the right type, with the value the node reads. rcl types ``y``, ``0x10`` and
+``1e-3`` differently from YAML 1.1 (PyYAML), and a quoted scalar is always a string."""
 
 
-@pytest.mark.parametrize("argument, message", WRONG_TYPED_OVERRIDES)
-def test_wrong_type_rejected_after_params_file(tiny_model, argument, message):
-    # rcl keeps the file's value beside a -p value of another type, and rclpy used to read the
-    # file's, so the wrong -p value was dropped without an error.
-    arguments = ["--params-file", str(REPO / "config" / "vo_node.yaml"),
-                 "-p", model_parameter(tiny_model), "-p", argument]
+@pytest.mark.parametrize("with_params_file", [False, True], ids=["alone", "after_params_file"])
+@pytest.mark.parametrize("argument, attribute, expected", VALID_OVERRIDES)
+def test_valid_override_accepted(tiny_model, with_params_file, argument, attribute, expected):
+    arguments = ["--params-file", str(PARAMS_FILE)] if with_params_file else []
+    arguments += ["-p", model_parameter(tiny_model), "-p", argument]
+    with ros_context(arguments) as context:
+        node = make_node_with_arguments(["--ros-args", *arguments], context)
+        try:
+            value = getattr(node.params, attribute)
+        finally:
+            node.shutdown()
+            node.destroy_node()
+    assert type(value) is type(expected)
+    assert value == expected
+
+
+WRONG_TYPED_OVERRIDES = [
+    ("model.threads:=two", "'two'", "an integer"),
+    ("queue_depth:=1.5", "'1.5'", "an integer"),
+    ("path_max_length:=1000.0", "'1000.0'", "an integer"),
+    ("publish_tf:=yes please", "'yes please'", "true or false"),
+    ("publish_tf:=1", "'1'", "true or false"),
+    ("scale:=two", "'two'", "a floating-point number"),
+    ("scale:=2", "'2'", "a floating-point number"),
+    ("image_qos:=1", "'1'", "a string"),
+    ("odom_frame:=y", "'True'", "a string"),
+    ("pose_covariance_diagonal:=[a, b, c, d, e, f]", "'a'", "a list of numbers"),
+]
+"""-p values whose type differs from the parameter's, with the value and expected form that the
+error shows: the -p text when the params file's value won, else the value as rcl typed it. The
+params file sets each of these parameters except pose_covariance_diagonal."""
+
+
+@pytest.mark.parametrize("with_params_file", [False, True], ids=["alone", "after_params_file"])
+@pytest.mark.parametrize("argument, value, expected", WRONG_TYPED_OVERRIDES)
+def test_wrong_type_rejected(tiny_model, with_params_file, argument, value, expected):
+    # After the params file, rcl keeps the file's value beside a -p value of another type, and
+    # rclpy reads the first of bool, integer, double and string, which may be the file's.
+    name = argument.partition(":=")[0]
+    arguments = ["--params-file", str(PARAMS_FILE)] if with_params_file else []
+    arguments += ["-p", model_parameter(tiny_model), "-p", argument]
     with ros_context(arguments) as context:
         with pytest.raises(ParameterError) as error:
             make_node_with_arguments(["--ros-args", *arguments], context)
-    assert message in str(error.value)
-    assert "(expected " in str(error.value)
+    message = str(error.value)
+    assert f"{name}: " in message
+    assert value in message
+    assert f"(expected {expected}" in message
 
 
 def make_node_with_arguments(arguments, context):
@@ -151,7 +208,8 @@ def test_params_file_wrong_type_exits_2(tiny_model):
     completed = subprocess.run(command, capture_output=True, text=True, timeout=60, cwd=REPO)
     output = completed.stdout + completed.stderr
     assert completed.returncode == 2, output
-    assert "model.threads: Trying to set parameter 'model.threads' to 'two'" in output
+    assert "model.threads: the -p value 'two' was ignored" in output
+    assert "sets model.threads to 0, a value of another type" in output
     assert "(expected an integer)" in output
     assert "CPU threads" not in output
 
@@ -161,7 +219,25 @@ def test_command_line_parameters_parse_ros_arguments():
 
     arguments = ["prog", "-p", "ignored:=1", "--ros-args", "-p", "a:=two", "--param", "b:=2",
                  "-r", "x:=y", "-p", "c:=[1.0, 2.0]", "-p", "a:=3", "--", "-p", "d:=4"]
-    assert command_line_parameters(arguments) == {"a": 3, "b": 2, "c": [1.0, 2.0]}
+    assert command_line_parameters(arguments) == {"a": "3", "b": "2", "c": "[1.0, 2.0]"}
+
+
+@pytest.mark.parametrize(
+    "text, value, read",
+    [
+        ("y", True, True), ("Off", False, True), ("yes please", True, False), ("1", True, False),
+        ("3", 3, True), ("-5", -5, True), ("0x1F", 31, True), ("017", 15, True),
+        ("1.5", 1, False), ("two", 0, False), ("1e-3", 1e-3, True), ("-2.0e3", -2000.0, True),
+        ("0x1.8p1", 3.0, True), (".inf", float("inf"), True), ("08", 8.0, True),
+        ("1_000", 1000.0, False), ("'3'", "3", True), ("'3'", 3, False), ("odom", "odom", True),
+        ("[1e-4, -2.0]", [1e-4, -2.0], True), ("[1e-4, x]", [1e-4, 0.0], False),
+        ("[1.0, 2.0]", [1.0], False), ("[1.0]", 1.0, False),
+    ],
+)
+def test_rcl_reads_as_types_like_rcl(text, value, read):
+    from vo_node.ros.parameters import rcl_reads_as
+
+    assert rcl_reads_as(text, value) is read
 
 
 def test_same_type_override_left_alone(tiny_model):

@@ -63,9 +63,9 @@ from vo_node.ros.parameters import (
     declare_parameters,
     engine_threads,
     load_model_file,
+    lost_override_problems,
     rclpy_parameter_error,
     resolve_model_weights,
-    restore_command_line_overrides,
     unknown_parameter_overrides,
     validate_update,
 )
@@ -132,7 +132,7 @@ class VONode(Node):
 
         ``ros_arguments`` are the arguments that initialised the node's context (None: this
         process's ``sys.argv``). Their ``-p`` values are checked against the overrides that
-        rclpy read, see :func:`restore_command_line_overrides`.
+        rclpy read, see :func:`lost_override_problems`.
 
         Raises:
             ParameterError: when a parameter value is invalid or the model file is unreadable.
@@ -145,7 +145,11 @@ class VONode(Node):
             raise rclpy_parameter_error(error) from error
         arguments = list(sys.argv[1:] if ros_arguments is None else ros_arguments)
         arguments += list(node_kwargs.get("cli_args") or [])
-        restore_command_line_overrides(self, arguments)
+        # A value given in parameter_overrides replaces the -p value of that name.
+        replaced = [parameter.name for parameter in node_kwargs.get("parameter_overrides") or []]
+        lost = lost_override_problems(self, arguments, skipped_names=replaced)
+        if lost:
+            raise ParameterError("invalid parameter values:\n  " + "\n  ".join(lost))
         self.params = declare_parameters(self)
         for name in unknown_parameter_overrides(self):
             self.get_logger().warning(

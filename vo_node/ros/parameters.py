@@ -12,8 +12,10 @@ the parameters marked dynamic can change while the node runs; the others are rea
 
 from __future__ import annotations
 
+import array
 import math
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -40,6 +42,25 @@ RCLPY_PARAMETER_TYPES = {
     "start_type_description_service": "true or false",
 }
 """Parameters that ``rclpy.node.Node.__init__`` declares itself (Jazzy), with their expected form."""
+RCL_TRUE_SPELLINGS = frozenset(
+    {"y", "Y", "yes", "Yes", "YES", "true", "True", "TRUE", "on", "On", "ON"}
+)
+RCL_FALSE_SPELLINGS = frozenset(
+    {"n", "N", "no", "No", "NO", "false", "False", "FALSE", "off", "Off", "OFF"}
+)
+"""Plain YAML scalars that rcl reads as a bool (``get_value`` in rcl_yaml_param_parser)."""
+RCL_SPECIAL_DOUBLES = {
+    **dict.fromkeys((".nan", ".NaN", ".NAN"), math.nan),
+    **dict.fromkeys((".inf", ".Inf", ".INF", "+.inf", "+.Inf", "+.INF"), math.inf),
+    **dict.fromkeys(("-.inf", "-.Inf", "-.INF"), -math.inf),
+}
+"""YAML spellings of NaN and infinity that rcl reads as doubles besides what strtod accepts."""
+STRTOL_PATTERN = re.compile(r"([+-]?)(0[xX][0-9a-fA-F]+|0[0-7]*|[1-9][0-9]*)")
+"""Text that C ``strtol`` with base 0 reads completely: sign, then hex, octal or decimal."""
+HEX_DOUBLE_PATTERN = re.compile(
+    r"[+-]?0[xX]([0-9a-fA-F]+\.?[0-9a-fA-F]*|\.[0-9a-fA-F]+)([pP][+-]?[0-9]+)?"
+)
+"""Hexadecimal floating-point text that C ``strtod`` reads, such as 0x1.8p3."""
 TRAIN_COMMAND = "python -m vo_node.train --config config/train_small.yaml"
 
 
@@ -503,23 +524,20 @@ def unknown_parameter_overrides(node) -> list[str]:
     default in place without a word. ``qos_overrides.*`` names are left out because publishers
     declare them only when they use them.
     """
-    # NOTE: rclpy has no public accessor for the overrides. Jazzy's rclpy.node.Node keeps them
-    # in _parameter_overrides, and an rclpy without that attribute yields an empty list here.
-    overrides = getattr(node, "_parameter_overrides", {})
     return sorted(
-        name for name in overrides
+        name for name in _parameter_overrides(node)
         if not node.has_parameter(name) and not name.startswith(QOS_OVERRIDES_PREFIX)
     )
 
 
-def command_line_parameters(arguments: Sequence[str]) -> dict[str, Any]:
+def command_line_parameters(arguments: Sequence[str]) -> dict[str, str]:
     """Return the ``-p NAME:=VALUE`` (or ``--param``) values in the ROS arguments of
-    ``arguments``, with each VALUE parsed as YAML like rcl does.
+    ``arguments`` as text, keyed by NAME.
 
-    ROS arguments follow ``--ros-args`` and end at ``--``. A later value of a name wins, and a
-    VALUE that is not valid YAML is kept as the string.
+    ROS arguments follow ``--ros-args`` and end at ``--``. A later value of a name wins. NAME
+    keeps a node name prefix (``vo_node:scale``) as given.
     """
-    values: dict[str, Any] = {}
+    values: dict[str, str] = {}
     in_ros_arguments = False
     tokens = list(arguments)
     for index, token in enumerate(tokens):
@@ -529,45 +547,135 @@ def command_line_parameters(arguments: Sequence[str]) -> dict[str, Any]:
             in_ros_arguments = False
         elif in_ros_arguments and token in PARAMETER_FLAGS and index + 1 < len(tokens):
             name, separator, text = tokens[index + 1].partition(":=")
-            if not separator:
-                continue
-            try:
-                values[name] = yaml.safe_load(text)
-            except yaml.YAMLError:
+            if separator:
                 values[name] = text
     return values
 
 
-def restore_command_line_overrides(node, arguments: Sequence[str]) -> list[str]:
-    """Put back the ``-p`` values that rcl lost to a ``--params-file`` value of another type;
-    return the names restored.
+def lost_override_problems(
+    node, arguments: Sequence[str], skipped_names: Sequence[str] = ()
+) -> list[str]:
+    """Return one message per ``-p`` value in ``arguments`` that rclpy did not apply to ``node``.
 
-    rcl (Jazzy, as installed from PyPI here) merges a ``-p`` value into a parameter that a
+    rcl (Jazzy 9.2, as installed from PyPI here) merges a ``-p`` value into a parameter that a
     parameter file or an earlier ``-p`` already set, but it keeps the old value of another
     type beside the new one. rclpy then reads the first of them in the order bool, integer,
     double, string. So with ``--params-file config/vo_node.yaml -p model.threads:=two`` the
-    node would read 0 from the file, and the type check that rejects ``two`` never sees it.
-    Call this before the parameters are declared.
+    node would read 0 from the file, and the type check would never reject ``two``.
+    A ``-p`` value counts as lost when rcl would not read its text as the value rclpy holds.
+    Only the parameters of this node and of rclpy (``use_sim_time``) are checked. A ``-p`` with
+    a node name prefix other than this node's name (a wildcard such as ``*:``) is skipped, and
+    so are ``skipped_names``, the names of values passed to ``Node`` as ``parameter_overrides``.
     """
-    # NOTE: rclpy has no public setter for the overrides. Jazzy's rclpy.node.Node keeps them
-    # in _parameter_overrides, and an rclpy without that attribute is left as it is.
-    overrides = getattr(node, "_parameter_overrides", None)
-    if overrides is None:
-        return []
-    restored = []
-    for name, value in command_line_parameters(arguments).items():
-        current = overrides.get(name)
-        if current is None or value is None:
+    overrides = _parameter_overrides(node)
+    problems = []
+    for argument_name, text in command_line_parameters(arguments).items():
+        prefix, _, name = argument_name.rpartition(":")
+        if prefix and prefix not in (node.get_name(), node.get_fully_qualified_name()):
             continue
-        try:
-            expected = Parameter.Type.from_parameter_value(value)
-        except TypeError:
-            # rcl rejects such a value (a mixed list) itself, or reads it another way.
+        parameter = overrides.get(name)
+        expected = _expected_form(name)
+        if parameter is None or expected is None or name in skipped_names:
             continue
-        if current.type_ != expected:
-            overrides[name] = Parameter(name, expected, value)
-            restored.append(name)
-    return restored
+        if rcl_reads_as(text, parameter.value):
+            continue
+        problems.append(
+            f"{name}: the -p value {text!r} was ignored because a parameter file or an earlier "
+            f"-p sets {name} to {_plain(parameter.value)!r}, a value of another type, and "
+            f"rclpy reads that one (expected {expected})"
+        )
+    return problems
+
+
+def rcl_reads_as(text: str, value: Any) -> bool:
+    """Return whether rcl reads the ``-p`` value ``text`` as ``value``, a parameter value.
+
+    rcl parses the text as YAML and types each scalar with ``get_value`` in
+    rcl_yaml_param_parser/src/parse.c of ros2/rcl. A quoted scalar is a string. A plain one is
+    the first that fits of a bool spelling, a C ``strtol`` integer (base 0, so 0x1F and 017
+    too), a C ``strtod`` double (1e-3, 0x1p3, .inf, nan) and a string. A flow sequence is an
+    array of one element type. Text that rcl would reject, an empty sequence and nested values
+    count as read, so that only a value known to differ is reported.
+    """
+    try:
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.YAMLError:
+        return True
+    if isinstance(node, yaml.ScalarNode):
+        return _rcl_scalar_reads_as(node, value)
+    if not isinstance(node, yaml.SequenceNode):
+        return True
+    if not node.value or not all(isinstance(item, yaml.ScalarNode) for item in node.value):
+        return True
+    if isinstance(value, (str, bytes)) or not isinstance(value, (list, tuple, array.array)):
+        return False
+    return len(node.value) == len(value) and all(
+        _rcl_scalar_reads_as(item, element) for item, element in zip(node.value, value)
+    )
+
+
+def _rcl_scalar_reads_as(node: yaml.ScalarNode, value: Any) -> bool:
+    if node.style in ("'", '"'):
+        return isinstance(value, str) and node.value == value
+    text = node.value
+    if isinstance(value, bool):
+        spellings = RCL_TRUE_SPELLINGS if value else RCL_FALSE_SPELLINGS
+        return text in spellings
+    if isinstance(value, int):
+        return _rcl_integer(text) == value
+    if isinstance(value, float):
+        number = _rcl_double(text)
+        if number is None:
+            return False
+        return number == value or (math.isnan(number) and math.isnan(value))
+    if isinstance(value, str):
+        return text == value
+    return False
+
+
+def _rcl_integer(text: str) -> int | None:
+    """Return ``text`` read like C ``strtol(text, &end, 0)`` that consumes all of it, or None."""
+    match = STRTOL_PATTERN.fullmatch(text)
+    if match is None:
+        return None
+    digits = match.group(2)
+    if digits[:2] in ("0x", "0X"):
+        number = int(digits[2:], 16)
+    elif digits.startswith("0"):
+        number = int(digits, 8)
+    else:
+        number = int(digits)
+    number = -number if match.group(1) == "-" else number
+    # strtol sets ERANGE outside the 64-bit long of Linux, and rcl then tries a double.
+    return number if -(2**63) <= number < 2**63 else None
+
+
+def _rcl_double(text: str) -> float | None:
+    """Return ``text`` read like rcl reads a double (C ``strtod``), or None."""
+    if text in RCL_SPECIAL_DOUBLES:
+        return RCL_SPECIAL_DOUBLES[text]
+    if "_" in text:
+        # Python's float() accepts digit separators, which strtod does not.
+        return None
+    try:
+        return float(text)
+    except ValueError:
+        pass
+    if HEX_DOUBLE_PATTERN.fullmatch(text):
+        return float.fromhex(text)
+    return None
+
+
+def _expected_form(name: str) -> str | None:
+    if name in PARAMETERS_BY_NAME:
+        return _type_name(PARAMETERS_BY_NAME[name])
+    return RCLPY_PARAMETER_TYPES.get(name)
+
+
+def _parameter_overrides(node) -> dict[str, Parameter]:
+    # NOTE: rclpy has no public accessor for the overrides. Jazzy's rclpy.node.Node keeps them
+    # in _parameter_overrides, and an rclpy without that attribute yields no overrides here.
+    return getattr(node, "_parameter_overrides", {})
 
 
 def check_value(name: str, value: Any) -> str | None:
