@@ -49,7 +49,7 @@ def test_table_marks_missing_cpu_time():
     summary = bench.summarize(_measurement([_frame(0.1), _frame(0.2), _frame(0.3)], warmup=1))
     assert "cpu" not in summary["milliseconds"]
     row = bench.format_table([summary])[3].split()
-    assert row[-4] == "-"
+    assert row[-5] == "-"
 
 
 def _settings(*overrides):
@@ -219,6 +219,60 @@ def test_summary_flags_trial_frames():
     assert table[-1].startswith("* measured frames include initialisation or depth-hypothesis")
     assert "raise --frames" in table[-1]
     assert not any(line.startswith("*") for line in bench.format_table([steady]))
+
+
+def test_summary_counts_tracking_loss_apart():
+    # Steady after the warm-up, then two losses, each followed by re-initialisation and a trial.
+    loss = [_warmup_frame(0.5, "lost", False), _warmup_frame(0.4, "initializing", False),
+            _warmup_frame(0.3)]
+    frames = ([_warmup_frame(0.5, "initializing", False)] * 2 + [_frame(0.1)] * 3 + loss
+              + [_frame(0.1)] * 2 + loss + [_frame(0.1)])
+    summary = bench.summarize(_measurement(frames, warmup=2))
+
+    assert summary["steady"] is True
+    assert summary["not_steady_frames"] == 0
+    assert summary["lost_frames"] == 6
+    assert summary["tracking_losses"] == 2
+    assert summary["measured_frames"] == 12
+    table = bench.format_table([summary])
+    assert table[3].split()[0] == "small"
+    assert table[3].split()[-1] == "6"
+    assert not any("raise --frames" in line for line in table)
+    assert table[-1].startswith("lost: measured frames that are lost or re-initialise")
+
+    warning = bench.tracking_loss_warning("small", summary)
+    assert warning.startswith("small: tracking was lost 2 times after the warm-up")
+    assert "6 of 12 measured frames" in warning
+    assert "--frames" not in warning
+    assert "trial" not in warning
+
+
+def test_tracking_loss_keeps_round_ratio():
+    steady = [_frame(0.1)] * 4
+    lost = [_frame(0.1)] * 2 + [_warmup_frame(0.5, "lost", False), _frame(0.1)]
+    summaries = []
+    for spec, frames in [("a", steady), ("b", lost)]:
+        summary = bench.summarize(_measurement(frames, warmup=0))
+        summary.update(config=spec, round=1)
+        summaries.append(summary)
+
+    rounds = bench.summarize_rounds(summaries, ["a", "b"])
+
+    assert summaries[1]["lost_frames"] == 1
+    assert rounds["configs"][1]["ratio_to_first"] == [pytest.approx(1.0)]
+    assert rounds["configs"][1]["median_ratio"] == pytest.approx(1.0)
+    assert "left out" not in bench.format_rounds(rounds)[2]
+
+
+def test_unsettled_warmup_is_not_a_loss():
+    # The engine never left the trial, so these are warm-up frames, not tracking losses.
+    frames = [_warmup_frame(0.5, "initializing", False)] * 2 + [_warmup_frame(0.3)] * 4
+    summary = bench.summarize(_measurement(frames, warmup=2))
+
+    assert summary["not_steady_frames"] == 4
+    assert summary["lost_frames"] == 0
+    assert summary["tracking_losses"] == 0
+    assert not any(line.startswith("lost:") for line in bench.format_table([summary]))
 
 
 def test_not_steady_warning_names_frames_option():

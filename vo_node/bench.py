@@ -19,8 +19,10 @@ the motion probe, the initialisation and the trial, which tracks every frame twi
 are the warm-up, and the measured frames then still include initialisation or trial frames:
 the bench logs a WARNING, marks the configuration with ``*`` in the table and ``"steady": false``
 in the JSON, and reports no round ratio that involves it. Raise ``--frames`` to measure steady
-tracking. The command prints the median and 90th
-percentile per stage in milliseconds, frames per second, peak memory and the machine, and writes
+tracking. A tracking loss after the warm-up is reported apart from this: the frames lost or
+re-initialising after it are counted in the ``lost`` column and as ``lost_frames`` in the JSON,
+with a WARNING, and their times stay in the statistics and the round ratios. The command
+prints the median and 90th percentile per stage in milliseconds, frames per second, peak memory and the machine, and writes
 the same figures as JSON. Quote medians: a shared machine makes single frames noisy. On a shared
 machine the CPU time per frame also varies less than the wall time, because time spent waiting
 for a core is not counted; contention still inflates it through shared caches.
@@ -305,13 +307,40 @@ def is_steady(record: dict[str, Any]) -> bool:
     return record["state"] == "tracking" and not record.get("on_trial", False)
 
 
+def count_tracking_losses(measured: list[dict[str, Any]]) -> tuple[int, int, int]:
+    """Split the measured frames that are not steady by when they occur.
+
+    Returns:
+        ``(unsettled, lost, losses)``. ``unsettled`` counts the frames before the first steady
+        one: warm-up frames left in the measurement because the engine did not settle within
+        the warm-up. ``lost`` counts the later frames that are lost, re-initialise or run a new
+        trial after a tracking loss. ``losses`` counts the changes from steady to not steady.
+    """
+    first_steady = next(
+        (index for index, record in enumerate(measured) if is_steady(record)), len(measured)
+    )
+    lost = 0
+    losses = 0
+    previous_steady = True
+    for record in measured[first_steady:]:
+        steady = is_steady(record)
+        if not steady:
+            lost += 1
+            if previous_steady:
+                losses += 1
+        previous_steady = steady
+    return first_steady, lost, losses
+
+
 def summarize(measurement: dict[str, Any]) -> dict[str, Any]:
     """Return median and p90 milliseconds per stage, frames per second and memory in MiB.
 
     Warm-up frames (``measurement["warmup_frames"]``) are left out; if no frame remains, all
     frames are used and ``warmup_discarded`` is 0. ``not_steady_frames`` counts the measured
-    frames that still initialise or run the depth-hypothesis trial, and ``steady`` is True when
-    there are none: only then do the times describe steady tracking.
+    frames before the first steady one, which still initialise or run the depth-hypothesis
+    trial, and ``steady`` is True when there are none: only then do the times describe steady
+    tracking. ``lost_frames`` counts the measured frames after a tracking loss that are lost or
+    re-initialise, and ``tracking_losses`` the losses. Their times are included in the figures.
     """
     records = measurement["frames"]
     warmup = measurement["warmup_frames"] if len(records) > measurement["warmup_frames"] else 0
@@ -331,13 +360,15 @@ def summarize(measurement: dict[str, Any]) -> dict[str, Any]:
     wall_seconds = float(np.sum(columns["wall"]))
     states = [record["state"] for record in measured]
     edges = [record["edges"] for record in measured]
-    not_steady = sum(1 for record in measured if not is_steady(record))
+    not_steady, lost, losses = count_tracking_losses(measured)
     return {
         "config": measurement["config"],
         "measured_frames": len(measured),
         "warmup_discarded": warmup,
         "not_steady_frames": not_steady,
         "steady": not_steady == 0,
+        "lost_frames": lost,
+        "tracking_losses": losses,
         "milliseconds": milliseconds,
         "fps_median": MILLISECONDS_PER_SECOND / milliseconds["wall"]["median"],
         "fps_overall": len(measured) / wall_seconds if wall_seconds > 0 else 0.0,
@@ -352,9 +383,10 @@ def summarize(measurement: dict[str, Any]) -> dict[str, Any]:
 
 def format_table(summaries: list[dict[str, Any]], with_rounds: bool = False) -> list[str]:
     """Return the text table: one row per measurement, median / p90 milliseconds per stage, and
-    the round in the first column when ``with_rounds``."""
+    the round in the first column when ``with_rounds``, and the lost or re-initialising frames
+    after tracking losses in the last column."""
     columns = [*STAGES, "stages_total", "wall", "cpu"]
-    header = ["config", *columns, "fps med", "fps all", "peak MiB"]
+    header = ["config", *columns, "fps med", "fps all", "peak MiB", "lost"]
     if with_rounds:
         header.insert(0, "round")
     rows = []
@@ -373,6 +405,7 @@ def format_table(summaries: list[dict[str, Any]], with_rounds: bool = False) -> 
             f"{summary['fps_median']:.2f}",
             f"{summary['fps_overall']:.2f}",
             f"{summary['peak_memory_mib']:.0f}",
+            str(summary.get("lost_frames", "-")),
         ]
         rows.append(cells)
     widths = [max(len(row[index]) for row in [header, *rows]) for index in range(len(header))]
@@ -382,6 +415,11 @@ def format_table(summaries: list[dict[str, Any]], with_rounds: bool = False) -> 
         lines.append(
             f"{NOT_STEADY_MARK} measured frames include initialisation or depth-hypothesis "
             "trial frames, so these times are not steady tracking; raise --frames"
+        )
+    if any(summary.get("lost_frames", 0) for summary in summaries):
+        lines.append(
+            "lost: measured frames that are lost or re-initialise after a tracking loss. Their "
+            "times are included, so compare configurations with different counts with care"
         )
     return [f"per-stage milliseconds per frame as median/p{PERCENTILE}", *lines]
 
@@ -579,7 +617,7 @@ def _death_message(config: str, exitcode: int | None) -> str:
             name = signal.Signals(number).name
         except ValueError:
             name = f"signal {number}"
-        how = f"was killed by {name} (signal {number})"
+        termination = f"was killed by {name} (signal {number})"
         if number == signal.SIGKILL:
             cause = (
                 "The out-of-memory killer sends SIGKILL, so check the kernel log (dmesg) and "
@@ -593,10 +631,10 @@ def _death_message(config: str, exitcode: int | None) -> str:
         else:
             cause = "Another process sent this signal"
     else:
-        how = f"exited with status {exitcode}"
+        termination = f"exited with status {exitcode}"
         cause = "Check the log lines above for the child's own error output"
     return (
-        f"measuring {config} failed: its child process {how} before it returned a result. "
+        f"measuring {config} failed: its child process {termination} before it returned a result. "
         f"{cause}"
     )
 
@@ -607,8 +645,11 @@ def _configure_logging(level: int) -> None:
 
 
 def main(argv: TypingSequence[str] | None = None) -> int:
-    """Run the command; return the process exit status: 0, 1 when a measuring child process
-    died, 2 for invalid arguments, 130 after Ctrl-C (no report is written unless it is 0)."""
+    """Run the command and return the process exit status.
+
+    The status is 0 on success, 1 when a measuring child process died, 2 for invalid arguments
+    and 130 after Ctrl-C. Only a run that returns 0 writes the report.
+    """
     args = build_parser().parse_args(argv)
     log_level = getattr(logging, args.log_level)
     _configure_logging(log_level)
@@ -660,6 +701,9 @@ def _run(args: argparse.Namespace, log_level: int) -> int:
             if not summary["steady"]:
                 summary["warning"] = not_steady_warning(spec, summary, measurement, args.frames)
                 logger.warning("%s", summary["warning"])
+            if summary["tracking_losses"]:
+                summary["tracking_loss_warning"] = tracking_loss_warning(spec, summary)
+                logger.warning("%s", summary["tracking_loss_warning"])
             summaries.append(summary)
             report["results"].append({"summary": summary, "measurement": measurement})
             print(format_machine(measurement["machine"]))
@@ -693,6 +737,17 @@ def not_steady_warning(spec: str, summary: dict[str, Any], measurement: dict[str
         f"trial can last up to {trial} frames (frontend.hypothesis_frames + "
         "frontend.hypothesis_extra_frames) after the "
         f"{frontend.get('init_frames', 'frontend.init_frames')} initialisation frames"
+    )
+
+
+def tracking_loss_warning(spec: str, summary: dict[str, Any]) -> str:
+    """Return the warning for a configuration that lost tracking after its warm-up."""
+    losses = summary["tracking_losses"]
+    return (
+        f"{spec}: tracking was lost {losses} time{'' if losses == 1 else 's'} after the warm-up, "
+        f"and {summary['lost_frames']} of {summary['measured_frames']} measured frames are lost "
+        "or re-initialising frames. Their times are included in the figures. The "
+        "'tracking lost at frame' warnings above name the frames and reasons"
     )
 
 
