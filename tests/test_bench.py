@@ -149,6 +149,8 @@ def test_config_spec_splits_own_overrides():
         "small", ("frontend.patches_per_frame=48", "ba.iterations=2")
     )
     assert bench.parse_config_spec("config/a:b.yaml") == ("config/a:b.yaml", ())
+    with pytest.raises(ConfigError, match="'junk' after the colon is not KEY=VALUE"):
+        bench.parse_config_spec("accurate:junk")
     assert bench.parse_config_spec("config/a:b.yaml:ba.iterations=2") == (
         "config/a:b.yaml", ("ba.iterations=2",)
     )

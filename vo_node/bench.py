@@ -756,7 +756,8 @@ def parse_config_spec(spec: str) -> tuple[str, tuple[str, ...]]:
     overrides.
 
     The overrides start at the last colon before the first ``=``, so a path with colons stays
-    whole. Raises :class:`vo_node.config.ConfigError` for a trailing colon with no override.
+    whole. Raises :class:`vo_node.config.ConfigError` for a trailing colon with no override, and
+    for text after a colon without ``=`` unless the whole specification is a ``.yaml`` path.
     """
     from vo_node.config import ConfigError
 
@@ -766,6 +767,13 @@ def parse_config_spec(spec: str) -> tuple[str, tuple[str, ...]]:
             f"{spec}KEY=VALUE or drop the colon"
         )
     equals = spec.find("=")
+    if equals < 0 and ":" in spec and Path(spec).suffix not in (".yaml", ".yml"):
+        # Preset names have no colon, so the text after it was meant as overrides.
+        name, _, text = spec.rpartition(":")
+        raise ConfigError(
+            f"invalid configuration {spec!r}: {text!r} after the colon is not KEY=VALUE; write "
+            f"{name}:KEY=VALUE[,KEY=VALUE], or give a preset name or a .yaml path"
+        )
     colon = spec.rfind(":", 0, equals) if equals >= 0 else -1
     if colon < 0:
         return spec, ()
