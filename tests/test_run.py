@@ -492,6 +492,8 @@ def test_run_never_initialised_warns(
     message = f"the engine never initialised in {frames} frames of black"
     assert any(message in record.getMessage() for record in warnings)
     assert "did not move" in caplog.text
+    assert "evaluation skipped: the engine never initialised" in caplog.text
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
     assert "NOT INITIALISED" in capsys.readouterr().out
     report = json.loads((output / run.METRICS_FILE).read_text())
     assert report["initialized"] is False

@@ -346,9 +346,13 @@ def evaluate_run(result: RunResult, ground_truth: Trajectory | None) -> Trajecto
     """Return the accuracy of ``result`` against ``ground_truth``; None when it cannot be computed.
 
     A failed evaluation (too few associated poses, a degenerate alignment) is logged, not raised,
-    so the trajectory of a long run is never lost to it.
+    so the trajectory of a long run is never lost to it. A run whose engine never initialised has
+    only identity poses, so it is not evaluated.
     """
     if ground_truth is None:
+        return None
+    if result.initialized is False:
+        logger.info("evaluation skipped: the engine never initialised, so every pose is the first")
         return None
     try:
         return evaluate_trajectory(result.trajectory, ground_truth)
