@@ -143,6 +143,14 @@ def test_bad_arguments_stop_before_measuring(tmp_path, caplog, arguments, expect
     assert "measuring" not in caplog.text
 
 
+def test_width_below_minimum_is_usage_error(capsys):
+    with pytest.raises(SystemExit) as stop:
+        bench.build_parser().parse_args(["--width", "8"])
+    assert stop.value.code == 2
+    assert "--width: expected a width of at least 32 pixels, got 8" in capsys.readouterr().err
+    assert bench.build_parser().parse_args(["--width", "32"]).width == 32
+
+
 def test_config_spec_splits_own_overrides():
     assert bench.parse_config_spec("accurate") == ("accurate", ())
     assert bench.parse_config_spec("small:frontend.patches_per_frame=48,ba.iterations=2") == (

@@ -453,6 +453,19 @@ def default_sequence() -> Path:
     return render_demo_sequence(DEFAULT_DEMO_FOLDER).resolve()
 
 
+def image_width(text: str) -> int:
+    """Parse ``--width``: a whole number of pixels, at least the engine's smallest image width."""
+    from vo_node.config import MIN_IMAGE_WIDTH
+    from vo_node.run import positive_int
+
+    value = positive_int(text)
+    if value < MIN_IMAGE_WIDTH:
+        raise argparse.ArgumentTypeError(
+            f"expected a width of at least {MIN_IMAGE_WIDTH} pixels, got {value}"
+        )
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     """Return the argument parser of ``python -m vo_node.bench``."""
     from vo_node.run import positive_int
@@ -484,7 +497,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--stride", type=positive_int, default=1, metavar="N",
                         help="keep every N-th frame (default 1)")
     parser.add_argument(
-        "--width", type=positive_int, default=DEFAULT_WIDTH,
+        "--width", type=image_width, default=DEFAULT_WIDTH,
         help=f"downscale wider frames to this width in pixels (default: {DEFAULT_WIDTH}, EuRoC "
         "half resolution)",
     )
