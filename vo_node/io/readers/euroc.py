@@ -10,7 +10,6 @@ world ``R`` with quaternion order ``w x y z``; the camera pose is
 from __future__ import annotations
 
 import csv
-import math
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +20,7 @@ from vo_node.io.readers.poses import (
     check_quaternions,
     interpolated_trajectory,
     matrices_to_poses,
+    parse_finite_floats,
     poses_to_matrices,
 )
 from vo_node.io.sequence import ImageFileSequence, SequenceError
@@ -135,19 +135,15 @@ def read_euroc_ground_truth(path: Path) -> tuple[np.ndarray, np.ndarray]:
                     f"at least {GROUND_TRUTH_COLUMNS} (timestamp [ns], p_RS_R x y z, "
                     f"q_RS w x y z); {fix}"
                 )
+            where = f"ground-truth file {path} line {number}"
             try:
                 stamp = int(row[0].strip())
-                values = [float(value) for value in row[1:GROUND_TRUTH_COLUMNS]]
             except ValueError:
                 raise SequenceError(
-                    f"ground-truth file {path} line {number} is invalid: expected an integer "
-                    f"timestamp in nanoseconds and numbers, got {','.join(row)[:80]!r}; {fix}"
+                    f"{where} is invalid: expected an integer timestamp in nanoseconds, got "
+                    f"{','.join(row)[:80]!r}; {fix}"
                 ) from None
-            if not all(math.isfinite(value) for value in values):
-                raise SequenceError(
-                    f"ground-truth file {path} line {number} contains a value that is not a "
-                    f"finite number: {','.join(row)[:80]!r}; {fix}"
-                )
+            values = parse_finite_floats(row[1:GROUND_TRUTH_COLUMNS], where, ",".join(row), fix)
             stamps.append(stamp)
             rows.append(values)
             lines.append(number)

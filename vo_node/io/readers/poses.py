@@ -103,6 +103,24 @@ def interpolate_poses(
     return valid, np.concatenate([translation, quaternions], axis=1)
 
 
+def parse_finite_floats(values: list[str], where: str, text: str, fix: str) -> list[float]:
+    """Parse the fields ``values`` of one line as finite floats.
+
+    Raises:
+        SequenceError: a field is not a number or not finite. The message starts with ``where``
+            (the file and line), quotes ``text`` (the line) and ends with ``fix``.
+    """
+    try:
+        numbers = [float(value) for value in values]
+    except ValueError:
+        raise SequenceError(
+            f"{where} contains a value that is not a number: {text[:80]!r}; {fix}"
+        ) from None
+    if not all(math.isfinite(number) for number in numbers):
+        raise SequenceError(f"{where} contains a non-finite value: {text[:80]!r}; {fix}")
+    return numbers
+
+
 def read_pose_table(
     path: Path, columns: int, description: str, expected: str, lines: list[int] | None = None
 ) -> np.ndarray:
@@ -131,19 +149,7 @@ def read_pose_table(
                 f"{description} {path} line {number} has {len(values)} values; expected "
                 f"{expected}; {fix}"
             )
-        try:
-            row = [float(value) for value in values]
-        except ValueError:
-            raise SequenceError(
-                f"{description} {path} line {number} contains a value that is not a number: "
-                f"{text[:80]!r}; {fix}"
-            ) from None
-        if not all(math.isfinite(value) for value in row):
-            raise SequenceError(
-                f"{description} {path} line {number} contains a non-finite value: {text[:80]!r}; "
-                f"{fix}"
-            )
-        rows.append(row)
+        rows.append(parse_finite_floats(values, f"{description} {path} line {number}", text, fix))
         if lines is not None:
             lines.append(number)
     if not rows:

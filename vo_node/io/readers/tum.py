@@ -10,13 +10,16 @@ folder, else the published calibration of the Kinect named in the folder name (`
 from __future__ import annotations
 
 import logging
-import math
 from pathlib import Path
 
 import numpy as np
 
 from vo_node.io.camera import PinholeCamera, load_camera
-from vo_node.io.readers.poses import check_quaternions, interpolated_trajectory
+from vo_node.io.readers.poses import (
+    check_quaternions,
+    interpolated_trajectory,
+    parse_finite_floats,
+)
 from vo_node.io.sequence import ImageFileSequence, SequenceError, seconds_to_ns
 from vo_node.io.trajectory import Trajectory
 
@@ -137,18 +140,7 @@ def read_tum_poses(path: Path) -> tuple[np.ndarray, np.ndarray]:
     fix = "correct or delete that line, or move the file away to run without ground truth"
     poses = []
     for number, _, fields in rows:
-        try:
-            pose = [float(value) for value in fields]
-        except ValueError:
-            raise SequenceError(
-                f"{path}:{number}: a pose value is not a number in {' '.join(fields)!r}; {fix}"
-            ) from None
-        if not all(math.isfinite(value) for value in pose):
-            raise SequenceError(
-                f"{path}:{number}: a pose value is not a finite number in "
-                f"{' '.join(fields)!r}; {fix}"
-            )
-        poses.append(pose)
+        poses.append(parse_finite_floats(fields, f"{path}:{number}:", " ".join(fields), fix))
     table = np.array(poses, dtype=np.float64).reshape(-1, 7)
     check_quaternions(table[:, 3:], [number for number, _, _ in rows], f"TUM pose file {path}", fix)
     stamps = np.array([stamp for _, stamp, _ in rows], dtype=np.int64)
