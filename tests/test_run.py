@@ -441,7 +441,7 @@ def test_run_stop_after_last_frame_logs_complete_names(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     """A SIGINT during the final optimisation, after every frame was tracked, leaves a
-    complete run, and the log says that its files get the complete names."""
+    complete run, and the log states that its files get the complete names."""
     real_run_sequence = run.run_sequence
 
     def signal_during_finish(*args, **kwargs):
@@ -463,8 +463,8 @@ def test_run_never_initialised_warns(
     small_model: Path, tmp_path: Path, capsys: pytest.CaptureFixture,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    """A run on identical black frames never initialises: a warning says so and why, the
-    summary and metrics.json record it, and the exit status stays 0."""
+    """A run on identical black frames never initialises. A warning states it and the likely
+    cause, the summary and metrics.json record it, and the exit status stays 0."""
     import cv2
 
     sequence = tmp_path / "black"

@@ -96,9 +96,9 @@ class FrontendConfig:
     ``TrackResult.on_trial`` set. 0 keeps the lower-cost one at once."""
     hypothesis_margin: float = 1.1
     """Ratio of the two hypotheses' weighted mean squared residuals that decides the trial after
-    ``hypothesis_frames``. Closer than this, the trial goes on, because the one ahead then is
-    often the wrong one: on EuRoC MH_05 a ratio of 1.024 after 30 frames kept a trajectory with
-    26 % ATE, and after 45 frames the other one led (5.5 %)."""
+    ``hypothesis_frames``. Closer than this, the trial goes on, because the one ahead is then often
+    the wrong one. On EuRoC MH_05 a ratio of 1.024 after 30 frames kept a trajectory with 26 % ATE,
+    and after 45 frames the other one led (5.5 %)."""
     hypothesis_extra_frames: int = 30
     """Frames that a trial still closer than ``hypothesis_margin`` may go on after
     ``hypothesis_frames`` before it keeps the lower-cost hypothesis anyway. Each trial frame is
@@ -215,6 +215,7 @@ class EngineConfig:
         })
         if self.network.patch_size % 2 != 1:
             raise ConfigError(f"network.patch_size must be odd, got {self.network.patch_size}")
+        check_range("network.correlation_radius", self.network.correlation_radius, at_least=0)
         self._validate_frontend()
         self._validate_ba()
         if self.max_image_width != 0:
@@ -226,8 +227,9 @@ class EngineConfig:
         return self
 
     def _validate_frontend(self) -> None:
+        """Check the ``frontend`` values: keyframes, motion, depth-hypothesis trial, confidence
+        and graph windows."""
         frontend = self.frontend
-        check_range("network.correlation_radius", self.network.correlation_radius, at_least=0)
         check_range(
             "frontend.keyframe_index", frontend.keyframe_index, at_least=1,
             at_most=frontend.optimization_window - 1,
@@ -238,6 +240,7 @@ class EngineConfig:
             "frontend.keyframe_threshold", frontend.keyframe_threshold, at_least=0.0,
             meaning="mean flow in 1/4-resolution pixels, and 0 never removes a keyframe",
         )
+
         check_range(
             "frontend.motion_damping", frontend.motion_damping, at_least=0.0, at_most=1.0,
             meaning="0 copies the last pose, 1 repeats the last motion in full",
@@ -251,6 +254,7 @@ class EngineConfig:
             "frontend.threshold_reference_width", frontend.threshold_reference_width,
             at_least=0.0, meaning="0 keeps absolute thresholds, else a width in pixels",
         )
+
         check_range(
             "frontend.hypothesis_frames", frontend.hypothesis_frames, at_least=0,
             meaning="0 chooses at initialisation, else a number of frames",
@@ -263,6 +267,7 @@ class EngineConfig:
             "frontend.hypothesis_extra_frames", frontend.hypothesis_extra_frames, at_least=0,
             meaning="0 ends every trial at hypothesis_frames, else a number of frames",
         )
+
         check_range(
             "frontend.low_confidence_ratio", frontend.low_confidence_ratio, at_least=0.0,
             meaning="0 turns the check off, else a positive ratio",
@@ -271,6 +276,7 @@ class EngineConfig:
             "frontend.confidence_window", frontend.confidence_window,
             at_least=MIN_CONFIDENCE_HISTORY, meaning="a number of frames",
         )
+
         check_range(
             "frontend.removal_window", frontend.removal_window, at_least=frontend.patch_lifetime,
             meaning=f"frontend.patch_lifetime is {frontend.patch_lifetime}",

@@ -104,7 +104,7 @@ OWNED_OUTPUTS = COMPLETE_OUTPUTS + PARTIAL_OUTPUTS
 stopped run removes only partial files."""
 DEFAULT_PRESET = "accurate"
 """Preset of the offline runner. An offline run has no camera to keep up with, so it takes the
-preset with the lower median ATE on all three real sequences of docs/benchmarks.md; the node keeps
+preset with the lower median ATE on all three real sequences of docs/benchmarks.md. The node keeps
 the real-time `small`."""
 DEFAULT_OUTPUT_ROOT = Path("outputs")
 DEFAULT_OUTPUT_FOLDER_NAME = "vo_output"
